@@ -140,3 +140,16 @@ def test_fp16_on_cuda_stays_close(reference_dir):
         out = model(golden["x"].cuda(), golden["t"].cuda(), golden["y"].cuda())
     assert out.dtype == torch.float32
     torch.testing.assert_close(out.cpu(), golden["out"], atol=5e-2, rtol=5e-2)
+
+
+def test_gradient_checkpointing_gives_identical_gradients(reference_dir):
+    golden, model = tiny_golden(reference_dir)
+    checkpointed = create_unet(**{**golden["flags"], "use_checkpoint": True}).eval()
+    checkpointed.load_state_dict(golden["state_dict"])
+    grads = []
+    for net in (model, checkpointed):
+        x = golden["x"][:1].clone().requires_grad_(True)
+        net(x, golden["t"][:1], golden["y"][:1]).square().sum().backward()
+        grads.append(x.grad)
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-5)
