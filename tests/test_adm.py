@@ -23,7 +23,7 @@ def tiny_golden(reference_dir):
 def test_preset_matches_official_state_dict(reference_dir, preset):
     manifest = json.loads((reference_dir / "adm_state_dict_manifest.json").read_text())[preset]
     model = build_adm(preset, device="meta")
-    assert model.parameters().__next__().is_meta
+    assert next(model.parameters()).is_meta
     ours = {k: list(v.shape) for k, v in model.state_dict().items()}
     assert sorted(ours) == sorted(manifest)
     assert ours == {k: list(v) for k, v in manifest.items()}
