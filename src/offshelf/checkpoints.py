@@ -1,0 +1,427 @@
+"""Checkpoint registry and verified, resumable downloads.
+
+Every file the paper uses has a name here. ``fetch(name)`` returns a local path whose bytes are
+verified: against the sha256 pinned in the registry, the hash prefix torchvision/torch.hub put in
+file names (``resnet50-11ad3fa6.pth``: the first hex digits of the file's sha256), and the lock
+file, which records ``sha256`` and ``size`` at first download for every file whose full hash is
+not published, so later uses (and other machines) get exactly the same bytes.
+
+Hashing a multi-GB file takes seconds to minutes, so the digest of a verified file is kept in a
+sidecar ``<file>.sha256`` holding ``{size, mtime_ns, sha256}``; it is reused while size and mtime
+are unchanged and recomputed otherwise.
+
+Command line::
+
+    python -m offshelf.checkpoints list
+    python -m offshelf.checkpoints fetch NAME [NAME ...] [--cache DIR] [--lock FILE] [--offline]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import hashlib
+import http.client
+import json
+import logging
+import os
+import re
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tqdm import tqdm
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: run without inter-process locks
+    fcntl = None
+
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES = 1 << 20
+TIMEOUT_S = 60
+HASH_IN_FILENAME = re.compile(r"-([a-f0-9]{6,})\.")  # torch.hub's convention, at least 6 digits
+
+ADM = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021"
+ADM_LICENSE = "MIT (openai/guided-diffusion)"
+TORCHVISION_LICENSE = "BSD-3-Clause (torchvision)"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be found, downloaded or verified; the message says how to fix it."""
+
+
+class ChecksumError(CheckpointError):
+    """A file's bytes differ from what the registry, its file name or the lock file pins."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    name: str
+    url: str
+    filename: str
+    sha256: str | None = None
+    hash_prefix: str | None = None
+    license: str = ""
+    description: str = ""
+
+
+REGISTRY: dict[str, Checkpoint] = {}
+
+
+def register(checkpoint: Checkpoint) -> Checkpoint:
+    """Add (or replace) a registry entry, e.g. a torchvision classifier named at run time."""
+    REGISTRY[checkpoint.name] = checkpoint
+    return checkpoint
+
+
+def hash_prefix_from_filename(filename: str) -> str | None:
+    """``resnet50-11ad3fa6.pth`` -> ``"11ad3fa6"``; None for names without one."""
+    match = HASH_IN_FILENAME.search(Path(filename).name)
+    return match.group(1) if match else None
+
+
+for _checkpoint in [
+    Checkpoint("adm_imagenet128_cond_diffusion", f"{ADM}/128x128_diffusion.pt", "128x128_diffusion.pt",
+               license=ADM_LICENSE, description="ADM class-conditional ImageNet 128x128 diffusion model"),
+    Checkpoint("adm_imagenet128_classifier", f"{ADM}/128x128_classifier.pt", "128x128_classifier.pt",
+               license=ADM_LICENSE, description="ADM noise-aware ImageNet 128x128 classifier (baseline)"),
+    Checkpoint("adm_imagenet256_uncond_diffusion", f"{ADM}/256x256_diffusion_uncond.pt",
+               "256x256_diffusion_uncond.pt", license=ADM_LICENSE,
+               description="ADM unconditional ImageNet 256x256 diffusion model"),
+    Checkpoint("adm_imagenet256_cond_diffusion", f"{ADM}/256x256_diffusion.pt", "256x256_diffusion.pt",
+               license=ADM_LICENSE, description="ADM class-conditional ImageNet 256x256 diffusion model"),
+    Checkpoint("edm_imagenet64_cond", "https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-imagenet-64x64-cond-adm.pkl",
+               "edm-imagenet-64x64-cond-adm.pkl", license="CC BY-NC-SA 4.0 (NVlabs/edm)",
+               description="EDM class-conditional ImageNet 64x64 (ADM architecture), pickle with 'ema'"),
+    Checkpoint("resnet50_v2", "https://download.pytorch.org/models/resnet50-11ad3fa6.pth",
+               "resnet50-11ad3fa6.pth", hash_prefix="11ad3fa6", license=TORCHVISION_LICENSE,
+               description="torchvision ResNet-50 IMAGENET1K_V2 (80.86% top-1), the paper's resnet50_weight_V2.pth"),
+    Checkpoint("resnet101_v2", "https://download.pytorch.org/models/resnet101-cd907fc2.pth",
+               "resnet101-cd907fc2.pth", hash_prefix="cd907fc2", license=TORCHVISION_LICENSE,
+               description="torchvision ResNet-101 IMAGENET1K_V2 (81.89% top-1), the paper's resnet101_weight_V2.pth"),
+    Checkpoint("dit_xl2_256", "https://dl.fbaipublicfiles.com/DiT/models/DiT-XL-2-256x256.pt",
+               "DiT-XL-2-256x256.pt", license="CC BY-NC 4.0 (facebookresearch/DiT)",
+               description="DiT-XL/2 class-conditional ImageNet 256x256 latent diffusion transformer"),
+    Checkpoint("ref_imagenet128", f"{ADM}/ref_batches/imagenet/128/VIRTUAL_imagenet128_labeled.npz",
+               "VIRTUAL_imagenet128_labeled.npz", license=ADM_LICENSE,
+               description="ADM ImageNet 128 reference batch: TF-Inception mu/sigma + 10k images"),
+    Checkpoint("ref_imagenet256", f"{ADM}/ref_batches/imagenet/256/VIRTUAL_imagenet256_labeled.npz",
+               "VIRTUAL_imagenet256_labeled.npz", license=ADM_LICENSE,
+               description="ADM ImageNet 256 reference batch: TF-Inception mu/sigma + 10k images"),
+    Checkpoint("ref_imagenet64_edm", "https://nvlabs-fi-cdn.nvidia.com/edm/fid-refs/imagenet-64x64.npz",
+               "imagenet-64x64.npz", license="CC BY-NC-SA 4.0 (NVlabs/edm)",
+               description="EDM ImageNet 64x64 FID reference statistics (mu/sigma)"),
+    # clean-fid's legacy_tensorflow mode: cleanfid.downloads_helper.inception_url (clean-fid 0.1.35).
+    Checkpoint("inception_cleanfid_legacy_tf",
+               "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt",
+               "inception-2015-12-05.pt",
+               license="Apache-2.0 (TF Inception; NVlabs TorchScript port)",
+               description="TF Inception-v3 (2015-12-05) as TorchScript; clean-fid InceptionV3W(path, download=False)"),
+    Checkpoint("inception_pytorch_fid",
+               "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth",
+               "pt_inception-2015-12-05-6726825d.pth", hash_prefix="6726825d",
+               license="Apache-2.0 (mseitzer/pytorch-fid)",
+               description="pytorch-fid's FID Inception port, used by the paper's evaluation"),
+]:
+    register(_checkpoint)
+
+
+def default_cache_dir() -> Path:
+    """``$OFFSHELF_CACHE``, else ``~/.cache/offshelf``."""
+    return Path(os.environ.get("OFFSHELF_CACHE") or Path.home() / ".cache" / "offshelf")
+
+
+def get(name: str) -> Checkpoint:
+    if name not in REGISTRY:
+        raise CheckpointError(f"unknown checkpoint {name!r}; known: {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name]
+
+
+# ----------------------------------------------------------------------------- small file helpers
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def _exclusive(mutex: Path):
+    """Hold an inter-process lock on ``mutex`` so parallel jobs neither download the same file
+    into one .part nor lose each other's lock-file entries."""
+    if fcntl is None:
+        yield
+        return
+    mutex.parent.mkdir(parents=True, exist_ok=True)
+    with open(mutex, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _remember_sha256(path: Path, digest: str) -> None:
+    stat = path.stat()
+    record = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
+    with contextlib.suppress(OSError):  # a read-only folder only costs a re-hash next time
+        _write_atomic(_sidecar(path), json.dumps(record) + "\n")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file, reusing the sidecar's digest while the file's size and mtime match."""
+    path = Path(path)
+    stat = path.stat()
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        record = json.loads(_sidecar(path).read_text())
+        if record["size"] == stat.st_size and record["mtime_ns"] == stat.st_mtime_ns:
+            return record["sha256"]
+    hasher = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK_BYTES):
+            hasher.update(chunk)
+    digest = hasher.hexdigest()
+    _remember_sha256(path, digest)
+    return digest
+
+
+# ----------------------------------------------------------------------------- lock file
+
+def read_lock(lock_file: str | os.PathLike | None) -> dict:
+    if lock_file is None or not Path(lock_file).exists():
+        return {}
+    try:
+        lock = json.loads(Path(lock_file).read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"lock file {lock_file} is not readable JSON ({e}); fix or delete it") from None
+    if not isinstance(lock, dict):
+        raise CheckpointError(f"lock file {lock_file} must hold a JSON object name -> {{url, sha256, size}}")
+    return lock
+
+
+def _lock_entry(lock_file, checkpoint: Checkpoint) -> dict | None:
+    entry = read_lock(lock_file).get(checkpoint.name)
+    if entry is None:
+        return None
+    if not isinstance(entry, dict) or not {"url", "sha256", "size"} <= entry.keys():
+        raise CheckpointError(f"lock file {lock_file}: entry {checkpoint.name!r} must have url, sha256 and size")
+    if entry["url"] != checkpoint.url:
+        raise CheckpointError(
+            f"lock file {lock_file} pins {checkpoint.name!r} from {entry['url']}, but the registry now says "
+            f"{checkpoint.url}; delete that entry to pin the new file")
+    return entry
+
+
+def _pin(lock_file, checkpoint: Checkpoint, digest: str, size: int) -> None:
+    lock_file = Path(lock_file)
+    mutex = Path(tempfile.gettempdir()) / f"offshelf-{hashlib.sha1(str(lock_file.resolve()).encode()).hexdigest()[:16]}.lck"
+    with _exclusive(mutex):
+        lock = read_lock(lock_file)  # re-read under the mutex: another job may have pinned meanwhile
+        lock.setdefault(checkpoint.name, {"url": checkpoint.url, "sha256": digest, "size": size})
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(lock_file, json.dumps(lock, indent=2, sort_keys=True) + "\n")
+    log.info("pinned %s (sha256 %s, %d bytes) in %s", checkpoint.name, digest, size, lock_file)
+
+
+def _check_digest(digest: str, source: str, expected_sha256: str | None, hash_prefix: str | None,
+                  pinned_by: str) -> None:
+    if expected_sha256 is not None and digest != expected_sha256.lower():
+        raise ChecksumError(f"{source} has sha256 {digest}, expected {expected_sha256} ({pinned_by})")
+    if hash_prefix is not None and not digest.startswith(hash_prefix.lower()):
+        raise ChecksumError(f"{source} has sha256 {digest}, which does not start with the hash prefix "
+                            f"{hash_prefix} its file name promises")
+
+
+def verify(path: str | os.PathLike, checkpoint: Checkpoint, lock_file: str | os.PathLike | None = None) -> str:
+    """Check ``path`` against every pin known for ``checkpoint`` (registry sha256, hash prefix,
+    lock sha256 and size) and return its sha256. A file with no full hash known yet is pinned
+    in ``lock_file``. Raises :class:`ChecksumError` on mismatch; never modifies ``path``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {checkpoint.name!r}: {path} is not a file")
+    entry = _lock_entry(lock_file, checkpoint)
+    size = path.stat().st_size
+    if entry is not None and entry["size"] != size:
+        raise ChecksumError(f"{path} has {size} bytes, but {lock_file} pins {checkpoint.name!r} at "
+                            f"{entry['size']} bytes (truncated, or a different file)")
+    digest = file_sha256(path)
+    _check_digest(digest, str(path), checkpoint.sha256, checkpoint.hash_prefix, "the registry")
+    if entry is not None:
+        _check_digest(digest, str(path), entry["sha256"], None, f"pinned for {checkpoint.name!r} in {lock_file}")
+    elif lock_file is not None and checkpoint.sha256 is None:
+        _pin(lock_file, checkpoint, digest, size)
+    return digest
+
+
+# ----------------------------------------------------------------------------- download
+
+def _manual_hint(name: str | None, url: str, dest: Path) -> str:
+    what = f"checkpoint {name!r}" if name else "the file"
+    return (f"download {what} by hand from {url} and place it at {dest}, "
+            f"or point offshelf at a local copy (local_path= / the checkpoint's path in the config)")
+
+
+def download(url: str, dest: str | os.PathLike, expected_sha256: str | None = None,
+             hash_prefix: str | None = None, progress: bool = True, name: str | None = None) -> str:
+    """Stream ``url`` into ``dest + ".part"``, resuming an existing .part with an HTTP Range
+    request, check the byte count against Content-Length and the sha256 against
+    ``expected_sha256`` / ``hash_prefix``, then move it into place. Returns the sha256.
+
+    A truncated transfer keeps the .part (the next call resumes it); a completed transfer with
+    the wrong hash deletes it (resuming cannot fix wrong bytes) and nothing is put in place."""
+    dest = Path(dest)
+    part = dest.with_name(dest.name + ".part")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    offset = part.stat().st_size if part.exists() else 0
+
+    request = urllib.request.Request(url, headers={"User-Agent": "offshelf"})
+    if offset:
+        request.add_header("Range", f"bytes={offset}-")
+    try:
+        response = urllib.request.urlopen(request, timeout=TIMEOUT_S)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and offset:  # the .part is as long as the file or longer: start afresh
+            part.unlink()
+            return download(url, dest, expected_sha256, hash_prefix, progress, name)
+        raise CheckpointError(f"HTTP {e.code} {e.reason} for {url}; {_manual_hint(name, url, dest)}") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+        reason = getattr(e, "reason", e)
+        raise CheckpointError(f"cannot reach {url} ({reason}); {_manual_hint(name, url, dest)}") from None
+
+    hasher = hashlib.sha256()
+    with response:
+        content_range = response.headers.get("Content-Range", "")
+        resumed = offset > 0 and response.status == 206 and content_range.startswith(f"bytes {offset}-")
+        if resumed:
+            with open(part, "rb") as f:
+                while chunk := f.read(CHUNK_BYTES):
+                    hasher.update(chunk)
+        elif response.status == 206:  # a range we did not ask for: never splice it into a file
+            response.close()
+            part.unlink(missing_ok=True)
+            if offset:
+                return download(url, dest, expected_sha256, hash_prefix, progress, name)
+            raise CheckpointError(f"{url} answered a plain request with partial content ({content_range!r})")
+        else:  # no .part, or the server ignored the Range header and sent the whole file
+            offset = 0
+        length = response.headers.get("Content-Length")
+        total = offset + int(length) if length is not None else None
+        try:
+            with open(part, "ab" if resumed else "wb") as f, tqdm(
+                    total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
+                    desc=dest.name, disable=not progress) as bar:
+                while chunk := response.read(CHUNK_BYTES):
+                    f.write(chunk)
+                    hasher.update(chunk)
+                    bar.update(len(chunk))
+        except (OSError, http.client.HTTPException) as e:
+            raise CheckpointError(f"download of {url} broke off ({e}); the partial file {part} is kept "
+                                  f"and the next fetch resumes it") from None
+
+    received = part.stat().st_size
+    if total is not None and received != total:
+        raise CheckpointError(f"download of {url} is truncated: received {received} of {total} bytes; "
+                              f"the partial file {part} is kept and the next fetch resumes it")
+    digest = hasher.hexdigest()
+    try:
+        _check_digest(digest, f"download of {url}", expected_sha256, hash_prefix, "the registry or lock file")
+    except ChecksumError:
+        part.unlink()
+        raise
+    os.replace(part, dest)
+    _remember_sha256(dest, digest)
+    return digest
+
+
+# ----------------------------------------------------------------------------- fetch
+
+def fetch(name: str, cache_dir: str | os.PathLike | None = None, lock_file: str | os.PathLike | None = None,
+          local_path: str | os.PathLike | None = None, offline: bool = False, progress: bool = True) -> Path:
+    """Path to the verified file of checkpoint ``name``.
+
+    ``local_path``: verify that file and return it as is (never copied, never deleted).
+    Otherwise use ``cache_dir/<filename>`` (default :func:`default_cache_dir`): a cached file that
+    fails verification is deleted and downloaded again (``offline``: reported with its path)."""
+    checkpoint = get(name)
+    if local_path is not None:
+        local_path = Path(local_path).expanduser()
+        if not local_path.is_file():
+            raise CheckpointError(f"checkpoint {name!r}: local file {local_path} does not exist "
+                                  f"(it can be downloaded from {checkpoint.url})")
+        verify(local_path, checkpoint, lock_file)
+        return local_path
+
+    dest = (Path(cache_dir) if cache_dir is not None else default_cache_dir()).expanduser().resolve() / checkpoint.filename
+    with _exclusive(dest.with_name(f".{dest.name}.lck")):
+        if dest.exists():
+            try:
+                verify(dest, checkpoint, lock_file)
+                return dest
+            except ChecksumError as e:
+                if offline:
+                    raise ChecksumError(f"cached checkpoint {name!r} at {dest} is corrupt: {e}; offline, so it is "
+                                        f"not downloaded again: delete it and fetch online, or "
+                                        f"{_manual_hint(name, checkpoint.url, dest)}") from None
+                log.warning("cached %s failed verification (%s); downloading it again", dest, e)
+                dest.unlink()
+                _sidecar(dest).unlink(missing_ok=True)
+        if offline:
+            raise CheckpointError(f"checkpoint {name!r} is not in the cache ({dest}) and offline mode is on; "
+                                  f"{_manual_hint(name, checkpoint.url, dest)}")
+        entry = _lock_entry(lock_file, checkpoint)
+        expected = checkpoint.sha256 or (entry["sha256"] if entry else None)
+        log.info("downloading %s from %s to %s", name, checkpoint.url, dest)
+        try:
+            download(checkpoint.url, dest, expected, checkpoint.hash_prefix, progress=progress, name=name)
+        except ChecksumError as e:
+            hint = (f"; if the upstream file changed on purpose, delete the entry {name!r} from {lock_file} to pin it again"
+                    if entry is not None and checkpoint.sha256 is None else "")
+            raise ChecksumError(f"checkpoint {name!r}: {e}; nothing was put at {dest}{hint}") from None
+        verify(dest, checkpoint, lock_file)  # the sidecar holds the digest: this only pins the lock
+        return dest
+
+
+# ----------------------------------------------------------------------------- command line
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m offshelf.checkpoints", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    fetch_parser = commands.add_parser("fetch", help="download (if needed) and verify checkpoints")
+    fetch_parser.add_argument("names", nargs="+", metavar="NAME")
+    list_parser = commands.add_parser("list", help="list the registry and what is cached")
+    for sub in (fetch_parser, list_parser):
+        sub.add_argument("--cache", type=Path, default=None, help="cache folder (default $OFFSHELF_CACHE or ~/.cache/offshelf)")
+    fetch_parser.add_argument("--lock", type=Path, default=None, help="lock file pinning sha256 and size")
+    fetch_parser.add_argument("--offline", action="store_true", help="never download; fail if not cached")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    cache = args.cache if args.cache is not None else default_cache_dir()
+
+    if args.command == "list":
+        for checkpoint in sorted(REGISTRY.values(), key=lambda c: c.name):
+            cached = "cached" if (cache / checkpoint.filename).is_file() else "-"
+            print(f"{checkpoint.name:34s} {cached:6s} {checkpoint.license:40s} {checkpoint.url}")
+        return 0
+    try:
+        for name in args.names:
+            print(fetch(name, cache_dir=cache, lock_file=args.lock, offline=args.offline))
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
