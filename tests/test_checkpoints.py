@@ -335,3 +335,29 @@ def test_inception_urls_match_the_installed_clean_fid():
     cleanfid_pytorch = pytest.importorskip("cleanfid.inception_pytorch")
     assert REGISTRY["inception_cleanfid_legacy_tf"].url == cleanfid_helpers.inception_url
     assert REGISTRY["inception_pytorch_fid"].url == cleanfid_pytorch.FID_WEIGHTS_URL
+
+
+def test_parallel_fetches_download_once_and_share_the_lock(tmp_path, server, payload, tiny, monkeypatch):
+    """Parallel workflow jobs: the per-file mutex makes the second fetch wait and reuse the cache."""
+    _, data, sha = payload
+    other = Checkpoint("tiny_copy", tiny.url, "tiny_copy.pth", license="test")
+    monkeypatch.setitem(REGISTRY, "tiny_copy", other)
+    cache, lock = tmp_path / "cache", tmp_path / "lock.json"
+    results, errors = [], []
+
+    def job(name):
+        try:
+            results.append(fetch(name, cache_dir=cache, lock_file=lock, progress=False))
+        except Exception as e:  # surfaced by the assert below
+            errors.append(e)
+
+    threads = [threading.Thread(target=job, args=(name,)) for name in ["tiny", "tiny", "tiny_copy", "tiny_copy"]]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert not errors and len(results) == 4 and all(path.read_bytes() == data for path in results)
+    assert len(server.requests) == 2  # one download per cache file
+    assert {name: entry["sha256"] for name, entry in json.loads(lock.read_text()).items()} == {
+        "tiny": sha, "tiny_copy": sha}
