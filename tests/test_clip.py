@@ -311,3 +311,24 @@ def test_cli_names_the_missing_checkpoint_and_its_url(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"absent.pt does not exist; download it from https://openaipublic"):
         main(["--config", str(config), "--outdir", str(tmp_path / "out"), "--device", "cpu"])
     assert not (tmp_path / "out").exists()
+
+
+def test_run_comparison_writes_grids_scores_timings_and_figure(denoiser, diffusion, classifier, tmp_path):
+    """The CLI's comparison (linear, sine, recurrent) on the tiny models; same seeds for every run."""
+    import pandas as pd
+
+    from offshelf.text2image import run_comparison
+
+    cfg = dict(prompts=PROMPTS, seed=0, batch_size=3, guidance=dict(scale=3.0), diffusion=dict(image_size=SHAPE[-1]),
+               runs=[dict(name="linear", sine_factor=0.0), dict(name="sine", sine_factor=0.3),
+                     dict(name="linear_recurrent2", sine_factor=0.0, recurrent_steps=2)])
+    written = run_comparison(denoiser, diffusion, classifier, cfg, tmp_path, "cpu", n_per_prompt=1)
+    scores = pd.read_csv(written["clip_scores"])
+    assert list(scores.columns) == SCORE_COLUMNS and len(scores) == 3 * len(PROMPTS) * diffusion.num_steps
+    first = scores[scores.step == diffusion.num_steps - 1].pivot(index="seed", columns="schedule", values="clip_score")
+    np.testing.assert_allclose(first["linear"], first["sine"], rtol=1e-5)  # same x_T: same first x̂0
+    timings = pd.read_csv(written["timings"]).set_index("schedule")
+    assert list(timings.recurrent_steps) == [1, 1, 2] and (timings.wall_s > 0).all()
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png")) == sorted(
+        ["clip_score_vs_step.png"] + [f"{run}/{p}.png" for run in ("linear", "sine", "linear_recurrent2")
+                                      for p in ("van_gogh_style_cat", "ice_frog", "a_red_sports_car")])

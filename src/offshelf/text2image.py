@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from offshelf.classifiers.clip import CLIPPromptClassifier, clip_score
+from offshelf.classifiers.clip import CLIPPromptClassifier, clip_score, load_clip
 from offshelf.diffusion import GaussianDiffusion
 from offshelf.guidance import ClassifierGuidance
 from offshelf.samplers.ddpm import DDPMGuidanceConfig, ddpm_sample
@@ -249,22 +249,29 @@ def run_config(cfg: Mapping[str, Any], outdir: str | os.PathLike | None = None, 
         raise FileNotFoundError(f"diffusion.checkpoint {d['checkpoint']} does not exist; download it from "
                                 f"{d['url']}")
     from offshelf.backbones.adm import load_adm  # the ADM port, needed only here
-    from offshelf.classifiers.clip import load_clip
 
     model = load_adm(d["checkpoint"], d["preset"], device=device, use_fp16=d["use_fp16"])
     diffusion = GaussianDiffusion.respaced(d["num_train_steps"], d["timestep_respacing"], d["noise_schedule"],
                                            "learned_range")
     clip_model, tokenizer = load_clip(c["model"], c["pretrained"], cache_dir=c["cache_dir"], device=device)
     classifier = CLIPPromptClassifier(clip_model, tokenizer, cfg["prompts"])
+    return run_comparison(model, diffusion, classifier, cfg, outdir, device, n, progress)
 
+
+def run_comparison(model, diffusion: GaussianDiffusion, classifier: CLIPPromptClassifier, cfg: Mapping[str, Any],
+                   outdir: str | os.PathLike, device: str | torch.device, n_per_prompt: int,
+                   progress: bool = False) -> dict[str, Path]:
+    """The config's runs from the same seeds; writes ``{run}/{prompt}.png``, ``clip_scores.csv``,
+    ``timings.csv`` and ``clip_score_vs_step.png`` under ``outdir``."""
+    outdir, device, n = Path(outdir), torch.device(device), n_per_prompt
     tables, timings, written = [], [], {}
     for run in (Run(**r) for r in cfg["runs"]):
         _sync(device)
         start = time.perf_counter()
         images, scores = generate(model, diffusion, classifier, cfg["prompts"], n, cfg["seed"],
                                   cfg["guidance"]["scale"], run.sine_factor, run.recurrent_steps,
-                                  image_size=d["image_size"], schedule=run.name, batch_size=cfg["batch_size"],
-                                  device=device, progress=progress)
+                                  image_size=cfg["diffusion"]["image_size"], schedule=run.name,
+                                  batch_size=cfg["batch_size"], device=device, progress=progress)
         _sync(device)
         wall = time.perf_counter() - start
         timings.append(dict(schedule=run.name, sine_factor=run.sine_factor, recurrent_steps=run.recurrent_steps,
