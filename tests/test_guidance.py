@@ -1,7 +1,6 @@
 """Calibrated guidance: every formula of offshelf.guidance and Softplus surgery against values
 computed by hand (numpy) or in closed form."""
 
-import copy
 import math
 
 import numpy as np
@@ -228,6 +227,17 @@ def test_input_adapter_downsamples_with_antialiasing():
     expected = np.stack([reduce(c) for c in rows.T]).T
     got = InputAdapter(resize=2)(x)[0, 0].numpy()
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_input_adapter_resizes_to_a_square():
+    assert InputAdapter(resize=2)(torch.zeros(1, 1, 2, 4)).shape == (1, 1, 2, 2)
+    assert InputAdapter(resize=2)(torch.zeros(1, 1, 2, 2)).shape == (1, 1, 2, 2)
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: InputAdapter only compares the width with `resize` "
+                                        "(x.shape[-1] != resize), so an H×resize input is passed through unresized")
+def test_input_adapter_resizes_when_only_the_height_differs():
+    assert InputAdapter(resize=2)(torch.zeros(1, 1, 4, 2)).shape == (1, 1, 2, 2)
 
 
 def test_input_adapter_normalises_from_minus_one_one():
