@@ -75,8 +75,6 @@ def test_respacing_errors():
     assert space_timesteps(5, "") == list(range(5))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: space_timesteps rounds k·stride; ADM accumulates cur_idx += stride, "
-                                        "which differs at .5 ties (e.g. '21' keeps 500 where ADM keeps 499)")
 @pytest.mark.parametrize("num_steps,counts", [(1000, [21]), (1000, [23]), (1000, [31]), (300, [10, 15, 20])])
 def test_respacing_matches_adm_at_rounding_ties(num_steps, counts):
     assert space_timesteps(num_steps, ",".join(map(str, counts))) == adm_space_timesteps(num_steps, counts)

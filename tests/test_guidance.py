@@ -234,8 +234,6 @@ def test_input_adapter_resizes_to_a_square():
     assert InputAdapter(resize=2)(torch.zeros(1, 1, 2, 2)).shape == (1, 1, 2, 2)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: InputAdapter only compares the width with `resize` "
-                                        "(x.shape[-1] != resize), so an H×resize input is passed through unresized")
 def test_input_adapter_resizes_when_only_the_height_differs():
     assert InputAdapter(resize=2)(torch.zeros(1, 1, 4, 2)).shape == (1, 1, 2, 2)
 

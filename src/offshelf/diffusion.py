@@ -57,7 +57,10 @@ def space_timesteps(num_steps: int, spacing: str | int | list[int]) -> list[int]
         if size < count:
             raise ValueError(f"cannot divide a section of {size} steps into {count}")
         stride = 1 if count <= 1 else (size - 1) / (count - 1)
-        kept += [start + round(stride * k) for k in range(count)]
+        position = 0.0  # accumulated, not multiplied: ADM rounds the running sum (ties differ)
+        for _ in range(count):
+            kept.append(start + round(position))
+            position += stride
         start += size
     return sorted(set(kept))
 

@@ -61,7 +61,7 @@ class InputAdapter:
     std: Sequence[float] | None = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.resize is not None and x.shape[-1] != self.resize:
+        if self.resize is not None and tuple(x.shape[-2:]) != (self.resize, self.resize):
             x = F.interpolate(x, size=(self.resize, self.resize), mode="bilinear",
                               align_corners=False, antialias=True)
         if self.mean is not None or self.std is not None:
