@@ -1,0 +1,141 @@
+"""The workflow on a real SLURM cluster, through profiles/slurm.
+
+Needs a running cluster: `sudo .ci/slurm_cluster.sh start` (a one-node cluster on
+this machine). Run with `pytest -m slurm tests/test_slurm.py`; skipped when
+`sinfo` is missing or no node accepts jobs.
+
+Without an accounting database there is no `sacct`, so a job's SLURM identity is
+checked against slurmctld itself: the id the plugin logged at submission must be
+known to `squeue` as a COMPLETED job of this run (its job name is the run's
+uuid, its comment names the rule), and the job must have seen that id in
+SLURM_JOB_ID.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.slurm
+
+REPO = Path(__file__).resolve().parents[1]
+PROFILE = REPO / "profiles" / "slurm"
+VENV_BIN = Path(sys.executable).parent
+READY_STATES = {"idle", "mixed", "allocated", "completing"}
+
+# Poll slurmctld every few seconds instead of the profile's cluster-friendly 40 s.
+FAST_POLLING = ["--slurm-init-seconds-before-status-checks", "2", "--slurm-keep-successful-logs"]
+
+SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)")
+FINISHED = re.compile(r"Finished jobid: (\d+) \(Rule: (\w+)\)")
+
+
+def cluster_down_reason():
+    if shutil.which("sinfo") is None:
+        return "sinfo not found: SLURM is not installed (run `sudo .ci/slurm_cluster.sh start`)"
+    try:
+        out = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        return "sinfo timed out: slurmctld does not answer (run `sudo .ci/slurm_cluster.sh start`)"
+    if out.returncode != 0:
+        return f"slurmctld does not answer ({out.stderr.strip()}); run `sudo .ci/slurm_cluster.sh start`"
+    states = {state.rstrip("*~#!%$@^-") for state in out.stdout.split()}
+    if not states & READY_STATES:
+        return f"no SLURM node accepts jobs (node states: {sorted(states) or 'none'})"
+    return None
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster():
+    reason = cluster_down_reason()
+    if reason:
+        pytest.skip(reason)
+
+
+def snakemake(workdir, *args, timeout=900):
+    """Run the venv's snakemake in `workdir`; return its combined output, failing with its tail."""
+    env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    proc = subprocess.run(
+        [str(VENV_BIN / "snakemake"), *map(str, args)],
+        cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"snakemake {' '.join(map(str, args))} failed in {workdir}:\n{output[-6000:]}"
+    return output
+
+
+def squeue_records(job_ids):
+    """{id: (job name, state, comment)} of these jobs, from slurmctld (MinJobAge keeps finished ones)."""
+    out = subprocess.run(
+        ["squeue", "-h", "-t", "all", "-j", ",".join(job_ids), "-o", "%i|%j|%T|%k"],
+        capture_output=True, text=True, check=True, timeout=30,
+    ).stdout
+    records = {}
+    for line in out.splitlines():
+        job_id, name, state, comment = line.strip().split("|", 3)
+        records[job_id] = (name, state, comment)
+    return records
+
+
+def check_every_job_ran_on_slurm(output):
+    """Every non-local job was submitted, and each SLURM id is a COMPLETED job of this run.
+
+    Returns {snakemake job id: (rule, SLURM job id)}.
+    """
+    submitted = {job: (slurm_id, log) for job, slurm_id, log in SUBMITTED.findall(output)}
+    finished = dict(FINISHED.findall(output))
+    assert submitted, f"no job was submitted to SLURM:\n{output[-3000:]}"
+    remote = {job: rule for job, rule in finished.items() if rule != "all"}  # `all` has no action
+    assert set(remote) == set(submitted), f"finished {sorted(remote)} but submitted {sorted(submitted)}"
+
+    slurm_ids = sorted({slurm_id for slurm_id, _ in submitted.values()}, key=int)
+    assert len(slurm_ids) == len(submitted), "two snakemake jobs share one SLURM id"
+    records = squeue_records(slurm_ids)
+    assert set(records) == set(slurm_ids), f"slurmctld does not know jobs {set(slurm_ids) - set(records)}"
+    run_names = {name for name, _, _ in records.values()}
+    assert len(run_names) == 1, f"jobs of one run carry different names: {run_names}"
+    jobs = {}
+    for job, (slurm_id, log) in submitted.items():
+        rule = remote[job]
+        _, state, comment = records[slurm_id]
+        assert state == "COMPLETED", f"SLURM job {slurm_id} ({rule}) is {state}"
+        assert comment.startswith(f"rule_{rule}"), f"SLURM job {slurm_id} has comment {comment!r}, not rule {rule}"
+        assert f"/rule_{rule}/" in log and Path(log).name == f"{slurm_id}.log", log
+        jobs[job] = (rule, slurm_id)
+    return jobs
+
+
+TWO_RULES = """
+rule all:
+    input: "b.txt"
+
+rule a:
+    output: "a.txt"
+    threads: 1
+    shell: "echo $SLURM_JOB_ID > {output}"
+
+rule b:
+    input: "a.txt"
+    output: "b.txt"
+    threads: 1
+    shell: "cat {input} > {output} && echo $SLURM_JOB_ID >> {output}"
+"""
+
+
+def test_two_rule_workflow_runs_as_slurm_jobs(slurm_cluster, tmp_path):
+    (tmp_path / "Snakefile").write_text(TWO_RULES)
+    output = snakemake(tmp_path, "--profile", PROFILE, *FAST_POLLING)
+
+    jobs = check_every_job_ran_on_slurm(output)
+    assert sorted(rule for rule, _ in jobs.values()) == ["a", "b"]
+    # Each job saw its own SLURM id: the shell really ran inside that allocation.
+    seen_ids = (tmp_path / "b.txt").read_text().split()
+    slurm_id = {rule: sid for rule, sid in jobs.values()}
+    assert seen_ids == [slurm_id["a"], slurm_id["b"]]
+    for rule, sid in jobs.values():
+        assert (tmp_path / ".snakemake" / "slurm_logs" / f"rule_{rule}" / f"{sid}.log").exists()
