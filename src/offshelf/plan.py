@@ -1,0 +1,96 @@
+"""Expand a workflow config into the jobs it implies: table rows → settings (× regime × swept
+scale), calibration probes and figures. Pure functions of the config, so the Snakefile stays
+thin and the expansion is unit-tested without Snakemake."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from offshelf.settings import Setting
+
+SETTING_KEYS = {f for f in Setting.__dataclass_fields__}
+
+
+@dataclass
+class Row:
+    """One table row: a label, its setting per regime, the settings swept over (the row reports
+    the one with the best FID), the probe whose calibration it shows, and the paper's numbers."""
+
+    table: str
+    label: str
+    regime: str
+    candidates: list[Setting]
+    probe: str | None
+    paper: dict[str, Any] = field(default_factory=dict)
+    sweep_key: str | None = None
+
+
+def row_setting(config: dict, row: dict, regime: str) -> Setting:
+    base_name = row.get("base")
+    values: dict[str, Any] = {}
+    if base_name is not None:
+        bases = config.get("bases", {})
+        if base_name not in bases:
+            raise ValueError(f"table row {row.get('label')!r}: base {base_name!r} is not defined under 'bases' "
+                             f"(defined: {', '.join(bases) or 'none'})")
+        values.update(bases[base_name])
+    values.update({k: v for k, v in row.items() if k in SETTING_KEYS})
+    values["regime"] = regime
+    if "softplus_beta" in values and values["softplus_beta"] in ("inf", "relu", None):
+        values["softplus_beta"] = math.inf
+    return Setting.from_dict(values)
+
+
+def sweep(config: dict, setting: Setting) -> tuple[list[Setting], str | None]:
+    """The scale grid of a guided setting (per regime), the CFG grid of a CFG setting."""
+    if setting.method == "guided":
+        grid = config["scales"][setting.regime]
+        return [replace(setting, scale=float(s)) for s in grid], "scale"
+    if setting.method == "cfg":
+        return [replace(setting, cfg_scale=float(w)) for w in config["cfg_scales"]], "cfg_scale"
+    return [setting], None
+
+
+def table_rows(config: dict) -> list[Row]:
+    rows = []
+    for table, spec in config["tables"].items():
+        for row in spec["rows"]:
+            for regime in config["regimes"]:
+                setting = row_setting(config, row, regime)
+                candidates, key = sweep(config, setting)
+                if "scale" in row and setting.method == "guided":  # a row may pin its scale
+                    candidates, key = [setting], None
+                probe = setting.probe if (spec.get("calibration") and setting.method == "guided") else None
+                rows.append(Row(table, row["label"], regime, candidates, probe, dict(row.get("paper", {})), key))
+    return rows
+
+
+def all_settings(config: dict) -> dict[str, Setting]:
+    """Every distinct setting the tables need, by name (shared rows are sampled once)."""
+    out: dict[str, Setting] = {}
+    for row in table_rows(config):
+        for s in row.candidates:
+            out.setdefault(s.name, s.canonical())
+    return out
+
+
+def all_probes(config: dict) -> list[str]:
+    probes = {row.probe for row in table_rows(config) if row.probe}
+    for figure in ("figure1", "figure2"):
+        probes.update(config.get("figures", {}).get(figure, {}).get("probes", []))
+    return sorted(probes)
+
+
+def shard_seeds(config: dict, shard: int) -> list[int]:
+    """Seeds of shard ``shard``: a fixed, contiguous range, independent of every other shard."""
+    sampling = config["sampling"]
+    start = sampling.get("seed_offset", 0) + shard * sampling["shard_size"]
+    stop = min(start + sampling["shard_size"], sampling.get("seed_offset", 0) + sampling["num_samples"])
+    return list(range(start, stop))
+
+
+def num_shards(config: dict) -> int:
+    sampling = config["sampling"]
+    return math.ceil(sampling["num_samples"] / sampling["shard_size"])

@@ -1,0 +1,120 @@
+"""Experiment settings: every knob the paper ablates, and a folder name derived from it.
+
+A setting's name encodes exactly the parameters that change its samples (Paramspace-style), so
+editing one value in the config requests a new folder and reruns only the jobs behind it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+REGIMES = ("cond", "uncond")
+METHODS = ("unguided", "guided", "cfg")
+CLASSIFIERS = ("offshelf", "finetuned", "combined")
+INPUTS = ("x0", "xt")
+
+
+def fmt(value: float) -> str:
+    """Stable, readable number for file names: 3.0 → '3', 0.5 → '0.5', inf → 'inf'."""
+    value = float(value)
+    if math.isinf(value):
+        return "inf"
+    return f"{value:g}"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One sampling configuration.
+
+    ``regime``: ``cond`` feeds the class to the diffusion model (ADM-G setting), ``uncond``
+    drops it so guidance is the only class signal. ``method``: ``unguided``, ``guided``
+    (classifier guidance) or ``cfg`` (classifier-free guidance, ``cfg_scale`` w: ε_u + w(ε_c − ε_u)).
+    ``classifier``: ``offshelf`` (clean-image network), ``finetuned`` (noise-aware, sees x_t and
+    t) or ``combined`` (offshelf while step >= ``switch_step``, finetuned below: Table 2).
+    ``softplus_beta = inf`` keeps ReLU. ``marginal_temperature`` is τ2 (τ1 = ``joint_temperature``).
+    """
+
+    regime: str = "cond"
+    method: str = "guided"
+    classifier: str = "offshelf"
+    input: str = "x0"
+    softplus_beta: float = math.inf
+    joint_temperature: float = 1.0
+    marginal_temperature: float = 1.0
+    sine_factor: float = 0.0
+    scale: float = 1.0
+    recurrent_steps: int = 1
+    cfg_scale: float = 1.0
+    switch_step: int = 50
+
+    def __post_init__(self):
+        for name, allowed in (("regime", REGIMES), ("method", METHODS), ("classifier", CLASSIFIERS), ("input", INPUTS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"setting key {name!r} = {getattr(self, name)!r}; allowed values: {', '.join(allowed)}")
+        if not self.softplus_beta > 0:
+            raise ValueError(f"setting key 'softplus_beta' must be > 0 (inf for ReLU), got {self.softplus_beta}")
+        if self.recurrent_steps < 1:
+            raise ValueError(f"setting key 'recurrent_steps' must be >= 1, got {self.recurrent_steps}")
+        if self.method == "guided" and self.classifier == "finetuned" and self.input != "xt":
+            raise ValueError("setting: the fine-tuned (noise-aware) classifier takes x_t; set input: xt")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "Setting":
+        known = {f.name: f.type for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"unknown setting key(s) {unknown}; allowed keys: {', '.join(known)}")
+        clean = {}
+        for key, value in values.items():  # numpy scalars and YAML strings → plain Python
+            if key in ("regime", "method", "classifier", "input"):
+                clean[key] = str(value)
+            elif key in ("recurrent_steps", "switch_step"):
+                clean[key] = int(value)
+            else:
+                clean[key] = float(value)
+        return cls(**clean)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def canonical(self) -> "Setting":
+        """Reset the knobs this method ignores, so equal experiments share one name."""
+        if self.method == "unguided":
+            return Setting(regime=self.regime, method="unguided")
+        if self.method == "cfg":
+            return Setting(regime=self.regime, method="cfg", cfg_scale=self.cfg_scale)
+        s = self if self.classifier == "combined" else replace(self, switch_step=Setting.switch_step)
+        return replace(s, cfg_scale=Setting.cfg_scale)
+
+    @property
+    def name(self) -> str:
+        s = self.canonical()
+        if s.method == "unguided":
+            return f"{s.regime}_unguided"
+        if s.method == "cfg":
+            return f"{s.regime}_cfg-w{fmt(s.cfg_scale)}"
+        beta = "relu" if math.isinf(s.softplus_beta) else f"sp{fmt(s.softplus_beta)}"
+        name = (f"{s.regime}_{s.classifier}-{s.input}_{beta}_tj{fmt(s.joint_temperature)}"
+                f"_tm{fmt(s.marginal_temperature)}_g{fmt(s.sine_factor)}_s{fmt(s.scale)}_r{s.recurrent_steps}")
+        if s.classifier == "combined":
+            name += f"_sw{s.switch_step}"
+        return name
+
+    @property
+    def probe(self) -> str:
+        """Name of the classifier variant alone (what calibration measures): classifier,
+        input and activation, independent of scale, schedule and regime."""
+        beta = "relu" if math.isinf(self.softplus_beta) else f"sp{fmt(self.softplus_beta)}"
+        name = f"{self.classifier}-{self.input}_{beta}"
+        return name + (f"_sw{self.switch_step}" if self.classifier == "combined" else "")
+
+
+def probe_setting(probe: str) -> Setting:
+    """Inverse of :attr:`Setting.probe` (enough to rebuild the classifier)."""
+    parts = probe.split("_")
+    classifier, inp = parts[0].split("-")
+    beta = math.inf if parts[1] == "relu" else float(parts[1][2:])
+    switch = int(parts[2][2:]) if len(parts) > 2 else Setting.switch_step
+    return Setting(classifier=classifier, input=inp, softplus_beta=beta, switch_step=switch)

@@ -1,0 +1,68 @@
+# Tables beside the paper's numbers, figures, one Markdown report.
+
+FIGURES = ["figure1", "figure2", "figure3", "figure4", "figure5"]
+
+
+rule figure_calibration:
+    input:
+        lambda wc: expand(f"{EXP}/calibration/{{probe}}.csv", probe=config["figures"][wc.figure]["probes"]),
+    output:
+        f"{EXP}/figures/{{figure}}.png",
+    wildcard_constraints:
+        figure="figure1|figure2",
+    params:
+        probes=lambda wc: config["figures"][wc.figure]["probes"],
+        library=LIBRARY,
+    log:
+        f"{LOGS}/figures/{{figure}}.log",
+    script:
+        "../scripts/figure_calibration.py"
+
+
+rule figure_analytic:
+    output:
+        figure3=f"{EXP}/figures/figure3.png",
+        figure5=f"{EXP}/figures/figure5.png",
+    params:
+        sampling=config["sampling"],
+        sine_factors=[0.0, 0.1, 0.2, 0.3, 0.4],
+        library=LIBRARY,
+    log:
+        f"{LOGS}/figures/analytic.log",
+    script:
+        "../scripts/figure_analytic.py"
+
+
+rule figure_gradients:
+    input:
+        **model_files("denoiser", "offshelf", "finetuned"),
+    output:
+        f"{EXP}/figures/figure4.png",
+    params:
+        figure=config["figures"]["figure4"],
+        sampling=config["sampling"],
+        library=LIBRARY,
+    log:
+        f"{LOGS}/figures/figure4.log",
+    threads: THREADS
+    script:
+        "../scripts/figure_gradients.py"
+
+
+rule report:
+    input:
+        metrics=expand(f"{EXP}/metrics/{{setting}}.json", setting=sorted(SETTINGS)),
+        calibration=expand(f"{EXP}/calibration/{{probe}}.csv", probe=PROBES),
+        figures=expand(f"{EXP}/figures/{{figure}}.png", figure=FIGURES),
+        models=list(model_files("denoiser", "offshelf", "finetuned", "evaluator").values()),
+    output:
+        report=f"{EXP}/report/README.md",
+    params:
+        plan={k: config[k] for k in ("tables", "bases", "regimes", "scales", "cfg_scales") if k in config},
+        experiment=config["experiment"],
+        sampling=config["sampling"],
+        library=LIBRARY,
+    log:
+        f"{LOGS}/report.log",
+    script:
+        "../scripts/report.py"

@@ -1,0 +1,18 @@
+# Guided sample generation, sharded: each shard is a fixed seed range written atomically, so a
+# killed job loses at most its own shard and a rerun reproduces it bitwise.
+
+rule sample:
+    input:
+        **model_files("denoiser", "offshelf", "finetuned"),
+    output:
+        f"{EXP}/samples/{{setting}}/shard{{shard}}.npz",
+    params:
+        setting=lambda wc: SETTINGS[wc.setting].to_dict(),
+        seeds=lambda wc: [shard_seeds(config, int(wc.shard))[0], len(shard_seeds(config, int(wc.shard)))],
+        sampling=config["sampling"],
+        library=LIBRARY,
+    log:
+        f"{LOGS}/sample/{{setting}}/shard{{shard}}.log",
+    threads: THREADS
+    script:
+        "../scripts/sample.py"

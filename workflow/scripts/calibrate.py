@@ -1,0 +1,13 @@
+from offshelf.experiment import calibration_profile, job_log, load_digits_models, save_csv
+from offshelf.calibration import integral_calibration_error
+from offshelf.settings import probe_setting
+
+with job_log(snakemake.log[0], snakemake.threads):
+    sampling, calibration = snakemake.params.sampling, snakemake.params.calibration
+    models = load_digits_models(snakemake.input, sampling["respacing"], sampling.get("variance", "fixed_large"))
+    # Calibration seeds sit far from sampling seeds: independent trajectories.
+    seeds = list(range(10_000_000, 10_000_000 + calibration["num_samples"]))
+    table = calibration_profile(probe_setting(snakemake.wildcards.probe), models, seeds,
+                                sampling["batch_size"], calibration.get("num_bins", 15))
+    print(f"{snakemake.wildcards.probe}: integral calibration error {integral_calibration_error(table):.4f}")
+    save_csv(snakemake.output[0], table)

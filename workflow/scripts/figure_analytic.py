@@ -1,0 +1,8 @@
+from offshelf.diffusion import GaussianDiffusion
+from offshelf.experiment import job_log
+from offshelf.figures import gaussian_mixture_directions, guidance_schedules
+
+with job_log(snakemake.log[0]):
+    gaussian_mixture_directions(snakemake.output.figure3)
+    diffusion = GaussianDiffusion.respaced(1000, snakemake.params.sampling["respacing"], "linear", "fixed_large")
+    guidance_schedules(diffusion.betas, snakemake.params.sine_factors, snakemake.output.figure5)
