@@ -77,7 +77,8 @@ def build_adm128(device):
 ARCHS = {"digits": build_digits, "adm128": build_adm128}
 
 
-def measure(arch: str, batch: int, repeats: int, warmup: int, device: str, recurrent: list[int]) -> dict:
+def measure(arch: str, batch: int, repeats: int, warmup: int, device: str, recurrent: list[int],
+            profile: bool = False) -> dict:
     device = torch.device(device)
     model, classifier, diffusion, shape, num_classes = ARCHS[arch](device)
     model = model.to(device).eval().requires_grad_(False)
@@ -145,6 +146,7 @@ def measure(arch: str, batch: int, repeats: int, warmup: int, device: str, recur
         for r in sorted(recurrent):
             times[f"recurrent_{r}"] = times.pop(f"recurrent_{r}")
 
+    op_profile = profile_ops(cases, device) if profile else None
     median = {name: statistics.median(t) for name, t in wall.items()}
     median_cpu = {name: statistics.median(t) for name, t in cpu.items()}
     return dict(
@@ -166,7 +168,30 @@ def measure(arch: str, batch: int, repeats: int, warmup: int, device: str, recur
             _efficiency({n: t[i] for n, t in wall.items()}) for i in range(repeats)),
         recurrent_relative={f"recurrent_{r}": median[f"recurrent_{r}"] / median["guided_step"] for r in recurrent},
         peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        op_profile=op_profile,
     )
+
+
+def profile_ops(cases: dict, device: torch.device, top: int = 8) -> dict:
+    """Self time per aten op of one (a), (b) and (c) call under torch.profiler, and the ops where
+    ``b − a − c`` is largest: what the guided step spends beyond "unguided step + classifier
+    gradient". Single calls, so the denoiser's own run-to-run jitter shows up here too."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    self_ms = {}
+    for name in ("unguided_step", "guided_step", "classifier_grad"):
+        with profile(activities=activities) as prof:
+            cases[name]()
+        self_ms[name] = {}
+        for event in prof.key_averages():
+            self_ms[name][event.key] = self_ms[name].get(event.key, 0.0) + event.self_cpu_time_total / 1e3
+    a, b, c = self_ms["unguided_step"], self_ms["guided_step"], self_ms["classifier_grad"]
+    residual = {op: b.get(op, 0.0) - a.get(op, 0.0) - c.get(op, 0.0) for op in set(a) | set(b) | set(c)}
+    largest = sorted(residual, key=lambda op: -abs(residual[op]))[:top]
+    return dict(total_self_cpu_ms={name: sum(ops.values()) for name, ops in self_ms.items()},
+                residual_ms={op: dict(guided=b.get(op, 0.0), unguided=a.get(op, 0.0), classifier=c.get(op, 0.0),
+                                      residual=residual[op]) for op in largest})
 
 
 def _efficiency(t: dict) -> float:
@@ -195,6 +220,19 @@ def markdown_table(result: dict) -> str:
     lines += ["",
               f"efficiency (b − a)/c: wall {result['efficiency']:.2f} (median of per-round ratios "
               f"{result['efficiency_paired_median']:.2f}), CPU time {result['efficiency_cpu']:.2f}; target ≤ 1.10"]
+    prof = result["op_profile"]
+    if prof is not None:
+        total = prof["total_self_cpu_ms"]
+        lines += ["",
+                  f"torch.profiler, one call each (self CPU ms): (a) {total['unguided_step']:.1f}, "
+                  f"(b) {total['guided_step']:.1f}, (c) {total['classifier_grad']:.1f}; "
+                  f"b − a − c = {total['guided_step'] - total['unguided_step'] - total['classifier_grad']:.1f}",
+                  "",
+                  "| aten op | (b) guided | (a) unguided | (c) classifier | b − a − c |",
+                  "|---|---:|---:|---:|---:|"]
+        for op, row in prof["residual_ms"].items():
+            lines.append(f"| {op} | {row['guided']:.1f} | {row['unguided']:.1f} | {row['classifier']:.1f} | "
+                         f"{row['residual']:.1f} |")
     return "\n".join(lines)
 
 
@@ -219,6 +257,8 @@ def main(argv=None):
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--recurrent", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--profile", action="store_true",
+                        help="also attribute one call of (a), (b), (c) to aten ops with torch.profiler")
     parser.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -231,7 +271,7 @@ def main(argv=None):
         parser.error("--batch and --repeats must be >= 1, --warmup >= 0")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    result = measure(args.arch, batch, repeats, args.warmup, args.device, args.recurrent)
+    result = measure(args.arch, batch, repeats, args.warmup, args.device, args.recurrent, args.profile)
     print(markdown_table(result))
     if args.out is not None:
         write_json_atomic(args.out, result)
