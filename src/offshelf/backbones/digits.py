@@ -210,7 +210,8 @@ def train(config: TrainConfig, progress: bool = False) -> tuple[nn.Module, dict]
     x_train, y_train = load_digits_split("train", config.split_seed)
     model = build(config.role, config.width)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.steps, pct_start=0.05)
+    warmup = max(0.05, 2.5 / config.steps)  # OneCycleLR needs at least two warm-up steps
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.steps, pct_start=warmup)
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
     alphas_cumprod = torch.tensor(np.cumprod(1 - beta_schedule(config.schedule, config.num_train_timesteps)),
                                   dtype=torch.float32)

@@ -1,0 +1,123 @@
+"""The embedded digits benchmark: data, the four networks, checkpoints, and one experiment pass."""
+
+import numpy as np
+import pytest
+import torch
+
+from offshelf.backbones import digits
+from offshelf.classifiers.softplus import count_relus, softplus_surgery
+from offshelf.guidance import ClassifierGuidance, SwitchedGuidance
+from offshelf.settings import Setting
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("digits")
+    paths = {}
+    for role, width in (("denoiser", 16), ("offshelf", 8), ("finetuned", 8), ("evaluator", 16)):
+        config = digits.TrainConfig(role=role, steps=20, width=width, seed=1, batch_size=32)
+        model, metrics = digits.train(config)
+        paths[role] = str(folder / f"{role}.pt")
+        digits.save_checkpoint(model, config, metrics, paths[role])
+    return paths
+
+
+def test_split_is_fixed_stratified_and_in_range():
+    x_train, y_train = digits.load_digits_split("train")
+    x_test, y_test = digits.load_digits_split("test")
+    assert len(x_train) + len(x_test) == 1797 and x_train.shape[1:] == (1, 8, 8)
+    assert x_train.min() >= -1 and x_train.max() <= 1
+    assert set(y_test.tolist()) == set(range(10))
+    again, _ = digits.load_digits_split("train")
+    assert torch.equal(x_train, again)
+    with pytest.raises(ValueError, match="split must be"):
+        digits.load_digits_split("val")
+
+
+def test_uint8_round_trip_matches_adm_storage():
+    x = torch.tensor([-1.0, 0.0, 1.0, 0.5]).view(1, 1, 2, 2)
+    stored = digits.to_uint8_nhwc(x)
+    assert stored.dtype == np.uint8 and stored.shape == (1, 2, 2, 1)
+    assert stored.ravel().tolist() == [0, 128, 255, 191]  # round((x+1)*127.5)
+    assert torch.allclose(digits.from_uint8_nhwc(stored), x, atol=1 / 127.5)
+
+
+def test_classifier_relus_are_modules_softplus_catches_every_call():
+    model = digits.DigitsResNet(width=8)
+    assert count_relus(model) == 4
+    smooth = softplus_surgery(model, 3.0)
+    assert count_relus(smooth) == 0 and count_relus(model) == 4
+    calls = []
+    for m in smooth.modules():
+        if isinstance(m, torch.nn.Softplus):
+            m.register_forward_hook(lambda *_: calls.append(1))
+    smooth(torch.zeros(2, 1, 8, 8))
+    assert len(calls) == 7  # 2 per residual block × 3 blocks + the head
+
+
+def test_checkpoint_round_trip_and_clear_errors(checkpoints, tmp_path):
+    model, config, metrics = digits.load_checkpoint(checkpoints["offshelf"], "offshelf")
+    assert config.role == "offshelf" and config.width == 8 and "test_accuracy" in metrics
+    assert not any(p.requires_grad for p in model.parameters())
+    with pytest.raises(ValueError, match="holds a 'offshelf' network, expected 'denoiser'"):
+        digits.load_checkpoint(checkpoints["offshelf"], "denoiser")
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(open(checkpoints["offshelf"], "rb").read()[:100])
+    with pytest.raises(ValueError, match="broken.pt: not a readable offshelf digits checkpoint"):
+        digits.load_checkpoint(broken)
+    with pytest.raises(FileNotFoundError, match="train_digits"):
+        digits.load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_training_is_reproducible():
+    config = digits.TrainConfig(role="offshelf", steps=5, width=8, seed=3, batch_size=16)
+    a, _ = digits.train(config)
+    b, _ = digits.train(config)
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb)
+
+
+def test_guidance_built_from_settings(checkpoints):
+    from offshelf.experiment import build_guidance, load_digits_models
+
+    models = load_digits_models(checkpoints, "10")
+    assert build_guidance(Setting(method="unguided"), models) is None
+    g = build_guidance(Setting(softplus_beta=3, marginal_temperature=0.5), models)
+    assert isinstance(g, ClassifierGuidance) and g.marginal_temperature == 0.5
+    assert count_relus(g.classifier) == 0 and count_relus(models.offshelf) > 0
+    ft = build_guidance(Setting(classifier="finetuned", input="xt"), models)
+    assert ft.time_conditioned and ft.input == "xt"
+    combined = build_guidance(Setting(classifier="combined", switch_step=4), models)
+    assert isinstance(combined, SwitchedGuidance)
+    assert combined.at(4) is combined.early and combined.at(3) is combined.late
+
+
+def test_shards_are_reproducible_alone_and_evaluate(checkpoints, tmp_path):
+    from offshelf.experiment import evaluate_setting, load_digits_models, reference_features, sample_shard, save_npz
+
+    models = load_digits_models(checkpoints, "10")
+    setting = Setting(regime="uncond", softplus_beta=3, marginal_temperature=0.5, sine_factor=0.3, scale=3)
+    both, labels, _ = sample_shard(setting, models, list(range(8)), batch_size=4)
+    first, _, _ = sample_shard(setting, models, list(range(4)), batch_size=4)
+    second, labels2, _ = sample_shard(setting, models, list(range(4, 8)), batch_size=4)
+    assert np.array_equal(both, np.concatenate([first, second]))
+    assert np.array_equal(labels[4:], labels2)
+    unguided, _, _ = sample_shard(Setting(regime="uncond", method="unguided"), models, list(range(4)), batch_size=4)
+    assert not np.array_equal(unguided, first)
+
+    shard = tmp_path / "shard0.npz"
+    save_npz(shard, arr_0=both, arr_1=labels, seconds=np.float64(1.5))
+    ref = tmp_path / "ref.npz"
+    save_npz(ref, **reference_features(checkpoints["evaluator"], "test"))
+    result = evaluate_setting([str(shard)], checkpoints["evaluator"], ref)
+    assert result["n"] == 8 and result["seconds"] == 1.5
+    for key in ("fid", "precision", "recall", "accuracy"):
+        assert np.isfinite(result[key])

@@ -1,0 +1,70 @@
+"""Settings expand from the config like a Paramspace; names change exactly when samples would."""
+
+import math
+
+import pytest
+import yaml
+
+from offshelf.plan import all_probes, all_settings, num_shards, shard_seeds, table_rows
+from offshelf.settings import Setting, probe_setting
+from workflow_utils import REPO, dry_run_jobs
+
+
+@pytest.fixture(scope="module")
+def config():
+    return yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def test_names_are_stable_and_parameter_derived():
+    s = Setting(regime="cond", softplus_beta=3, marginal_temperature=0.5, sine_factor=0.3, scale=2)
+    assert s.name == "cond_offshelf-x0_sp3_tj1_tm0.5_g0.3_s2_r1"
+    assert Setting(method="unguided", scale=5, softplus_beta=3).name == "cond_unguided"
+    assert Setting(method="cfg", cfg_scale=1.5, regime="uncond").name == "uncond_cfg-w1.5"
+    assert Setting(classifier="combined", switch_step=10).name.endswith("_sw10")
+    # the switch step only matters for the combined classifier
+    assert Setting(switch_step=10).name == Setting().name
+
+
+def test_setting_from_dict_casts_numpy_and_rejects_unknown_keys():
+    np = pytest.importorskip("numpy")
+    s = Setting.from_dict({"softplus_beta": np.float64(3.0), "recurrent_steps": np.int64(2)})
+    assert type(s.softplus_beta) is float and type(s.recurrent_steps) is int
+    with pytest.raises(ValueError, match="unknown setting key"):
+        Setting.from_dict({"scal": 1})
+    with pytest.raises(ValueError, match="allowed values: offshelf, finetuned, combined"):
+        Setting(classifier="resnet")
+
+
+def test_probe_round_trip():
+    for s in (Setting(softplus_beta=math.inf), Setting(softplus_beta=3.5, input="xt"),
+              Setting(classifier="combined", switch_step=10), Setting(classifier="finetuned", input="xt")):
+        back = probe_setting(s.probe)
+        assert back.probe == s.probe
+
+
+def test_every_row_sweeps_its_regime_grid(config):
+    rows = table_rows(config)
+    tables = {r.table for r in rows}
+    assert tables == {f"table{i}" for i in range(1, 8)}
+    for row in rows:
+        if row.candidates[0].method == "guided":
+            assert [c.scale for c in row.candidates] == [float(s) for s in config["scales"][row.regime]]
+    # shared rows (e.g. ReLU baseline in Tables 2, 3, 4) are sampled once
+    settings = all_settings(config)
+    names = [c.name for r in rows for c in r.candidates]
+    assert len(settings) == len(set(names)) < len(names)
+    assert set(config["figures"]["figure1"]["probes"]) <= set(all_probes(config))
+
+
+def test_shards_are_disjoint_fixed_seed_ranges(config):
+    n = num_shards(config)
+    seeds = [s for i in range(n) for s in shard_seeds(config, i)]
+    assert seeds == list(range(config["sampling"]["num_samples"]))
+
+
+def test_dry_run_lists_every_stage(tmp_path):
+    jobs = dry_run_jobs("--config", f"results={tmp_path}")
+    for rule in ("train_digits", "calibrate", "sample", "reference_features", "evaluate",
+                 "figure_calibration", "figure_analytic", "figure_gradients", "report", "all"):
+        assert jobs.get(rule, 0) >= 1, f"stage {rule} missing from the dry run: {jobs}"
+    assert jobs["train_digits"] == 4

@@ -1,0 +1,133 @@
+"""The whole DAG for real on config/ci.yaml: the report has a number in every row, a config edit
+reruns exactly the jobs that depend on it, and a killed sampling job loses only its shard."""
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from workflow_utils import REPO, SNAKEMAKE, dry_run_jobs, snakemake
+
+pytestmark = pytest.mark.slow
+CI = REPO / "config" / "ci.yaml"
+
+
+@pytest.fixture(scope="module")
+def ci_run(tmp_path_factory):
+    results = tmp_path_factory.mktemp("ci_results")
+    start = time.perf_counter()
+    snakemake("--cores", "2", "--configfile", str(CI), "--config", f"results={results}", timeout=1800)
+    print(f"ci workflow: {time.perf_counter() - start:.0f} s")
+    return results
+
+
+def test_report_has_numbers_for_every_row(ci_run):
+    report = ci_run / "ci" / "report"
+    assert (report / "README.md").is_file()
+    config = yaml.safe_load(CI.read_text())
+    for table, spec in config["tables"].items():
+        frame = pd.read_csv(report / f"{table}.csv")
+        assert len(frame) == len(spec["rows"]) * len(config["regimes"]), table
+        for _, row in frame.iterrows():
+            assert row["status"] == "ok", f"{table} / {row['row']} / {row['regime']}: {row['status']}"
+            for column in spec.get("columns", ["fid"]):
+                value = row[column]
+                assert isinstance(value, float) and math.isfinite(value), f"{table} / {row['row']}: {column}={value}"
+    for figure in ("figure1", "figure2", "figure3", "figure4", "figure5"):
+        assert (ci_run / "ci" / "figures" / f"{figure}.png").stat().st_size > 1000
+
+
+def test_shards_use_the_adm_evaluator_layout(ci_run):
+    shards = sorted((ci_run / "ci" / "samples" / "cond_unguided").glob("shard*.npz"))
+    assert len(shards) == 2
+    seeds = []
+    for path in shards:
+        with np.load(path) as shard:
+            assert shard["arr_0"].dtype == np.uint8 and shard["arr_0"].shape[1:] == (8, 8, 1)
+            assert shard["arr_1"].shape == (32,)
+            seeds += shard["seeds"].tolist()
+    assert seeds == list(range(64))
+
+
+def test_nothing_to_do_after_a_complete_run(ci_run):
+    assert dry_run_jobs("--configfile", str(CI), "--config", f"results={ci_run}") == {}
+
+
+def test_editing_one_parameter_reruns_exactly_its_jobs(ci_run, tmp_path):
+    config = yaml.safe_load(CI.read_text())
+    # Table 6's gamma=0.3 row -> 0.2: one new setting per regime, nothing else.
+    config["tables"]["table6"]["rows"][1]["sine_factor"] = 0.2
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(yaml.safe_dump(config))
+    jobs = dry_run_jobs("--configfile", str(edited), "--config", f"results={ci_run}")
+    regimes = len(config["regimes"])
+    assert jobs == {"sample": 2 * regimes, "evaluate": regimes, "report": 1, "all": 1}
+
+    # A training hyperparameter of the off-the-shelf classifier reruns everything it feeds.
+    config = yaml.safe_load(CI.read_text())
+    config["digits"]["models"]["offshelf"]["steps"] += 1
+    edited.write_text(yaml.safe_dump(config))
+    jobs = dry_run_jobs("--configfile", str(edited), "--config", f"results={ci_run}")
+    assert jobs["train_digits"] == 1 and "reference_features" not in jobs
+    assert jobs["sample"] > 0 and jobs["calibrate"] > 0
+
+
+def test_killed_sampling_job_loses_only_its_shard(ci_run, tmp_path):
+    """Kill the job writing shard 1 mid-way: shard 0 survives untouched, nothing partial is left,
+    and the rerun redoes only shard 1, bitwise identical to an uninterrupted run."""
+    results = tmp_path / "results"
+    (results / "ci").mkdir(parents=True)
+    os.symlink(ci_run / "ci" / "models", results / "ci" / "models")
+    config = yaml.safe_load(CI.read_text())
+    config["sampling"].update(num_samples=1024, shard_size=512, batch_size=256, respacing="200")
+    cfg = tmp_path / "kill.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    folder = results / "ci" / "samples" / "cond_unguided"
+    targets = [str(folder / f"shard{i}.npz") for i in (0, 1)]
+    common = ["--configfile", str(cfg), "--config", f"results={results}"]
+
+    proc = subprocess.Popen([*SNAKEMAKE, "--cores", "1", *common, *targets], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 600
+        while not (folder / "shard0.npz").exists() and time.time() < deadline:
+            time.sleep(0.5)
+        assert (folder / "shard0.npz").exists(), "shard 0 never finished"
+        pids = []
+        while not pids and proc.poll() is None and time.time() < deadline:  # shard 1's job, mid-way
+            workers = subprocess.run(["pgrep", "-f", "-s", str(proc.pid), "sample.py"], capture_output=True, text=True)
+            pids = [int(p) for p in workers.stdout.split()]
+        assert pids, "no sampling process to kill"
+        time.sleep(1)
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0
+    assert not (folder / "shard1.npz").exists()
+    assert not list(folder.glob("*.tmp")), "a partial file was left behind"
+    shard0_mtime = (folder / "shard0.npz").stat().st_mtime_ns
+
+    jobs = dry_run_jobs(*common, *targets)
+    assert jobs == {"sample": 1}
+    snakemake("--cores", "1", *common, *targets)
+    assert (folder / "shard0.npz").stat().st_mtime_ns == shard0_mtime
+
+    # bitwise: shard 1 alone in a fresh folder equals the resumed one
+    fresh = tmp_path / "fresh"
+    (fresh / "ci").mkdir(parents=True)
+    os.symlink(ci_run / "ci" / "models", fresh / "ci" / "models")
+    snakemake("--cores", "1", "--configfile", str(cfg), "--config", f"results={fresh}",
+              str(fresh / "ci" / "samples" / "cond_unguided" / "shard1.npz"))
+    with np.load(folder / "shard1.npz") as a, np.load(fresh / "ci" / "samples" / "cond_unguided" / "shard1.npz") as b:
+        assert np.array_equal(a["arr_0"], b["arr_0"]) and np.array_equal(a["arr_1"], b["arr_1"])
