@@ -1,22 +1,36 @@
 # offshelf: off-the-shelf classifier guidance, reproduced end to end.
-#   snakemake --cores all                                  # digits benchmark (config.yaml)
-#   snakemake --cores all --configfile config/ci.yaml      # tiny, for tests
+#   snakemake --cores all                                          # digits benchmark (config.yaml)
+#   snakemake --cores all --configfile config/ci.yaml              # tiny, for tests
+#   snakemake --profile profiles/slurm-gpu --configfile config/imagenet128_ddpm.yaml   # Tables 1-7
+#   (config/imagenet64_edm.yaml: Table 8; config/imagenet256_dit.yaml: Table 9)
 # Rules are thin; the logic lives in the `offshelf` package (src/offshelf).
 import offshelf
 from offshelf.config import validate_config
-from offshelf.plan import all_probes, all_settings, num_shards, shard_seeds, table_rows
+from offshelf.plan import all_evaluations, all_probes, all_settings, num_shards, shard_seeds
+from offshelf.settings import probe_setting
 
-configfile: "config.yaml"
+# config.yaml is the default, not a base: a --configfile replaces it (the ImageNet configs share
+# none of its digits sections).
+if not workflow.overwrite_configfiles:
+    configfile: "config.yaml"
 
 validate_config(config)  # a typo or an invalid value stops here, naming the key
 
 EXP = f"{config['results']}/{config['experiment']}"
 LOGS = f"{config['results']}/logs/{config['experiment']}"
+BACKBONE = config["backbone"]
+DIGITS = BACKBONE == "digits"
 SETTINGS = all_settings(config)
+EVALUATIONS = all_evaluations(config)  # metrics file stem -> (setting name, number of samples)
 PROBES = all_probes(config)
-SHARDS = range(num_shards(config))
 LIBRARY = offshelf.__version__  # a param of every job: a library release reruns them
 THREADS = config.get("threads_per_job", 1)
+if not DIGITS:
+    from offshelf import imagenet
+# What ImageNet jobs add to their params (nothing for digits, whose job params stay as they were).
+JOB_PARAMS = {} if DIGITS else dict(backbone=BACKBONE, imagenet=config["imagenet"],
+                                    checkpoints=config.get("checkpoints", {}),
+                                    imagenet_reference=imagenet.reference_name(config))
 
 wildcard_constraints:
     setting="[A-Za-z0-9_.+-]+",

@@ -35,6 +35,7 @@ class Models:
     offshelf: torch.nn.Module
     finetuned: torch.nn.Module | None = None
     null_label: int | None = None
+    device: str = "cpu"
 
 
 def load_digits_models(checkpoints: dict[str, str], respacing: str, variance_type: str = "fixed_large") -> Models:
@@ -45,6 +46,20 @@ def load_digits_models(checkpoints: dict[str, str], respacing: str, variance_typ
     finetuned, _, _ = digits.load_checkpoint(checkpoints["finetuned"], "finetuned")
     diffusion = GaussianDiffusion.respaced(cfg.num_train_timesteps, respacing, cfg.schedule, variance_type)
     return Models(denoiser, diffusion, digits.IMAGE_SHAPE, digits.NUM_CLASSES, offshelf, finetuned, digits.NULL_LABEL)
+
+
+def load_workflow_models(files: dict[str, str], sampling: dict, backbone: str = "digits",
+                         imagenet_cfg: dict | None = None, checkpoints_cfg: dict | None = None,
+                         network: str | None = None):
+    """The models of one workflow job, for any backbone: digits checkpoints trained by the
+    workflow, or verified pretrained files (offshelf.imagenet.load_models)."""
+    if backbone == "digits":
+        return load_digits_models(files, sampling["respacing"], sampling.get("variance", "fixed_large"))
+    from offshelf import imagenet
+
+    names = {role: name for role, name in imagenet.file_checkpoints(files, imagenet_cfg, backbone, network).items()}
+    files = imagenet.verified_files(files, names, checkpoints_cfg)
+    return imagenet.load_models(backbone, files, imagenet_cfg, sampling, network=network)
 
 
 def build_guidance(setting: Setting, models: Models):
@@ -82,8 +97,8 @@ def draw_labels(seeds: list[int], num_classes: int) -> torch.Tensor:
 def sample_batch(setting: Setting, models: Models, seeds: list[int], callback=None, progress: bool = False,
                  guidance=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Images in [-1, 1] and their target labels for ``seeds``; reproducible per seed."""
-    labels = draw_labels(seeds, models.num_classes)
-    rng = StackedRandomGenerator(seeds)
+    labels = draw_labels(seeds, models.num_classes).to(models.device)
+    rng = StackedRandomGenerator(seeds, models.device)
     guidance = build_guidance(setting, models) if guidance is None else guidance
     y = labels if (setting.regime == "cond" or setting.method == "cfg") else None
     cfg_scale = setting.cfg_scale if setting.method == "cfg" else None
@@ -105,7 +120,7 @@ def sample_shard(setting: Setting, models: Models, seeds: list[int], batch_size:
     for i in range(0, len(seeds), batch_size):
         x, y = sample_batch(setting, models, seeds[i:i + batch_size], progress=progress, guidance=guidance)
         images.append(to_uint8_nhwc(x))
-        labels.append(y.numpy())
+        labels.append(y.cpu().numpy())
     return np.concatenate(images), np.concatenate(labels).astype(np.int64), time.perf_counter() - start
 
 
@@ -121,7 +136,8 @@ def calibration_profile(probe: Setting, models: Models, seeds: list[int], batch_
     tables = []
     for i in range(0, len(seeds), batch_size):
         batch = seeds[i:i + batch_size]
-        recorder = CalibrationRecorder(evaluator, draw_labels(batch, models.num_classes), models.diffusion.model_timesteps)
+        recorder = CalibrationRecorder(evaluator, draw_labels(batch, models.num_classes).to(models.device),
+                                       models.diffusion.model_timesteps)
         sample_batch(trajectory, models, batch, callback=recorder)
         tables.append(recorder)
     merged = tables[0]
@@ -222,22 +238,37 @@ def reference_features(evaluator_path, split: str, split_seed: int = 0) -> dict[
     return {"features": extract_features(digits.to_uint8_nhwc(x), features, batch_size=512), "labels": y.numpy()}
 
 
-def evaluate_setting(shard_paths: list[str], evaluator_path, reference_path, nhood_size: int = 3) -> dict[str, Any]:
-    """FID / precision / recall against the real digits, the evaluator's class accuracy and the
-    summed sampling time of the shards."""
-    from offshelf.metrics import evaluate, load_samples
+def load_shards(shard_paths: list[str], num_samples: int | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+    """Images and labels of the shards in order, cut to the first ``num_samples``, and the
+    sampling time of the samples kept (a partly used shard counts pro rata)."""
+    from offshelf.metrics import load_samples
 
     images, labels, seconds = [], [], 0.0
     for path in shard_paths:
         x, y = load_samples(path)
-        images.append(x)
-        labels.append(y)
         with np.load(path) as shard:
-            seconds += float(shard["seconds"]) if "seconds" in shard.files else float("nan")
+            shard_seconds = float(shard["seconds"]) if "seconds" in shard.files else float("nan")
+        kept = len(x) if num_samples is None else max(0, min(len(x), num_samples - sum(map(len, images))))
+        images.append(x[:kept])
+        labels.append(y[:kept])
+        seconds += shard_seconds * kept / max(len(x), 1)
+    images, labels = np.concatenate(images), np.concatenate(labels)
+    if num_samples is not None and len(images) < num_samples:
+        raise ValueError(f"shards {shard_paths[0]} .. hold {len(images)} samples, {num_samples} requested")
+    return images, labels, seconds
+
+
+def evaluate_setting(shard_paths: list[str], evaluator_path, reference_path, nhood_size: int = 3,
+                     num_samples: int | None = None) -> dict[str, Any]:
+    """FID / precision / recall against the real digits, the evaluator's class accuracy and the
+    summed sampling time of the shards."""
+    from offshelf.metrics import evaluate
+
+    images, labels, seconds = load_shards(shard_paths, num_samples)
     features, logits = digits_feature_fns(evaluator_path)
     with np.load(reference_path) as ref:
         reference = ref["features"]
-    result = evaluate(np.concatenate(images), np.concatenate(labels), features, reference_features=reference,
+    result = evaluate(images, labels, features, reference_features=reference,
                       classifier_fn=logits, batch_size=512, nhood_size=nhood_size)
     result["seconds"] = seconds
     return result

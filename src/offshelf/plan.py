@@ -25,6 +25,16 @@ class Row:
     probe: str | None
     paper: dict[str, Any] = field(default_factory=dict)
     sweep_key: str | None = None
+    num_samples: int | None = None  # samples its metrics use (a table may evaluate fewer than it samples)
+    unavailable: str | None = None  # why this backbone cannot run the row (it is reported, not sampled)
+
+
+def unavailable_reason(config: dict, setting: Setting) -> str | None:
+    """Rows a backbone cannot run: classifier-free guidance needs a model trained with label
+    dropout (a null class); ADM-128's conditional model has none."""
+    if setting.method == "cfg" and config.get("backbone") == "adm128":
+        return "needs a CFG-trained model"
+    return None
 
 
 def row_setting(config: dict, row: dict, regime: str) -> Setting:
@@ -38,6 +48,8 @@ def row_setting(config: dict, row: dict, regime: str) -> Setting:
         values.update(bases[base_name])
     values.update({k: v for k, v in row.items() if k in SETTING_KEYS})
     values["regime"] = regime
+    if values.get("network") == config.get("imagenet", {}).get("classifier"):
+        values["network"] = ""  # the default architecture: one name for one experiment
     if "softplus_beta" in values and values["softplus_beta"] in ("inf", "relu", None):
         values["softplus_beta"] = math.inf
     return Setting.from_dict(values)
@@ -63,7 +75,13 @@ def table_rows(config: dict) -> list[Row]:
                 if "scale" in row and setting.method == "guided":  # a row may pin its scale
                     candidates, key = [setting], None
                 probe = setting.probe if (spec.get("calibration") and setting.method == "guided") else None
-                rows.append(Row(table, row["label"], regime, candidates, probe, dict(row.get("paper", {})), key))
+                total = config.get("sampling", {}).get("num_samples")
+                num_samples = spec.get("num_samples", total)
+                if total is not None and num_samples > total:
+                    raise ValueError(f"{table}.num_samples = {num_samples} exceeds sampling.num_samples = "
+                                     f"{config['sampling']['num_samples']} (the samples a setting gets)")
+                rows.append(Row(table, row["label"], regime, candidates, probe, dict(row.get("paper", {})), key,
+                                num_samples, unavailable_reason(config, setting)))
     return rows
 
 
@@ -71,8 +89,33 @@ def all_settings(config: dict) -> dict[str, Setting]:
     """Every distinct setting the tables need, by name (shared rows are sampled once)."""
     out: dict[str, Setting] = {}
     for row in table_rows(config):
+        if row.unavailable:
+            continue
         for s in row.candidates:
             out.setdefault(s.name, s.canonical())
+    return out
+
+
+def evaluation_name(config: dict, setting_name: str, num_samples: int) -> str:
+    """Metrics file stem: the setting's name, plus ``+n<N>`` when it is evaluated on fewer than
+    all of its samples (the paper's ablations use 10,000 of the 50,000 a setting gets)."""
+    return setting_name if num_samples == config["sampling"]["num_samples"] else f"{setting_name}+n{num_samples}"
+
+
+def parse_evaluation_name(name: str) -> tuple[str, int | None]:
+    """Inverse of :func:`evaluation_name`: (setting name, number of samples or None for all)."""
+    setting, sep, n = name.rpartition("+n")
+    return (setting, int(n)) if sep and n.isdigit() else (name, None)
+
+
+def all_evaluations(config: dict) -> dict[str, tuple[str, int]]:
+    """Every metrics file the tables need: name -> (setting name, number of samples)."""
+    out: dict[str, tuple[str, int]] = {}
+    for row in table_rows(config):
+        if row.unavailable:
+            continue
+        for s in row.candidates:
+            out.setdefault(evaluation_name(config, s.name, row.num_samples), (s.name, row.num_samples))
     return out
 
 
@@ -91,6 +134,7 @@ def shard_seeds(config: dict, shard: int) -> list[int]:
     return list(range(start, stop))
 
 
-def num_shards(config: dict) -> int:
+def num_shards(config: dict, num_samples: int | None = None) -> int:
+    """Shards holding the first ``num_samples`` samples (default: all of them)."""
     sampling = config["sampling"]
-    return math.ceil(sampling["num_samples"] / sampling["shard_size"])
+    return math.ceil((num_samples or sampling["num_samples"]) / sampling["shard_size"])

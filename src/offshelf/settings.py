@@ -34,6 +34,11 @@ class Setting:
     ``classifier``: ``offshelf`` (clean-image network), ``finetuned`` (noise-aware, sees x_t and
     t) or ``combined`` (offshelf while step >= ``switch_step``, finetuned below: Table 2).
     ``softplus_beta = inf`` keeps ReLU. ``marginal_temperature`` is τ2 (τ1 = ``joint_temperature``).
+    ``num_steps``: sampler steps where the backbone's sampler takes them (EDM's Heun steps; 0 = the
+    backbone's default). ``network``: the off-the-shelf architecture (``resnet50``...; "" = the
+    config's default). A guided setting keeps ``cfg_scale`` (DiT: guidance on top of CFG).
+    Each of these three enters the name only when it differs from its default, so existing
+    names never change.
     """
 
     regime: str = "cond"
@@ -48,6 +53,8 @@ class Setting:
     recurrent_steps: int = 1
     cfg_scale: float = 1.0
     switch_step: int = 50
+    num_steps: int = 0
+    network: str = ""
 
     def __post_init__(self):
         for name, allowed in (("regime", REGIMES), ("method", METHODS), ("classifier", CLASSIFIERS), ("input", INPUTS)):
@@ -55,6 +62,8 @@ class Setting:
                 raise ValueError(f"setting key {name!r} = {getattr(self, name)!r}; allowed values: {', '.join(allowed)}")
         if not self.softplus_beta > 0:
             raise ValueError(f"setting key 'softplus_beta' must be > 0 (inf for ReLU), got {self.softplus_beta}")
+        if self.num_steps < 0:
+            raise ValueError(f"setting key 'num_steps' must be >= 0 (0: the backbone's default), got {self.num_steps}")
         if self.recurrent_steps < 1:
             raise ValueError(f"setting key 'recurrent_steps' must be >= 1, got {self.recurrent_steps}")
         if self.method == "guided" and self.classifier == "finetuned" and self.input != "xt":
@@ -68,9 +77,9 @@ class Setting:
             raise ValueError(f"unknown setting key(s) {unknown}; allowed keys: {', '.join(known)}")
         clean = {}
         for key, value in values.items():  # numpy scalars and YAML strings → plain Python
-            if key in ("regime", "method", "classifier", "input"):
+            if key in ("regime", "method", "classifier", "input", "network"):
                 clean[key] = str(value)
-            elif key in ("recurrent_steps", "switch_step"):
+            elif key in ("recurrent_steps", "switch_step", "num_steps"):
                 clean[key] = int(value)
             else:
                 clean[key] = float(value)
@@ -82,25 +91,29 @@ class Setting:
     def canonical(self) -> "Setting":
         """Reset the knobs this method ignores, so equal experiments share one name."""
         if self.method == "unguided":
-            return Setting(regime=self.regime, method="unguided")
+            return Setting(regime=self.regime, method="unguided", num_steps=self.num_steps)
         if self.method == "cfg":
-            return Setting(regime=self.regime, method="cfg", cfg_scale=self.cfg_scale)
-        s = self if self.classifier == "combined" else replace(self, switch_step=Setting.switch_step)
-        return replace(s, cfg_scale=Setting.cfg_scale)
+            return Setting(regime=self.regime, method="cfg", cfg_scale=self.cfg_scale, num_steps=self.num_steps)
+        return self if self.classifier == "combined" else replace(self, switch_step=Setting.switch_step)
 
     @property
     def name(self) -> str:
         s = self.canonical()
+        steps = f"_n{s.num_steps}" if s.num_steps else ""
         if s.method == "unguided":
-            return f"{s.regime}_unguided"
+            return f"{s.regime}_unguided{steps}"
         if s.method == "cfg":
-            return f"{s.regime}_cfg-w{fmt(s.cfg_scale)}"
+            return f"{s.regime}_cfg-w{fmt(s.cfg_scale)}{steps}"
         beta = "relu" if math.isinf(s.softplus_beta) else f"sp{fmt(s.softplus_beta)}"
         name = (f"{s.regime}_{s.classifier}-{s.input}_{beta}_tj{fmt(s.joint_temperature)}"
                 f"_tm{fmt(s.marginal_temperature)}_g{fmt(s.sine_factor)}_s{fmt(s.scale)}_r{s.recurrent_steps}")
         if s.classifier == "combined":
             name += f"_sw{s.switch_step}"
-        return name
+        if s.cfg_scale != Setting.cfg_scale:
+            name += f"_w{fmt(s.cfg_scale)}"
+        if s.network:
+            name += f"_{s.network}"
+        return name + steps
 
     @property
     def probe(self) -> str:

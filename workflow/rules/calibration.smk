@@ -2,13 +2,14 @@
 
 rule calibrate:
     input:
-        **model_files("denoiser", "offshelf", "finetuned"),
+        unpack(lambda wc: probe_models(wc.probe)),
     output:
         f"{EXP}/calibration/{{probe}}.csv",
     params:
         calibration=config["calibration"],
         sampling=config["sampling"],
         library=LIBRARY,
+        **JOB_PARAMS,
     log:
         f"{LOGS}/calibrate/{{probe}}.log",
     threads: THREADS

@@ -1,6 +1,10 @@
 # Tables beside the paper's numbers, figures, one Markdown report.
 
-FIGURES = ["figure1", "figure2", "figure3", "figure4", "figure5"]
+# Figures a config asks for: calibration curves and the gradient panel when configured, the
+# analytic figures (Gaussian mixture, DDPM guidance schedules) for the DDPM backbones.
+FIGURES = [f for f in ("figure1", "figure2", "figure4") if f in config.get("figures", {})]
+if BACKBONE in ("digits", "adm128"):
+    FIGURES = sorted(FIGURES + ["figure3", "figure5"])
 
 
 rule figure_calibration:
@@ -33,36 +37,61 @@ rule figure_analytic:
         "../scripts/figure_analytic.py"
 
 
-rule figure_gradients:
-    input:
-        **model_files("denoiser", "offshelf", "finetuned"),
-    output:
-        f"{EXP}/figures/figure4.png",
-    params:
-        figure=config["figures"]["figure4"],
-        sampling=config["sampling"],
-        library=LIBRARY,
-    log:
-        f"{LOGS}/figures/figure4.log",
-    threads: THREADS
-    script:
-        "../scripts/figure_gradients.py"
+if "figure4" in FIGURES:
+
+    rule figure_gradients:
+        input:
+            **(model_files("denoiser", "offshelf", "finetuned") if DIGITS
+               else setting_models(probe_setting("offshelf-x0_relu"))),
+        output:
+            f"{EXP}/figures/figure4.png",
+        params:
+            figure=config["figures"]["figure4"],
+            sampling=config["sampling"],
+            library=LIBRARY,
+            **JOB_PARAMS,
+        log:
+            f"{LOGS}/figures/figure4.log",
+        threads: THREADS
+        script:
+            "../scripts/figure_gradients.py"
 
 
-rule report:
-    input:
-        metrics=expand(f"{EXP}/metrics/{{setting}}.json", setting=sorted(SETTINGS)),
-        calibration=expand(f"{EXP}/calibration/{{probe}}.csv", probe=PROBES),
-        figures=expand(f"{EXP}/figures/{{figure}}.png", figure=FIGURES),
-        models=list(model_files("denoiser", "offshelf", "finetuned", "evaluator").values()),
-    output:
-        report=f"{EXP}/report/README.md",
-    params:
-        plan={k: config[k] for k in ("tables", "bases", "regimes", "scales", "cfg_scales") if k in config},
-        experiment=config["experiment"],
-        sampling=config["sampling"],
-        library=LIBRARY,
-    log:
-        f"{LOGS}/report.log",
-    script:
-        "../scripts/report.py"
+if DIGITS:
+
+    rule report:
+        input:
+            metrics=expand(f"{EXP}/metrics/{{setting}}.json", setting=sorted(EVALUATIONS)),
+            calibration=expand(f"{EXP}/calibration/{{probe}}.csv", probe=PROBES),
+            figures=expand(f"{EXP}/figures/{{figure}}.png", figure=FIGURES),
+            models=list(model_files("denoiser", "offshelf", "finetuned", "evaluator").values()),
+        output:
+            report=f"{EXP}/report/README.md",
+        params:
+            plan={k: config[k] for k in ("tables", "bases", "regimes", "scales", "cfg_scales") if k in config},
+            experiment=config["experiment"],
+            sampling=config["sampling"],
+            library=LIBRARY,
+        log:
+            f"{LOGS}/report.log",
+        script:
+            "../scripts/report.py"
+
+else:
+
+    rule report:
+        input:
+            metrics=expand(f"{EXP}/metrics/{{setting}}.json", setting=sorted(EVALUATIONS)),
+            calibration=expand(f"{EXP}/calibration/{{probe}}.csv", probe=PROBES),
+            figures=expand(f"{EXP}/figures/{{figure}}.png", figure=FIGURES),
+        output:
+            report=f"{EXP}/report/README.md",
+        params:
+            plan={k: config[k] for k in ("tables", "bases", "regimes", "scales", "cfg_scales", "sampling", "backbone",
+                                         "imagenet") if k in config},
+            experiment=config["experiment"],
+            library=LIBRARY,
+        log:
+            f"{LOGS}/report.log",
+        script:
+            "../scripts/report_imagenet.py"

@@ -3,7 +3,7 @@
 
 rule sample:
     input:
-        **model_files("denoiser", "offshelf", "finetuned"),
+        unpack(lambda wc: setting_models(SETTINGS[wc.setting])),
     output:
         f"{EXP}/samples/{{setting}}/shard{{shard}}.npz",
     params:
@@ -11,6 +11,7 @@ rule sample:
         seeds=lambda wc: [shard_seeds(config, int(wc.shard))[0], len(shard_seeds(config, int(wc.shard)))],
         sampling=config["sampling"],
         library=LIBRARY,
+        **JOB_PARAMS,
     log:
         f"{LOGS}/sample/{{setting}}/shard{{shard}}.log",
     threads: THREADS

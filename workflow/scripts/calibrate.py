@@ -1,10 +1,12 @@
-from offshelf.experiment import calibration_profile, job_log, load_digits_models, save_csv
+from offshelf.experiment import calibration_profile, job_log, load_workflow_models, save_csv
 from offshelf.calibration import integral_calibration_error
 from offshelf.settings import probe_setting
 
 with job_log(snakemake.log[0], snakemake.threads):
-    sampling, calibration = snakemake.params.sampling, snakemake.params.calibration
-    models = load_digits_models(snakemake.input, sampling["respacing"], sampling.get("variance", "fixed_large"))
+    p = snakemake.params
+    sampling, calibration = p.sampling, p.calibration
+    models = load_workflow_models(dict(snakemake.input), sampling, p.get("backbone", "digits"), p.get("imagenet"),
+                                  p.get("checkpoints"))
     # Calibration seeds sit far from sampling seeds: independent trajectories.
     seeds = list(range(10_000_000, 10_000_000 + calibration["num_samples"]))
     table = calibration_profile(probe_setting(snakemake.wildcards.probe), models, seeds,

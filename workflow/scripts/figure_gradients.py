@@ -1,10 +1,11 @@
-from offshelf.experiment import gradient_trajectories, job_log, load_digits_models
+from offshelf.experiment import gradient_trajectories, job_log, load_workflow_models
 from offshelf.figures import gradient_panels
 from offshelf.settings import Setting
 
 with job_log(snakemake.log[0], snakemake.threads):
     sampling, figure = snakemake.params.sampling, snakemake.params.figure
-    models = load_digits_models(snakemake.input, sampling["respacing"], sampling.get("variance", "fixed_large"))
+    models = load_workflow_models(dict(snakemake.input), sampling, snakemake.params.get("backbone", "digits"),
+                                  snakemake.params.get("imagenet"), snakemake.params.get("checkpoints"))
     base = Setting(regime="uncond", classifier="offshelf", input="x0", softplus_beta=3.0, sine_factor=0.3,
                    scale=figure.get("scale", 3.0))
     temperatures = {"conditional (tau2=tau1=1)": 1.0,

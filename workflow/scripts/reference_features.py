@@ -1,7 +1,15 @@
 from offshelf.experiment import job_log, reference_features, save_npz
 
 with job_log(snakemake.log[0], snakemake.threads):
-    evaluation = snakemake.params.evaluation
-    ref = reference_features(snakemake.input.evaluator, evaluation.get("reference_split", "train"))
+    p = snakemake.params
+    if p.get("backbone", "digits") == "digits":
+        ref = reference_features(snakemake.input.evaluator, p.evaluation.get("reference_split", "train"))
+    else:
+        from offshelf.imagenet import reference_image_features, verified_files
+
+        files = verified_files({"inception": snakemake.input.inception, "reference_stats": snakemake.input.reference_stats},
+                               {"inception": "inception_cleanfid_legacy_tf", "reference_stats": p.imagenet_reference},
+                               p.checkpoints)
+        ref = reference_image_features(files["reference_stats"], files["inception"], p.imagenet)
     print(f"reference features: {ref['features'].shape}")
     save_npz(snakemake.output[0], **ref)

@@ -1,0 +1,10 @@
+import logging
+
+from offshelf.checkpoints import fetch
+from offshelf.experiment import job_log
+
+with job_log(snakemake.log[0]):
+    logging.basicConfig(level=logging.INFO)
+    p = snakemake.params
+    path = fetch(p.name, cache_dir=p.cache, lock_file=p.lock, offline=bool(p.offline))
+    print(f"{p.name}: {path}")
