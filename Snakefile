@@ -9,9 +9,9 @@ from offshelf.config import validate_config
 from offshelf.plan import all_evaluations, all_probes, all_settings, num_shards, shard_seeds
 from offshelf.settings import probe_setting
 
-# config.yaml is the default, not a base: a --configfile replaces it (the ImageNet configs share
-# none of its digits sections).
-if not workflow.overwrite_configfiles:
+# config.yaml is the base of digits configs (a --configfile overrides its keys); an ImageNet
+# --configfile replaces it, since they share none of its digits sections and tables.
+if config.get("backbone", "digits") == "digits":
     configfile: "config.yaml"
 
 validate_config(config)  # a typo or an invalid value stops here, naming the key
