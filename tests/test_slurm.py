@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -139,3 +140,60 @@ def test_two_rule_workflow_runs_as_slurm_jobs(slurm_cluster, tmp_path):
     assert seen_ids == [slurm_id["a"], slurm_id["b"]]
     for rule, sid in jobs.values():
         assert (tmp_path / ".snakemake" / "slurm_logs" / f"rule_{rule}" / f"{sid}.log").exists()
+
+
+WORKFLOW = ["Snakefile", "config.yaml", "config", "workflow"]
+TIMING_COLUMNS = ["seconds"]  # wall time of sampling: differs between any two runs
+
+
+def copy_workflow(dest):
+    """The workflow alone in its own folder, so each run has its own results/ and .snakemake/."""
+    dest.mkdir(parents=True)
+    for name in WORKFLOW:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, dest / name)
+    return dest
+
+
+def report_tables(workdir):
+    tables = sorted((workdir / "results" / "ci" / "report").glob("table*.csv"))
+    assert tables, f"no report tables in {workdir}/results/ci/report"
+    return {path.name: pd.read_csv(path).drop(columns=TIMING_COLUMNS, errors="ignore") for path in tables}
+
+
+@pytest.fixture(scope="module")
+def ci_runs(slurm_cluster, tmp_path_factory):
+    """config/ci.yaml run twice from scratch: through profiles/slurm, then locally with --cores 2."""
+    if not (REPO / "config" / "ci.yaml").is_file():
+        pytest.skip("config/ci.yaml is missing")
+    root = tmp_path_factory.mktemp("ci_runs")
+    slurm_dir, local_dir = copy_workflow(root / "slurm"), copy_workflow(root / "local")
+
+    start = time.perf_counter()
+    output = snakemake(slurm_dir, "--profile", PROFILE, "--configfile", "config/ci.yaml", *FAST_POLLING, timeout=3600)
+    slurm_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    snakemake(local_dir, "--cores", "2", "--configfile", "config/ci.yaml", timeout=3600)
+    local_seconds = time.perf_counter() - start
+    print(f"config/ci.yaml: SLURM {slurm_seconds:.0f} s, local --cores 2 {local_seconds:.0f} s")
+    return slurm_dir, local_dir, output
+
+
+def test_ci_workflow_runs_every_job_on_slurm(ci_runs):
+    _, _, output = ci_runs
+    jobs = check_every_job_ran_on_slurm(output)
+    rules = {rule for rule, _ in jobs.values()}
+    assert {"train_digits", "sample", "calibrate", "evaluate", "report"} <= rules, sorted(rules)
+
+
+def test_ci_report_tables_equal_a_local_run(ci_runs):
+    slurm_dir, local_dir, _ = ci_runs
+    on_slurm, local = report_tables(slurm_dir), report_tables(local_dir)
+    assert sorted(on_slurm) == sorted(local)
+    for name, frame in local.items():
+        assert (frame["status"] == "ok").all(), f"{name}: {frame['status'].tolist()}"
+        # Same seeds, same single-threaded CPU kernels: the numbers are bitwise identical.
+        pd.testing.assert_frame_equal(on_slurm[name], frame, check_exact=True, obj=name)
