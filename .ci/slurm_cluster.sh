@@ -26,7 +26,10 @@ die() { log "ERROR: $*"; exit 1; }
 
 need_root() { [[ $(id -u) == 0 ]] || die "run as root (it installs packages and starts daemons)"; }
 
-pid_alive() { [[ -s $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# A daemon removes its own pidfile on exit, so read it once and tolerate it vanishing.
+pid_of() { cat "$1" 2>/dev/null || true; }
+pid_alive() { local pid; pid=$(pid_of "$1"); [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; }
+stop_pid() { local pid; pid=$(pid_of "$1"); [[ -z $pid ]] || kill "$pid" 2>/dev/null || true; }
 
 install_packages() {
     if command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null; then
@@ -164,7 +167,7 @@ cmd_stop_daemons() {
     local pidfile
     for pidfile in $RUN_DIR/slurmd.pid $RUN_DIR/slurmctld.pid; do
         for _ in $(seq 40); do pid_alive "$pidfile" || break; sleep 0.25; done
-        if pid_alive "$pidfile"; then kill "$(cat "$pidfile")" 2>/dev/null || true; sleep 1; fi
+        if pid_alive "$pidfile"; then stop_pid "$pidfile"; sleep 1; fi
         rm -f "$pidfile"
     done
 }
@@ -173,7 +176,7 @@ cmd_stop() {
     need_root
     cmd_stop_daemons
     if pid_alive /run/munge/munged.pid; then
-        kill "$(cat /run/munge/munged.pid)" 2>/dev/null || true
+        stop_pid /run/munge/munged.pid
         for _ in $(seq 40); do pid_alive /run/munge/munged.pid || break; sleep 0.25; done
     fi
     log "stopped"
