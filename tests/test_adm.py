@@ -56,8 +56,13 @@ def test_respaced_posterior_reproduces_guided_diffusion(reference_dir):
         with torch.no_grad():
             out = diffusion.p_mean_variance(model(x, diffusion.model_timesteps(k, len(x), "cpu"), y), x, k,
                                             clip_denoised=True)
-        for name in ("mean", "variance", "log_variance", "pred_xstart"):
+        for name in ("mean", "variance", "log_variance"):
             torch.testing.assert_close(getattr(out, name), step[name], atol=1e-5, rtol=0, msg=f"k={k} {name}")
+        # x̂0 = x/sqrt(ᾱ) − sqrt(1/ᾱ − 1)·ε amplifies float32 rounding of ε (which depends on the
+        # thread count's accumulation order) by sqrt(1/ᾱ − 1): 157 at k=249. Scale the tolerance.
+        amplification = max(1.0, float(diffusion.sqrt_recipm1_alphas_cumprod[k]))
+        torch.testing.assert_close(out.pred_xstart, step["pred_xstart"], atol=1e-5 * amplification, rtol=0,
+                                   msg=f"k={k} pred_xstart")
 
 
 def test_unknown_flag_is_named():
