@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 REFERENCE_DIR = Path(__file__).resolve().parents[2] / "shared" / "reference"
 
@@ -13,3 +14,13 @@ def reference_dir() -> Path:
     if not REFERENCE_DIR.is_dir():
         pytest.skip(f"golden fixtures folder {REFERENCE_DIR} is absent")
     return REFERENCE_DIR
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """The test networks are tiny: intra-op threads only add synchronisation, which on a shared
+    2-core machine costs up to 30x. Workflow subprocesses pin their own threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -94,14 +94,6 @@ STEPS = 10
 LABELS = torch.tensor([0, 1, 2, 3, 4, 5])
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def setup():
     torch.manual_seed(0)

@@ -92,15 +92,6 @@ def test_respaced_betas_reproduce_alphas_cumprod(spacing):
 # ----------------------------------------------------------------------------
 # The sampler on a tiny random digits UNet
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    # Tiny tensors: intra-op threads only add synchronisation on a shared CPU.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def unet():
     torch.manual_seed(0)

@@ -10,14 +10,6 @@ from offshelf.guidance import ClassifierGuidance, SwitchedGuidance
 from offshelf.settings import Setting
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     folder = tmp_path_factory.mktemp("digits")

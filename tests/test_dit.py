@@ -48,15 +48,6 @@ def tiny_classifier(seed=2):
                          nn.Softplus(beta=3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, NUM_CLASSES)).eval()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # the models are tiny: threads only oversubscribe the shared CPU
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     root = tmp_path_factory.mktemp("dit")

@@ -17,15 +17,6 @@ from offshelf.samplers.edm import EDM_PAPER_SETTINGS, edm_sample, guidance_displ
 from offshelf.seeding import StackedRandomGenerator
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convolutions run far faster single-threaded on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def golden(reference_dir):
     return torch.load(reference_dir / "edm_tiny_golden.pt", weights_only=True)

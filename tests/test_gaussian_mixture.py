@@ -169,16 +169,6 @@ def test_exact_denoiser_is_the_noised_mixture_score():
 NUM_SAMPLES = 2000
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    # Each op here touches a few thousand numbers: intra-op threads only add synchronisation,
-    # which costs 30× on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _sample(labels=None, variance_type="fixed_small", marginal_temperature=1.0):
     diffusion = GaussianDiffusion.respaced(NUM_TRAIN_STEPS, "250", "linear", variance_type)
     guidance = None

@@ -93,7 +93,6 @@ def tiny_files(tmp_path_factory):
 
 
 def test_adm_load_models_samples_a_shard_deterministically(tiny_files):
-    torch.set_num_threads(1)
     models = load_models("adm128", tiny_files, {"device": "cpu", "classifier": "resnet101"},
                          {"respacing": "3", "variance": "learned_range"}, network="resnet18",
                          adm={"denoiser": UNET_FLAGS, "finetuned": CLASSIFIER_FLAGS})

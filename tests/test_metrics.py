@@ -11,7 +11,7 @@ from PIL import Image
 
 from offshelf import metrics
 from offshelf.metrics import (
-    FeatureStats, clip_score, evaluate, extract_features, feature_statistics, fid_from_features,
+    clip_score, evaluate, extract_features, feature_statistics, fid_from_features,
     frechet_distance, inception_score, load_reference_stats, load_sample_dir, load_samples,
     precision_recall, save_feature_stats,
 )

@@ -127,7 +127,6 @@ def sample_shard(setting: Setting, models: Models, seeds: list[int], batch_size:
 def calibration_profile(probe: Setting, models: Models, seeds: list[int], batch_size: int, num_bins: int = 15):
     """Per-step ECE of the probe's classifier along *unguided conditional* trajectories: one
     trajectory distribution for every classifier, so their curves compare (Figure 1/2)."""
-    import pandas as pd
 
     guided = Setting(classifier=probe.classifier, input=probe.input, softplus_beta=probe.softplus_beta,
                      switch_step=probe.switch_step)
