@@ -6,7 +6,7 @@
 # Rules are thin; the logic lives in the `offshelf` package (src/offshelf).
 import offshelf
 from offshelf.config import validate_config
-from offshelf.plan import all_evaluations, all_probes, all_settings, num_shards, shard_seeds
+from offshelf.plan import all_evaluations, all_probes, all_settings, num_shards, sampling_params, shard_seeds
 from offshelf.settings import probe_setting
 
 # config.yaml is the base of digits configs (a --configfile overrides its keys); an ImageNet
@@ -25,6 +25,8 @@ EVALUATIONS = all_evaluations(config)  # metrics file stem -> (setting name, num
 PROBES = all_probes(config)
 LIBRARY = offshelf.__version__  # a param of every job: a library release reruns them
 THREADS = config.get("threads_per_job", 1)
+# Used with `--sdm conda`: the same pinned requirements the Makefile installs.
+CONDA_ENV = f"{workflow.basedir}/envs/offshelf.yaml"
 if not DIGITS:
     from offshelf import imagenet
 # What ImageNet jobs add to their params (nothing for digits, whose job params stay as they were).
@@ -43,6 +45,7 @@ include: "workflow/rules/calibration.smk"
 include: "workflow/rules/sampling.smk"
 include: "workflow/rules/evaluation.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/text2image.smk"
 
 rule all:
     input:

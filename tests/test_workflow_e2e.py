@@ -129,3 +129,10 @@ def test_killed_sampling_job_loses_only_its_shard(ci_run, tmp_path):
               str(fresh / "ci" / "samples" / "cond_unguided" / "shard1.npz"))
     with np.load(folder / "shard1.npz") as a, np.load(fresh / "ci" / "samples" / "cond_unguided" / "shard1.npz") as b:
         assert np.array_equal(a["arr_0"], b["arr_0"]) and np.array_equal(a["arr_1"], b["arr_1"])
+
+
+def test_html_report(ci_run, tmp_path):
+    html = tmp_path / "report.html"
+    snakemake("--configfile", str(CI), "--config", f"results={ci_run}", "--report", str(html))
+    text = html.read_text(errors="replace")
+    assert html.stat().st_size > 10_000 and "figure1.png" in text

@@ -350,60 +350,6 @@ def evaluate_imagenet(shard_paths: list[str], inception_path, reference_stats_pa
 
 # --------------------------------------------------------------------------- report
 
-def write_report(plan_config: dict, metric_files: list[str], calibration_files: list[str], figure_files: list[str],
-                 out_path: str, experiment: str) -> dict:
-    """Every table beside the paper's numbers (CSV + Markdown), rows a backbone cannot run
-    marked with the reason, and the figures."""
-    import json
-
-    import pandas as pd
-
-    from offshelf.calibration import integral_calibration_error
-    from offshelf.experiment import _atomic
-    from offshelf.plan import evaluation_name, table_rows
-    from offshelf.tables import markdown, table_frame
-
-    out = Path(out_path)
-    by_eval = {Path(p).stem: json.loads(Path(p).read_text()) for p in metric_files}
-    ice = {Path(p).stem: integral_calibration_error(pd.read_csv(p)) for p in calibration_files}
-    rows = table_rows(plan_config)
-    sampling = plan_config["sampling"]
-    sections = [f"# offshelf report: {experiment}", "",
-                f"Backbone {plan_config['backbone']}; {sampling['num_samples']} samples per setting in shards of "
-                f"{sampling['shard_size']} (a table evaluates the first `num_samples` of them, see each title). "
-                "FID against the published reference statistics with the TF Inception (clean-fid legacy_tensorflow); "
-                "precision/recall against the reference batch's images where it has any. Paper columns are the "
-                "paper's numbers.", ""]
-    frames = {}
-    for table, spec in plan_config["tables"].items():
-        table_rows_ = [r for r in rows if r.table == table]
-        parts = []
-        for row in table_rows_:
-            metrics = {s.name: by_eval[evaluation_name(plan_config, s.name, row.num_samples)] for s in row.candidates
-                       if evaluation_name(plan_config, s.name, row.num_samples) in by_eval}
-            part = table_frame([row], metrics, ice)
-            if row.unavailable:
-                part["status"] = f"not run ({row.unavailable})"
-            parts.append(part)
-        frame = pd.concat(parts, ignore_index=True)
-        frames[table] = frame
-        _atomic(out.parent / f"{table}.csv", lambda tmp: frame.to_csv(tmp, index=False))
-        n = table_rows_[0].num_samples
-        text = markdown(frame, list(spec.get("columns", ["fid"])),
-                        f"{table.replace('table', 'Table ')}: {spec['title']} ({n} samples)")
-        for row in table_rows_:
-            if row.unavailable:  # say why in the row itself, not just "not run"
-                text = "\n".join(line.replace("| not run |", f"| not run ({row.unavailable}) |", 1)
-                                 if line.startswith(f"| {row.label} |") else line for line in text.split("\n"))
-        _atomic(out.parent / f"{table}.md", lambda tmp: Path(tmp).write_text(text))
-        sections += [text, f"CSV: [{table}.csv]({table}.csv)", ""]
-    if figure_files:
-        sections += ["## Figures", ""]
-        sections += [f"![{Path(f).stem}]({os.path.relpath(f, out.parent)})\n" for f in figure_files]
-    _atomic(out, lambda tmp: Path(tmp).write_text("\n".join(sections)))
-    return frames
-
-
 __all__ = ["load_models", "sample_shard", "edm_batch", "dit_batch", "EDMModels", "DiTModels", "evaluate_imagenet",
-           "reference_image_features", "write_report", "setting_checkpoints", "evaluation_checkpoints",
+           "reference_image_features", "setting_checkpoints", "evaluation_checkpoints",
            "all_checkpoints", "checkpoint_path", "cache_dir", "reference_has_images", "verified_files"]

@@ -138,3 +138,10 @@ def num_shards(config: dict, num_samples: int | None = None) -> int:
     """Shards holding the first ``num_samples`` samples (default: all of them)."""
     sampling = config["sampling"]
     return math.ceil((num_samples or sampling["num_samples"]) / sampling["shard_size"])
+
+
+def sampling_params(config: dict) -> dict:
+    """The sampling keys a shard's images depend on. ``num_samples``, ``shard_size`` and
+    ``seed_offset`` only decide *which* seeds a shard holds (its ``seeds`` param), so growing a
+    run from 1,000 to 2,000 samples adds shards without rerunning the finished ones."""
+    return {k: v for k, v in config["sampling"].items() if k not in ("num_samples", "shard_size", "seed_offset")}

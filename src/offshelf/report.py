@@ -1,4 +1,9 @@
-"""The Markdown report: every table (CSV + Markdown beside it) and the figures."""
+"""The Markdown report: every table (CSV + Markdown beside it), the networks and the figures.
+
+One function for every backbone. On ImageNet the measured numbers are comparable with the
+paper's, so each table also gets the difference (measured − paper); on the digits benchmark
+they are not (other data, other feature space), so it does not.
+"""
 
 from __future__ import annotations
 
@@ -10,61 +15,80 @@ from pathlib import Path
 import pandas as pd
 
 from offshelf.calibration import integral_calibration_error
-from offshelf.plan import table_rows
-from offshelf.tables import markdown, table_frame
+from offshelf.experiment import _atomic
+from offshelf.plan import evaluation_name, table_rows
+from offshelf.tables import add_differences, markdown, table_frame
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _intro(plan_config: dict, experiment: str) -> list[str]:
+    sampling = plan_config["sampling"]
+    backbone = plan_config.get("backbone", "digits")
+    text = [f"# offshelf report: {experiment}", "",
+            f"Backbone `{backbone}`: {sampling['num_samples']} samples per setting in shards of "
+            f"{sampling['shard_size']}" + (f", respacing {sampling['respacing']}" if "respacing" in sampling else "")
+            + ". Each guided row sweeps its scale grid and reports the candidate with the lowest FID (the "
+            "scale column). `ice` = integral calibration error (mean per-step ECE along unguided "
+            "conditional trajectories)."]
+    if backbone == "digits":
+        text.append("Paper columns are the paper's ImageNet numbers, for direction only: digits FIDs are in "
+                    "the evaluation network's feature space and not comparable in magnitude.")
+    else:
+        text.append("FID against the published reference statistics with the TF Inception (clean-fid "
+                    "`legacy_tensorflow`); precision/recall against the reference batch's images where it has "
+                    "any; `diff_*` = measured − paper.")
+    return [" ".join(text), ""]
 
 
 def write_report(plan_config: dict, metric_files: list[str], calibration_files: list[str], figure_files: list[str],
-                 model_files: list[str], out_path: str, experiment: str, sampling: dict) -> dict[str, pd.DataFrame]:
+                 out_path: str, experiment: str, model_files: list[str] = ()) -> dict[str, pd.DataFrame]:
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    metrics = {Path(p).stem: json.loads(Path(p).read_text()) for p in metric_files}
+    evaluations = {Path(p).stem: json.loads(Path(p).read_text()) for p in metric_files}
     ice = {Path(p).stem: integral_calibration_error(pd.read_csv(p)) for p in calibration_files}
+    comparable = plan_config.get("backbone", "digits") != "digits"
+    sections = _intro(plan_config, experiment)
+    if model_files:
+        sections += ["## Networks", "", _model_summary(model_files), ""]
     rows = table_rows(plan_config)
     frames = {}
-    sections = [f"# offshelf report: {experiment}", "",
-                f"Sampling: {sampling['num_samples']} samples per setting, respacing {sampling['respacing']}, "
-                f"shards of {sampling['shard_size']}. Each guided row sweeps its scale grid and reports the "
-                "candidate with the lowest FID (the scale column). `ice` = integral calibration error (mean "
-                "per-step ECE along unguided conditional trajectories). Paper columns are the paper's "
-                "ImageNet numbers, for direction only: digits FIDs are in the evaluation network's feature "
-                "space and not comparable in magnitude.", ""]
-    models = _model_summary(model_files)
-    if models:
-        sections += ["## Models", "", models, ""]
     for table, spec in plan_config["tables"].items():
-        frame = table_frame([r for r in rows if r.table == table], metrics, ice)
+        mine = [r for r in rows if r.table == table]
+        parts = []
+        for row in mine:
+            metrics = {}
+            for s in row.candidates:
+                name = evaluation_name(plan_config, s.name, row.num_samples or plan_config["sampling"]["num_samples"])
+                if name in evaluations:
+                    metrics[s.name] = evaluations[name]
+            part = table_frame([row], metrics, ice)
+            if row.unavailable:
+                part["status"] = f"not run ({row.unavailable})"
+            parts.append(part)
+        frame = pd.concat(parts, ignore_index=True)
+        if comparable:
+            frame = add_differences(frame)
         frames[table] = frame
-        tmp = out.parent / f"{table}.csv.tmp"
-        frame.to_csv(tmp, index=False)
-        os.replace(tmp, out.parent / f"{table}.csv")
-        text = markdown(frame, list(spec.get("columns", ["fid"])), f"{table.replace('table', 'Table ')}: {spec['title']}")
-        _write_text(out.parent / f"{table}.md", text)
+        _atomic(out.parent / f"{table}.csv", lambda tmp: frame.to_csv(tmp, index=False))
+        n = mine[0].num_samples
+        title = f"{table.replace('table', 'Table ')}: {spec['title']}" + (f" ({n} samples)" if n else "")
+        text = markdown(frame, list(spec.get("columns", ["fid"])), title)
+        _atomic(out.parent / f"{table}.md", lambda tmp: Path(tmp).write_text(text))
         sections += [text, f"CSV: [{table}.csv]({table}.csv)", ""]
-    sections += ["## Figures", ""]
-    for fig in figure_files:
-        rel = os.path.relpath(fig, out.parent)
-        sections += [f"![{Path(fig).stem}]({rel})", ""]
-    _write_text(out, "\n".join(sections))
+    if figure_files:
+        sections += ["## Figures", ""]
+        sections += [f"![{Path(f).stem}]({os.path.relpath(f, out.parent)})\n" for f in figure_files]
+    _atomic(out, lambda tmp: Path(tmp).write_text("\n".join(sections)))
     return frames
 
 
 def _model_summary(model_files: list[str]) -> str:
-    if not model_files:
-        return ""
     import torch
 
     lines = ["| network | training config | held-out metrics |", "|---|---|---|"]
     for path in model_files:
         payload = torch.load(path, map_location="cpu", weights_only=True)
         cfg = payload["config"]
-        metrics = {k: (round(v, 4) if isinstance(v, float) and math.isfinite(v) else v)
-                   for k, v in payload["metrics"].items() if k != "train_seconds"}
+        metrics = ", ".join(f"{k} {v:.4g}" for k, v in payload["metrics"].items()
+                            if k != "train_seconds" and isinstance(v, float) and math.isfinite(v))
         lines.append(f"| {cfg['role']} | width {cfg['width']}, {cfg['steps']} steps, seed {cfg['seed']} | {metrics} |")
     return "\n".join(lines)

@@ -49,6 +49,15 @@ def table_frame(rows: list[Row], metrics: dict[str, dict], ice: dict[str, float]
     return pd.DataFrame(records)
 
 
+def add_differences(frame: pd.DataFrame) -> pd.DataFrame:
+    """``diff_<metric>`` = measured − paper, for every metric both columns have."""
+    frame = frame.copy()
+    for column in METRICS + ("ice",):
+        if column in frame and f"paper_{column}" in frame:
+            frame[f"diff_{column}"] = frame[column] - frame[f"paper_{column}"]
+    return frame
+
+
 def _fmt(value, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
@@ -61,7 +70,7 @@ def markdown(frame: pd.DataFrame, columns: list[str], title: str) -> str:
     """One line per paper row: the paper's numbers, then each regime's measured numbers and the
     scale the row's best candidate used."""
     regimes = list(dict.fromkeys(frame["regime"]))
-    header = ["row"] + [f"paper {c}" for c in columns if f"paper_{_paper_key(c)}" in frame]
+    header = ["row"] + [f"paper {_paper_label(c)}" for c in columns if f"paper_{_paper_key(c)}" in frame]
     for regime in regimes:
         header += [f"{regime} {c}" for c in columns] + [f"{regime} scale"]
     lines = [f"**{title}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -72,7 +81,8 @@ def markdown(frame: pd.DataFrame, columns: list[str], title: str) -> str:
         for regime in regimes:
             r = part[part["regime"] == regime]
             if r.empty or r.iloc[0]["status"] != "ok":
-                cells += ["not run"] * len(columns) + ["–"]
+                status = "not run" if r.empty else r.iloc[0]["status"]
+                cells += [status] + ["–"] * len(columns)
                 continue
             r = r.iloc[0]
             cells += [_fmt(r.get(c)) for c in columns]
@@ -81,6 +91,10 @@ def markdown(frame: pd.DataFrame, columns: list[str], title: str) -> str:
                          if scale is not None else "–")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _paper_label(column: str) -> str:
+    return "time (h)" if column == "seconds" else column
 
 
 def _paper_key(column: str) -> str:

@@ -7,11 +7,12 @@ rule calibrate:
         f"{EXP}/calibration/{{probe}}.csv",
     params:
         calibration=config["calibration"],
-        sampling=config["sampling"],
+        sampling=sampling_params(config),
         library=LIBRARY,
         **JOB_PARAMS,
     log:
         f"{LOGS}/calibrate/{{probe}}.log",
     threads: THREADS
+    conda: CONDA_ENV
     script:
         "../scripts/calibrate.py"

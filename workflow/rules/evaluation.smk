@@ -14,6 +14,7 @@ if DIGITS:
         log:
             f"{LOGS}/reference_features.log",
         threads: THREADS
+        conda: CONDA_ENV
         script:
             "../scripts/reference_features.py"
 
@@ -30,6 +31,7 @@ elif imagenet.reference_has_images(config):
         log:
             f"{LOGS}/reference_features.log",
         threads: THREADS
+        conda: CONDA_ENV
         script:
             "../scripts/reference_features.py"
 
@@ -55,5 +57,6 @@ rule evaluate:
     log:
         f"{LOGS}/evaluate/{{setting}}.log",
     threads: THREADS
+    conda: CONDA_ENV
     script:
         "../scripts/evaluate.py"

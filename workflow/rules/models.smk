@@ -14,6 +14,7 @@ if DIGITS:
         log:
             f"{LOGS}/train_digits/{{role}}.log",
         threads: THREADS
+        conda: CONDA_ENV
         script:
             "../scripts/train_digits.py"
 
@@ -54,6 +55,7 @@ else:
                 f"{LOGS}/fetch_checkpoint/{{filename}}.log",
             localrule: True
             retries: 2
+            conda: CONDA_ENV
             script:
                 "../scripts/fetch_checkpoint.py"
 

@@ -11,7 +11,7 @@ rule figure_calibration:
     input:
         lambda wc: expand(f"{EXP}/calibration/{{probe}}.csv", probe=config["figures"][wc.figure]["probes"]),
     output:
-        f"{EXP}/figures/{{figure}}.png",
+        report(f"{EXP}/figures/{{figure}}.png", category="Figures"),
     wildcard_constraints:
         figure="figure1|figure2",
     params:
@@ -19,20 +19,24 @@ rule figure_calibration:
         library=LIBRARY,
     log:
         f"{LOGS}/figures/{{figure}}.log",
+    localrule: True
+    conda: CONDA_ENV
     script:
         "../scripts/figure_calibration.py"
 
 
 rule figure_analytic:
     output:
-        figure3=f"{EXP}/figures/figure3.png",
-        figure5=f"{EXP}/figures/figure5.png",
+        figure3=report(f"{EXP}/figures/figure3.png", category="Figures"),
+        figure5=report(f"{EXP}/figures/figure5.png", category="Figures"),
     params:
         sampling=config["sampling"],
         sine_factors=[0.0, 0.1, 0.2, 0.3, 0.4],
         library=LIBRARY,
     log:
         f"{LOGS}/figures/analytic.log",
+    localrule: True
+    conda: CONDA_ENV
     script:
         "../scripts/figure_analytic.py"
 
@@ -44,7 +48,7 @@ if "figure4" in FIGURES:
             **(model_files("denoiser", "offshelf", "finetuned") if DIGITS
                else setting_models(probe_setting("offshelf-x0_relu"))),
         output:
-            f"{EXP}/figures/figure4.png",
+            report(f"{EXP}/figures/figure4.png", category="Figures"),
         params:
             figure=config["figures"]["figure4"],
             sampling=config["sampling"],
@@ -53,45 +57,27 @@ if "figure4" in FIGURES:
         log:
             f"{LOGS}/figures/figure4.log",
         threads: THREADS
+        conda: CONDA_ENV
         script:
             "../scripts/figure_gradients.py"
 
 
-if DIGITS:
-
-    rule report:
-        input:
-            metrics=expand(f"{EXP}/metrics/{{setting}}.json", setting=sorted(EVALUATIONS)),
-            calibration=expand(f"{EXP}/calibration/{{probe}}.csv", probe=PROBES),
-            figures=expand(f"{EXP}/figures/{{figure}}.png", figure=FIGURES),
-            models=list(model_files("denoiser", "offshelf", "finetuned", "evaluator").values()),
-        output:
-            report=f"{EXP}/report/README.md",
-        params:
-            plan={k: config[k] for k in ("tables", "bases", "regimes", "scales", "cfg_scales") if k in config},
-            experiment=config["experiment"],
-            sampling=config["sampling"],
-            library=LIBRARY,
-        log:
-            f"{LOGS}/report.log",
-        script:
-            "../scripts/report.py"
-
-else:
-
-    rule report:
-        input:
-            metrics=expand(f"{EXP}/metrics/{{setting}}.json", setting=sorted(EVALUATIONS)),
-            calibration=expand(f"{EXP}/calibration/{{probe}}.csv", probe=PROBES),
-            figures=expand(f"{EXP}/figures/{{figure}}.png", figure=FIGURES),
-        output:
-            report=f"{EXP}/report/README.md",
-        params:
-            plan={k: config[k] for k in ("tables", "bases", "regimes", "scales", "cfg_scales", "sampling", "backbone",
-                                         "imagenet") if k in config},
-            experiment=config["experiment"],
-            library=LIBRARY,
-        log:
-            f"{LOGS}/report.log",
-        script:
-            "../scripts/report_imagenet.py"
+rule report:
+    input:
+        metrics=expand(f"{EXP}/metrics/{{setting}}.json", setting=sorted(EVALUATIONS)),
+        calibration=expand(f"{EXP}/calibration/{{probe}}.csv", probe=PROBES),
+        figures=expand(f"{EXP}/figures/{{figure}}.png", figure=FIGURES),
+        models=list(model_files("denoiser", "offshelf", "finetuned", "evaluator").values()) if DIGITS else [],
+    output:
+        report=report(f"{EXP}/report/README.md", category="Report"),
+    params:
+        plan={k: config[k] for k in ("tables", "bases", "regimes", "scales", "cfg_scales", "sampling", "backbone",
+                                     "imagenet") if k in config},
+        experiment=config["experiment"],
+        library=LIBRARY,
+    log:
+        f"{LOGS}/report.log",
+    localrule: True
+    conda: CONDA_ENV
+    script:
+        "../scripts/report.py"

@@ -9,11 +9,12 @@ rule sample:
     params:
         setting=lambda wc: SETTINGS[wc.setting].to_dict(),
         seeds=lambda wc: [shard_seeds(config, int(wc.shard))[0], len(shard_seeds(config, int(wc.shard)))],
-        sampling=config["sampling"],
+        sampling=sampling_params(config),
         library=LIBRARY,
         **JOB_PARAMS,
     log:
         f"{LOGS}/sample/{{setting}}/shard{{shard}}.log",
     threads: THREADS
+    conda: CONDA_ENV
     script:
         "../scripts/sample.py"

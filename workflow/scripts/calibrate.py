@@ -2,7 +2,7 @@ from offshelf.experiment import calibration_profile, job_log, load_workflow_mode
 from offshelf.calibration import integral_calibration_error
 from offshelf.settings import probe_setting
 
-with job_log(snakemake.log[0], snakemake.threads):
+with job_log(snakemake.log[0], snakemake.threads, snakemake.resources.get("gpu", 0)):
     p = snakemake.params
     sampling, calibration = p.sampling, p.calibration
     models = load_workflow_models(dict(snakemake.input), sampling, p.get("backbone", "digits"), p.get("imagenet"),

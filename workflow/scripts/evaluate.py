@@ -1,7 +1,7 @@
 from offshelf.experiment import evaluate_setting, job_log, save_json
 from offshelf.plan import parse_evaluation_name
 
-with job_log(snakemake.log[0], snakemake.threads):
+with job_log(snakemake.log[0], snakemake.threads, snakemake.resources.get("gpu", 0)):
     p, inputs = snakemake.params, snakemake.input
     setting, num_samples = parse_evaluation_name(snakemake.wildcards.setting)
     nhood = p.evaluation.get("nhood_size", 3)

@@ -2,7 +2,7 @@ from offshelf.experiment import gradient_trajectories, job_log, load_workflow_mo
 from offshelf.figures import gradient_panels
 from offshelf.settings import Setting
 
-with job_log(snakemake.log[0], snakemake.threads):
+with job_log(snakemake.log[0], snakemake.threads, snakemake.resources.get("gpu", 0)):
     sampling, figure = snakemake.params.sampling, snakemake.params.figure
     models = load_workflow_models(dict(snakemake.input), sampling, snakemake.params.get("backbone", "digits"),
                                   snakemake.params.get("imagenet"), snakemake.params.get("checkpoints"))

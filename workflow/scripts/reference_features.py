@@ -1,6 +1,6 @@
 from offshelf.experiment import job_log, reference_features, save_npz
 
-with job_log(snakemake.log[0], snakemake.threads):
+with job_log(snakemake.log[0], snakemake.threads, snakemake.resources.get("gpu", 0)):
     p = snakemake.params
     if p.get("backbone", "digits") == "digits":
         ref = reference_features(snakemake.input.evaluator, p.evaluation.get("reference_split", "train"))

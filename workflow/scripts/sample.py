@@ -4,7 +4,7 @@ from offshelf.experiment import job_log, load_workflow_models, save_npz
 from offshelf.imagenet import sample_shard
 from offshelf.settings import Setting
 
-with job_log(snakemake.log[0], snakemake.threads):
+with job_log(snakemake.log[0], snakemake.threads, snakemake.resources.get("gpu", 0)):
     p = snakemake.params
     setting = Setting.from_dict(p.setting)
     first, count = p.seeds

@@ -1,0 +1,19 @@
+# CLIP-guided text-to-image (paper Sec. 5.4, Figure 7): grids per prompt, CLIP score per step for
+# the linear and the sine schedule, and the recurrent comparison with wall time. GPU and
+# downloads (ADM-256, CLIP ViT-L/14@336); not part of `all`:
+#   snakemake --cores all text2image [--config text2image_config=my_prompts.yaml]
+
+rule text2image:
+    input:
+        config=config.get("text2image_config", "config/clip_text2image.yaml"),
+    output:
+        directory(f"{config['results']}/clip_text2image"),
+    params:
+        library=LIBRARY,
+    log:
+        f"{config['results']}/logs/text2image.log",
+    resources:
+        gpu=1,
+    conda: CONDA_ENV
+    script:
+        "../scripts/text2image.py"

@@ -1,6 +1,0 @@
-from offshelf.experiment import job_log
-from offshelf.imagenet import write_report
-
-with job_log(snakemake.log[0]):
-    write_report(snakemake.params.plan, list(snakemake.input.metrics), list(snakemake.input.calibration),
-                 list(snakemake.input.figures), snakemake.output.report, snakemake.params.experiment)
