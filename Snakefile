@@ -6,7 +6,8 @@
 # Rules are thin; the logic lives in the `offshelf` package (src/offshelf).
 import offshelf
 from offshelf.config import validate_config
-from offshelf.plan import all_evaluations, all_probes, all_settings, num_shards, sampling_params, shard_seeds
+from offshelf.plan import (all_evaluations, all_probes, all_settings, canonical, num_shards, sampling_params,
+                           shard_seeds)
 from offshelf.settings import probe_setting
 
 # config.yaml is the base of digits configs (a --configfile overrides its keys); an ImageNet
@@ -30,9 +31,9 @@ CONDA_ENV = f"{workflow.basedir}/envs/offshelf.yaml"
 if not DIGITS:
     from offshelf import imagenet
 # What ImageNet jobs add to their params (nothing for digits, whose job params stay as they were).
-JOB_PARAMS = {} if DIGITS else dict(backbone=BACKBONE, imagenet=config["imagenet"],
-                                    checkpoints=config.get("checkpoints", {}),
-                                    imagenet_reference=imagenet.reference_name(config))
+JOB_PARAMS = {} if DIGITS else canonical(dict(backbone=BACKBONE, imagenet=config["imagenet"],
+                                              checkpoints=config.get("checkpoints", {}),
+                                              imagenet_reference=imagenet.reference_name(config)))
 
 wildcard_constraints:
     setting="[A-Za-z0-9_.+-]+",

@@ -68,3 +68,14 @@ def test_dry_run_lists_every_stage(tmp_path):
                  "figure_calibration", "figure_analytic", "figure_gradients", "report", "all"):
         assert jobs.get(rule, 0) >= 1, f"stage {rule} missing from the dry run: {jobs}"
     assert jobs["train_digits"] == 4
+
+
+def test_job_params_do_not_depend_on_key_order():
+    from offshelf.plan import canonical, sampling_params
+
+    a = {"sampling": {"respacing": "50", "batch_size": 8, "num_samples": 10, "shard_size": 5, "variance": "fixed_large"}}
+    b = {"sampling": {"variance": "fixed_large", "shard_size": 5, "num_samples": 99, "batch_size": 8, "respacing": "50"}}
+    # same text, whatever the key order, and the shard count does not enter a shard's params
+    assert repr(sampling_params(a)) == repr(sampling_params(b))
+    assert list(canonical({"b": 1, "a": {"d": 2, "c": [{"f": 1, "e": 2}]}})) == ["a", "b"]
+    assert repr(canonical({"b": 1, "a": {"d": 2, "c": [{"f": 1, "e": 2}]}})) == "{'a': {'c': [{'e': 2, 'f': 1}], 'd': 2}, 'b': 1}"

@@ -64,7 +64,7 @@ def test_editing_one_parameter_reruns_exactly_its_jobs(ci_run, tmp_path):
     # Table 6's gamma=0.3 row -> 0.2: one new setting per regime, nothing else.
     config["tables"]["table6"]["rows"][1]["sine_factor"] = 0.2
     edited = tmp_path / "edited.yaml"
-    edited.write_text(yaml.safe_dump(config))
+    edited.write_text(yaml.safe_dump(config, sort_keys=False))
     jobs = dry_run_jobs("--configfile", str(edited), "--config", f"results={ci_run}")
     regimes = len(config["regimes"])
     assert jobs == {"sample": 2 * regimes, "evaluate": regimes, "report": 1, "all": 1}
@@ -72,10 +72,35 @@ def test_editing_one_parameter_reruns_exactly_its_jobs(ci_run, tmp_path):
     # A training hyperparameter of the off-the-shelf classifier reruns everything it feeds.
     config = yaml.safe_load(CI.read_text())
     config["digits"]["models"]["offshelf"]["steps"] += 1
-    edited.write_text(yaml.safe_dump(config))
+    edited.write_text(yaml.safe_dump(config, sort_keys=False))
     jobs = dry_run_jobs("--configfile", str(edited), "--config", f"results={ci_run}")
     assert jobs["train_digits"] == 1 and "reference_features" not in jobs
     assert jobs["sample"] > 0 and jobs["calibrate"] > 0
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _descendants(root: int) -> list[int]:
+    parents = {}
+    for stat in os.listdir("/proc"):
+        if stat.isdigit():
+            try:
+                fields = open(f"/proc/{stat}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(stat)] = int(fields[1])
+    found, frontier = [], [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent]
+        found += children
+        frontier += children
+    return found
 
 
 def test_killed_sampling_job_loses_only_its_shard(ci_run, tmp_path):
@@ -85,25 +110,25 @@ def test_killed_sampling_job_loses_only_its_shard(ci_run, tmp_path):
     (results / "ci").mkdir(parents=True)
     os.symlink(ci_run / "ci" / "models", results / "ci" / "models")
     config = yaml.safe_load(CI.read_text())
-    config["sampling"].update(num_samples=1024, shard_size=512, batch_size=256, respacing="200")
+    config["sampling"].update(num_samples=2048, shard_size=1024, batch_size=256, respacing="500")
     cfg = tmp_path / "kill.yaml"
     cfg.write_text(yaml.safe_dump(config))
     folder = results / "ci" / "samples" / "cond_unguided"
     targets = [str(folder / f"shard{i}.npz") for i in (0, 1)]
     common = ["--configfile", str(cfg), "--config", f"results={results}"]
 
-    proc = subprocess.Popen([*SNAKEMAKE, "--cores", "1", *common, *targets], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    log = tmp_path / "killed_run.log"
+    proc = subprocess.Popen([*SNAKEMAKE, *targets, "--cores", "1", *common], cwd=REPO,
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.time() + 600
-        while not (folder / "shard0.npz").exists() and time.time() < deadline:
+        while not (folder / "shard0.npz").exists() and proc.poll() is None and time.time() < deadline:
             time.sleep(0.5)
-        assert (folder / "shard0.npz").exists(), "shard 0 never finished"
+        assert (folder / "shard0.npz").exists(), f"shard 0 never finished: {log.read_text()[-3000:]}"
         pids = []
         while not pids and proc.poll() is None and time.time() < deadline:  # shard 1's job, mid-way
-            workers = subprocess.run(["pgrep", "-f", "-s", str(proc.pid), "sample.py"], capture_output=True, text=True)
-            pids = [int(p) for p in workers.stdout.split()]
-        assert pids, "no sampling process to kill"
+            pids = [pid for pid in _descendants(proc.pid) if "sample.py" in _cmdline(pid)]
+        assert pids, f"no sampling process to kill: {log.read_text()[-3000:]}"
         time.sleep(1)
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
@@ -116,17 +141,17 @@ def test_killed_sampling_job_loses_only_its_shard(ci_run, tmp_path):
     assert not list(folder.glob("*.tmp")), "a partial file was left behind"
     shard0_mtime = (folder / "shard0.npz").stat().st_mtime_ns
 
-    jobs = dry_run_jobs(*common, *targets)
+    jobs = dry_run_jobs(*targets, *common)  # targets first: --config takes every word after it
     assert jobs == {"sample": 1}
-    snakemake("--cores", "1", *common, *targets)
+    snakemake(*targets, "--cores", "1", *common)
     assert (folder / "shard0.npz").stat().st_mtime_ns == shard0_mtime
 
     # bitwise: shard 1 alone in a fresh folder equals the resumed one
     fresh = tmp_path / "fresh"
     (fresh / "ci").mkdir(parents=True)
     os.symlink(ci_run / "ci" / "models", fresh / "ci" / "models")
-    snakemake("--cores", "1", "--configfile", str(cfg), "--config", f"results={fresh}",
-              str(fresh / "ci" / "samples" / "cond_unguided" / "shard1.npz"))
+    snakemake(str(fresh / "ci" / "samples" / "cond_unguided" / "shard1.npz"), "--cores", "1",
+              "--configfile", str(cfg), "--config", f"results={fresh}")
     with np.load(folder / "shard1.npz") as a, np.load(fresh / "ci" / "samples" / "cond_unguided" / "shard1.npz") as b:
         assert np.array_equal(a["arr_0"], b["arr_0"]) and np.array_equal(a["arr_1"], b["arr_1"])
 

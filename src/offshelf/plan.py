@@ -144,4 +144,14 @@ def sampling_params(config: dict) -> dict:
     """The sampling keys a shard's images depend on. ``num_samples``, ``shard_size`` and
     ``seed_offset`` only decide *which* seeds a shard holds (its ``seeds`` param), so growing a
     run from 1,000 to 2,000 samples adds shards without rerunning the finished ones."""
-    return {k: v for k, v in config["sampling"].items() if k not in ("num_samples", "shard_size", "seed_offset")}
+    return canonical({k: v for k, v in config["sampling"].items() if k not in ("num_samples", "shard_size", "seed_offset")})
+
+
+def canonical(value):
+    """A job param with its mappings' keys sorted: Snakemake compares params as text, so the same
+    values written in another key order would otherwise rerun every job."""
+    if isinstance(value, dict):
+        return {k: canonical(value[k]) for k in sorted(value)}
+    if isinstance(value, (list, tuple)):
+        return [canonical(v) for v in value]
+    return value

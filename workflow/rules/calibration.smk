@@ -6,7 +6,7 @@ rule calibrate:
     output:
         f"{EXP}/calibration/{{probe}}.csv",
     params:
-        calibration=config["calibration"],
+        calibration=canonical(config["calibration"]),
         sampling=sampling_params(config),
         library=LIBRARY,
         **JOB_PARAMS,

@@ -9,7 +9,7 @@ if DIGITS:
         output:
             f"{EXP}/reference/features.npz",
         params:
-            evaluation=config["evaluation"],
+            evaluation=canonical(config["evaluation"]),
             library=LIBRARY,
         log:
             f"{LOGS}/reference_features.log",
@@ -51,7 +51,7 @@ rule evaluate:
     output:
         f"{EXP}/metrics/{{setting}}.json",
     params:
-        evaluation=config["evaluation"],
+        evaluation=canonical(config["evaluation"]),
         library=LIBRARY,
         **JOB_PARAMS,
     log:

@@ -9,7 +9,8 @@ if DIGITS:
         output:
             f"{EXP}/models/{{role}}.pt",
         params:
-            train=lambda wc: dict(config["digits"]["models"][wc.role], split_seed=config["digits"].get("split_seed", 0)),
+            train=lambda wc: canonical(dict(config["digits"]["models"][wc.role],
+                                           split_seed=config["digits"].get("split_seed", 0))),
             library=LIBRARY,
         log:
             f"{LOGS}/train_digits/{{role}}.log",

@@ -50,7 +50,7 @@ if "figure4" in FIGURES:
         output:
             report(f"{EXP}/figures/figure4.png", category="Figures"),
         params:
-            figure=config["figures"]["figure4"],
+            figure=canonical(config["figures"]["figure4"]),
             sampling=config["sampling"],
             library=LIBRARY,
             **JOB_PARAMS,
