@@ -21,18 +21,16 @@ run: $(STAMP)
 
 # pytest exits 5 when a marker selects no tests; that is not a failure here.
 PYTEST = $(VENV)/bin/python -m pytest
-define allow_empty
-$(1) || { rc=$$?; [ $$rc -eq 5 ] || exit $$rc; }
-endef
 
 test-fast: $(STAMP)
-	$(call allow_empty,$(PYTEST) -q)
+	$(PYTEST) -q || [ $$? -eq 5 ]
 
 test-slow: $(STAMP)
-	$(call allow_empty,$(PYTEST) -q -m slow)
+	$(PYTEST) -q -m slow || [ $$? -eq 5 ]
 
+# A one-node SLURM cluster on this machine (needs root: apt-get, munged, slurmctld, slurmd).
 test-slurm: $(STAMP)
 	bash .ci/slurm_cluster.sh start
-	$(call allow_empty,$(PYTEST) -q -m slurm); rc=$$?; bash .ci/slurm_cluster.sh stop; exit $$rc
+	$(PYTEST) -q -m slurm; rc=$$?; bash .ci/slurm_cluster.sh stop; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
 
 test: test-fast test-slow test-slurm

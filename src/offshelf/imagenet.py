@@ -50,7 +50,7 @@ DEFAULT_REFERENCE = {"adm128": "ref_imagenet128", "edm64": "ref_imagenet64_edm",
 # ADM's reference batches hold 10k images (arr_0) besides mu/sigma: precision/recall need them.
 # EDM's fid-refs hold only mu/sigma.
 REFERENCE_HAS_IMAGES = {"ref_imagenet128": True, "ref_imagenet256": True, "ref_imagenet64_edm": False}
-ADM_PRESETS = {"denoiser": "adm_imagenet128_cond_diffusion", "finetuned": "adm_imagenet128_classifier"}
+ADM_PRESETS = BACKBONE_CHECKPOINTS["adm128"]
 
 
 # --------------------------------------------------------------------------- planning (no I/O)
