@@ -93,7 +93,8 @@ def test_guidance_built_from_settings(checkpoints):
 
 
 def test_shards_are_reproducible_alone_and_evaluate(checkpoints, tmp_path):
-    from offshelf.experiment import evaluate_setting, load_digits_models, reference_features, sample_shard, save_npz
+    from offshelf.atomic import save_npz
+    from offshelf.experiment import evaluate_setting, load_digits_models, reference_features, sample_shard
 
     models = load_digits_models(checkpoints, "10")
     setting = Setting(regime="uncond", softplus_beta=3, marginal_temperature=0.5, sine_factor=0.3, scale=3)

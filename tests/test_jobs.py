@@ -5,7 +5,8 @@ import os
 
 import numpy as np
 
-from offshelf.experiment import claim_gpu, save_npz
+from offshelf.atomic import save_npz
+from offshelf.experiment import claim_gpu
 
 
 def test_each_job_claims_its_own_gpu(tmp_path, monkeypatch):
@@ -32,8 +33,15 @@ def test_scheduler_pinning_is_respected(tmp_path, monkeypatch):
 
 def test_atomic_write_clears_a_killed_writers_leftovers(tmp_path):
     target = tmp_path / "shard0.npz"
-    stale = tmp_path / "shard0.npz.abc123.tmp"
+    stale = tmp_path / ".shard0.npz.abc123.tmp"
     stale.write_bytes(b"half a file")
     save_npz(target, arr_0=np.zeros((2, 8, 8, 1), np.uint8), arr_1=np.zeros(2, np.int64))
     assert target.is_file() and not stale.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shard0.npz"]
+
+
+def test_atomic_outputs_are_group_readable(tmp_path):
+    path = save_npz(tmp_path / "shard.npz", arr_0=np.zeros((1, 8, 8, 1), np.uint8), arr_1=np.zeros(1, np.int64))
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0600

@@ -3,7 +3,6 @@ sample a shard, profile calibration, evaluate. Workflow scripts are thin calls i
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
@@ -14,6 +13,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from offshelf.atomic import atomic_write
 from offshelf.calibration import CalibrationRecorder
 from offshelf.classifiers.softplus import softplus_surgery
 from offshelf.diffusion import GaussianDiffusion
@@ -149,39 +149,8 @@ def calibration_profile(probe: Setting, models: Models, seeds: list[int], batch_
 
 # --------------------------------------------------------------------------- atomic I/O
 
-def _atomic(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f"{path.name}.*.tmp"):  # left by a writer killed mid-write
-        stale.unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def save_npz(path, **arrays) -> None:
-    """Atomic ``np.savez`` (np.savez appends .npz to names without it, so write via a handle)."""
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-    _atomic(path, write)
-
-
-def save_json(path, data: dict[str, Any]) -> None:
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True, default=float)
-            f.write("\n")
-    _atomic(path, write)
-
-
 def save_csv(path, frame) -> None:
-    _atomic(path, lambda tmp: frame.to_csv(tmp, index=False))
+    atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
 
 
 class job_log:
@@ -332,6 +301,6 @@ def gradient_trajectories(models: Models, base: Setting, marginal_temperatures: 
                     y=labels if setting.regime == "cond" else None, guidance=guidance,
                     config=DDPMGuidanceConfig(scale=setting.scale, sine_factor=setting.sine_factor),
                     guidance_label=labels, callback=callback)
-        panels[f"{name} x0"] = [record[s][0] for s in steps]
+        panels[f"{name} x̂0"] = [record[s][0] for s in steps]
         panels[f"{name} gradient"] = [record[s][1] for s in steps]
     return panels

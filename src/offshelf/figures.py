@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,27 +14,24 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from offshelf.atomic import atomic_write  # noqa: E402
+
 
 def save_figure(fig, path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png",
+                                                   dpi=120, bbox_inches="tight"))
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def calibration_curves(tables: dict, path, title: str) -> None:
     """Figures 1 and 2: ECE per sampling step (reverse time runs left to right)."""
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    for label, table in tables.items():
+    styles = ["-", "--", ":", "-.", (0, (5, 1))]  # curves that coincide over a range stay visible
+    for (label, table), style in zip(tables.items(), styles * len(tables)):
         ice = table["ece"].mean()
-        ax.plot(table["step"], table["ece"], label=f"{label} (ICE {ice:.3f})")
+        ax.plot(table["step"], table["ece"], linestyle=style, label=f"{label} (ICE {ice:.3f})")
     ax.invert_xaxis()
     ax.set_xlabel("sampling step t (T → 0)")
     ax.set_ylabel("ECE")

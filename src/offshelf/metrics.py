@@ -21,8 +21,6 @@ What the paper's numbers are measured with, and what this module reproduces:
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -33,6 +31,8 @@ import numpy as np
 import scipy.linalg
 import scipy.special
 import torch
+
+from offshelf.atomic import save_npz
 
 INCEPTION_FILENAME = "inception-2015-12-05.pt"
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
@@ -167,18 +167,8 @@ def load_reference_stats(path, expected_dim: int | None = None) -> FeatureStats:
 
 def save_feature_stats(path, stats: FeatureStats) -> None:
     """Write ``mu``/``sigma`` (and ``n``) in the layout load_reference_stats reads, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            extra = {} if stats.n is None else {"n": np.int64(stats.n)}
-            np.savez(f, mu=stats.mu, sigma=stats.sigma, **extra)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    extra = {} if stats.n is None else {"n": np.int64(stats.n)}
+    save_npz(path, mu=stats.mu, sigma=stats.sigma, **extra)
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:

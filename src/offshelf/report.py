@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from offshelf.calibration import integral_calibration_error
-from offshelf.experiment import _atomic
+from offshelf.atomic import atomic_write, save_text
 from offshelf.plan import evaluation_name, table_rows
 from offshelf.tables import add_differences, markdown, table_frame
 
@@ -23,8 +23,7 @@ from offshelf.tables import add_differences, markdown, table_frame
 def _intro(plan_config: dict, experiment: str) -> list[str]:
     sampling = plan_config["sampling"]
     backbone = plan_config.get("backbone", "digits")
-    text = [f"# offshelf report: {experiment}", "",
-            f"Backbone `{backbone}`: {sampling['num_samples']} samples per setting in shards of "
+    text = [f"Backbone `{backbone}`: {sampling['num_samples']} samples per setting in shards of "
             f"{sampling['shard_size']}" + (f", respacing {sampling['respacing']}" if "respacing" in sampling else "")
             + ". Each guided row sweeps its scale grid and reports the candidate with the lowest FID (the "
             "scale column). `ice` = integral calibration error (mean per-step ECE along unguided "
@@ -36,7 +35,7 @@ def _intro(plan_config: dict, experiment: str) -> list[str]:
         text.append("FID against the published reference statistics with the TF Inception (clean-fid "
                     "`legacy_tensorflow`); precision/recall against the reference batch's images where it has "
                     "any; `diff_*` = measured − paper.")
-    return [" ".join(text), ""]
+    return [f"# offshelf report: {experiment}", "", " ".join(text), ""]
 
 
 def write_report(plan_config: dict, metric_files: list[str], calibration_files: list[str], figure_files: list[str],
@@ -68,16 +67,16 @@ def write_report(plan_config: dict, metric_files: list[str], calibration_files: 
         if comparable:
             frame = add_differences(frame)
         frames[table] = frame
-        _atomic(out.parent / f"{table}.csv", lambda tmp: frame.to_csv(tmp, index=False))
+        atomic_write(out.parent / f"{table}.csv", lambda tmp: frame.to_csv(tmp, index=False))
         n = mine[0].num_samples
         title = f"{table.replace('table', 'Table ')}: {spec['title']}" + (f" ({n} samples)" if n else "")
         text = markdown(frame, list(spec.get("columns", ["fid"])), title)
-        _atomic(out.parent / f"{table}.md", lambda tmp: Path(tmp).write_text(text))
+        save_text(out.parent / f"{table}.md", text)
         sections += [text, f"CSV: [{table}.csv]({table}.csv)", ""]
     if figure_files:
         sections += ["## Figures", ""]
         sections += [f"![{Path(f).stem}]({os.path.relpath(f, out.parent)})\n" for f in figure_files]
-    _atomic(out, lambda tmp: Path(tmp).write_text("\n".join(sections)))
+    save_text(out, "\n".join(sections))
     return frames
 
 

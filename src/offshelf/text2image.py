@@ -17,7 +17,6 @@ import argparse
 import math
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from offshelf.atomic import atomic_write
 from offshelf.classifiers.clip import CLIPPromptClassifier, clip_score, load_clip
 from offshelf.diffusion import GaussianDiffusion
 from offshelf.guidance import ClassifierGuidance
@@ -97,22 +97,6 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return ((images.detach().float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def _atomic_target(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    return tmp
-
-
-def _commit(tmp: str, path: Path) -> None:
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def save_grid(images: torch.Tensor, path: str | os.PathLike, ncol: int | None = None) -> Path:
     """Write images in [−1, 1] as one PNG grid (≈square, 2-px black gutters), atomically."""
     from PIL import Image
@@ -127,22 +111,11 @@ def save_grid(images: torch.Tensor, path: str | os.PathLike, ncol: int | None = 
     for i, img in enumerate(arr):
         r, c = divmod(i, ncol)
         grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = img
-    tmp = _atomic_target(path)
-    try:
-        Image.fromarray(grid).save(tmp, format="PNG")
-    except BaseException:
-        os.remove(tmp)
-        raise
-    _commit(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: Image.fromarray(grid).save(tmp, format="PNG"))
 
 
 def write_csv(table: pd.DataFrame, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    tmp = _atomic_target(path)
-    table.to_csv(tmp, index=False)
-    _commit(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
 
 
 def plot_clip_scores(scores: pd.DataFrame, path: str | os.PathLike) -> Path:
@@ -162,12 +135,9 @@ def plot_clip_scores(scores: pd.DataFrame, path: str | os.PathLike) -> Path:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = _atomic_target(path)
-    try:
-        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png")
-    finally:
-        plt.close(fig)
-    _commit(tmp, path)
+    from offshelf.figures import save_figure
+
+    save_figure(fig, path)
     return path
 
 

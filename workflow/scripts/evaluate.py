@@ -1,4 +1,5 @@
-from offshelf.experiment import evaluate_setting, job_log, save_json
+from offshelf.atomic import save_json
+from offshelf.experiment import evaluate_setting, job_log
 from offshelf.plan import parse_evaluation_name
 
 with job_log(snakemake.log[0], snakemake.threads, snakemake.resources.get("gpu", 0)):

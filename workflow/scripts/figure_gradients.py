@@ -8,7 +8,7 @@ with job_log(snakemake.log[0], snakemake.threads, snakemake.resources.get("gpu",
                                   snakemake.params.get("imagenet"), snakemake.params.get("checkpoints"))
     base = Setting(regime="uncond", classifier="offshelf", input="x0", softplus_beta=3.0, sine_factor=0.3,
                    scale=figure.get("scale", 3.0))
-    temperatures = {"conditional (tau2=tau1=1)": 1.0,
-                    f"joint (tau2={figure['joint_marginal_temperature']:g})": figure["joint_marginal_temperature"]}
+    temperatures = {"cond. τ2=1": 1.0,
+                    f"joint τ2={figure['joint_marginal_temperature']:g}": figure["joint_marginal_temperature"]}
     panels = gradient_trajectories(models, base, temperatures, figure["label"], figure["steps"])
     gradient_panels(panels, figure["steps"], snakemake.output[0])

@@ -1,4 +1,5 @@
-from offshelf.experiment import job_log, reference_features, save_npz
+from offshelf.atomic import save_npz
+from offshelf.experiment import job_log, reference_features
 
 with job_log(snakemake.log[0], snakemake.threads, snakemake.resources.get("gpu", 0)):
     p = snakemake.params

@@ -1,6 +1,7 @@
 import numpy as np
 
-from offshelf.experiment import job_log, load_workflow_models, save_npz
+from offshelf.atomic import save_npz
+from offshelf.experiment import job_log, load_workflow_models
 from offshelf.imagenet import sample_shard
 from offshelf.settings import Setting
 

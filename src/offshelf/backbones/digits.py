@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from offshelf.atomic import atomic_write
 from offshelf.diffusion import beta_schedule
 
 NUM_CLASSES = 10
@@ -276,19 +276,10 @@ def evaluate_classifier(model: nn.Module, config: TrainConfig) -> dict:
 # --------------------------------------------------------------------------- checkpoints
 
 def save_checkpoint(model: nn.Module, config: TrainConfig, metrics: dict, path: str | os.PathLike) -> None:
-    """Atomic: written to a temp file in the same folder, then renamed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Written atomically (offshelf.atomic)."""
     payload = {"format": "offshelf-digits-v1", "config": asdict(config), "metrics": metrics,
                "state_dict": model.state_dict()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load_checkpoint(path: str | os.PathLike, expected_role: str | None = None) -> tuple[nn.Module, TrainConfig, dict]:
