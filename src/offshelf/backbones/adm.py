@@ -201,9 +201,17 @@ class ResBlock(TimestepBlock):
         return self.skip_connection(x) + h
 
 
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``softmax((q/d^{1/4})ᵀ(k/d^{1/4}))`` applied to v, per (batch·head): [BH, d, T] each."""
+    scale = 1 / math.sqrt(math.sqrt(q.shape[1]))
+    weight = torch.einsum("bct,bcs->bts", q * scale, k * scale)
+    weight = torch.softmax(weight.float(), dim=-1).type(weight.dtype)
+    return torch.einsum("bts,bcs->bct", weight, v)
+
+
 class QKVAttentionLegacy(nn.Module):
     """Attention on a fused qkv tensor laid out per head as ``[q_h; k_h; v_h]`` (the layout of the
-    original ADM checkpoints): ``softmax((q/d^{1/4})ᵀ(k/d^{1/4}))`` applied to v."""
+    original ADM checkpoints)."""
 
     def __init__(self, n_heads: int):
         super().__init__()
@@ -213,10 +221,7 @@ class QKVAttentionLegacy(nn.Module):
         bs, width, length = qkv.shape
         ch = width // (3 * self.n_heads)
         q, k, v = qkv.reshape(bs * self.n_heads, ch * 3, length).split(ch, dim=1)
-        scale = 1 / math.sqrt(math.sqrt(ch))
-        weight = torch.einsum("bct,bcs->bts", q * scale, k * scale)
-        weight = torch.softmax(weight.float(), dim=-1).type(weight.dtype)
-        return torch.einsum("bts,bcs->bct", weight, v).reshape(bs, -1, length)
+        return _attend(q, k, v).reshape(bs, -1, length)
 
 
 class QKVAttention(nn.Module):
@@ -230,13 +235,8 @@ class QKVAttention(nn.Module):
     def forward(self, qkv: torch.Tensor) -> torch.Tensor:
         bs, width, length = qkv.shape
         ch = width // (3 * self.n_heads)
-        q, k, v = qkv.chunk(3, dim=1)
-        scale = 1 / math.sqrt(math.sqrt(ch))
-        weight = torch.einsum("bct,bcs->bts", (q * scale).reshape(bs * self.n_heads, ch, length),
-                              (k * scale).reshape(bs * self.n_heads, ch, length))
-        weight = torch.softmax(weight.float(), dim=-1).type(weight.dtype)
-        a = torch.einsum("bts,bcs->bct", weight, v.reshape(bs * self.n_heads, ch, length))
-        return a.reshape(bs, -1, length)
+        q, k, v = (t.reshape(bs * self.n_heads, ch, length) for t in qkv.chunk(3, dim=1))
+        return _attend(q, k, v).reshape(bs, -1, length)
 
 
 class AttentionBlock(nn.Module):
