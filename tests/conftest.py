@@ -1,18 +1,22 @@
 """Shared pytest fixtures."""
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
-REFERENCE_DIR = Path(__file__).resolve().parents[2] / "shared" / "reference"
+# The golden fixtures produced by the original implementations: $OFFSHELF_REFERENCE_DIR, else the
+# project's sibling folder ../shared/reference.
+REFERENCE_DIR = Path(os.environ.get("OFFSHELF_REFERENCE_DIR")
+                     or Path(__file__).resolve().parents[2] / "shared" / "reference")
 
 
 @pytest.fixture
 def reference_dir() -> Path:
     """The golden fixtures produced by the original implementations (/work/shared/reference)."""
     if not REFERENCE_DIR.is_dir():
-        pytest.skip(f"golden fixtures folder {REFERENCE_DIR} is absent")
+        pytest.skip(f"golden fixtures folder {REFERENCE_DIR} is absent (set OFFSHELF_REFERENCE_DIR)")
     return REFERENCE_DIR
 
 
