@@ -78,6 +78,13 @@ def test_editing_one_parameter_reruns_exactly_its_jobs(ci_run, tmp_path):
     assert jobs["sample"] > 0 and jobs["calibrate"] > 0
 
 
+def _read(path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
 def _cmdline(pid: int) -> str:
     try:
         return open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()
@@ -125,13 +132,18 @@ def test_killed_sampling_job_loses_only_its_shard(ci_run, tmp_path):
         while not (folder / "shard0.npz").exists() and proc.poll() is None and time.time() < deadline:
             time.sleep(0.5)
         assert (folder / "shard0.npz").exists(), f"shard 0 never finished: {log.read_text()[-3000:]}"
-        pids = []
-        while not pids and proc.poll() is None and time.time() < deadline:  # shard 1's job, mid-way
-            pids = [pid for pid in _descendants(proc.pid) if "sample.py" in _cmdline(pid)]
-        assert pids, f"no sampling process to kill: {log.read_text()[-3000:]}"
-        time.sleep(1)
-        for pid in pids:
-            os.kill(pid, signal.SIGKILL)
+        job_log = results / "logs" / "ci" / "sample" / "cond_unguided" / "shard1.log"
+        while proc.poll() is None and time.time() < deadline and "ddpm" not in _read(job_log):
+            time.sleep(0.2)  # shard 1's job is sampling: its progress bar has started
+        killed = []
+        for pid in _descendants(proc.pid):
+            if "sample.py" in _cmdline(pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                except ProcessLookupError:  # a wrapper that already exited
+                    pass
+        assert killed, f"no sampling process to kill: {log.read_text()[-3000:]}"
         proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
