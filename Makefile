@@ -29,8 +29,9 @@ test-slow: $(STAMP)
 	$(PYTEST) -q -m slow || [ $$? -eq 5 ]
 
 # A one-node SLURM cluster on this machine (needs root: apt-get, munged, slurmctld, slurmd).
+# Without root the SLURM tests skip with the reason; CI sets OFFSHELF_REQUIRE_SLURM=1 so they cannot.
 test-slurm: $(STAMP)
-	bash .ci/slurm_cluster.sh start
-	$(PYTEST) -q -m slurm; rc=$$?; bash .ci/slurm_cluster.sh stop; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
+	bash .ci/slurm_cluster.sh start || [ -z "$$OFFSHELF_REQUIRE_SLURM" ]
+	$(PYTEST) -q -m slurm; rc=$$?; bash .ci/slurm_cluster.sh stop || true; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
 
 test: test-fast test-slow test-slurm
