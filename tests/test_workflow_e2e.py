@@ -78,13 +78,6 @@ def test_editing_one_parameter_reruns_exactly_its_jobs(ci_run, tmp_path):
     assert jobs["sample"] > 0 and jobs["calibrate"] > 0
 
 
-def _read(path) -> str:
-    try:
-        return path.read_text(errors="replace")
-    except OSError:
-        return ""
-
-
 def _cmdline(pid: int) -> str:
     try:
         return open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()
@@ -129,20 +122,27 @@ def test_killed_sampling_job_loses_only_its_shard(ci_run, tmp_path):
                             stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.time() + 600
+
+        def sampling_jobs():
+            return [pid for pid in _descendants(proc.pid) if "sample.py" in _cmdline(pid)]
+
+        started = None  # shard 0's job: how long a shard takes, start to file
         while not (folder / "shard0.npz").exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.5)
-        assert (folder / "shard0.npz").exists(), f"shard 0 never finished: {log.read_text()[-3000:]}"
-        job_log = results / "logs" / "ci" / "sample" / "cond_unguided" / "shard1.log"
-        while proc.poll() is None and time.time() < deadline and "ddpm" not in _read(job_log):
-            time.sleep(0.2)  # shard 1's job is sampling: its progress bar has started
+            if started is None and sampling_jobs():
+                started = time.time()
+            time.sleep(0.1)
+        assert (folder / "shard0.npz").exists() and started, f"shard 0 never finished: {log.read_text()[-3000:]}"
+        duration = time.time() - started
+        while not sampling_jobs() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+        time.sleep(duration / 2)  # shard 1 is half-way: same size, same work as shard 0
         killed = []
-        for pid in _descendants(proc.pid):
-            if "sample.py" in _cmdline(pid):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                    killed.append(pid)
-                except ProcessLookupError:  # a wrapper that already exited
-                    pass
+        for pid in sampling_jobs():
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            except ProcessLookupError:  # a wrapper that already exited
+                pass
         assert killed, f"no sampling process to kill: {log.read_text()[-3000:]}"
         proc.wait(timeout=120)
     finally:
