@@ -142,7 +142,7 @@ def test_two_rule_workflow_runs_as_slurm_jobs(slurm_cluster, tmp_path):
         assert (tmp_path / ".snakemake" / "slurm_logs" / f"rule_{rule}" / f"{sid}.log").exists()
 
 
-WORKFLOW = ["Snakefile", "config.yaml", "config", "workflow"]
+WORKFLOW = ["Snakefile", "config.yaml", "config", "workflow", "envs"]
 TIMING_COLUMNS = ["seconds"]  # wall time of sampling: differs between any two runs
 
 
