@@ -6,7 +6,7 @@ import os
 import numpy as np
 
 from offshelf.atomic import save_npz
-from offshelf.experiment import claim_gpu
+from offshelf.jobs import claim_gpu
 
 
 def test_each_job_claims_its_own_gpu(tmp_path, monkeypatch):

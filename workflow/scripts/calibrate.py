@@ -1,4 +1,5 @@
-from offshelf.experiment import calibration_profile, job_log, load_workflow_models, save_csv
+from offshelf.experiment import calibration_profile, load_workflow_models, save_csv
+from offshelf.jobs import job_log
 from offshelf.calibration import integral_calibration_error
 from offshelf.settings import probe_setting
 

@@ -1,5 +1,6 @@
 from offshelf.atomic import save_json
-from offshelf.experiment import evaluate_setting, job_log
+from offshelf.experiment import evaluate_setting
+from offshelf.jobs import job_log
 from offshelf.plan import parse_evaluation_name
 
 with job_log(snakemake.log[0], snakemake.threads, snakemake.resources.get("gpu", 0)):

@@ -1,7 +1,7 @@
 import logging
 
 from offshelf.checkpoints import fetch
-from offshelf.experiment import job_log
+from offshelf.jobs import job_log
 
 with job_log(snakemake.log[0]):
     logging.basicConfig(level=logging.INFO)

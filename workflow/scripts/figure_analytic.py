@@ -1,5 +1,5 @@
 from offshelf.diffusion import GaussianDiffusion
-from offshelf.experiment import job_log
+from offshelf.jobs import job_log
 from offshelf.figures import gaussian_mixture_directions, guidance_schedules
 
 with job_log(snakemake.log[0]):

@@ -1,6 +1,6 @@
 import pandas as pd
 
-from offshelf.experiment import job_log
+from offshelf.jobs import job_log
 from offshelf.figures import calibration_curves
 
 with job_log(snakemake.log[0]):

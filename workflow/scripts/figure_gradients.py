@@ -1,4 +1,5 @@
-from offshelf.experiment import gradient_trajectories, job_log, load_workflow_models
+from offshelf.experiment import gradient_trajectories, load_workflow_models
+from offshelf.jobs import job_log
 from offshelf.figures import gradient_panels
 from offshelf.settings import Setting
 

@@ -1,5 +1,6 @@
 from offshelf.atomic import save_npz
-from offshelf.experiment import job_log, reference_features
+from offshelf.experiment import reference_features
+from offshelf.jobs import job_log
 
 with job_log(snakemake.log[0], snakemake.threads, snakemake.resources.get("gpu", 0)):
     p = snakemake.params

@@ -1,4 +1,4 @@
-from offshelf.experiment import job_log
+from offshelf.jobs import job_log
 from offshelf.report import write_report
 
 with job_log(snakemake.log[0]):

@@ -1,7 +1,8 @@
 import numpy as np
 
 from offshelf.atomic import save_npz
-from offshelf.experiment import job_log, load_workflow_models
+from offshelf.experiment import load_workflow_models
+from offshelf.jobs import job_log
 from offshelf.imagenet import sample_shard
 from offshelf.settings import Setting
 

@@ -1,7 +1,7 @@
 from pathlib import Path
 
 from offshelf.checkpoints import fetch
-from offshelf.experiment import job_log
+from offshelf.jobs import job_log
 from offshelf.text2image import load_config, run_config
 
 with job_log(snakemake.log[0], snakemake.threads, snakemake.resources.get("gpu", 0)):

@@ -1,5 +1,5 @@
 from offshelf.backbones import digits
-from offshelf.experiment import job_log
+from offshelf.jobs import job_log
 
 with job_log(snakemake.log[0], snakemake.threads):
     config = digits.TrainConfig(role=snakemake.wildcards.role, **snakemake.params.train)
