@@ -1,0 +1,165 @@
+"""The one interface between the workflow (or the ``offshelf`` command) and a diffusion family.
+
+A backend answers, for one family of pretrained (or workflow-trained) networks:
+
+* **planning** (cheap, no file is read): which files a setting needs (:meth:`Backend.files`),
+  which files evaluation needs, which settings it cannot run and why (:meth:`Backend.unsupported`);
+* **loading** those files onto a device (:meth:`Backend.load`);
+* **sampling** a batch for a setting and its per-sample seeds (:meth:`Backend.sample`);
+* converting images to uint8 **exactly as its original implementation does** (:meth:`Backend.to_uint8`);
+* the **feature extractor** it is evaluated with, and the reference it is compared against
+  (:meth:`Backend.feature_extractor`, :meth:`Backend.reference`).
+
+A file is either :class:`Pretrained` (a name in the verified checkpoint registry, downloaded by the
+``fetch_checkpoint`` rule or given by ``checkpoints.local``) or :class:`Trained` (a network the
+workflow trains itself with :meth:`Backend.train`, written to ``models/<role>.pt``).
+
+Backends are constructed from their *options*: the part of the workflow config their jobs depend
+on (:meth:`Backend.options_from_config`). Options travel to every job as a param, so a changed
+option reruns exactly the jobs that use it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Mapping
+
+import numpy as np
+import torch
+
+from offshelf.settings import Setting
+
+
+@dataclass(frozen=True)
+class Pretrained:
+    """A file from the verified checkpoint registry (:mod:`offshelf.checkpoints`)."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A network the workflow trains itself (:meth:`Backend.train`), stored as ``models/<role>.pt``."""
+
+    role: str
+
+
+FileSource = Pretrained | Trained
+
+
+@dataclass
+class FeatureExtractor:
+    """How samples are judged: ``features(uint8 NHWC) -> [n, d]`` for FID and precision/recall,
+    and optionally ``logits`` for class accuracy. It must never be one of the guiding networks."""
+
+    features: Callable[[np.ndarray], np.ndarray]
+    logits: Callable[[np.ndarray], np.ndarray] | None = None
+    batch_size: int = 200
+    name: str = ""
+
+
+@dataclass
+class Reference:
+    """What samples are compared against: feature statistics for FID (``stats``: ``mu``/``sigma``;
+    None means: computed from ``features``) and real-image features for precision/recall."""
+
+    features: np.ndarray | None = None
+    stats: Any = None
+
+
+class UnsupportedError(ValueError):
+    """A backend was asked for something it does not do; the message says why."""
+
+
+class Backend(ABC):
+    """One diffusion family. Subclasses set :attr:`name`, :attr:`num_classes` and implement the
+    abstract methods; everything else has a default that suits most families."""
+
+    name: ClassVar[str] = ""
+    #: classes of the label space (ImageNet: 1000)
+    num_classes: ClassVar[int] = 0
+    #: analytic figures of the DDPM guidance schedule the report can show for this family
+    analytic_figures: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, options: Mapping[str, Any] | None = None):
+        self.options: dict[str, Any] = dict(options or {})
+
+    @classmethod
+    def options_from_config(cls, config: Mapping[str, Any]) -> dict[str, Any]:
+        """The config values this backend's jobs depend on (default: none)."""
+        return {}
+
+    # ------------------------------------------------------------------ planning (no I/O)
+
+    @property
+    @abstractmethod
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images a sample job writes (before uint8 NHWC conversion)."""
+
+    @abstractmethod
+    def files(self, setting: Setting) -> dict[str, FileSource]:
+        """Role -> file the networks of ``setting`` are loaded from."""
+
+    def evaluation_files(self) -> dict[str, FileSource]:
+        """Role -> file of the feature extractor and the reference (default: none)."""
+        return {}
+
+    def unsupported(self, setting: Setting) -> str | None:
+        """Why this family cannot run ``setting`` (the report prints it), or None."""
+        return None
+
+    def has_reference_features(self) -> bool:
+        """Whether real-image features exist for precision/recall (a ``reference_features`` job)."""
+        return True
+
+    def train_params(self, role: str) -> dict[str, Any]:
+        """The parameters of a :class:`Trained` role's training job."""
+        raise UnsupportedError(f"backend {self.name!r} trains no networks (role {role!r})")
+
+    def train(self, role: str, params: Mapping[str, Any], out_path: str, progress: bool = False) -> dict:
+        """Train a :class:`Trained` role and write its checkpoint to ``out_path``; returns metrics."""
+        raise UnsupportedError(f"backend {self.name!r} trains no networks (role {role!r})")
+
+    # ------------------------------------------------------------------ jobs
+
+    @abstractmethod
+    def load(self, files: Mapping[str, str]) -> Any:
+        """The networks of one job from role -> path (the roles of :meth:`files`)."""
+
+    @abstractmethod
+    def sample(self, models: Any, setting: Setting, seeds: list[int], progress: bool = False,
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images in [-1, 1] (float, NCHW) and their target labels for ``seeds``; each sample
+        depends on its own seed only, so any split into batches gives the same images."""
+
+    @abstractmethod
+    def to_uint8(self, images: torch.Tensor) -> np.ndarray:
+        """uint8 NHWC, converted exactly as the family's original implementation writes its samples."""
+
+    def calibration_profile(self, models: Any, probe: Setting, seeds: list[int], batch_size: int,
+                            num_bins: int = 15):
+        """Per-step ECE of a classifier variant along the reverse process (a pandas table)."""
+        raise UnsupportedError(f"backend {self.name!r} does not profile calibration")
+
+    def gradient_trajectories(self, models: Any, base: Setting, marginal_temperatures: dict[str, float],
+                              label: int, steps: list[int], seed: int = 0) -> dict[str, list[np.ndarray]]:
+        """Figure 4's panels: x̂0 and the guidance gradient of one sample at chosen steps."""
+        raise UnsupportedError(f"backend {self.name!r} does not record gradient trajectories")
+
+    @abstractmethod
+    def feature_extractor(self, files: Mapping[str, str]) -> FeatureExtractor:
+        """The network that judges samples, from the roles of :meth:`evaluation_files`."""
+
+    def reference_features(self, files: Mapping[str, str], extractor: FeatureExtractor) -> dict[str, np.ndarray]:
+        """Arrays of the ``reference_features`` job (at least ``features``: real images' features)."""
+        raise UnsupportedError(f"backend {self.name!r} has no reference images")
+
+    def reference(self, files: Mapping[str, str], reference_features: Mapping[str, np.ndarray] | None) -> Reference:
+        """What an evaluation compares against (default: the reference features alone)."""
+        features = None if reference_features is None else np.asarray(reference_features["features"])
+        return Reference(features=features)
+
+    def provenance(self, files: Mapping[str, str]) -> dict[str, Any]:
+        """Extra facts an evaluation records in its metrics file (protocol, file hashes)."""
+        return {}
