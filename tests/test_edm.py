@@ -13,7 +13,7 @@ from torch import nn
 from offshelf.backbones.edm import (IMAGENET64_COND_ADM_KWARGS, EDMPrecond, UnsafePickleError,
                                     load_edm_pickle)
 from offshelf.guidance import ClassifierGuidance, edm_step_size
-from offshelf.samplers.edm import EDM_PAPER_SETTINGS, edm_sample, guidance_displacement, time_steps
+from offshelf.samplers.edm import edm_sample, guidance_displacement, time_steps
 from offshelf.seeding import StackedRandomGenerator
 
 
@@ -148,19 +148,12 @@ def test_step_size_by_hand():
     assert edm_step_size(9, 10, 0.004, 0.3) == pytest.approx(0.00109809312, abs=1e-11)
 
 
-def test_paper_settings():
-    assert EDM_PAPER_SETTINGS["max_guidance"] == {10: 0.004, 18: 0.004, 36: 0.0018, 250: 0.001}
-    assert EDM_PAPER_SETTINGS["softplus_beta"] == 5.0
-    assert (EDM_PAPER_SETTINGS["joint_temperature"], EDM_PAPER_SETTINGS["marginal_temperature"]) == (1.0, 0.0)
-    assert EDM_PAPER_SETTINGS["sine_factor"] == 0.3
-
-
 def test_guided_displacement_has_relative_rms(golden, tiny_net):
     """Every step moves each sample by exactly w_i·RMS(x_i), whatever the gradient's size."""
     guidance = ClassifierGuidance(tiny_classifier(), joint_temperature=1.0, marginal_temperature=0.0, input="xt")
     seen = []
     latents = torch.randn([3, 3, 16, 16], generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    edm_sample(tiny_net, latents, golden["class_labels"], num_steps=5, guidance=guidance, max_guidance=0.004,
+    edm_sample(tiny_net, latents, golden["class_labels"], num_steps=5, guidance=guidance, scale=0.004,
                sine_factor=0.3, callback=lambda **kw: seen.append(kw))
     assert len(seen) == 5
     for info in seen:
@@ -204,7 +197,7 @@ def test_guidance_input_normalisation():
 def test_guided_sampling_is_deterministic_and_moves_samples(golden, tiny_net):
     guidance = ClassifierGuidance(tiny_classifier(), marginal_temperature=0.0, input="xt")
     latents = torch.randn([3, 3, 16, 16], generator=torch.Generator().manual_seed(4), dtype=torch.float64)
-    kwargs = dict(num_steps=4, max_guidance=0.004, sine_factor=0.3)
+    kwargs = dict(num_steps=4, scale=0.004, sine_factor=0.3)
     plain = edm_sample(tiny_net, latents, golden["class_labels"], num_steps=4)
     a = edm_sample(tiny_net, latents, golden["class_labels"], guidance=guidance, **kwargs)
     b = edm_sample(tiny_net, latents, golden["class_labels"], guidance=guidance, **kwargs)

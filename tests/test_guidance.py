@@ -11,7 +11,7 @@ from torch import nn
 from offshelf.classifiers.softplus import count_relus, softplus_surgery
 from offshelf.guidance import (
     ClassifierGuidance, InputAdapter, SwitchedGuidance, adm_guidance_weight, calibrated_log_prob,
-    calibrated_probs, edm_step_size, guidance_at, rms, sine_bump,
+    calibrated_probs, edm_step_size, guidance_at, sine_bump,
 )
 
 LOGITS = np.array([[1.0, 2.0, 0.5], [-1.0, 0.0, 3.0]])
@@ -380,13 +380,6 @@ def test_edm_step_size_hand_values():
     assert edm_step_size(9, n, w, gamma) == pytest.approx(0.004 * 2 / 11 + math.sin(0.9 * math.pi) * 0.004 * 0.3)
     assert edm_step_size(3, n, w, 0.0) == pytest.approx(0.004 * 8 / 11)
     assert edm_step_size(0, n, 1e-7, 0.0) == pytest.approx(1e-5)  # floor of the linear term
-
-
-def test_rms_per_sample():
-    x = torch.tensor([[3.0, 4.0], [1.0, 1.0]]).view(2, 1, 1, 2)
-    got = rms(x)
-    assert got.shape == (2, 1, 1, 1)
-    torch.testing.assert_close(got.flatten(), torch.tensor([math.sqrt(12.5), 1.0]))
 
 
 # ----------------------------------------------------------------------------

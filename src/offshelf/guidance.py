@@ -6,8 +6,12 @@ The pieces a sampler combines:
   official code the "temperatures" *multiply* the logits.
 * :class:`ClassifierGuidance` -- classifier + input adapter (x̂0 or x_t, optional
   resize / normalisation) + temperatures; returns ``∇ log p̃(y | input)`` for a batch.
-* :func:`adm_guidance_weight` -- the DDPM schedule, ``Σ_t + γ·sin(πt/T)·Σ_max`` (Eq. 5).
-* :func:`edm_step_size` -- the EDM schedule, linear decay plus the same sine bump.
+* :func:`calibrated_gradient` -- ``∇_x`` of Eq. 4 for any map ``x -> logits`` (a classifier, a
+  classifier after a VAE decoder, or after the denoiser): the one gradient every sampler uses.
+* the schedules: :func:`adm_guidance_weight` (DDPM, Eq. 5: ``Σ_t + γ·sin(πt/T)·Σ_max``),
+  :func:`edm_step_size` (Algorithm 2: linear decay plus the same sine bump) and
+  :func:`dit_guidance_weight` (Algorithm 3).
+* :func:`check_finite` -- samplers stop at the first NaN or inf instead of writing black images.
 """
 
 from __future__ import annotations
@@ -109,12 +113,8 @@ class ClassifierGuidance:
     def gradient(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None = None,
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(∇_x log p̃(y|x), logits)`` with ``x`` treated as a leaf."""
-        with torch.enable_grad():
-            x = x.detach().float().requires_grad_(True)
-            logits = self.logits(x, t)
-            log_p = calibrated_log_prob(logits, y, self.joint_temperature, self.marginal_temperature)
-            (grad,) = torch.autograd.grad(log_p.sum(), x)
-        return grad, logits.detach()
+        return calibrated_gradient(x.float(), y, lambda u: self.logits(u, t), self.joint_temperature,
+                                   self.marginal_temperature)
 
 
 @dataclass
@@ -129,6 +129,22 @@ class SwitchedGuidance:
 
     def at(self, step: int) -> ClassifierGuidance:
         return self.early if step >= self.switch_step else self.late
+
+
+def calibrated_gradient(x: torch.Tensor, y: torch.Tensor, logits_of: Callable[[torch.Tensor], torch.Tensor],
+                        joint_temperature: float = 1.0, marginal_temperature: float = 1.0,
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(∇_x [τ1·f_y − logsumexp(τ2·f)], logits)`` with ``f = logits_of(x)`` and ``x`` a fresh leaf.
+
+    ``logits_of`` is whatever lies between ``x`` and the logits: the classifier on x̂0 (Algorithm 1,
+    the official code: no backprop through the denoiser), the classifier after the VAE decoder
+    (Algorithm 3), or the denoiser and the x̂0 formula too (the "through the denoiser" variant)."""
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        logits = logits_of(x)
+        log_p = calibrated_log_prob(logits, y, joint_temperature, marginal_temperature)
+        (grad,) = torch.autograd.grad(log_p.sum(), x)
+    return grad, logits.detach()
 
 
 def guidance_at(guidance, step: int) -> ClassifierGuidance:
@@ -151,12 +167,35 @@ def adm_guidance_weight(variance: torch.Tensor, step: int, num_steps: int, sigma
     return variance + sine_bump(step, num_steps, gamma) * sigma_max
 
 
-def edm_step_size(step: int, num_steps: int, max_guidance: float, gamma: float) -> float:
-    """Algorithm 2's step size: ``max(w·(N+1−i)/(N+1), 1e−5) + sin(πi/N)·w·γ``."""
-    linear = max(max_guidance * (num_steps + 1 - step) / (num_steps + 1), 1e-5)
-    return linear + math.sin(math.pi * step / num_steps) * max_guidance * gamma
+def edm_step_size(step: int, num_steps: int, scale: float, gamma: float) -> float:
+    """Algorithm 2's step size w_i: ``max(w·(N+1−i)/(N+1), 1e−5) + sin(πi/N)·w·γ``, ``w = scale``."""
+    linear = max(scale * (num_steps + 1 - step) / (num_steps + 1), 1e-5)
+    return linear + math.sin(math.pi * step / num_steps) * scale * gamma
 
 
-def rms(x: torch.Tensor) -> torch.Tensor:
-    """Per-sample root mean square over all but the batch dimension, shaped to broadcast."""
-    return x.float().pow(2).flatten(1).mean(1).sqrt().view(-1, *([1] * (x.ndim - 1)))
+DiTSchedule = Literal["adm", "sine"]
+
+
+def dit_guidance_weight(schedule: DiTSchedule, scale: float, gamma: float, step: int, num_steps: int,
+                        variance: torch.Tensor, sigma_max: float) -> torch.Tensor | float:
+    """Algorithm 3's weight s_k of the normalised gradient: ``scale·(1 + max(γ·sin(πk/T), 0))``
+    (``sine``, a scalar) or ``scale·(Σ_k + max(γ·sin(πk/T), 0)·Σ_max)`` (``adm``: Eq. 5, per pixel)."""
+    bump = sine_bump(step, num_steps, gamma)
+    if schedule == "sine":
+        return scale * (1.0 + bump)
+    if schedule == "adm":
+        return scale * (variance + bump * sigma_max)
+    raise ValueError(f"DiT guidance schedule must be 'adm' or 'sine', got {schedule!r}")
+
+
+class NonFiniteError(FloatingPointError):
+    """A sampler met NaN or inf: the message names the step and the tensor (and, once a backend
+    adds it, the setting). Raised instead of letting the value become a black image."""
+
+
+def check_finite(name: str, tensor: torch.Tensor | None, step: int) -> None:
+    """Raise :class:`NonFiniteError` naming ``name`` and ``step`` if ``tensor`` holds NaN or inf."""
+    if tensor is not None and not bool(torch.isfinite(tensor).all()):
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise NonFiniteError(f"step {step}: {name} has {bad} non-finite value(s) of {tensor.numel()} "
+                             f"(shape {tuple(tensor.shape)})")

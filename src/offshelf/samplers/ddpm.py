@@ -22,7 +22,7 @@ from typing import Callable, Literal
 import torch
 
 from offshelf.diffusion import GaussianDiffusion
-from offshelf.guidance import adm_guidance_weight, calibrated_log_prob, guidance_at
+from offshelf.guidance import adm_guidance_weight, calibrated_gradient, check_finite, guidance_at
 from offshelf.seeding import StackedRandomGenerator
 
 SigmaMaxMode = Literal["official", "first_beta"]
@@ -67,13 +67,14 @@ def ddpm_sample(model, diffusion: GaussianDiffusion, rng: StackedRandomGenerator
                 recurrent_steps: int = 1, cfg_scale: float | None = None, null_label: int | None = None,
                 guidance_label: torch.Tensor | None = None, clip_denoised: bool = True,
                 callback: StepCallback | None = None, progress: bool = False) -> torch.Tensor:
-    """Sample ``len(rng)`` images of ``shape`` (C, H, W).
+    """Sample ``len(rng)`` images of ``shape`` (C, H, W) with Algorithm 1.
 
     ``model(x, t, y)`` is the denoiser (ε, plus variance channels for learned-range models);
     ``y`` its class condition (None for an unconditional model); ``guidance`` an optional
     :class:`~offshelf.guidance.ClassifierGuidance` or ``SwitchedGuidance`` guiding toward
     ``guidance_label`` (default ``y``). ``callback(step=k, x_t=, pred_xstart=, grad=, logits=)``
-    sees every step, for calibration and gradient figures.
+    sees every step, for calibration and gradient figures. A NaN or inf in the network output,
+    the logits or the gradient raises :class:`~offshelf.guidance.NonFiniteError` naming the step.
     """
     if recurrent_steps < 1:
         raise ValueError(f"recurrent_steps must be >= 1, got {recurrent_steps}")
@@ -81,61 +82,77 @@ def ddpm_sample(model, diffusion: GaussianDiffusion, rng: StackedRandomGenerator
     target = guidance_label if guidance_label is not None else y
     if guidance is not None and target is None:
         raise ValueError("guidance needs a target label: pass y or guidance_label")
-    x = rng.randn(shape)
-    T = diffusion.num_steps
+    # Σ_max: the official running max starts at 0; 'first_beta' fixes it to β of the first step.
     sigma_max = float(diffusion.betas[-1]) if config.sigma_max == "first_beta" else 0.0
-    steps = range(T - 1, -1, -1)
+    steps = range(diffusion.num_steps - 1, -1, -1)
     if progress:
         from tqdm.auto import tqdm
         steps = tqdm(steps, desc="ddpm", leave=False)
+
+    x_next = rng.randn(shape)
     for k in steps:
+        x_cur = x_next
         for r in range(recurrent_steps):
-            x_prev, info = _guided_step(model, diffusion, x, k, y, target, guidance, config, sigma_max,
-                                        rng, cfg_scale, null_label, clip_denoised)
-            sigma_max = info.pop("sigma_max")
-            if r + 1 < recurrent_steps and k > 0:
-                x = diffusion.renoise(x_prev, k, rng.randn_like(x_prev))
-            else:
+            x_next, info, sigma_max = ddpm_step(model, diffusion, x_cur, k, rng, y=y, target=target,
+                                                guidance=guidance, config=config, sigma_max=sigma_max,
+                                                cfg_scale=cfg_scale, null_label=null_label,
+                                                clip_denoised=clip_denoised)
+            if r + 1 == recurrent_steps or k == 0:
                 break
+            # Time travel (Universal Guidance): re-noise x_{k-1} back to x_k and take the step again.
+            x_cur = diffusion.renoise(x_next, k, rng.randn_like(x_next))
         if callback is not None:
-            callback(step=k, x_t=x, **info)
-        x = x_prev
-    return x
+            callback(step=k, x_t=x_cur, **info)
+    return x_next
 
 
-def _guided_step(model, diffusion, x, k, y, target, guidance, config, sigma_max, rng, cfg_scale,
-                 null_label, clip_denoised):
+def ddpm_step(model, diffusion: GaussianDiffusion, x_cur: torch.Tensor, k: int, rng: StackedRandomGenerator, *,
+              y: torch.Tensor | None, target: torch.Tensor | None, guidance, config: DDPMGuidanceConfig,
+              sigma_max: float, cfg_scale: float | None = None, null_label: int | None = None,
+              clip_denoised: bool = True) -> tuple[torch.Tensor, dict, float]:
+    """One step x_k → x_{k−1} of Algorithm 1. Returns ``(x_{k−1}, info, Σ_max)``; ``info`` holds
+    ``pred_xstart``, ``grad`` and ``logits`` for callbacks."""
+    t = diffusion.model_timesteps(k, x_cur.shape[0], x_cur.device)
+    g = guidance_at(guidance, k) if guidance is not None else None
     grad = logits = None
-    if guidance is not None and config.through_denoiser:
-        g = guidance_at(guidance, k)
-        with torch.enable_grad():
-            x_in = x.detach().requires_grad_(True)
-            out = diffusion.p_mean_variance(_model_output(model, diffusion, x_in, k, y, cfg_scale, null_label),
-                                            x_in, k, clip_denoised)
-            u = g.select_input(x_in, out.pred_xstart)
-            logits = g.logits(u, diffusion.model_timesteps(k, x.shape[0], x.device))
-            log_p = calibrated_log_prob(logits, target, g.joint_temperature, g.marginal_temperature)
-            (grad,) = torch.autograd.grad(log_p.sum(), x_in)
-        out = _detach(out)
-        logits = logits.detach()
+
+    def posterior(x_in):  # (ε, v) = model(x_k, τ_k, y); x̂0 clamped; μ, Σ of q(x_{k−1} | x̂0, x_k)
+        output = _model_output(model, diffusion, x_in, k, y, cfg_scale, null_label)
+        check_finite("denoiser output", output, k)
+        return diffusion.p_mean_variance(output, x_in, k, clip_denoised)
+
+    if g is not None and config.through_denoiser:
+        # g = ∇_{x_k} log p̃(y | u(x_k)): backprop through the classifier, the x̂0 formula and the network.
+        kept = {}
+
+        def logits_through_denoiser(x_in):
+            kept["out"] = posterior(x_in)
+            return g.logits(g.select_input(x_in, kept["out"].pred_xstart), t)
+
+        grad, logits = calibrated_gradient(x_cur, target, logits_through_denoiser, g.joint_temperature,
+                                           g.marginal_temperature)
+        out = _detach(kept["out"])
     else:
         with torch.no_grad():
-            out = diffusion.p_mean_variance(_model_output(model, diffusion, x, k, y, cfg_scale, null_label),
-                                            x, k, clip_denoised)
-        if guidance is not None:
-            g = guidance_at(guidance, k)
-            u = g.select_input(x, out.pred_xstart)
-            grad, logits = g.gradient(u, target, diffusion.model_timesteps(k, x.shape[0], x.device))
+            out = posterior(x_cur)
+        if g is not None:
+            # g = ∇_u log p̃(y | u) at u = x̂0 (or x_k), detached: no backprop through the network.
+            grad, logits = g.gradient(g.select_input(x_cur, out.pred_xstart), target, t)
+
     mean = out.mean
     if grad is not None:
+        check_finite("classifier logits", logits, k)
+        check_finite("guidance gradient", grad, k)
+        # Eq. 5: μ' = μ + (Σ_k + max(γ·sin(πk/T)·Σ_max, 0)) ⊙ s·g, Σ_max a running max of Σ[0,0,0,0].
         if config.sigma_max == "official":
             sigma_max = max(sigma_max, float(out.variance[0, 0, 0, 0]))
         weight = adm_guidance_weight(out.variance, k, diffusion.num_steps, sigma_max, config.sine_factor)
         mean = mean + weight * (config.scale * grad)
-    noise = rng.randn_like(x)
+        check_finite("guided mean", mean, k)
+    # x_{k−1} = μ' + 1[k>0]·sqrt(Σ_k)·z
+    noise = rng.randn_like(x_cur)
     x_prev = mean + (k > 0) * torch.exp(0.5 * out.log_variance) * noise
-    info = dict(pred_xstart=out.pred_xstart, grad=grad, logits=logits, sigma_max=sigma_max)
-    return x_prev.detach(), info
+    return x_prev.detach(), dict(pred_xstart=out.pred_xstart, grad=grad, logits=logits), sigma_max
 
 
 def _detach(out):

@@ -35,16 +35,15 @@ for DiT are not published in legible form [UNCONFIRMED]. Finally x = clamp(D(z_0
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable
 
 import torch
 
 from offshelf.backbones.dit import LATENT_SCALE
 from offshelf.diffusion import GaussianDiffusion
-from offshelf.guidance import calibrated_log_prob, guidance_at, sine_bump
+from offshelf.guidance import DiTSchedule, calibrated_gradient, check_finite, dit_guidance_weight, guidance_at
 from offshelf.seeding import StackedRandomGenerator
 
-Schedule = Literal["adm", "sine"]
 
 
 @dataclass
@@ -86,28 +85,13 @@ def decoder_gradient(guidance, vae, x0: torch.Tensor, target: torch.Tensor, t: t
     """``(∇_{ẑ0} log p̃(y | clamp(D(ẑ0/s), −1, 1)), logits)``: the composite classifier∘decoder."""
     if guidance.input != "x0":
         raise ValueError("latent guidance differentiates the decoded x̂0; guidance.input must be 'x0'")
-    with torch.enable_grad():
-        x0 = x0.detach().float().requires_grad_(True)
-        logits = guidance.logits(decode(vae, x0, latent_scale), t)
-        log_p = calibrated_log_prob(logits, target, guidance.joint_temperature, guidance.marginal_temperature)
-        (grad,) = torch.autograd.grad(log_p.sum(), x0)
-    return grad, logits.detach()
-
-
-def guidance_weight(schedule: Schedule, scale: float, sine_factor: float, k: int, num_steps: int,
-                    variance: torch.Tensor, sigma_max: float) -> torch.Tensor | float:
-    """s_k of the module docstring (a scalar for ``sine``, per pixel for ``adm``)."""
-    bump = sine_bump(k, num_steps, sine_factor)
-    if schedule == "sine":
-        return scale * (1.0 + bump)
-    if schedule == "adm":
-        return scale * (variance + bump * sigma_max)
-    raise ValueError(f"schedule must be 'adm' or 'sine', got {schedule!r}")
+    return calibrated_gradient(x0.float(), target, lambda z: guidance.logits(decode(vae, z, latent_scale), t),
+                               guidance.joint_temperature, guidance.marginal_temperature)
 
 
 def dit_step(model, vae, diffusion: GaussianDiffusion, z: torch.Tensor, k: int, y: torch.Tensor,
              noise: torch.Tensor, cfg_scale: float = 1.5, guidance=None, target: torch.Tensor | None = None,
-             scale: float = 1.0, sine_factor: float = 0.3, schedule: Schedule = "adm", cfg_channels: int = 3,
+             scale: float = 1.0, sine_factor: float = 0.3, schedule: DiTSchedule = "adm", cfg_channels: int = 3,
              sigma_max: float | None = None, latent_scale: float = LATENT_SCALE) -> tuple[torch.Tensor, dict]:
     """One reverse step z_k → z_{k−1} (module docstring). Returns ``(z_prev, info)`` with
     ``info``: pred_xstart (ẑ0 from ε_cfg), guided_xstart (from ε̃), grad (ĝ), logits, weight."""
@@ -120,16 +104,19 @@ def dit_step(model, vae, diffusion: GaussianDiffusion, z: torch.Tensor, k: int, 
             cfg = CFGOutput(model(z, t, y), None, None)
         else:
             cfg = cfg_denoise(model, z, t, y, null_label, cfg_scale, cfg_channels)
+        check_finite("denoiser output", cfg.output, k)
         out = diffusion.p_mean_variance(cfg.output, z, k, clip_denoised=False)
     info = dict(pred_xstart=out.pred_xstart, guided_xstart=out.pred_xstart, grad=None, logits=None, weight=None)
     if guidance is not None:
         g = guidance_at(guidance, k)
         grad, logits = decoder_gradient(g, vae, out.pred_xstart, y if target is None else target, t, latent_scale)
+        check_finite("classifier logits", logits, k)
+        check_finite("guidance gradient", grad, k)
         grad = grad[:, :cfg_channels]
         grad = grad * _per_sample_norm(cfg.delta) / _per_sample_norm(grad).clamp_min(1e-12)
         sigma_max = float(diffusion.betas[-1]) if sigma_max is None else sigma_max
-        weight = guidance_weight(schedule, scale, sine_factor, k, diffusion.num_steps,
-                                 out.variance[:, :cfg_channels], sigma_max)
+        weight = dit_guidance_weight(schedule, scale, sine_factor, k, diffusion.num_steps,
+                                     out.variance[:, :cfg_channels], sigma_max)
         eps = cfg.eps_uncond + cfg_scale * (cfg.delta - weight * grad)
         guided = torch.cat([eps, cfg.output[:, cfg_channels:]], dim=1)
         out = diffusion.p_mean_variance(guided, z, k, clip_denoised=False)
@@ -140,7 +127,7 @@ def dit_step(model, vae, diffusion: GaussianDiffusion, z: torch.Tensor, k: int, 
 
 def dit_sample(model, vae, diffusion: GaussianDiffusion, rng: StackedRandomGenerator,
                latent_shape: tuple[int, int, int], y: torch.Tensor, cfg_scale: float = 1.5, guidance=None,
-               scale: float = 1.0, sine_factor: float = 0.3, schedule: Schedule = "adm", cfg_channels: int = 3,
+               scale: float = 1.0, sine_factor: float = 0.3, schedule: DiTSchedule = "adm", cfg_channels: int = 3,
                guidance_label: torch.Tensor | None = None, latent_scale: float = LATENT_SCALE,
                callback: Callable[..., None] | None = None, progress: bool = False,
                return_latents: bool = False):
@@ -179,5 +166,5 @@ def dit_diffusion(spacing: str | int = "250") -> GaussianDiffusion:
     return GaussianDiffusion.respaced(1000, spacing, "linear", "learned_range")
 
 
-__all__ = ["CFGOutput", "cfg_denoise", "decode", "decoder_gradient", "guidance_weight", "dit_step",
+__all__ = ["CFGOutput", "cfg_denoise", "decode", "decoder_gradient", "dit_step",
            "dit_sample", "dit_diffusion"]

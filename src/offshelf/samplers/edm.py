@@ -26,22 +26,8 @@ from typing import Callable
 
 import torch
 
-from offshelf.guidance import edm_step_size
+from offshelf.guidance import check_finite, edm_step_size
 from offshelf.seeding import StackedRandomGenerator
-
-# The paper's ImageNet-64 settings (Appendix C.1): ResNet-101 with Softplus β = 5, τ1 = 1, τ2 = 0,
-# sine factor γ = 0.3, and the guidance scale w_max by number of steps. elucd_spec.md §4 inferred
-# 0.004 / 0.0018 / 0.001 for 10 / 18 / 36 steps from the code and README; the appendix text says
-# "0.004 for 10 and 18 sampling steps, 0.0018 for 36 sampling steps, and 0.001 for 250 sampling
-# steps", and that is what is followed here.
-EDM_PAPER_SETTINGS: dict = dict(
-    max_guidance={10: 0.004, 18: 0.004, 36: 0.0018, 250: 0.001},
-    classifier="resnet101",
-    softplus_beta=5.0,
-    joint_temperature=1.0,
-    marginal_temperature=0.0,
-    sine_factor=0.3,
-)
 
 StepCallback = Callable[..., None]
 
@@ -78,7 +64,7 @@ def guidance_displacement(guidance, x_cur: torch.Tensor, y: torch.Tensor, step_s
 
 def edm_sample(net, latents: torch.Tensor, class_labels: torch.Tensor | None, num_steps: int = 18,
                sigma_min: float = 0.002, sigma_max: float = 80, rho: float = 7, guidance=None,
-               max_guidance: float = 0.0, sine_factor: float = 0.0, S_churn: float = 0, S_min: float = 0,
+               scale: float = 0.0, sine_factor: float = 0.0, S_churn: float = 0, S_min: float = 0,
                S_max: float = float("inf"), S_noise: float = 1, rng: StackedRandomGenerator | None = None,
                callback: StepCallback | None = None, progress: bool = False) -> torch.Tensor:
     """Sample from ``net`` (an :class:`~offshelf.backbones.edm.EDMPrecond`) starting at
@@ -86,7 +72,7 @@ def edm_sample(net, latents: torch.Tensor, class_labels: torch.Tensor | None, nu
 
     ``class_labels`` are the one-hot conditions; ``guidance`` an optional
     :class:`~offshelf.guidance.ClassifierGuidance` with ``input="xt"`` guiding toward their argmax
-    with step size ``edm_step_size(i, N, max_guidance, sine_factor)``. ``S_churn > 0`` adds EDM's
+    with step size ``edm_step_size(i, N, scale, sine_factor)`` (``scale`` is w of Algorithm 2). ``S_churn > 0`` adds EDM's
     stochastic churn, drawn from ``rng``; when ``rng`` is given its noise is drawn every step as
     the official script does, even if multiplied by zero. ``callback(step=i, sigma=, x_t=,
     pred_xstart=, grad=, logits=, guidance_input=, displacement=)`` sees every step.
@@ -114,8 +100,10 @@ def edm_sample(net, latents: torch.Tensor, class_labels: torch.Tensor | None, nu
 
         g = u = g_raw = logits = None
         if guidance is not None:
-            w_i = edm_step_size(i, num_steps, max_guidance, sine_factor)
+            w_i = edm_step_size(i, num_steps, scale, sine_factor)
             g, u, g_raw, logits = guidance_displacement(guidance, x_cur, target, w_i)
+            check_finite("classifier logits", logits, i)
+            check_finite("guidance gradient", g, i)
 
         gamma = min(S_churn / num_steps, math.sqrt(2) - 1) if S_min <= t_cur <= S_max else 0
         t_hat = net.round_sigma(t_cur + gamma * t_cur)
@@ -127,10 +115,13 @@ def edm_sample(net, latents: torch.Tensor, class_labels: torch.Tensor | None, nu
 
         with torch.no_grad():
             denoised = net(x_hat, t_hat, class_labels).to(torch.float64)
+            check_finite("denoiser output", denoised, i)
             d_cur = (x_hat - denoised) / t_hat
             x_next = x_hat + (t_next - t_hat) * d_cur
             if i < num_steps - 1:
-                d_prime = (x_next - net(x_next, t_next, class_labels).to(torch.float64)) / t_next
+                denoised_next = net(x_next, t_next, class_labels).to(torch.float64)
+                check_finite("denoiser output (Heun correction)", denoised_next, i)
+                d_prime = (x_next - denoised_next) / t_next
                 x_next = x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)
 
         if callback is not None:
