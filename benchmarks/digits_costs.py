@@ -15,9 +15,10 @@ import time
 import numpy as np
 import torch
 
-from offshelf.experiment import digits_feature_fns, load_digits_models, reference_features, sample_shard
+from offshelf.backends.digits import DigitsBackend
 from offshelf.metrics import extract_features, fid_from_features, precision_recall
 from offshelf.settings import Setting
+from offshelf.stages import sample_shard
 
 
 def main(argv=None):
@@ -30,18 +31,20 @@ def main(argv=None):
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     files = {r: f"{args.models}/{r}.pt" for r in ("denoiser", "offshelf", "finetuned", "evaluator")}
-    models = load_digits_models(files, args.respacing)
+    backend = DigitsBackend()
+    models = backend.load(files, {"respacing": args.respacing})
     setting = Setting(regime="uncond", softplus_beta=3, marginal_temperature=0.5, sine_factor=0.3, scale=3)
 
-    images, _, generate_s = sample_shard(setting, models, list(range(args.generate)), batch_size=500)
+    images, _, generate_s = sample_shard(backend, models, setting, list(range(args.generate)), batch_size=500)
     per_sample_generate = generate_s / args.generate
 
     pool = np.concatenate([images] * int(np.ceil(args.evaluate / len(images))))[:args.evaluate]
-    features_fn, _ = digits_feature_fns(files["evaluator"])
+    extractor = backend.feature_extractor(files)
+    features_fn = extractor.features
     start = time.perf_counter()
     features = extract_features(pool, features_fn, batch_size=512)
     features_s = time.perf_counter() - start
-    reference = reference_features(files["evaluator"], "train")["features"]
+    reference = backend.reference_features(files, extractor, {"reference_split": "train"})["features"]
     start = time.perf_counter()
     fid_from_features(features, reference)
     precision_recall(reference, features, nhood_size=3)

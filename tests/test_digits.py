@@ -5,8 +5,11 @@ import pytest
 import torch
 
 from offshelf.backbones import digits
+from offshelf.backends.ddpm import build_guidance
+from offshelf.backends.digits import DigitsBackend
 from offshelf.classifiers.softplus import count_relus, softplus_surgery
 from offshelf.guidance import ClassifierGuidance, SwitchedGuidance
+from offshelf.images import from_uint8_nhwc
 from offshelf.settings import Setting
 
 
@@ -34,12 +37,12 @@ def test_split_is_fixed_stratified_and_in_range():
         digits.load_digits_split("val")
 
 
-def test_uint8_round_trip_matches_adm_storage():
+def test_uint8_round_trip_to_the_nearest_level():
     x = torch.tensor([-1.0, 0.0, 1.0, 0.5]).view(1, 1, 2, 2)
-    stored = digits.to_uint8_nhwc(x)
+    stored = DigitsBackend().to_uint8(x)
     assert stored.dtype == np.uint8 and stored.shape == (1, 2, 2, 1)
     assert stored.ravel().tolist() == [0, 128, 255, 191]  # round((x+1)*127.5)
-    assert torch.allclose(digits.from_uint8_nhwc(stored), x, atol=1 / 127.5)
+    assert torch.allclose(from_uint8_nhwc(stored), x, atol=1 / 127.5)
 
 
 def test_classifier_relus_are_modules_softplus_catches_every_call():
@@ -78,9 +81,7 @@ def test_training_is_reproducible():
 
 
 def test_guidance_built_from_settings(checkpoints):
-    from offshelf.experiment import build_guidance, load_digits_models
-
-    models = load_digits_models(checkpoints, "10")
+    models = DigitsBackend().load(checkpoints, {"respacing": "10"})
     assert build_guidance(Setting(method="unguided"), models) is None
     g = build_guidance(Setting(softplus_beta=3, marginal_temperature=0.5), models)
     assert isinstance(g, ClassifierGuidance) and g.marginal_temperature == 0.5
@@ -94,23 +95,24 @@ def test_guidance_built_from_settings(checkpoints):
 
 def test_shards_are_reproducible_alone_and_evaluate(checkpoints, tmp_path):
     from offshelf.atomic import save_npz
-    from offshelf.experiment import evaluate_setting, load_digits_models, reference_features, sample_shard
+    from offshelf.stages import evaluate, reference_features, sample_shard, save_shard
 
-    models = load_digits_models(checkpoints, "10")
+    backend = DigitsBackend()
+    models = backend.load(checkpoints, {"respacing": "10"})
     setting = Setting(regime="uncond", softplus_beta=3, marginal_temperature=0.5, sine_factor=0.3, scale=3)
-    both, labels, _ = sample_shard(setting, models, list(range(8)), batch_size=4)
-    first, _, _ = sample_shard(setting, models, list(range(4)), batch_size=4)
-    second, labels2, _ = sample_shard(setting, models, list(range(4, 8)), batch_size=4)
+    both, labels, _ = sample_shard(backend, models, setting, list(range(8)), batch_size=4)
+    first, _, _ = sample_shard(backend, models, setting, list(range(4)), batch_size=4)
+    second, labels2, _ = sample_shard(backend, models, setting, list(range(4, 8)), batch_size=4)
     assert np.array_equal(both, np.concatenate([first, second]))
     assert np.array_equal(labels[4:], labels2)
-    unguided, _, _ = sample_shard(Setting(regime="uncond", method="unguided"), models, list(range(4)), batch_size=4)
+    unguided, _, _ = sample_shard(backend, models, Setting(regime="uncond", method="unguided"), list(range(4)), 4)
     assert not np.array_equal(unguided, first)
 
     shard = tmp_path / "shard0.npz"
-    save_npz(shard, arr_0=both, arr_1=labels, seconds=np.float64(1.5))
+    save_shard(shard, both, labels, range(8), 1.5)
     ref = tmp_path / "ref.npz"
-    save_npz(ref, **reference_features(checkpoints["evaluator"], "test"))
-    result = evaluate_setting([str(shard)], checkpoints["evaluator"], ref)
+    save_npz(ref, **reference_features(backend, checkpoints, {"reference_split": "test"}))
+    result = evaluate(backend, checkpoints, [str(shard)], ref, expected_seeds=[[0, 8]])
     assert result["n"] == 8 and result["seconds"] == 1.5
     for key in ("fid", "precision", "recall", "accuracy"):
         assert np.isfinite(result[key])

@@ -63,3 +63,8 @@ def save_json(path, data) -> Path:
 
 def save_text(path, text: str) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def save_csv(path, frame) -> Path:
+    """Atomic ``DataFrame.to_csv`` without the index."""
+    return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))

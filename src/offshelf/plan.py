@@ -5,7 +5,9 @@ thin and the expansion is unit-tested without Snakemake."""
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from offshelf.settings import Setting
@@ -30,11 +32,10 @@ class Row:
 
 
 def unavailable_reason(config: dict, setting: Setting) -> str | None:
-    """Rows a backbone cannot run: classifier-free guidance needs a model trained with label
-    dropout (a null class); ADM-128's conditional model has none."""
-    if setting.method == "cfg" and config.get("backbone") == "adm128":
-        return "needs a CFG-trained model"
-    return None
+    """Why the config's backend cannot run a row's setting (reported, not sampled), or None."""
+    from offshelf.backends import create, spec_from_config
+
+    return create(spec_from_config(config)).unsupported(setting)
 
 
 def row_setting(config: dict, row: dict, regime: str) -> Setting:
@@ -155,3 +156,22 @@ def canonical(value):
     if isinstance(value, (list, tuple)):
         return [canonical(v) for v in value]
     return value
+
+
+def cache_dir(config: dict) -> Path:
+    """Where ``fetch_checkpoint`` downloads: ``checkpoints.cache``, else the registry's default."""
+    from offshelf.checkpoints import default_cache_dir
+
+    cache = config.get("checkpoints", {}).get("cache")
+    return Path(os.path.expandvars(cache)).expanduser() if cache else default_cache_dir()
+
+
+def pretrained_path(config: dict, name: str) -> str:
+    """Where the workflow finds registry file ``name``: its ``checkpoints.local`` path, else
+    ``<cache>/<registry filename>`` (made by the ``fetch_checkpoint`` rule)."""
+    from offshelf.checkpoints import get
+
+    local = config.get("checkpoints", {}).get("local", {})
+    if name in local:
+        return str(Path(os.path.expandvars(local[name])).expanduser())
+    return str(cache_dir(config) / get(name).filename)

@@ -1,8 +1,8 @@
 """The Markdown report: every table (CSV + Markdown beside it), the networks and the figures.
 
-One function for every backbone. On ImageNet the measured numbers are comparable with the
-paper's, so each table also gets the difference (measured − paper); on the digits benchmark
-they are not (other data, other feature space), so it does not.
+One function for every backbone. Where the backend reproduces the paper's own setting (the
+ImageNet backbones) each table also gets the difference (measured − paper); on the digits
+benchmark the numbers are not comparable (other data, other feature space), so it does not.
 """
 
 from __future__ import annotations
@@ -15,22 +15,22 @@ from pathlib import Path
 import pandas as pd
 
 from offshelf.calibration import integral_calibration_error
-from offshelf.atomic import atomic_write, save_text
+from offshelf.atomic import save_csv, save_text
 from offshelf.plan import evaluation_name, table_rows
 from offshelf.tables import add_differences, markdown, table_frame
 
 
-def _intro(plan_config: dict, experiment: str) -> list[str]:
+def _intro(plan_config: dict, experiment: str, comparable: bool) -> list[str]:
     sampling = plan_config["sampling"]
-    backbone = plan_config.get("backbone", "digits")
+    backbone = plan_config["backbone"]
     text = [f"Backbone `{backbone}`: {sampling['num_samples']} samples per setting in shards of "
             f"{sampling['shard_size']}" + (f", respacing {sampling['respacing']}" if "respacing" in sampling else "")
             + ". Each guided row sweeps its scale grid and reports the candidate with the lowest FID (the "
             "scale column). `ice` = integral calibration error (mean per-step ECE along unguided "
             "conditional trajectories)."]
-    if backbone == "digits":
-        text.append("Paper columns are the paper's ImageNet numbers, for direction only: digits FIDs are in "
-                    "the evaluation network's feature space and not comparable in magnitude.")
+    if not comparable:
+        text.append("Paper columns are the paper's ImageNet numbers, for direction only: FIDs here are in "
+                    "the judging network's feature space and not comparable in magnitude.")
     else:
         text.append("FID against the published reference statistics with the TF Inception (clean-fid "
                     "`legacy_tensorflow`); precision/recall against the reference batch's images where it has "
@@ -39,13 +39,15 @@ def _intro(plan_config: dict, experiment: str) -> list[str]:
 
 
 def write_report(plan_config: dict, metric_files: list[str], calibration_files: list[str], figure_files: list[str],
-                 out_path: str, experiment: str, model_files: list[str] = ()) -> dict[str, pd.DataFrame]:
+                 out_path: str, experiment: str, model_files: list[str] = (), comparable: bool = False,
+                 ) -> dict[str, pd.DataFrame]:
+    """``comparable``: the backend reproduces the paper's own setting, so each table also gets
+    measured − paper columns."""
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     evaluations = {Path(p).stem: json.loads(Path(p).read_text()) for p in metric_files}
     ice = {Path(p).stem: integral_calibration_error(pd.read_csv(p)) for p in calibration_files}
-    comparable = plan_config.get("backbone", "digits") != "digits"
-    sections = _intro(plan_config, experiment)
+    sections = _intro(plan_config, experiment, comparable)
     if model_files:
         sections += ["## Networks", "", _model_summary(model_files), ""]
     rows = table_rows(plan_config)
@@ -67,7 +69,7 @@ def write_report(plan_config: dict, metric_files: list[str], calibration_files: 
         if comparable:
             frame = add_differences(frame)
         frames[table] = frame
-        atomic_write(out.parent / f"{table}.csv", lambda tmp: frame.to_csv(tmp, index=False))
+        save_csv(out.parent / f"{table}.csv", frame)
         n = mine[0].num_samples
         title = f"{table.replace('table', 'Table ')}: {spec['title']}" + (f" ({n} samples)" if n else "")
         text = markdown(frame, list(spec.get("columns", ["fid"])), title)

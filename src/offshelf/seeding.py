@@ -31,3 +31,10 @@ class StackedRandomGenerator:
 
     def randint(self, high: int) -> torch.Tensor:
         return torch.stack([torch.randint(high, (), generator=g, device=self.device) for g in self.generators])
+
+
+def draw_labels(seeds: Sequence[int], num_classes: int) -> torch.Tensor:
+    """The class of sample ``seed``: drawn from a generator of its own (offset so it never
+    shares a stream with the sample's noise)."""
+    return torch.tensor([int(torch.randint(num_classes, (), generator=torch.Generator().manual_seed(s + (1 << 40))))
+                         for s in seeds])

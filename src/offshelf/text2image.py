@@ -14,7 +14,6 @@ run × prompt × seed × step), ``timings.csv`` (wall time per run) and ``clip_s
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import re
 import time
@@ -26,7 +25,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from offshelf.atomic import atomic_write
+from offshelf import images as images_io
+from offshelf.atomic import save_csv
+from offshelf.images import to_uint8_nhwc
 from offshelf.classifiers.clip import CLIPPromptClassifier, clip_score, load_clip
 from offshelf.diffusion import GaussianDiffusion
 from offshelf.guidance import ClassifierGuidance
@@ -92,30 +93,9 @@ def generate(model, diffusion: GaussianDiffusion, clip_classifier: CLIPPromptCla
     return torch.cat(images), pd.DataFrame(rows, columns=SCORE_COLUMNS)
 
 
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[−1, 1] B×3×H×W → uint8 B×H×W×3 (ADM's ``(x+1)·127.5`` rounding and clamp)."""
-    return ((images.detach().float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
 def save_grid(images: torch.Tensor, path: str | os.PathLike, ncol: int | None = None) -> Path:
-    """Write images in [−1, 1] as one PNG grid (≈square, 2-px black gutters), atomically."""
-    from PIL import Image
-
-    path = Path(path)
-    arr = to_uint8(images)
-    n, h, w, _ = arr.shape
-    ncol = ncol or math.ceil(math.sqrt(n))
-    nrow = math.ceil(n / ncol)
-    pad = 2
-    grid = np.zeros((nrow * (h + pad) + pad, ncol * (w + pad) + pad, 3), dtype=np.uint8)
-    for i, img in enumerate(arr):
-        r, c = divmod(i, ncol)
-        grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = img
-    return atomic_write(path, lambda tmp: Image.fromarray(grid).save(tmp, format="PNG"))
-
-
-def write_csv(table: pd.DataFrame, path: str | os.PathLike) -> Path:
-    return atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
+    """Write images in [−1, 1] as one PNG grid, converted as ADM (the backbone) writes its samples."""
+    return images_io.save_grid(to_uint8_nhwc(images, "adm"), path, ncol)
 
 
 def plot_clip_scores(scores: pd.DataFrame, path: str | os.PathLike) -> Path:
@@ -254,50 +234,10 @@ def run_comparison(model, diffusion: GaussianDiffusion, classifier: CLIPPromptCl
         final = scores[scores.step == 0].clip_score.mean()
         print(f"{run.name}: {len(images)} images in {wall:.1f} s, final CLIP score {final:.2f}", flush=True)
     scores = pd.concat(tables, ignore_index=True)
-    written["clip_scores"] = write_csv(scores, outdir / "clip_scores.csv")
-    written["timings"] = write_csv(pd.DataFrame(timings), outdir / "timings.csv")
+    written["clip_scores"] = save_csv(outdir / "clip_scores.csv", scores)
+    written["timings"] = save_csv(outdir / "timings.csv", pd.DataFrame(timings))
     written["figure"] = plot_clip_scores(scores, outdir / "clip_score_vs_step.png")
     return written
-
-
-def measure_step_costs(model, diffusion: GaussianDiffusion, clip_classifier: CLIPPromptClassifier, batch: int,
-                       image_size: int, device: str | torch.device = "cpu", repeats: int = 3) -> dict[str, float]:
-    """Median seconds of one denoiser call and one CLIP forward+backward at ``batch`` images,
-    and of one whole guided step (both plus the posterior); time per image then is
-    ``T · r · step_s / batch`` for T steps and r recurrent passes."""
-    device = torch.device(device)
-    x = torch.randn(batch, 3, image_size, image_size, device=device)
-    labels = torch.zeros(batch, dtype=torch.long, device=device)
-    k = diffusion.num_steps // 2
-    t = diffusion.model_timesteps(k, batch, device)
-    guidance = clip_guidance(clip_classifier)
-
-    def timed(fn):
-        fn()  # warm-up
-        costs = []
-        for _ in range(repeats):
-            _sync(device)
-            start = time.perf_counter()
-            fn()
-            _sync(device)
-            costs.append(time.perf_counter() - start)
-        return float(np.median(costs))
-
-    def denoise():
-        with torch.no_grad():
-            return model(x, t, None)
-
-    def clip_grad():
-        return guidance.gradient(x.clamp(-1, 1), labels)
-
-    def step():
-        rng = StackedRandomGenerator(range(batch), device)
-        with torch.no_grad():
-            out = diffusion.p_mean_variance(model(x, t, None), x, k)
-        grad, _ = guidance.gradient(out.pred_xstart, labels)
-        return out.mean + out.variance * grad + out.variance.sqrt() * rng.randn_like(x)
-
-    return dict(batch=batch, denoiser_s=timed(denoise), clip_fwd_bwd_s=timed(clip_grad), step_s=timed(step))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

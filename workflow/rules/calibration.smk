@@ -2,14 +2,15 @@
 
 rule calibrate:
     input:
-        unpack(lambda wc: probe_models(wc.probe)),
+        unpack(lambda wc: probe_files(wc.probe)),
     output:
         f"{EXP}/calibration/{{probe}}.csv",
     params:
         calibration=canonical(config["calibration"]),
         sampling=sampling_params(config),
+        backend=BACKEND_SPEC,
+        checkpoints=CHECKPOINTS,
         library=LIBRARY,
-        **JOB_PARAMS,
     log:
         f"{LOGS}/calibrate/{{probe}}.log",
     threads: THREADS

@@ -1,10 +1,9 @@
 # Tables beside the paper's numbers, figures, one Markdown report.
 
-# Figures a config asks for: calibration curves and the gradient panel when configured, the
-# analytic figures (Gaussian mixture, DDPM guidance schedules) for the DDPM backbones.
-FIGURES = [f for f in ("figure1", "figure2", "figure4") if f in config.get("figures", {})]
-if BACKBONE in ("digits", "adm128"):
-    FIGURES = sorted(FIGURES + ["figure3", "figure5"])
+# Figures a config asks for (calibration curves, the gradient panel) and the analytic figures
+# (Gaussian mixture, DDPM guidance schedules) of the backend's family.
+FIGURES = sorted([f for f in ("figure1", "figure2", "figure4") if f in config.get("figures", {})]
+                 + list(BACKEND.analytic_figures))
 
 
 rule figure_calibration:
@@ -45,15 +44,16 @@ if "figure4" in FIGURES:
 
     rule figure_gradients:
         input:
-            **(model_files("denoiser", "offshelf", "finetuned") if DIGITS
-               else setting_models(probe_setting("offshelf-x0_relu"))),
+            **setting_files(FIGURE4_SETTING),
         output:
             report(f"{EXP}/figures/figure4.png", category="Figures"),
         params:
             figure=canonical(config["figures"]["figure4"]),
-            sampling=config["sampling"],
+            setting=FIGURE4_SETTING.to_dict(),
+            sampling=sampling_params(config),
+            backend=BACKEND_SPEC,
+            checkpoints=CHECKPOINTS,
             library=LIBRARY,
-            **JOB_PARAMS,
         log:
             f"{LOGS}/figures/figure4.log",
         threads: THREADS
@@ -67,13 +67,14 @@ rule report:
         metrics=expand(f"{EXP}/metrics/{{setting}}.json", setting=sorted(EVALUATIONS)),
         calibration=expand(f"{EXP}/calibration/{{probe}}.csv", probe=PROBES),
         figures=expand(f"{EXP}/figures/{{figure}}.png", figure=FIGURES),
-        models=list(model_files("denoiser", "offshelf", "finetuned", "evaluator").values()) if DIGITS else [],
+        models=[f"{EXP}/models/{role}.pt" for role in trained_roles()],
     output:
         report=report(f"{EXP}/report/README.md", category="Report"),
     params:
         plan={k: config[k] for k in ("tables", "bases", "regimes", "scales", "cfg_scales", "sampling", "backbone",
-                                     "imagenet") if k in config},
+                                     "imagenet", "backend_options") if k in config},
         experiment=config["experiment"],
+        comparable=BACKEND.paper_comparable,
         library=LIBRARY,
     log:
         f"{LOGS}/report.log",

@@ -3,15 +3,16 @@
 
 rule sample:
     input:
-        unpack(lambda wc: setting_models(SETTINGS[wc.setting])),
+        unpack(lambda wc: setting_files(SETTINGS[wc.setting])),
     output:
         f"{EXP}/samples/{{setting}}/shard{{shard}}.npz",
     params:
         setting=lambda wc: SETTINGS[wc.setting].to_dict(),
-        seeds=lambda wc: [shard_seeds(config, int(wc.shard))[0], len(shard_seeds(config, int(wc.shard)))],
+        seeds=lambda wc: shard_seed_range(wc.shard),
         sampling=sampling_params(config),
+        backend=BACKEND_SPEC,
+        checkpoints=CHECKPOINTS,
         library=LIBRARY,
-        **JOB_PARAMS,
     log:
         f"{LOGS}/sample/{{setting}}/shard{{shard}}.log",
     threads: THREADS

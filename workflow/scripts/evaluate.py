@@ -1,22 +1,16 @@
+from offshelf import backends, stages
 from offshelf.atomic import save_json
-from offshelf.experiment import evaluate_setting
 from offshelf.jobs import job_log
 from offshelf.plan import parse_evaluation_name
 
 with job_log(snakemake.log[0], snakemake.threads, snakemake.resources.get("gpu", 0)):
     p, inputs = snakemake.params, snakemake.input
+    backend = backends.create(p.backend)
     setting, num_samples = parse_evaluation_name(snakemake.wildcards.setting)
-    nhood = p.evaluation.get("nhood_size", 3)
-    if p.get("backbone", "digits") == "digits":
-        result = evaluate_setting(list(inputs.shards), inputs.evaluator, inputs.reference, nhood, num_samples)
-    else:
-        from offshelf.imagenet import evaluate_imagenet, verified_files
-
-        files = verified_files({"inception": inputs.inception, "reference_stats": inputs.reference_stats},
-                               {"inception": "inception_cleanfid_legacy_tf", "reference_stats": p.imagenet_reference},
-                               p.checkpoints)
-        result = evaluate_imagenet(list(inputs.shards), files["inception"], files["reference_stats"],
-                                   inputs.get("reference"), p.imagenet, nhood, num_samples)
+    files = stages.verified_files(backend, {role: inputs[role] for role in backend.evaluation_files()},
+                                  backend.evaluation_files(), p.checkpoints.get("lock"))
+    result = stages.evaluate(backend, files, list(inputs.shards), inputs.get("reference"), p.evaluation,
+                             num_samples, expected_seeds=p.seeds)
     result["setting"] = setting
     print(result)
     save_json(snakemake.output[0], result)

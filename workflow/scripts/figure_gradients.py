@@ -1,15 +1,16 @@
-from offshelf.experiment import gradient_trajectories, load_workflow_models
-from offshelf.jobs import job_log
+from dataclasses import replace
+
+from offshelf import backends, stages
 from offshelf.figures import gradient_panels
+from offshelf.jobs import job_log
 from offshelf.settings import Setting
 
 with job_log(snakemake.log[0], snakemake.threads, snakemake.resources.get("gpu", 0)):
-    sampling, figure = snakemake.params.sampling, snakemake.params.figure
-    models = load_workflow_models(dict(snakemake.input), sampling, snakemake.params.get("backbone", "digits"),
-                                  snakemake.params.get("imagenet"), snakemake.params.get("checkpoints"))
-    base = Setting(regime="uncond", classifier="offshelf", input="x0", softplus_beta=3.0, sine_factor=0.3,
-                   scale=figure.get("scale", 3.0))
-    temperatures = {"cond. τ2=1": 1.0,
-                    f"joint τ2={figure['joint_marginal_temperature']:g}": figure["joint_marginal_temperature"]}
-    panels = gradient_trajectories(models, base, temperatures, figure["label"], figure["steps"])
-    gradient_panels(panels, figure["steps"], snakemake.output[0])
+    p = snakemake.params
+    backend = backends.create(p.backend)
+    base = replace(Setting.from_dict(p.setting), scale=p.figure.get("scale", 3.0))
+    models = stages.load_models(backend, dict(snakemake.input), p.sampling, base, p.checkpoints.get("lock"))
+    tau2 = p.figure["joint_marginal_temperature"]
+    temperatures = {"cond. τ2=1": 1.0, f"joint τ2={tau2:g}": tau2}
+    panels = backend.gradient_trajectories(models, base, temperatures, p.figure["label"], p.figure["steps"])
+    gradient_panels(panels, p.figure["steps"], snakemake.output[0])

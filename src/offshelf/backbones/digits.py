@@ -55,15 +55,6 @@ def load_digits_split(split: str = "train", seed: int = 0, test_fraction: float 
     return torch.from_numpy(x[idx, None]), torch.from_numpy(y[idx])
 
 
-def to_uint8_nhwc(x: torch.Tensor) -> np.ndarray:
-    """[-1,1] NCHW float → uint8 NHWC, exactly as ADM stores samples: ((x+1)·127.5) clamped."""
-    return ((x.detach().float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
-def from_uint8_nhwc(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
-
-
 # --------------------------------------------------------------------------- networks
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:

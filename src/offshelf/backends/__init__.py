@@ -46,3 +46,14 @@ def resolve(name: str) -> type:
         raise UnknownBackendError(f"config key 'backbone' = {name!r}: {module_name}.{class_name} is "
                                   f"{'missing' if cls is None else 'not a subclass of offshelf.backends.base.Backend'}")
     return cls
+
+
+def create(spec: dict):
+    """A backend from its job param ``{"name": ..., "options": {...}}`` (see :func:`spec_from_config`)."""
+    return resolve(spec["name"])(spec.get("options", {}))
+
+
+def spec_from_config(config: dict) -> dict:
+    """The backend a workflow config names, as a job param: its name and the options its jobs use."""
+    cls = resolve(config["backbone"])
+    return {"name": config["backbone"], "options": cls.options_from_config(config)}

@@ -57,6 +57,7 @@ class FeatureExtractor:
     logits: Callable[[np.ndarray], np.ndarray] | None = None
     batch_size: int = 200
     name: str = ""
+    device: Any = None  # where precision/recall compute their distances (None: the CPU)
 
 
 @dataclass
@@ -81,13 +82,21 @@ class Backend(ABC):
     num_classes: ClassVar[int] = 0
     #: analytic figures of the DDPM guidance schedule the report can show for this family
     analytic_figures: ClassVar[tuple[str, ...]] = ()
+    #: whether its numbers are comparable with the paper's (the report adds measured − paper)
+    paper_comparable: ClassVar[bool] = False
 
     def __init__(self, options: Mapping[str, Any] | None = None):
         self.options: dict[str, Any] = dict(options or {})
 
     @classmethod
     def options_from_config(cls, config: Mapping[str, Any]) -> dict[str, Any]:
-        """The config values this backend's jobs depend on (default: none)."""
+        """The config values this backend's load, sample and evaluation jobs depend on (a job param
+        of each, so keep out what they do not use: it would rerun them). Default: none."""
+        return {}
+
+    @classmethod
+    def training_from_config(cls, config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        """Role -> parameters of the training job of each :class:`Trained` role (default: none)."""
         return {}
 
     # ------------------------------------------------------------------ planning (no I/O)
@@ -113,19 +122,17 @@ class Backend(ABC):
         """Whether real-image features exist for precision/recall (a ``reference_features`` job)."""
         return True
 
-    def train_params(self, role: str) -> dict[str, Any]:
-        """The parameters of a :class:`Trained` role's training job."""
-        raise UnsupportedError(f"backend {self.name!r} trains no networks (role {role!r})")
-
     def train(self, role: str, params: Mapping[str, Any], out_path: str, progress: bool = False) -> dict:
-        """Train a :class:`Trained` role and write its checkpoint to ``out_path``; returns metrics."""
+        """Train a :class:`Trained` role from ``params`` alone (its job's only knob) and write its
+        checkpoint to ``out_path``; returns metrics."""
         raise UnsupportedError(f"backend {self.name!r} trains no networks (role {role!r})")
 
     # ------------------------------------------------------------------ jobs
 
     @abstractmethod
-    def load(self, files: Mapping[str, str]) -> Any:
-        """The networks of one job from role -> path (the roles of :meth:`files`)."""
+    def load(self, files: Mapping[str, str], sampling: Mapping[str, Any], setting: Setting | None = None) -> Any:
+        """The networks of one job from role -> path (the roles of :meth:`files` for ``setting``),
+        on the backend's device; ``sampling`` is the config's sampling section (respacing...)."""
 
     @abstractmethod
     def sample(self, models: Any, setting: Setting, seeds: list[int], progress: bool = False,
@@ -151,8 +158,10 @@ class Backend(ABC):
     def feature_extractor(self, files: Mapping[str, str]) -> FeatureExtractor:
         """The network that judges samples, from the roles of :meth:`evaluation_files`."""
 
-    def reference_features(self, files: Mapping[str, str], extractor: FeatureExtractor) -> dict[str, np.ndarray]:
-        """Arrays of the ``reference_features`` job (at least ``features``: real images' features)."""
+    def reference_features(self, files: Mapping[str, str], extractor: FeatureExtractor,
+                           evaluation: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+        """Arrays of the ``reference_features`` job (at least ``features``: real images' features);
+        ``evaluation`` is the config's evaluation section."""
         raise UnsupportedError(f"backend {self.name!r} has no reference images")
 
     def reference(self, files: Mapping[str, str], reference_features: Mapping[str, np.ndarray] | None) -> Reference:

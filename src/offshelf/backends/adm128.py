@@ -1,0 +1,79 @@
+"""ADM (guided-diffusion) ImageNet 128×128: the conditional UNet on the 1000-step linear schedule,
+respaced (250 steps), learned-range variance, Algorithm 1. Off-the-shelf classifier: torchvision
+ResNet-50/101 V2; fine-tuned baseline: ADM's noise-aware ``EncoderUNetModel`` called as ``(x_t, t)``.
+The conditional model has no null label, so classifier-free rows are reported as not run."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from offshelf.backends.base import Pretrained
+from offshelf.backends.ddpm import DDPMModels, DDPMSampling
+from offshelf.backends.imagenet import ImageNetBackend
+from offshelf.diffusion import GaussianDiffusion
+from offshelf.images import to_uint8_nhwc
+from offshelf.settings import Setting
+
+#: role -> the guided-diffusion preset of the official file (``imagenet.adm_flags`` may replace
+#: it with explicit guided-diffusion flags: small stand-ins in tests and rehearsals)
+ADM_PRESETS = {"denoiser": "adm_imagenet128_cond_diffusion", "finetuned": "adm_imagenet128_classifier"}
+
+
+def load_adm_network(path: str, preset_or_flags: str | Mapping[str, Any], device: torch.device,
+                     fp16: bool) -> torch.nn.Module:
+    """An ADM network from an official preset name or explicit guided-diffusion flags, loaded strictly;
+    ``fp16`` converts its convolutions as guided-diffusion's ``use_fp16`` does (CUDA only)."""
+    from offshelf.backbones import adm
+
+    if isinstance(preset_or_flags, str):
+        return adm.load_adm(path, preset_or_flags, device, use_fp16=fp16).requires_grad_(False)
+    model = adm.create_from_flags(dict(preset_or_flags))
+    model.load_state_dict(adm.read_state_dict(path), strict=True)
+    model = model.to(device).eval().requires_grad_(False)
+    if fp16 and device.type == "cuda":
+        model.convert_to_fp16()
+    return model
+
+
+class ADM128Backend(DDPMSampling, ImageNetBackend):
+    name = "adm128"
+    denoiser_checkpoint = ADM_PRESETS["denoiser"]
+    default_reference = "ref_imagenet128"
+
+    @property
+    def architectures(self) -> dict[str, str | dict]:
+        return {**ADM_PRESETS, **self.imagenet.get("adm_flags", {})}
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        flags = self.architectures["denoiser"]
+        return (3, int(flags["image_size"]), int(flags["image_size"])) if isinstance(flags, Mapping) else (3, 128, 128)
+
+    def files(self, setting: Setting) -> dict[str, Pretrained]:
+        names = super().files(setting)
+        if setting.method == "guided" and setting.classifier in ("finetuned", "combined"):
+            names["finetuned"] = Pretrained(ADM_PRESETS["finetuned"])
+        return names
+
+    def unsupported(self, setting: Setting) -> str | None:
+        if setting.method == "cfg":
+            return "needs a CFG-trained model"
+        return None
+
+    def load(self, files: Mapping[str, str], sampling: Mapping[str, Any], setting: Setting | None = None) -> DDPMModels:
+        device, arch = self.device, self.architectures
+        denoiser = load_adm_network(files["denoiser"], arch["denoiser"], device, self.imagenet.get("fp16", True))
+        # guided-diffusion's ImageNet-128 command runs the noise-aware classifier in fp32
+        # (classifier_use_fp16 is false there), whatever the UNet does
+        finetuned = load_adm_network(files["finetuned"], arch["finetuned"], device, fp16=False) \
+            if "finetuned" in files else None
+        diffusion = GaussianDiffusion.respaced(1000, sampling["respacing"], "linear",
+                                               sampling.get("variance", "learned_range"))
+        return DDPMModels(denoiser, diffusion, self.image_shape, self.num_classes, self.load_offshelf(files, setting),
+                          finetuned, None, str(device))
+
+    def to_uint8(self, images: torch.Tensor) -> np.ndarray:
+        return to_uint8_nhwc(images, "adm")

@@ -1,0 +1,131 @@
+"""What every DDPM-family backend shares (digits, adm128): Algorithm 1 on a respaced Gaussian
+diffusion, guidance built from a setting, calibration profiles and Figure 4's gradient panels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import numpy as np
+import torch
+
+from offshelf.calibration import CalibrationRecorder
+from offshelf.classifiers.softplus import softplus_surgery
+from offshelf.diffusion import GaussianDiffusion
+from offshelf.guidance import ClassifierGuidance, SwitchedGuidance
+from offshelf.samplers.ddpm import DDPMGuidanceConfig, ddpm_sample
+from offshelf.seeding import StackedRandomGenerator, draw_labels
+from offshelf.settings import Setting
+
+
+@dataclass
+class DDPMModels:
+    """The networks of a DDPM-family job: the denoiser ``model(x, t, y)``, its diffusion, the
+    image shape and label space, and the guiding classifiers (clean-image and noise-aware)."""
+
+    denoiser: Callable
+    diffusion: GaussianDiffusion
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    offshelf: torch.nn.Module | None = None
+    finetuned: torch.nn.Module | None = None
+    null_label: int | None = None
+    device: str = "cpu"
+
+
+def build_guidance(setting: Setting, models: DDPMModels):
+    """The guidance a setting describes (None when unguided or CFG).
+
+    The off-the-shelf classifier gets Softplus(β) surgery and the calibrated temperatures; the
+    fine-tuned classifier is used as ADM's baseline did (x_t and t, plain log-softmax)."""
+    if setting.method != "guided":
+        return None
+
+    def offshelf() -> ClassifierGuidance:
+        if models.offshelf is None:
+            raise ValueError(f"setting {setting.name}: no off-the-shelf classifier was loaded")
+        return ClassifierGuidance(softplus_surgery(models.offshelf, setting.softplus_beta),
+                                  setting.joint_temperature, setting.marginal_temperature, setting.input)
+
+    def finetuned() -> ClassifierGuidance:
+        if models.finetuned is None:
+            raise ValueError(f"setting {setting.name}: this backbone has no fine-tuned (noise-aware) classifier")
+        return ClassifierGuidance(models.finetuned, 1.0, 1.0, "xt", time_conditioned=True)
+
+    if setting.classifier == "offshelf":
+        return offshelf()
+    if setting.classifier == "finetuned":
+        return finetuned()
+    return SwitchedGuidance(offshelf(), finetuned(), setting.switch_step)
+
+
+def sample_batch(setting: Setting, models: DDPMModels, seeds: list[int], callback=None, progress: bool = False,
+                 guidance=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Algorithm 1 for one batch: images in [-1, 1] and their target labels, reproducible per seed."""
+    labels = draw_labels(seeds, models.num_classes).to(models.device)
+    rng = StackedRandomGenerator(seeds, models.device)
+    guidance = build_guidance(setting, models) if guidance is None else guidance
+    y = labels if (setting.regime == "cond" or setting.method == "cfg") else None
+    cfg_scale = setting.cfg_scale if setting.method == "cfg" else None
+    config = DDPMGuidanceConfig(scale=setting.scale, sine_factor=setting.sine_factor)
+    x = ddpm_sample(models.denoiser, models.diffusion, rng, models.image_shape, y=y, guidance=guidance,
+                    config=config, recurrent_steps=setting.recurrent_steps, cfg_scale=cfg_scale,
+                    null_label=models.null_label, guidance_label=labels, callback=callback, progress=progress)
+    return x, labels
+
+
+class DDPMSampling:
+    """Backend methods of the DDPM family (mixed into :class:`~offshelf.backends.base.Backend`)."""
+
+    analytic_figures = ("figure3", "figure5")
+
+    def sample(self, models: DDPMModels, setting: Setting, seeds: list[int], progress: bool = False):
+        return sample_batch(setting, models, seeds, progress=progress)
+
+    def calibration_profile(self, models: DDPMModels, probe: Setting, seeds: list[int], batch_size: int,
+                            num_bins: int = 15):
+        """Per-step ECE of the probe's classifier along *unguided conditional* trajectories: one
+        trajectory distribution for every classifier, so their curves compare (Figures 1 and 2)."""
+        measured = Setting(classifier=probe.classifier, input=probe.input, softplus_beta=probe.softplus_beta,
+                           switch_step=probe.switch_step)
+        evaluator = build_guidance(measured, models)
+        trajectory = Setting(regime="cond", method="unguided")
+        merged = None
+        for i in range(0, len(seeds), batch_size):
+            batch = seeds[i:i + batch_size]
+            recorder = CalibrationRecorder(evaluator, draw_labels(batch, models.num_classes).to(models.device),
+                                           models.diffusion.model_timesteps)
+            sample_batch(trajectory, models, batch, callback=recorder)
+            if merged is None:
+                merged = recorder
+            else:
+                for step in recorder.confidence:
+                    merged.confidence[step] += recorder.confidence[step]
+                    merged.correct[step] += recorder.correct[step]
+        return merged.table(num_bins, models.diffusion.num_steps)
+
+    def gradient_trajectories(self, models: DDPMModels, base: Setting, marginal_temperatures: dict[str, float],
+                              label: int, steps: list[int], seed: int = 0) -> dict[str, list[np.ndarray]]:
+        """Figure 4: x̂0 and the classifier gradient of one sample at chosen steps, for each named
+        marginal temperature (τ2 = τ1: conditional direction; τ2 < τ1: joint strengthened)."""
+        panels: dict[str, list[np.ndarray]] = {}
+        for name, tau2 in marginal_temperatures.items():
+            setting = replace(base, marginal_temperature=tau2)
+            record: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+            def callback(step, pred_xstart, grad, **_):
+                if step in steps:
+                    record[step] = (pred_xstart[0, 0].cpu().numpy(), grad[0, 0].cpu().numpy())
+
+            labels = torch.tensor([label], device=models.device)
+            ddpm_sample(models.denoiser, models.diffusion, StackedRandomGenerator([seed], models.device),
+                        models.image_shape, y=labels if setting.regime == "cond" else None,
+                        guidance=build_guidance(setting, models),
+                        config=DDPMGuidanceConfig(scale=setting.scale, sine_factor=setting.sine_factor),
+                        guidance_label=labels, callback=callback)
+            panels[f"{name} x̂0"] = [record[s][0] for s in steps]
+            panels[f"{name} gradient"] = [record[s][1] for s in steps]
+        return panels
+
+
+__all__ = ["DDPMModels", "DDPMSampling", "build_guidance", "sample_batch"]

@@ -1,0 +1,67 @@
+"""EDM ImageNet 64×64 (ADM architecture trained with EDM's preconditioning): the deterministic
+Heun sampler with Algorithm 2. ``Setting.num_steps`` is N (18 when 0), ``Setting.scale`` is w."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from offshelf.backends.imagenet import ImageNetBackend
+from offshelf.classifiers.softplus import softplus_surgery
+from offshelf.guidance import ClassifierGuidance
+from offshelf.images import to_uint8_nhwc
+from offshelf.samplers.edm import edm_sample
+from offshelf.seeding import StackedRandomGenerator, draw_labels
+from offshelf.settings import Setting
+
+
+@dataclass
+class EDMModels:
+    net: torch.nn.Module
+    offshelf: torch.nn.Module | None
+    device: torch.device
+
+
+class EDM64Backend(ImageNetBackend):
+    name = "edm64"
+    denoiser_checkpoint = "edm_imagenet64_cond"
+    default_reference = "ref_imagenet64_edm"
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (3, 64, 64)
+
+    def unsupported(self, setting: Setting) -> str | None:
+        if setting.method == "cfg":
+            return "EDM's ImageNet model is not trained for classifier-free guidance"
+        if setting.method == "guided" and setting.input != "xt":
+            return "Algorithm 2 feeds the classifier the noisy sample (input: xt)"
+        return super().unsupported(setting)
+
+    def load(self, files: Mapping[str, str], sampling: Mapping[str, Any], setting: Setting | None = None) -> EDMModels:
+        from offshelf.backbones.edm import load_edm_pickle
+
+        return EDMModels(load_edm_pickle(files["denoiser"], device=self.device), self.load_offshelf(files, setting),
+                         self.device)
+
+    def sample(self, models: EDMModels, setting: Setting, seeds: list[int], progress: bool = False):
+        """Algorithm 2 for one batch: labels drawn per seed, latents from per-seed generators."""
+        net = models.net
+        labels = draw_labels(seeds, net.label_dim).to(models.device)
+        rng = StackedRandomGenerator(seeds, models.device)
+        latents = rng.randn((net.img_channels, net.img_resolution, net.img_resolution))
+        one_hot = torch.nn.functional.one_hot(labels, net.label_dim).float()
+        guidance = None
+        if setting.method == "guided":
+            guidance = ClassifierGuidance(softplus_surgery(models.offshelf, setting.softplus_beta),
+                                          setting.joint_temperature, setting.marginal_temperature, "xt")
+        x = edm_sample(net, latents, one_hot, num_steps=setting.num_steps or 18, guidance=guidance,
+                       scale=setting.scale if guidance is not None else 0.0, sine_factor=setting.sine_factor,
+                       rng=rng, progress=progress)
+        return x, labels
+
+    def to_uint8(self, images: torch.Tensor) -> np.ndarray:
+        return to_uint8_nhwc(images, "edm")

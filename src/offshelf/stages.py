@@ -1,0 +1,148 @@
+"""The workflow's stages as plain functions of a backend: one shard of samples, a calibration
+profile, reference features, an evaluation. The Snakemake scripts and the ``offshelf`` command
+call these, so a shard written by either is the same file."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from offshelf.atomic import save_npz
+from offshelf.backends.base import Backend, Pretrained, UnsupportedError
+from offshelf.guidance import NonFiniteError, check_finite
+from offshelf.settings import Setting
+
+
+def verified_files(backend: Backend, files: Mapping[str, str], sources: Mapping[str, Any],
+                   lock_file: str | None = None) -> dict[str, str]:
+    """Check every pretrained file against its registry pins and the lock file before it is loaded."""
+    from offshelf.checkpoints import fetch
+
+    return {role: str(fetch(sources[role].name, lock_file=lock_file, local_path=path))
+            if isinstance(sources.get(role), Pretrained) else str(path) for role, path in files.items()}
+
+
+def load_models(backend: Backend, files: Mapping[str, str], sampling: Mapping[str, Any],
+                setting: Setting | None = None, lock_file: str | None = None):
+    """Verify the files of ``setting`` (see :meth:`Backend.files`) and load them."""
+    sources = backend.files(setting or Setting(method="unguided"))
+    return backend.load(verified_files(backend, files, sources, lock_file), sampling, setting)
+
+
+def sample_shard(backend: Backend, models, setting: Setting, seeds: Sequence[int], batch_size: int,
+                 progress: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
+    """uint8 NHWC images, labels and the wall seconds of one shard (``seeds``, in batches).
+
+    A NaN or inf anywhere stops the shard with the setting's name: nothing is returned to write."""
+    reason = backend.unsupported(setting)
+    if reason:
+        raise UnsupportedError(f"backend {backend.name!r} cannot run setting {setting.name}: {reason}")
+    seeds = [int(s) for s in seeds]
+    start = time.perf_counter()
+    images, labels = [], []
+    for i in range(0, len(seeds), batch_size):
+        batch = seeds[i:i + batch_size]
+        try:
+            x, y = backend.sample(models, setting, batch, progress=progress)
+            check_finite("sampled images", x, step=-1)
+        except NonFiniteError as err:
+            raise NonFiniteError(f"setting {setting.name}, seeds {batch[0]}..{batch[-1]}: {err}") from None
+        images.append(backend.to_uint8(x))
+        labels.append(y.cpu().numpy())
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return np.concatenate(images), np.concatenate(labels).astype(np.int64), time.perf_counter() - start
+
+
+def save_shard(path, images: np.ndarray, labels: np.ndarray, seeds: Sequence[int], seconds: float) -> None:
+    """ADM evaluator layout (``arr_0`` uint8 NHWC, ``arr_1`` labels) plus provenance (seeds, seconds)."""
+    save_npz(path, arr_0=images, arr_1=labels, seeds=np.asarray(seeds, dtype=np.int64), seconds=np.float64(seconds))
+
+
+def load_shards(backend: Backend, shard_paths: Sequence[str], expected_seeds: Sequence[Sequence[int]] | None = None,
+                num_samples: int | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+    """Images and labels of the shards in order, cut to the first ``num_samples``, and the sampling
+    time of the samples kept (a partly used shard counts pro rata).
+
+    Every shard is checked against what the plan says it holds, naming the file on a mismatch: the
+    backend's image shape, the planned seeds (``expected_seeds[i]``: first seed and count, or the
+    full list), and labels within the backend's classes."""
+    from offshelf.metrics import load_samples
+
+    c, h, w = backend.image_shape
+    images, labels, seconds = [], [], 0.0
+    for i, path in enumerate(shard_paths):
+        x, y = load_samples(path)
+        if x.shape[1:] != (h, w, c):
+            raise ValueError(f"{path}: images are {x.shape[1]}x{x.shape[2]} with {x.shape[3]} channel(s) (HWC "
+                             f"{tuple(x.shape[1:])}); backend {backend.name!r} writes HWC {(h, w, c)}")
+        if len(y) and (y.min() < 0 or y.max() >= backend.num_classes):
+            raise ValueError(f"{path}: labels span {y.min()}..{y.max()}; backend {backend.name!r} has classes "
+                             f"0..{backend.num_classes - 1}")
+        with np.load(path) as shard:
+            seeds = shard["seeds"] if "seeds" in shard.files else None
+            shard_seconds = float(shard["seconds"]) if "seconds" in shard.files else float("nan")
+        if expected_seeds is not None:
+            expected = _seed_list(expected_seeds[i])
+            if seeds is None or len(seeds) != len(x) or list(map(int, seeds)) != expected:
+                held = "no seeds" if seeds is None else f"{len(x)} samples with seeds {_describe(seeds)}"
+                raise ValueError(f"{path}: holds {held}; the plan puts {len(expected)} samples with seeds "
+                                 f"{_describe(expected)} in this shard (a shard of another run or config?)")
+        kept = len(x) if num_samples is None else max(0, min(len(x), num_samples - sum(map(len, images))))
+        images.append(x[:kept])
+        labels.append(y[:kept])
+        seconds += shard_seconds * kept / max(len(x), 1)
+    images, labels = np.concatenate(images), np.concatenate(labels)
+    if num_samples is not None and len(images) < num_samples:
+        raise ValueError(f"shards {shard_paths[0]} .. hold {len(images)} samples, {num_samples} requested")
+    return images, labels, seconds
+
+
+def _seed_list(spec: Sequence[int]) -> list[int]:
+    """``[first, count]`` (the workflow's param) or the seeds themselves."""
+    return list(range(int(spec[0]), int(spec[0]) + int(spec[1]))) if len(spec) == 2 else [int(s) for s in spec]
+
+
+def _describe(seeds) -> str:
+    seeds = [int(s) for s in seeds]
+    return "none" if not seeds else f"{seeds[0]}..{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) \
+        else f"{seeds[:4]}..."
+
+
+def reference_features(backend: Backend, files: Mapping[str, str], evaluation: Mapping[str, Any]) -> dict:
+    return backend.reference_features(files, backend.feature_extractor(files), evaluation)
+
+
+def evaluate(backend: Backend, files: Mapping[str, str], shard_paths: Sequence[str], reference_features_path=None,
+             evaluation: Mapping[str, Any] | None = None, num_samples: int | None = None,
+             expected_seeds: Sequence[Sequence[int]] | None = None) -> dict[str, Any]:
+    """FID / precision / recall (and accuracy where the extractor has logits) of the shards'
+    first ``num_samples`` samples, their summed sampling time, and which network judged them."""
+    from offshelf.metrics import evaluate as evaluate_features
+
+    evaluation = evaluation or {}
+    images, labels, seconds = load_shards(backend, shard_paths, expected_seeds, num_samples)
+    extractor = backend.feature_extractor(files)
+    ref_features = None
+    if reference_features_path:
+        with np.load(reference_features_path) as ref:
+            ref_features = {k: ref[k] for k in ref.files}
+    reference = backend.reference(files, ref_features)
+    result = evaluate_features(images, labels, extractor.features, reference_stats=reference.stats,
+                               reference_features=reference.features, classifier_fn=extractor.logits,
+                               batch_size=extractor.batch_size, nhood_size=evaluation.get("nhood_size", 3),
+                               device=extractor.device)
+    result["seconds"] = seconds
+    result["judge"] = extractor.name
+    result.update(backend.provenance(files))
+    return result
+
+
+def calibration_profile(backend: Backend, models, probe: Setting, calibration: Mapping[str, Any], batch_size: int):
+    """Per-step ECE of ``probe``'s classifier; its seeds sit far from the sampling seeds
+    (independent trajectories)."""
+    seeds = list(range(10_000_000, 10_000_000 + calibration["num_samples"]))
+    return backend.calibration_profile(models, probe, seeds, batch_size, calibration.get("num_bins", 15))
