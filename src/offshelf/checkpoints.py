@@ -197,6 +197,8 @@ def _override_value(source: Path, name: str, key: str, value):
             raise CheckpointError(f"{where}: expected a byte count (integer >= 0) or null, got {value!r}")
         return value
     # sha256 / hash_prefix: lower-case hex
+    if isinstance(value, int) and not isinstance(value, bool):  # YAML reads 11223344 as a number
+        raise CheckpointError(f"{where}: quote it: YAML read {value!r} as a number, not a string of hex digits")
     length_ok = (lambda n: n == 64) if key == "sha256" else (lambda n: 6 <= n <= 64)
     if not isinstance(value, str) or not _HEX.fullmatch(value.lower()) or not length_ok(len(value)):
         expected = "64 hex digits" if key == "sha256" else "6 to 64 hex digits"
