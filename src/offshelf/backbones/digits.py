@@ -334,8 +334,10 @@ def load_checkpoint(path: str | os.PathLike, expected_role: str | None = None) -
                          f"delete it and rerun the workflow (or run it with --forcerun train_digits)")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not an offshelf digits checkpoint (missing format {CHECKPOINT_FORMAT!r})")
+    if not isinstance(payload.get("state_dict"), dict):
+        raise ValueError(f"{path}: digits checkpoint holds no 'state_dict' mapping")
     config = _train_config(path, payload.get("config"))
-    digest = payload_sha256(payload["config"], payload.get("metrics"), payload.get("state_dict", {}))
+    digest = payload_sha256(payload["config"], payload.get("metrics"), payload["state_dict"])
     if payload.get("sha256") != digest:
         raise ValueError(f"{path}: digits checkpoint content has sha256 {digest}, but the file records "
                          f"{payload.get('sha256')}: it is corrupt; retrain it (delete it and rerun the workflow)")
