@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,12 @@ import torch
 
 from offshelf import checkpoints
 from offshelf.checkpoints import REGISTRY, Checkpoint, CheckpointError, ChecksumError, fetch
+
+
+@pytest.fixture(autouse=True)
+def own_default_cache(tmp_path, monkeypatch):
+    """Digest records of local files go to the default cache: keep them out of ~/.cache."""
+    monkeypatch.setenv("OFFSHELF_CACHE", str(tmp_path / "default-cache"))
 
 
 class RangeHandler(http.server.BaseHTTPRequestHandler):
@@ -119,7 +126,8 @@ def test_fresh_download_verifies_prefix_pins_lock_then_reuses_cache_offline(tmp_
     assert path == (cache / tiny.filename).resolve() and path.read_bytes() == data
     assert not path.with_name(path.name + ".part").exists()
     assert json.loads(lock.read_text()) == {"tiny": {"url": tiny.url, "sha256": sha, "size": len(data)}}
-    assert json.loads(path.with_name(path.name + ".sha256").read_text())["sha256"] == sha
+    # Only the file (and the download mutex) in the cache: no digest sidecar beside it.
+    assert sorted(p.name for p in path.parent.iterdir()) == [f".{tiny.filename}.lck", tiny.filename]
     assert len(server.requests) == 1
 
     server.stop()  # a second use must not touch the network
@@ -264,17 +272,23 @@ def test_unknown_name_and_malformed_lock_are_clear_errors(tmp_path, tiny):
         fetch("tiny", cache_dir=tmp_path, lock_file=lock)
 
 
-def test_sidecar_digest_is_reused_until_file_changes(tmp_path):
+def test_digest_record_is_reused_until_file_changes(tmp_path):
     path = tmp_path / "blob.bin"
     path.write_bytes(b"a" * 1000)
-    first = checkpoints.file_sha256(path)
-    sidecar = json.loads((tmp_path / "blob.bin.sha256").read_text())
-    assert first == hashlib.sha256(b"a" * 1000).hexdigest() == sidecar["sha256"]
-    # A forged sidecar is believed while size and mtime match: proof the hash is not recomputed.
-    (tmp_path / "blob.bin.sha256").write_text(json.dumps({**sidecar, "sha256": "cached"}))
-    assert checkpoints.file_sha256(path) == "cached"
+    while time.time_ns() - path.stat().st_ctime_ns < checkpoints.RACY_NS:  # see RACY_NS
+        time.sleep(0.05)
+    cache = tmp_path / "cache"
+    first = checkpoints.file_sha256(path, cache)
+    [record_file] = (cache / ".verified").iterdir()
+    record = json.loads(record_file.read_text())
+    assert first == hashlib.sha256(b"a" * 1000).hexdigest() == record["sha256"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blob.bin", "cache"]  # nothing beside the file
+    # A forged record is believed while the stat key matches: proof the hash is not recomputed.
+    record_file.write_text(json.dumps({**record, "sha256": "cached"}))
+    assert checkpoints.file_sha256(path, cache) == "cached"
+    assert checkpoints.file_sha256(path, cache, rehash=True) == first
     path.write_bytes(b"b" * 999)
-    assert checkpoints.file_sha256(path) == hashlib.sha256(b"b" * 999).hexdigest()
+    assert checkpoints.file_sha256(path, cache) == hashlib.sha256(b"b" * 999).hexdigest()
 
 
 def test_cli_fetch_and_list(tmp_path, capsys, payload, tiny):

@@ -2,9 +2,15 @@
 
 import contextlib
 import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
+import pytest
 
+from offshelf import atomic
 from offshelf.atomic import save_npz
 from offshelf.jobs import claim_gpu
 
@@ -31,13 +37,37 @@ def test_scheduler_pinning_is_respected(tmp_path, monkeypatch):
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "3"
 
 
-def test_atomic_write_clears_a_killed_writers_leftovers(tmp_path):
-    target = tmp_path / "shard0.npz"
-    stale = tmp_path / ".shard0.npz.abc123.tmp"
-    stale.write_bytes(b"half a file")
-    save_npz(target, arr_0=np.zeros((2, 8, 8, 1), np.uint8), arr_1=np.zeros(2, np.int64))
-    assert target.is_file() and not stale.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["shard0.npz"]
+def test_atomic_write_clears_only_provably_dead_writers_leftovers(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    dead_pid, host, hour_ago = int(dead.stdout), atomic._host(), time.time() - 2 * atomic.STALE_AFTER_S
+    names = {
+        "killed": f".shard0.npz.{host}.{dead_pid}.abc123.tmp",        # this host, pid gone, idle: removed
+        "live": f".shard0.npz.{host}.{os.getpid()}.live12.tmp",       # its writer runs (this process)
+        "fresh": f".shard0.npz.{host}.{dead_pid}.fresh1.tmp",         # maybe another pid namespace
+        "remote": f".shard0.npz.elsewhere-node.{dead_pid}.rem123.tmp",  # cannot check another host
+        "legacy": ".shard0.npz.abc123.tmp",                           # no writer recorded
+        "other target": f".shard1.npz.{host}.{dead_pid}.oth123.tmp",
+    }
+    for what, name in names.items():
+        (tmp_path / name).write_bytes(b"half a file")
+        if what != "fresh":
+            os.utime(tmp_path / name, (hour_ago, hour_ago))
+
+    save_npz(tmp_path / "shard0.npz", arr_0=np.zeros((2, 8, 8, 1), np.uint8), arr_1=np.zeros(2, np.int64))
+
+    kept = {name for what, name in names.items() if what != "killed"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept | {"shard0.npz"})
+
+
+def test_atomic_write_removes_its_own_temp_file_when_the_writer_fails(tmp_path):
+    def fail(tmp):
+        Path(tmp).write_bytes(b"partial")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic.atomic_write(tmp_path / "out.json", fail)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_atomic_outputs_are_group_readable(tmp_path):

@@ -1,19 +1,38 @@
 """Checkpoint registry and verified, resumable downloads.
 
 Every file the paper uses has a name here. ``fetch(name)`` returns a local path whose bytes are
-verified: against the sha256 pinned in the registry, the hash prefix torchvision/torch.hub put in
-file names (``resnet50-11ad3fa6.pth``: the first hex digits of the file's sha256), and the lock
-file, which records ``sha256`` and ``size`` at first download for every file whose full hash is
-not published, so later uses (and other machines) get exactly the same bytes.
+verified: against the sha256 (and size) pinned in the registry, the hash prefix torchvision/torch.hub
+put in file names (``resnet50-11ad3fa6.pth``: the first hex digits of the file's sha256), and the
+lock file, which records ``sha256`` and ``size`` at first download for every file whose full hash
+is not published, so later uses (and other machines) get exactly the same bytes.
 
-Hashing a multi-GB file takes seconds to minutes, so the digest of a verified file is kept in a
-sidecar ``<file>.sha256`` holding ``{size, mtime_ns, sha256}``; it is reused while size and mtime
-are unchanged and recomputed otherwise.
+Verification policy (multi-GB files; full reasoning in docs/checkpoints.md):
+
+* Downloaded bytes are hashed in full as they stream in; nothing unverified enters the cache.
+* ``fetch(name)`` of a file already in the cache (the workflow's fetch job, the command line)
+  re-hashes it in full: that is the scrub that catches what no metadata shows (bit rot, writes
+  below the file system).
+* Everywhere else (``fetch(..., local_path=)``, :func:`verify`, :func:`file_sha256`: every
+  sampling job) a digest is reused from a record keyed by the file's (device, inode, size,
+  mtime_ns, ctime_ns). ``os.utime`` (hence ``cp -p``, ``rsync -t``, ``touch -d``) can set atime
+  and mtime to anything, but the kernel stamps ctime with the current time on every utime, write,
+  truncate, chmod and rename; no system call sets ctime to a chosen value. Forging the key takes
+  root changing the system clock, or writing the block device under the file system, and bytes
+  changed under the file system (bit rot) leave every stamp alone: only a full re-hash sees those.
+* A record is kept only when the file's ctime lies :data:`RACY_NS` or more before hashing began
+  (git's "racily clean" rule): a write landing in the same timestamp tick as the hash would leave
+  ctime unchanged, so a just-written file is hashed again on its next use.
+* Records live in offshelf's own cache folder (``<cache>/.verified/``), never beside the file:
+  verifying a user's ``checkpoints.local`` file writes nothing into the user's folders.
+
+``load_registry_overrides(path)`` / ``fetch(..., registry_file=path)`` replace entries' url,
+filename, sha256, size and hash_prefix from a YAML or JSON file (stand-in files for rehearsals);
+``REGISTRY`` itself is never changed by them.
 
 Command line::
 
-    python -m offshelf.checkpoints list
-    python -m offshelf.checkpoints fetch NAME [NAME ...] [--cache DIR] [--lock FILE] [--offline]
+    python -m offshelf.checkpoints list [--registry FILE]
+    python -m offshelf.checkpoints fetch NAME [NAME ...] [--cache DIR] [--lock FILE] [--offline] [--registry FILE]
 """
 
 from __future__ import annotations
@@ -29,11 +48,14 @@ import os
 import re
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from tqdm import tqdm
+
+from offshelf.atomic import save_text
 
 try:
     import fcntl
@@ -45,6 +67,10 @@ log = logging.getLogger(__name__)
 CHUNK_BYTES = 1 << 20
 TIMEOUT_S = 60
 HASH_IN_FILENAME = re.compile(r"-([a-f0-9]{6,})\.")  # torch.hub's convention, at least 6 digits
+# A digest record is trusted only for a file whose ctime is this much older than the hash's start:
+# more than one timestamp tick on Linux file systems (a jiffy, <= 10 ms) with room for small clock
+# differences between an NFS client and its server.
+RACY_NS = 1_000_000_000
 
 ADM = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021"
 ADM_LICENSE = "MIT (openai/guided-diffusion)"
@@ -68,6 +94,7 @@ class Checkpoint:
     hash_prefix: str | None = None
     license: str = ""
     description: str = ""
+    size: int | None = None  # bytes, where known: a cheap first check before hashing
 
 
 REGISTRY: dict[str, Checkpoint] = {}
@@ -136,25 +163,101 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("OFFSHELF_CACHE") or Path.home() / ".cache" / "offshelf")
 
 
-def get(name: str) -> Checkpoint:
+def get(name: str, registry_file: str | os.PathLike | None = None) -> Checkpoint:
+    """Registry entry ``name``, with the overrides of ``registry_file`` applied if one is given."""
     if name not in REGISTRY:
         raise CheckpointError(f"unknown checkpoint {name!r}; known: {', '.join(sorted(REGISTRY))}")
+    if registry_file is not None:
+        return load_registry_overrides(registry_file).get(name, REGISTRY[name])
     return REGISTRY[name]
 
 
-# ----------------------------------------------------------------------------- small file helpers
+# ----------------------------------------------------------------------------- registry overrides
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+OVERRIDE_KEYS = ("url", "filename", "sha256", "size", "hash_prefix")
+_HEX = re.compile(r"[0-9a-f]+")
+
+
+def _override_value(source: Path, name: str, key: str, value):
+    """``value`` checked (and normalised) for override key ``key``; a one-line error otherwise."""
+    where = f"registry overrides {source}: {name}.{key}"
+    if value is None and key in ("sha256", "size", "hash_prefix"):
+        return None  # null drops a pin the stand-in file cannot meet
+    if key == "url":
+        if not isinstance(value, str) or not re.match(r"https?://[^/\s]+", value):
+            raise CheckpointError(f"{where}: expected an http:// or https:// URL, got {value!r}")
+        return value
+    if key == "filename":
+        if (not isinstance(value, str) or not value or value.startswith(".") or "/" in value
+                or "\\" in value or "\0" in value):
+            raise CheckpointError(f"{where}: expected a plain file name (no folders, not hidden), got {value!r}")
+        return value
+    if key == "size":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise CheckpointError(f"{where}: expected a byte count (integer >= 0) or null, got {value!r}")
+        return value
+    # sha256 / hash_prefix: lower-case hex
+    if isinstance(value, int) and not isinstance(value, bool):  # YAML reads 11223344 as a number
+        raise CheckpointError(f"{where}: quote it: YAML read {value!r} as a number, not a string of hex digits")
+    length_ok = (lambda n: n == 64) if key == "sha256" else (lambda n: 6 <= n <= 64)
+    if not isinstance(value, str) or not _HEX.fullmatch(value.lower()) or not length_ok(len(value)):
+        expected = "64 hex digits" if key == "sha256" else "6 to 64 hex digits"
+        raise CheckpointError(f"{where}: expected {expected} or null, got {value!r}")
+    return value.lower()
+
+
+def load_registry_overrides(path: str | os.PathLike) -> dict[str, Checkpoint]:
+    """Read a YAML (or ``.json``) file ``{name: {url, filename, sha256, size, hash_prefix}}`` and
+    return the registry entries it names with those fields replaced. A key left out keeps the
+    registry's value; ``null`` drops a pin (sha256, size, hash_prefix). ``REGISTRY`` is unchanged:
+    overrides act only where they are passed explicitly. Unknown names or keys, bad values, and a
+    sha256 contradicting the hash prefix are one-line :class:`CheckpointError` s naming the file."""
+    import yaml
+
+    path = Path(path)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+        text = path.read_text()
+    except OSError as e:
+        raise CheckpointError(f"registry overrides {path}: cannot read it ({e.strerror})") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except ValueError as e:
+        raise CheckpointError(f"registry overrides {path}: not valid JSON ({e})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        raise CheckpointError(f"registry overrides {path}: not valid YAML{line} "
+                              f"({getattr(e, 'problem', None) or e})") from None
+    if data is None:  # an empty file overrides nothing
+        return {}
+    if not isinstance(data, dict):
+        raise CheckpointError(f"registry overrides {path}: expected a mapping name -> {{{', '.join(OVERRIDE_KEYS)}}}, "
+                              f"got {type(data).__name__}")
+    overridden = {}
+    for name, fields in data.items():
+        if name not in REGISTRY:
+            raise CheckpointError(f"registry overrides {path}: unknown checkpoint {name!r}; "
+                                  f"known: {', '.join(sorted(REGISTRY))}")
+        if not isinstance(fields, dict):
+            raise CheckpointError(f"registry overrides {path}: {name}: expected a mapping of "
+                                  f"{', '.join(OVERRIDE_KEYS)}, got {fields!r}")
+        for key in fields:
+            if key not in OVERRIDE_KEYS:
+                raise CheckpointError(f"registry overrides {path}: {name}.{key}: unknown key; "
+                                      f"allowed: {', '.join(OVERRIDE_KEYS)}")
+        values = {key: _override_value(path, name, key, value) for key, value in fields.items()}
+        checkpoint = dataclasses.replace(REGISTRY[name], **values)
+        # A stand-in file keeps the registry's hash prefix unless told otherwise: say so now, not
+        # after a multi-GB download.
+        if checkpoint.sha256 and checkpoint.hash_prefix and not checkpoint.sha256.startswith(checkpoint.hash_prefix):
+            raise CheckpointError(f"registry overrides {path}: {name}.sha256 {checkpoint.sha256} does not start with "
+                                  f"its hash_prefix {checkpoint.hash_prefix}; set {name}.hash_prefix to null "
+                                  f"or to the sha256's first digits")
+        overridden[name] = checkpoint
+    return overridden
 
+
+# ----------------------------------------------------------------------------- small file helpers
 
 @contextlib.contextmanager
 def _exclusive(mutex: Path):
@@ -169,31 +272,50 @@ def _exclusive(mutex: Path):
         yield
 
 
-def _sidecar(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
-
-
-def _remember_sha256(path: Path, digest: str) -> None:
-    stat = path.stat()
-    record = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
-    with contextlib.suppress(OSError):  # a read-only folder only costs a re-hash next time
-        _write_atomic(_sidecar(path), json.dumps(record) + "\n")
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file, reusing the sidecar's digest while the file's size and mtime match."""
-    path = Path(path)
-    stat = path.stat()
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        record = json.loads(_sidecar(path).read_text())
-        if record["size"] == stat.st_size and record["mtime_ns"] == stat.st_mtime_ns:
-            return record["sha256"]
+def _hash_file(path: Path) -> str:
+    """The full sha256 of a file's bytes (the only place that reads a whole checkpoint)."""
     hasher = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK_BYTES):
             hasher.update(chunk)
-    digest = hasher.hexdigest()
-    _remember_sha256(path, digest)
+    return hasher.hexdigest()
+
+
+def _stat_key(stat: os.stat_result) -> list[int]:
+    # ctime is in the key because nothing short of root or the raw device can set it (see the
+    # module docstring); device and inode make a record follow the file, not a path that may
+    # later name another file.
+    return [stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
+
+
+def _record_path(cache_dir: str | os.PathLike | None, stat: os.stat_result) -> Path:
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    inode = hashlib.sha256(f"{stat.st_dev}:{stat.st_ino}".encode()).hexdigest()[:32]
+    return cache / ".verified" / f"{inode}.json"
+
+
+def file_sha256(path: str | os.PathLike, cache_dir: str | os.PathLike | None = None, rehash: bool = False) -> str:
+    """sha256 of a file. Reuses the digest recorded under ``<cache_dir>/.verified/`` (default
+    :func:`default_cache_dir`) while the file's device, inode, size, mtime and ctime all match;
+    ``rehash=True`` always reads the whole file. Nothing is ever written beside ``path``."""
+    path = Path(path)
+    before = path.stat()
+    record_path = _record_path(cache_dir, before)
+    if not rehash:
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            record = json.loads(record_path.read_text())
+            if record["key"] == _stat_key(before):
+                return record["sha256"]
+    started = time.time_ns()
+    digest = _hash_file(path)
+    after = path.stat()
+    # Record only what provably describes the bytes read: unchanged during the hash, and last
+    # changed at least RACY_NS before it began (a same-tick write would not move ctime).
+    if _stat_key(after) == _stat_key(before) and started - before.st_ctime_ns >= RACY_NS:
+        record = {"path": str(path.resolve()), "key": _stat_key(before), "sha256": digest}
+        with contextlib.suppress(OSError):  # an unwritable cache only costs a re-hash next time
+            record_path.parent.mkdir(parents=True, exist_ok=True)
+            save_text(record_path, json.dumps(record) + "\n")
     return digest
 
 
@@ -231,7 +353,7 @@ def _pin(lock_file, checkpoint: Checkpoint, digest: str, size: int) -> None:
         lock = read_lock(lock_file)  # re-read under the mutex: another job may have pinned meanwhile
         lock.setdefault(checkpoint.name, {"url": checkpoint.url, "sha256": digest, "size": size})
         lock_file.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(lock_file, json.dumps(lock, indent=2, sort_keys=True) + "\n")
+        save_text(lock_file, json.dumps(lock, indent=2, sort_keys=True) + "\n")
     log.info("pinned %s (sha256 %s, %d bytes) in %s", checkpoint.name, digest, size, lock_file)
 
 
@@ -244,24 +366,39 @@ def _check_digest(digest: str, source: str, expected_sha256: str | None, hash_pr
                             f"{hash_prefix} its file name promises")
 
 
-def verify(path: str | os.PathLike, checkpoint: Checkpoint, lock_file: str | os.PathLike | None = None) -> str:
-    """Check ``path`` against every pin known for ``checkpoint`` (registry sha256, hash prefix,
-    lock sha256 and size) and return its sha256. A file with no full hash known yet is pinned
-    in ``lock_file``. Raises :class:`ChecksumError` on mismatch; never modifies ``path``."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {checkpoint.name!r}: {path} is not a file")
-    entry = _lock_entry(lock_file, checkpoint)
-    size = path.stat().st_size
+def _check_size(path: Path, size: int, checkpoint: Checkpoint, entry: dict | None, lock_file) -> None:
+    # A size mismatch is known from one stat: say so before hashing gigabytes.
+    if checkpoint.size is not None and size != checkpoint.size:
+        raise ChecksumError(f"{path} has {size} bytes, but the registry pins {checkpoint.name!r} at "
+                            f"{checkpoint.size} bytes (truncated, or a different file)")
     if entry is not None and entry["size"] != size:
         raise ChecksumError(f"{path} has {size} bytes, but {lock_file} pins {checkpoint.name!r} at "
                             f"{entry['size']} bytes (truncated, or a different file)")
-    digest = file_sha256(path)
+
+
+def _check_pins(path: Path, digest: str, size: int, checkpoint: Checkpoint, entry: dict | None, lock_file) -> None:
     _check_digest(digest, str(path), checkpoint.sha256, checkpoint.hash_prefix, "the registry")
     if entry is not None:
         _check_digest(digest, str(path), entry["sha256"], None, f"pinned for {checkpoint.name!r} in {lock_file}")
     elif lock_file is not None and checkpoint.sha256 is None:
         _pin(lock_file, checkpoint, digest, size)
+
+
+def verify(path: str | os.PathLike, checkpoint: Checkpoint, lock_file: str | os.PathLike | None = None,
+           cache_dir: str | os.PathLike | None = None, rehash: bool = False) -> str:
+    """Check ``path`` against every pin known for ``checkpoint`` (registry sha256, size and hash
+    prefix, lock sha256 and size) and return its sha256. A file with no full hash known yet is
+    pinned in ``lock_file``. The digest comes from :func:`file_sha256` (its record under
+    ``cache_dir``, or a full hash with ``rehash``). Raises :class:`ChecksumError` on mismatch;
+    never modifies ``path`` and never writes into its folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {checkpoint.name!r}: {path} is not a file")
+    entry = _lock_entry(lock_file, checkpoint)
+    size = path.stat().st_size
+    _check_size(path, size, checkpoint, entry, lock_file)
+    digest = file_sha256(path, cache_dir, rehash)
+    _check_pins(path, digest, size, checkpoint, entry, lock_file)
     return digest
 
 
@@ -274,10 +411,12 @@ def _manual_hint(name: str | None, url: str, dest: Path) -> str:
 
 
 def download(url: str, dest: str | os.PathLike, expected_sha256: str | None = None,
-             hash_prefix: str | None = None, progress: bool = True, name: str | None = None) -> str:
+             hash_prefix: str | None = None, progress: bool = True, name: str | None = None,
+             expected_size: int | None = None) -> str:
     """Stream ``url`` into ``dest + ".part"``, resuming an existing .part with an HTTP Range
     request, check the byte count against Content-Length and the sha256 against
-    ``expected_sha256`` / ``hash_prefix``, then move it into place. Returns the sha256.
+    ``expected_sha256`` / ``hash_prefix`` (and ``expected_size``), then move it into place.
+    Returns the sha256.
 
     A truncated transfer keeps the .part (the next call resumes it); a completed transfer with
     the wrong hash deletes it (resuming cannot fix wrong bytes) and nothing is put in place."""
@@ -294,7 +433,7 @@ def download(url: str, dest: str | os.PathLike, expected_sha256: str | None = No
     except urllib.error.HTTPError as e:
         if e.code == 416 and offset:  # the .part is as long as the file or longer: start afresh
             part.unlink()
-            return download(url, dest, expected_sha256, hash_prefix, progress, name)
+            return download(url, dest, expected_sha256, hash_prefix, progress, name, expected_size)
         raise CheckpointError(f"HTTP {e.code} {e.reason} for {url}; {_manual_hint(name, url, dest)}") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
         reason = getattr(e, "reason", e)
@@ -312,7 +451,7 @@ def download(url: str, dest: str | os.PathLike, expected_sha256: str | None = No
             response.close()
             part.unlink(missing_ok=True)
             if offset:
-                return download(url, dest, expected_sha256, hash_prefix, progress, name)
+                return download(url, dest, expected_sha256, hash_prefix, progress, name, expected_size)
             raise CheckpointError(f"{url} answered a plain request with partial content ({content_range!r})")
         else:  # no .part, or the server ignored the Range header and sent the whole file
             offset = 0
@@ -336,38 +475,46 @@ def download(url: str, dest: str | os.PathLike, expected_sha256: str | None = No
                               f"the partial file {part} is kept and the next fetch resumes it")
     digest = hasher.hexdigest()
     try:
+        if expected_size is not None and received != expected_size:
+            raise ChecksumError(f"download of {url} has {received} bytes, expected {expected_size} (the registry)")
         _check_digest(digest, f"download of {url}", expected_sha256, hash_prefix, "the registry or lock file")
     except ChecksumError:
         part.unlink()
         raise
     os.replace(part, dest)
-    _remember_sha256(dest, digest)
+    # No digest record here: the rename just moved the file's ctime, so a record would be racy
+    # (see RACY_NS); the first verification after this reads the file once and records it.
     return digest
 
 
 # ----------------------------------------------------------------------------- fetch
 
 def fetch(name: str, cache_dir: str | os.PathLike | None = None, lock_file: str | os.PathLike | None = None,
-          local_path: str | os.PathLike | None = None, offline: bool = False, progress: bool = True) -> Path:
+          local_path: str | os.PathLike | None = None, offline: bool = False, progress: bool = True,
+          registry_file: str | os.PathLike | None = None, rehash: bool | None = None) -> Path:
     """Path to the verified file of checkpoint ``name``.
 
-    ``local_path``: verify that file and return it as is (never copied, never deleted).
-    Otherwise use ``cache_dir/<filename>`` (default :func:`default_cache_dir`): a cached file that
-    fails verification is deleted and downloaded again (``offline``: reported with its path)."""
-    checkpoint = get(name)
+    ``local_path``: verify that file and return it as is (never copied, never deleted, nothing
+    written beside it). Otherwise use ``cache_dir/<filename>`` (default :func:`default_cache_dir`):
+    a cached file that fails verification is deleted and downloaded again (``offline``: reported
+    with its path). ``registry_file``: apply :func:`load_registry_overrides` to this entry.
+    ``rehash``: None (default) hashes a cached file in full and reuses the digest record for a
+    ``local_path``; True / False force a full hash / allow the record for both."""
+    checkpoint = get(name, registry_file)
     if local_path is not None:
         local_path = Path(local_path).expanduser()
         if not local_path.is_file():
             raise CheckpointError(f"checkpoint {name!r}: local file {local_path} does not exist "
                                   f"(it can be downloaded from {checkpoint.url})")
-        verify(local_path, checkpoint, lock_file)
+        verify(local_path, checkpoint, lock_file, cache_dir, rehash=bool(rehash))
         return local_path
 
-    dest = (Path(cache_dir) if cache_dir is not None else default_cache_dir()).expanduser().resolve() / checkpoint.filename
+    cache = (Path(cache_dir) if cache_dir is not None else default_cache_dir()).expanduser().resolve()
+    dest = cache / checkpoint.filename
     with _exclusive(dest.with_name(f".{dest.name}.lck")):
         if dest.exists():
             try:
-                verify(dest, checkpoint, lock_file)
+                verify(dest, checkpoint, lock_file, cache, rehash=True if rehash is None else rehash)
                 return dest
             except ChecksumError as e:
                 if offline:
@@ -376,7 +523,6 @@ def fetch(name: str, cache_dir: str | os.PathLike | None = None, lock_file: str 
                                         f"{_manual_hint(name, checkpoint.url, dest)}") from None
                 log.warning("cached %s failed verification (%s); downloading it again", dest, e)
                 dest.unlink()
-                _sidecar(dest).unlink(missing_ok=True)
         if offline:
             raise CheckpointError(f"checkpoint {name!r} is not in the cache ({dest}) and offline mode is on; "
                                   f"{_manual_hint(name, checkpoint.url, dest)}")
@@ -384,12 +530,15 @@ def fetch(name: str, cache_dir: str | os.PathLike | None = None, lock_file: str 
         expected = checkpoint.sha256 or (entry["sha256"] if entry else None)
         log.info("downloading %s from %s to %s", name, checkpoint.url, dest)
         try:
-            download(checkpoint.url, dest, expected, checkpoint.hash_prefix, progress=progress, name=name)
+            digest = download(checkpoint.url, dest, expected, checkpoint.hash_prefix, progress=progress, name=name,
+                              expected_size=checkpoint.size)
         except ChecksumError as e:
             hint = (f"; if the upstream file changed on purpose, delete the entry {name!r} from {lock_file} to pin it again"
                     if entry is not None and checkpoint.sha256 is None else "")
             raise ChecksumError(f"checkpoint {name!r}: {e}; nothing was put at {dest}{hint}") from None
-        verify(dest, checkpoint, lock_file)  # the sidecar holds the digest: this only pins the lock
+        # The download hashed every byte it wrote: check the lock's pins and pin a new file there
+        # without reading it again.
+        _check_pins(dest, digest, dest.stat().st_size, checkpoint, entry, lock_file)
         return dest
 
 
@@ -398,25 +547,27 @@ def fetch(name: str, cache_dir: str | os.PathLike | None = None, lock_file: str 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m offshelf.checkpoints", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    fetch_parser = commands.add_parser("fetch", help="download (if needed) and verify checkpoints")
+    fetch_parser = commands.add_parser("fetch", help="download (if needed) and verify checkpoints (a full re-hash)")
     fetch_parser.add_argument("names", nargs="+", metavar="NAME")
     list_parser = commands.add_parser("list", help="list the registry and what is cached")
     for sub in (fetch_parser, list_parser):
         sub.add_argument("--cache", type=Path, default=None, help="cache folder (default $OFFSHELF_CACHE or ~/.cache/offshelf)")
+        sub.add_argument("--registry", type=Path, default=None, help="YAML/JSON file overriding registry entries")
     fetch_parser.add_argument("--lock", type=Path, default=None, help="lock file pinning sha256 and size")
     fetch_parser.add_argument("--offline", action="store_true", help="never download; fail if not cached")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     cache = args.cache if args.cache is not None else default_cache_dir()
 
-    if args.command == "list":
-        for checkpoint in sorted(REGISTRY.values(), key=lambda c: c.name):
-            cached = "cached" if (cache / checkpoint.filename).is_file() else "-"
-            print(f"{checkpoint.name:34s} {cached:6s} {checkpoint.license:40s} {checkpoint.url}")
-        return 0
     try:
+        if args.command == "list":
+            overrides = load_registry_overrides(args.registry) if args.registry is not None else {}
+            for checkpoint in sorted({**REGISTRY, **overrides}.values(), key=lambda c: c.name):
+                cached = "cached" if (cache / checkpoint.filename).is_file() else "-"
+                print(f"{checkpoint.name:34s} {cached:6s} {checkpoint.license:40s} {checkpoint.url}")
+            return 0
         for name in args.names:
-            print(fetch(name, cache_dir=cache, lock_file=args.lock, offline=args.offline))
+            print(fetch(name, cache_dir=cache, lock_file=args.lock, offline=args.offline, registry_file=args.registry))
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -16,10 +16,12 @@ Four networks play the paper's four roles:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -266,11 +268,46 @@ def evaluate_classifier(model: nn.Module, config: TrainConfig) -> dict:
 
 # --------------------------------------------------------------------------- checkpoints
 
+CHECKPOINT_FORMAT = "offshelf-digits-v2"  # v2: the payload records its sha256
+
+
+def payload_sha256(config: dict, metrics: dict, state_dict: dict) -> str:
+    """sha256 of a checkpoint's content: config and metrics as canonical JSON, then each tensor's
+    name, dtype, shape and raw bytes in state-dict order. Independent of torch's zip layout, so
+    it names the weights, not one serialisation of them."""
+    hasher = hashlib.sha256()
+    hasher.update(json.dumps({"config": config, "metrics": metrics}, sort_keys=True, default=float).encode())
+    for key, tensor in state_dict.items():
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        hasher.update(f"\n{key}:{flat.dtype}:{tuple(tensor.shape)}\n".encode())
+        hasher.update(flat.view(torch.uint8).numpy().tobytes())  # uint8 view: any dtype, bfloat16 too
+    return hasher.hexdigest()
+
+
 def save_checkpoint(model: nn.Module, config: TrainConfig, metrics: dict, path: str | os.PathLike) -> None:
-    """Written atomically (offshelf.atomic)."""
-    payload = {"format": "offshelf-digits-v1", "config": asdict(config), "metrics": metrics,
-               "state_dict": model.state_dict()}
+    """Written atomically (offshelf.atomic), with the sha256 of its content (:func:`payload_sha256`)."""
+    state_dict = model.state_dict()
+    payload = {"format": CHECKPOINT_FORMAT, "config": asdict(config), "metrics": metrics, "state_dict": state_dict,
+               "sha256": payload_sha256(asdict(config), metrics, state_dict)}
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def _train_config(path: Path, config) -> TrainConfig:
+    """The checkpoint's TrainConfig, or a one-line error naming the file and the offending keys."""
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: checkpoint 'config' must be a mapping, got {type(config).__name__}")
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise ValueError(f"{path}: checkpoint config has unknown keys {', '.join(map(repr, unknown))} "
+                         f"(written by another offshelf version?); known: {', '.join(sorted(known))}")
+    required = {f.name for f in fields(TrainConfig) if f.default is MISSING and f.default_factory is MISSING}
+    if missing := sorted(required - set(config)):
+        raise ValueError(f"{path}: checkpoint config lacks {', '.join(map(repr, missing))}")
+    try:
+        return TrainConfig(**config)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
 
 
 def load_checkpoint(path: str | os.PathLike, expected_role: str | None = None) -> tuple[nn.Module, TrainConfig, dict]:
@@ -281,9 +318,20 @@ def load_checkpoint(path: str | os.PathLike, expected_role: str | None = None) -
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated or foreign file: say which
         raise ValueError(f"{path}: not a readable offshelf digits checkpoint ({err})") from err
-    if not isinstance(payload, dict) or payload.get("format") != "offshelf-digits-v1":
-        raise ValueError(f"{path}: not an offshelf digits checkpoint (missing format 'offshelf-digits-v1')")
-    config = TrainConfig(**payload["config"])
+    if isinstance(payload, dict) and payload.get("format") == "offshelf-digits-v1":
+        # Refused, not accepted with a warning: an unchecked file is exactly what flipped bytes
+        # look like, and the fix is minutes of CPU training.
+        raise ValueError(f"{path}: digits checkpoint from before checkpoints recorded a sha256; retrain it: "
+                         f"delete it and rerun the workflow (or run it with --forcerun train_digits)")
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not an offshelf digits checkpoint (missing format {CHECKPOINT_FORMAT!r})")
+    if not isinstance(payload.get("state_dict"), dict):
+        raise ValueError(f"{path}: digits checkpoint holds no 'state_dict' mapping")
+    config = _train_config(path, payload.get("config"))
+    digest = payload_sha256(payload["config"], payload.get("metrics"), payload["state_dict"])
+    if payload.get("sha256") != digest:
+        raise ValueError(f"{path}: digits checkpoint content has sha256 {digest}, but the file records "
+                         f"{payload.get('sha256')}: it is corrupt; retrain it (delete it and rerun the workflow)")
     if expected_role is not None and config.role != expected_role:
         raise ValueError(f"{path}: holds a {config.role!r} network, expected {expected_role!r}")
     model = build(config.role, config.width)
