@@ -307,7 +307,7 @@ def test_case5_old_checkpoint_without_checksum_is_refused_with_how_to_retrain(di
     torch.save(payload, path)
     with pytest.raises(ValueError) as err:
         digits.load_checkpoint(path)
-    assert str(path) in str(err.value) and "retrain" in str(err.value) and "--forcerun train_digits" in str(err.value)
+    assert str(path) in str(err.value) and "retrain" in str(err.value) and "--forcerun train_model" in str(err.value)
 
 
 # ----------------------------------------------------------------------------- case 9

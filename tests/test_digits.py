@@ -68,7 +68,7 @@ def test_checkpoint_round_trip_and_clear_errors(checkpoints, tmp_path):
     broken.write_bytes(open(checkpoints["offshelf"], "rb").read()[:100])
     with pytest.raises(ValueError, match="broken.pt: not a readable offshelf digits checkpoint"):
         digits.load_checkpoint(broken)
-    with pytest.raises(FileNotFoundError, match="train_digits"):
+    with pytest.raises(FileNotFoundError, match="train_model"):
         digits.load_checkpoint(tmp_path / "missing.pt")
 
 

@@ -1,5 +1,5 @@
-"""The ImageNet configs plan their whole job graph with no checkpoint present, and the ADM path of
-``offshelf.imagenet.load_models`` samples deterministically with tiny stand-in networks."""
+"""The ImageNet configs plan their whole job graph with no checkpoint present, and the adm128
+backend samples deterministically with tiny stand-in networks."""
 
 import hashlib
 
@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from offshelf.config import load_config
-from offshelf.imagenet import load_models, sample_shard
+from offshelf.backends.adm128 import ADM128Backend
+from offshelf.backends.base import Pretrained
+from offshelf.stages import sample_shard
 from offshelf.plan import all_evaluations, all_settings, table_rows
 from offshelf.settings import Setting
 from workflow_utils import REPO, dry_run_jobs
@@ -92,27 +94,47 @@ def tiny_files(tmp_path_factory):
     return {"denoiser": str(folder / "unet.pt"), "finetuned": str(folder / "classifier.pt"), "offshelf": str(named)}
 
 
-def test_adm_load_models_samples_a_shard_deterministically(tiny_files):
-    models = load_models("adm128", tiny_files, {"device": "cpu", "classifier": "resnet101"},
-                         {"respacing": "3", "variance": "learned_range"}, network="resnet18",
-                         adm={"denoiser": UNET_FLAGS, "finetuned": CLASSIFIER_FLAGS})
-    assert models.image_shape == (3, 32, 32) and models.null_label is None
-    assert models.diffusion.num_steps == 3
-    # ResNet for the noisy steps, the noise-aware classifier (called with t) for the last one
+def tiny_adm(**imagenet) -> ADM128Backend:
+    return ADM128Backend({"imagenet": {"device": "cpu", "classifier": "resnet18",
+                                       "adm_flags": {"denoiser": UNET_FLAGS, "finetuned": CLASSIFIER_FLAGS}, **imagenet}})
+
+
+def test_adm_backend_samples_a_shard_deterministically(tiny_files):
+    backend = tiny_adm()
     setting = Setting(classifier="combined", softplus_beta=3, marginal_temperature=0.5, sine_factor=0.3,
                       switch_step=1)
-    images, labels, seconds = sample_shard(setting, models, [5, 6], batch_size=2)
+    assert tiny_adm(classifier="resnet101").files(setting) == {
+        "denoiser": Pretrained("adm_imagenet128_cond_diffusion"), "offshelf": Pretrained("resnet101_v2"),
+        "finetuned": Pretrained("adm_imagenet128_classifier")}
+    models = backend.load(tiny_files, {"respacing": "3", "variance": "learned_range"}, setting)
+    assert models.image_shape == (3, 32, 32) == backend.image_shape and models.null_label is None
+    assert models.diffusion.num_steps == 3
+    # ResNet for the noisy steps, the noise-aware classifier (called with t) for the last one
+    images, labels, seconds = sample_shard(backend, models, setting, [5, 6], batch_size=2)
     assert images.shape == (2, 32, 32, 3) and images.dtype == np.uint8
     assert labels.shape == (2,) and ((0 <= labels) & (labels < 1000)).all() and seconds > 0
-    again, labels_again, _ = sample_shard(setting, models, [5, 6], batch_size=1)  # batch split: same samples
+    again, labels_again, _ = sample_shard(backend, models, setting, [5, 6], batch_size=1)  # batch split: same samples
     np.testing.assert_array_equal(images, again)
     np.testing.assert_array_equal(labels, labels_again)
-    unguided, _, _ = sample_shard(Setting(method="unguided"), models, [5, 6], batch_size=2)
+    unguided, _, _ = sample_shard(backend, models, Setting(method="unguided"), [5, 6], batch_size=2)
     assert not np.array_equal(unguided, images)  # guidance moved the samples
 
 
-def test_load_models_names_bad_input(tiny_files):
-    with pytest.raises(ValueError, match="expected one of adm128, edm64, dit256"):
-        load_models("adm64", tiny_files, {"device": "cpu"}, {"respacing": "3"})
+def test_adm_backend_names_bad_input(tiny_files):
+    from offshelf.backends import UnknownBackendError, resolve
+
+    with pytest.raises(UnknownBackendError, match="expected one of digits, adm128, edm64, dit256"):
+        resolve("adm64")
     with pytest.raises(ValueError, match="does not match|unknown"):  # the official preset does not fit the tiny file
-        load_models("adm128", {"denoiser": tiny_files["denoiser"]}, {"device": "cpu"}, {"respacing": "3"})
+        ADM128Backend({"imagenet": {"device": "cpu"}}).load({"denoiser": tiny_files["denoiser"]}, {"respacing": "3"})
+    assert tiny_adm().unsupported(Setting(method="cfg")) == "needs a CFG-trained model"
+
+
+def test_adm_writes_uint8_as_guided_diffusion_truncating():
+    """classifier_sample.py stores ((x+1)*127.5).clamp(0, 255).to(uint8): truncation, not rounding,
+    so a value between two levels lands on the lower one (half of all pixels, on average)."""
+    x = torch.tensor([-1.0, -0.999, 0.0, 0.9999, 1.0, 1.5]).view(1, 1, 2, 3).repeat(1, 3, 1, 1)
+    stored = tiny_adm().to_uint8(x)
+    assert stored[0, :, :, 0].ravel().tolist() == [0, 0, 127, 254, 255, 255]
+    rounded = ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)[0, 0].ravel().tolist()
+    assert rounded == [0, 0, 128, 255, 255, 255]  # the old convention, one level higher on three pixels

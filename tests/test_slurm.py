@@ -201,7 +201,7 @@ def test_ci_workflow_runs_every_job_on_slurm(ci_runs):
     _, _, output = ci_runs
     jobs = check_every_job_ran_on_slurm(output)
     rules = {rule for rule, _ in jobs.values()}
-    assert {"train_digits", "sample", "calibrate", "evaluate", "reference_features", "figure_gradients"} <= rules, sorted(rules)
+    assert {"train_model", "sample", "calibrate", "evaluate", "reference_features", "figure_gradients"} <= rules, sorted(rules)
 
 
 def test_ci_report_tables_equal_a_local_run(ci_runs):

@@ -74,7 +74,7 @@ def test_editing_one_parameter_reruns_exactly_its_jobs(ci_run, tmp_path):
     config["digits"]["models"]["offshelf"]["steps"] += 1
     edited.write_text(yaml.safe_dump(config, sort_keys=False))
     jobs = dry_run_jobs("--configfile", str(edited), "--config", f"results={ci_run}")
-    assert jobs["train_digits"] == 1 and "reference_features" not in jobs
+    assert jobs["train_model"] == 1 and "reference_features" not in jobs
     assert jobs["sample"] > 0 and jobs["calibrate"] > 0
 
 

@@ -1,3 +1,3 @@
 """offshelf: training-free, off-the-shelf classifier guidance of diffusion models."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -171,7 +171,8 @@ def pretrained_path(config: dict, name: str) -> str:
     ``<cache>/<registry filename>`` (made by the ``fetch_checkpoint`` rule)."""
     from offshelf.checkpoints import get
 
-    local = config.get("checkpoints", {}).get("local", {})
+    checkpoints = config.get("checkpoints", {})
+    local = checkpoints.get("local", {})
     if name in local:
         return str(Path(os.path.expandvars(local[name])).expanduser())
-    return str(cache_dir(config) / get(name).filename)
+    return str(cache_dir(config) / get(name, checkpoints.get("registry")).filename)

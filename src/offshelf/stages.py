@@ -16,20 +16,23 @@ from offshelf.guidance import NonFiniteError, check_finite
 from offshelf.settings import Setting
 
 
-def verified_files(backend: Backend, files: Mapping[str, str], sources: Mapping[str, Any],
-                   lock_file: str | None = None) -> dict[str, str]:
-    """Check every pretrained file against its registry pins and the lock file before it is loaded."""
+def verified_files(files: Mapping[str, str], sources: Mapping[str, Any],
+                   checkpoints: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """Check every pretrained file against its registry pins and the lock file before it is loaded
+    (``checkpoints``: the config's section: ``lock``, ``cache``, ``registry`` overrides)."""
     from offshelf.checkpoints import fetch
 
-    return {role: str(fetch(sources[role].name, lock_file=lock_file, local_path=path))
+    cfg = checkpoints or {}
+    return {role: str(fetch(sources[role].name, cache_dir=cfg.get("cache"), lock_file=cfg.get("lock"),
+                            local_path=path, registry_file=cfg.get("registry")))
             if isinstance(sources.get(role), Pretrained) else str(path) for role, path in files.items()}
 
 
 def load_models(backend: Backend, files: Mapping[str, str], sampling: Mapping[str, Any],
-                setting: Setting | None = None, lock_file: str | None = None):
+                setting: Setting | None = None, checkpoints: Mapping[str, Any] | None = None):
     """Verify the files of ``setting`` (see :meth:`Backend.files`) and load them."""
     sources = backend.files(setting or Setting(method="unguided"))
-    return backend.load(verified_files(backend, files, sources, lock_file), sampling, setting)
+    return backend.load(verified_files(files, sources, checkpoints), sampling, setting)
 
 
 def sample_shard(backend: Backend, models, setting: Setting, seeds: Sequence[int], batch_size: int,

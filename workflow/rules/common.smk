@@ -45,7 +45,7 @@ def fetched_files():
     from offshelf.checkpoints import get as registry_entry
 
     local = CHECKPOINTS.get("local", {})
-    return {registry_entry(s.name).filename: s.name for s in all_sources()
+    return {registry_entry(s.name, CHECKPOINTS.get("registry")).filename: s.name for s in all_sources()
             if isinstance(s, Pretrained) and s.name not in local}
 
 

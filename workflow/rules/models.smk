@@ -38,6 +38,7 @@ if FETCHED:
             cache=CACHE,
             lock=CHECKPOINTS.get("lock", "checkpoints.lock.json"),
             offline=CHECKPOINTS.get("offline", False),
+            registry=CHECKPOINTS.get("registry"),
         log:
             f"{LOGS}/fetch_checkpoint/{{filename}}.log",
         localrule: True

@@ -8,7 +8,7 @@ with job_log(snakemake.log[0], snakemake.threads, snakemake.resources.get("gpu",
     p = snakemake.params
     backend = backends.create(p.backend)
     probe = probe_setting(snakemake.wildcards.probe)
-    models = stages.load_models(backend, dict(snakemake.input), p.sampling, probe, p.checkpoints.get("lock"))
+    models = stages.load_models(backend, dict(snakemake.input), p.sampling, probe, p.checkpoints)
     table = stages.calibration_profile(backend, models, probe, p.calibration, p.sampling["batch_size"])
     print(f"{snakemake.wildcards.probe}: integral calibration error {integral_calibration_error(table):.4f}")
     save_csv(snakemake.output[0], table)

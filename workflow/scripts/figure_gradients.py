@@ -9,7 +9,7 @@ with job_log(snakemake.log[0], snakemake.threads, snakemake.resources.get("gpu",
     p = snakemake.params
     backend = backends.create(p.backend)
     base = replace(Setting.from_dict(p.setting), scale=p.figure.get("scale", 3.0))
-    models = stages.load_models(backend, dict(snakemake.input), p.sampling, base, p.checkpoints.get("lock"))
+    models = stages.load_models(backend, dict(snakemake.input), p.sampling, base, p.checkpoints)
     tau2 = p.figure["joint_marginal_temperature"]
     temperatures = {"cond. τ2=1": 1.0, f"joint τ2={tau2:g}": tau2}
     panels = backend.gradient_trajectories(models, base, temperatures, p.figure["label"], p.figure["steps"])

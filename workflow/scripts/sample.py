@@ -8,7 +8,7 @@ with job_log(snakemake.log[0], snakemake.threads, snakemake.resources.get("gpu",
     setting = Setting.from_dict(p.setting)
     first, count = p.seeds
     seeds = list(range(first, first + count))
-    models = stages.load_models(backend, dict(snakemake.input), p.sampling, setting, p.checkpoints.get("lock"))
+    models = stages.load_models(backend, dict(snakemake.input), p.sampling, setting, p.checkpoints)
     images, labels, seconds = stages.sample_shard(backend, models, setting, seeds, p.sampling["batch_size"],
                                                   progress=True)
     print(f"{setting.name}: {len(images)} samples (seeds {first}..{first + count - 1}) in {seconds:.1f} s")

@@ -313,7 +313,7 @@ def _train_config(path: Path, config) -> TrainConfig:
 def load_checkpoint(path: str | os.PathLike, expected_role: str | None = None) -> tuple[nn.Module, TrainConfig, dict]:
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"digits checkpoint {path} does not exist (train it with the workflow's `train_digits` rule)")
+        raise FileNotFoundError(f"digits checkpoint {path} does not exist (train it with the workflow's `train_model` rule)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated or foreign file: say which
@@ -322,7 +322,7 @@ def load_checkpoint(path: str | os.PathLike, expected_role: str | None = None) -
         # Refused, not accepted with a warning: an unchecked file is exactly what flipped bytes
         # look like, and the fix is minutes of CPU training.
         raise ValueError(f"{path}: digits checkpoint from before checkpoints recorded a sha256; retrain it: "
-                         f"delete it and rerun the workflow (or run it with --forcerun train_digits)")
+                         f"delete it and rerun the workflow (or run it with --forcerun train_model)")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not an offshelf digits checkpoint (missing format {CHECKPOINT_FORMAT!r})")
     if not isinstance(payload.get("state_dict"), dict):
