@@ -4,18 +4,32 @@
 #   snakemake --profile profiles/slurm-gpu --configfile config/imagenet128_ddpm.yaml   # Tables 1-7
 #   (config/imagenet64_edm.yaml: Table 8; config/imagenet256_dit.yaml: Table 9)
 # Rules are thin; the logic lives in the `offshelf` package (src/offshelf).
+import os
+import sys
+
 import offshelf
-from offshelf.config import validate_config
-from offshelf.plan import (all_evaluations, all_probes, all_settings, canonical, num_shards, sampling_params,
-                           shard_seeds)
+from offshelf.config import ConfigError, read_yaml, validate_config
+from offshelf.plan import (all_evaluations, all_probes, all_settings, canonical, describe_job_counts, num_shards,
+                           sampling_params, shard_seeds)
 from offshelf.settings import probe_setting
 
 # config.yaml is the base of digits configs (a --configfile overrides its keys); an ImageNet
 # --configfile replaces it, since they share none of its digits sections and tables.
-if config.get("backbone", "digits") == "digits":
-    configfile: "config.yaml"
-
-validate_config(config)  # a typo or an invalid value stops here, naming the key
+#
+# A typo, an invalid or non-finite value, an output path outside `results` or too many jobs stop
+# here, in one line naming the key (or file:line for YAML syntax: Snakemake's loader names
+# neither). The schema is the workflow's own copy of the package's file. A config error exits
+# with its message alone: a traceback into the validator would only bury it.
+try:
+    if config.get("backbone", "digits") == "digits":
+        if os.path.exists("config.yaml"):
+            read_yaml("config.yaml")
+        configfile: "config.yaml"
+    validate_config(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")
+except ConfigError as err:
+    sys.exit(f"offshelf: {err}")
+if workflow.is_main_process:  # not again in every job's own Snakemake process
+    print(describe_job_counts(config), file=sys.stderr)
 
 EXP = f"{config['results']}/{config['experiment']}"
 LOGS = f"{config['results']}/logs/{config['experiment']}"
