@@ -56,7 +56,9 @@ def read_yaml(path: str | Path) -> Any:
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        what = " ".join(str(p) for p in (err.context, err.problem) if p)
+        what = err.problem or err.context or "syntax error"
+        if err.context and err.problem and err.context_mark:  # e.g. where an unclosed '[' was opened
+            what += f" ({err.context} at line {err.context_mark.line + 1})"
         raise ConfigError(f"{where}: not valid YAML: {what}") from err
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err})") from err
@@ -138,6 +140,8 @@ def _explain(error, root_schema: dict, config: dict) -> str:
     if error.validator in ("oneOf", "anyOf"):
         return (f"config key '{where}' = {error.instance!r} is invalid: expected a positive number up to 1e6 "
                 f"or 'inf'")
+    if error.validator == "minLength" and error.instance == "":
+        return f"config key '{where}' = '': must not be empty"
     if error.validator == "pattern" and where == "experiment":
         return (f"config key 'experiment' = {error.instance!r}: expected a plain folder name (letters, digits, "
                 f"'_', '.', '-'; no '/', not starting with '.' or '-')")
