@@ -131,6 +131,17 @@ def _explain(error, root_schema: dict, config: dict) -> str:
         extra = sorted(set(error.instance) - allowed)
         return f"config key '{where}': unknown key(s) {extra}; allowed keys: {', '.join(sorted(allowed))}"
     if error.schema is False:  # a section that a backbone-specific rule forbids
+        # jsonschema (4.26) leaves the key out of a false schema's path: it is the key present in
+        # the config object there whose entry under the schema's `properties` is `false`
+        path, node, container = list(error.absolute_path), root_schema, config
+        for part in error.schema_path:
+            node = node[part]
+        for part in path:
+            container = container[part]
+        if isinstance(node, dict) and isinstance(container, dict):
+            keys = [k for k, v in node.items() if v is False and k in container]
+            if keys:
+                where = _key([*path, keys[0]])
         return (f"config key '{where}' is not allowed with backbone {config.get('backbone')!r} "
                 f"(it belongs to another backbone; see workflow/schemas/config.schema.yaml)")
     if error.validator == "enum":
