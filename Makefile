@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml envs/requirements.txt
 .PHONY: install run test test-fast test-slow test-slurm
 install: $(STAMP)
 
+# Through offshelf's wrapper: after a killed run it unlocks (only when no Snakemake runs here).
 run: $(STAMP)
-	$(VENV)/bin/snakemake --cores $(CORES)
+	$(VENV)/bin/python -m offshelf.jobs resume --cores $(CORES)
 
 # pytest exits 5 when a marker selects no tests; that is not a failure here.
 PYTEST = $(VENV)/bin/python -m pytest

@@ -5,21 +5,35 @@
 #   (config/imagenet64_edm.yaml: Table 8; config/imagenet256_dit.yaml: Table 9)
 # Rules are thin and never name a backbone: the config's `backbone` picks a backend
 # (offshelf.backends), which says what each job needs; the logic lives in the `offshelf` package.
+import os
+import re
+import sys
+
 import offshelf
 from offshelf import backends
-from offshelf.config import validate_config
-import re
+from offshelf.config import ConfigError, read_yaml, validate_config
 
-from offshelf.plan import (all_evaluations, all_probes, all_settings, cache_dir, canonical, num_shards,
-                           pretrained_path, sampling_params, shard_seeds)
+from offshelf.plan import (all_evaluations, all_probes, all_settings, cache_dir, canonical, describe_job_counts,
+                           num_shards, pretrained_path, sampling_params, shard_seeds)
 from offshelf.settings import Setting, probe_setting
 
 # config.yaml is the base of digits configs (a --configfile overrides its keys); any other
 # --configfile replaces it, since they share none of its digits sections and tables.
-if config.get("backbone", "digits") == "digits":
-    configfile: "config.yaml"
-
-validate_config(config)  # a typo or an invalid value stops here, naming the key
+#
+# A typo, an invalid or non-finite value, an output path outside `results` or too many jobs stop
+# here, in one line naming the key (or file:line for YAML syntax: Snakemake's loader names
+# neither). The schema is the workflow's own copy of the package's file. A config error exits
+# with its message alone: a traceback into the validator would only bury it.
+try:
+    if config.get("backbone", "digits") == "digits":
+        if os.path.exists("config.yaml"):
+            read_yaml("config.yaml")
+        configfile: "config.yaml"
+    validate_config(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")
+except ConfigError as err:
+    sys.exit(f"offshelf: {err}")
+if workflow.is_main_process:  # not again in every job's own Snakemake process
+    print(describe_job_counts(config), file=sys.stderr)
 
 EXP = f"{config['results']}/{config['experiment']}"
 LOGS = f"{config['results']}/logs/{config['experiment']}"

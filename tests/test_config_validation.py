@@ -1,6 +1,9 @@
 """A typo or an invalid value stops the workflow before any job starts, naming the key."""
 
 import copy
+import os
+import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -44,3 +47,119 @@ def test_snakemake_stops_before_any_job(tmp_path):
     assert proc.returncode != 0
     assert "unknown key(s) ['seeds']" in proc.stdout + proc.stderr
     assert "Job stats" not in proc.stdout
+
+
+# ---------------------------------------------------------------- the schema: one file, defined once
+
+
+def test_schema_is_one_file_found_two_ways():
+    """The package ships the schema (importlib.resources, any install); the workflow reaches the
+    same file through workflow/schemas, a relative symlink, so the two can never drift."""
+    from offshelf.config import schema_text
+
+    link = REPO / "workflow" / "schemas" / "config.schema.yaml"
+    assert link.is_symlink() and not Path(os.readlink(link)).is_absolute()
+    assert link.resolve() == (REPO / "src" / "offshelf" / "schemas" / "config.schema.yaml").resolve()
+    assert schema_text() == link.read_text()
+
+
+def test_setting_keys_are_defined_once():
+    from offshelf.config import schema_text
+    from offshelf.settings import Setting
+
+    schema = yaml.safe_load(schema_text())
+    defs = schema["$defs"]
+    assert set(defs["setting"]["properties"]) == set(Setting.__dataclass_fields__) - {"regime"}
+    for name in ("base", "row"):  # both reuse the one definition, and still refuse other keys
+        assert defs[name]["$ref"] == "#/$defs/setting" and defs[name]["unevaluatedProperties"] is False
+        assert not set(defs[name].get("properties", {})) & set(defs["setting"]["properties"])
+    assert "setting_keys" not in defs
+
+
+def test_schema_backbone_rules_name_exactly_the_built_in_backends():
+    from offshelf.backends import BACKENDS
+    from offshelf.config import schema_text
+
+    rules = yaml.safe_load(schema_text())["allOf"]
+    builtins = next(r["if"]["properties"]["backbone"]["enum"] for r in rules if "backend_options" in str(r.get("then")))
+    assert sorted(builtins) == sorted(BACKENDS)
+
+
+# ---------------------------------------------------------------- guards (issue 11; end to end in
+# tests/test_adversarial_workflow.py, the library-only details here)
+
+
+def test_backbone_is_checked_before_anything_else(default_config):
+    config = copy.deepcopy(default_config)
+    config.update(backbone="dgits", sampling=None, scales=float("nan"))  # worse errors follow it
+    with pytest.raises(ConfigError, match=r"^config key 'backbone' = 'dgits': expected one of digits, adm128"):
+        validate_config(config)
+    del config["backbone"]
+    with pytest.raises(ConfigError, match=r"^config key 'backbone' is missing"):
+        validate_config(config)
+
+
+@pytest.fixture
+def third_party(tmp_path, monkeypatch):
+    """A backend in a module outside offshelf, importable by path."""
+    (tmp_path / "my_backend_for_config_tests.py").write_text(
+        "from offshelf.backends.base import Backend\n"
+        "class Mine(Backend):\n"
+        "    num_train_timesteps = 100\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "my_backend_for_config_tests:Mine"
+
+
+def test_third_party_backend_takes_backend_options_and_no_builtin_sections(default_config, third_party):
+    config = {k: v for k, v in copy.deepcopy(default_config).items() if k != "digits"}
+    config.update(backbone=third_party, backend_options={"anything": [1, 2]})
+    validate_config(config)
+    with pytest.raises(ConfigError, match=r"^config key 'digits' is not allowed with backbone 'my_backend"):
+        validate_config(dict(config, digits=default_config["digits"]))
+    with pytest.raises(ConfigError, match=r"^config key 'sampling\.respacing' = '200': not possible with the 100-step"):
+        validate_config(dict(config, sampling=dict(config["sampling"], respacing="200")))
+    with pytest.raises(ConfigError, match=r"^config key 'backbone' = 'my_backend_for_config_tests:Missing'"):
+        validate_config(dict(config, backbone="my_backend_for_config_tests:Missing"))
+    with pytest.raises(ConfigError, match=r"^config key 'backend_options' is not allowed with backbone 'digits'"):
+        validate_config(dict(default_config, backend_options={}))
+
+
+def test_relu_is_still_written_inf(default_config):
+    """`softplus_beta: inf` (a YAML string) keeps meaning ReLU; only the float .inf is refused."""
+    from offshelf.plan import all_settings
+
+    assert default_config["bases"]["resnet"]["softplus_beta"] == "inf"
+    assert any(s.name.split("_")[2] == "relu" for s in all_settings(validate_config(default_config)).values())
+    config = copy.deepcopy(default_config)
+    config["bases"]["resnet"]["softplus_beta"] = "relu"
+    validate_config(config)
+
+
+def test_digits_respacing_bound_is_the_denoisers_schedule(default_config):
+    from offshelf.backbones.digits import TrainConfig
+
+    config = copy.deepcopy(default_config)
+    config["sampling"]["respacing"] = str(TrainConfig.num_train_timesteps)
+    validate_config(config)  # every step of the schedule: allowed
+    config["sampling"]["respacing"] = str(TrainConfig.num_train_timesteps + 1)
+    with pytest.raises(ConfigError, match=r"'sampling\.respacing'"):
+        validate_config(config)
+
+
+def test_yaml_error_names_file_line_and_column(tmp_path):
+    from offshelf.config import load_config
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("experiment: x\nsampling:\n  num_samples: 10\n   shard_size: 5\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(bad))}:4:\d+: not valid YAML: "):
+        load_config(bad)
+
+
+def test_paths_resolve_inside_results(default_config, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = copy.deepcopy(default_config)
+    validate_config(config)  # relative `results`, not yet created: fine
+    (tmp_path / "results" / "logs").mkdir(parents=True)
+    (tmp_path / "results" / "logs" / "digits").write_text("")
+    with pytest.raises(ConfigError, match=r"config key 'results' = 'results': results/logs/digits exists and is not a folder"):
+        validate_config(config)

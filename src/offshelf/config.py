@@ -1,74 +1,281 @@
 """Workflow config validation: the JSON schema (structure, types, allowed values) plus the checks
-a schema cannot express (rows that build valid settings). Errors name the key path and what is
-allowed, and are raised before any job starts."""
+a schema cannot express. Every error is one line that names the key path (or the file and line)
+and what is allowed, raised before any job starts.
+
+Order of the checks, each refusing before the next runs:
+
+1. ``backbone``: a built-in name or an importable ``module:Class`` (every other error depends
+   on which backend it is, so it comes first);
+2. non-finite numbers (``.nan``, ``.inf``) anywhere, by key path;
+3. the schema (``offshelf/schemas/config.schema.yaml``, shipped inside the package; the workflow
+   reaches the same file through ``workflow/schemas/config.schema.yaml``, a symlink);
+4. table rows that build valid settings, ``sampling.respacing`` against the backbone's schedule;
+5. the number of jobs (:func:`offshelf.plan.job_counts`, bounded by ``max_jobs``);
+6. output paths: ``<results>/<experiment>`` and ``<results>/logs/<experiment>`` provably inside
+   ``results``, and no regular file where a folder must go.
+
+``python -m offshelf.config FILE...`` runs all of it on YAML files. Snakemake's own loader reports
+a YAML syntax error in ``--configfile`` as "Config file is not valid JSON or YAML" without the
+file or the line; this command names both.
+"""
 
 from __future__ import annotations
 
+import math
+import sys
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA_RESOURCE = "schemas/config.schema.yaml"  # inside the offshelf package (package data)
 
 
 class ConfigError(ValueError):
     pass
 
 
-def _path(error) -> str:
-    return ".".join(str(p) for p in error.absolute_path) or "<top level>"
+def schema_text(schema_path: str | Path | None = None) -> str:
+    """The schema: from ``schema_path`` (the workflow passes its own copy's path) or else from the
+    installed package, which works for editable and non-editable installs alike."""
+    if schema_path is not None:
+        return Path(schema_path).read_text()
+    return resources.files("offshelf").joinpath(SCHEMA_RESOURCE).read_text()
 
 
-def _allowed_keys(schema: dict) -> list[str]:
-    return sorted(schema.get("properties", {}))
+def read_yaml(path: str | Path) -> Any:
+    """Parse a YAML file; a syntax error is one line naming ``file:line:column``."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read config file ({err.strerror or err})") from err
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        what = err.problem or err.context or "syntax error"
+        if err.context and err.problem and err.context_mark:  # e.g. where an unclosed '[' was opened
+            what += f" ({err.context} at line {err.context_mark.line + 1})"
+        raise ConfigError(f"{where}: not valid YAML: {what}") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from err
 
 
-def _explain(error, root_schema: dict) -> str:
-    where = _path(error)
-    if error.validator == "additionalProperties":
-        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
-        allowed = _allowed_keys(error.schema)
-        return f"config key '{where}': unknown key(s) {extra}; allowed keys: {', '.join(allowed)}"
+# ---------------------------------------------------------------------------------- the checks
+
+
+def _key(path) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def check_backbone(config: dict[str, Any]) -> None:
+    """``backbone`` is a built-in name (accepted without importing anything) or an import path
+    resolved by :func:`offshelf.backends.resolve`, whose one-line error is passed on."""
+    from offshelf.backends import BACKENDS, UnknownBackendError, resolve
+
+    if "backbone" not in config:
+        raise ConfigError(f"config key 'backbone' is missing: expected one of {', '.join(BACKENDS)} "
+                          f"or an import path 'package.module:Class'")
+    name = config["backbone"]
+    if isinstance(name, str) and name in BACKENDS:
+        return
+    if isinstance(name, str) and ":" not in name:  # a typo of a built-in name, not an import path
+        raise ConfigError(f"config key 'backbone' = {name!r}: expected one of {', '.join(BACKENDS)} "
+                          f"or an import path 'package.module:Class'")
+    try:
+        resolve(name)
+    except UnknownBackendError as err:
+        raise ConfigError(str(err)) from err
+
+
+def check_finite(value: Any, path: tuple = ()) -> None:
+    """Refuse NaN and ±inf anywhere in the config, naming the key path. A non-finite number is
+    never a meaningful setting: a NaN or infinite scale samples black images that still score a
+    finite FID. ReLU is ``softplus_beta: inf`` written as a string ('inf' or 'relu')."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            check_finite(v, (*path, k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            check_finite(v, (*path, i))
+    elif isinstance(value, float) and not math.isfinite(value):
+        hint = ("; for ReLU write the string 'inf' or 'relu' (quoted)"
+                if path and path[-1] == "softplus_beta" and value > 0 else "; expected a finite number")
+        raise ConfigError(f"config key '{_key(path)}' = {value}: not a finite number{hint}")
+
+
+def _properties(schema: Any, root: dict) -> set[str]:
+    """Property names a schema object allows, following ``$ref`` and ``allOf`` (what
+    ``unevaluatedProperties`` sees)."""
+    if not isinstance(schema, dict):
+        return set()
+    names = set(schema.get("properties", {}))
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/"):
+        target: Any = root
+        for part in ref[2:].split("/"):
+            target = target[part]
+        names |= _properties(target, root)
+    for sub in schema.get("allOf", []):
+        names |= _properties(sub, root)
+    return names
+
+
+def _explain(error, root_schema: dict, config: dict) -> str:
+    where = _key(error.absolute_path)
+    if error.validator in ("additionalProperties", "unevaluatedProperties"):
+        allowed = _properties(error.schema, root_schema)
+        extra = sorted(set(error.instance) - allowed)
+        return f"config key '{where}': unknown key(s) {extra}; allowed keys: {', '.join(sorted(allowed))}"
+    if error.schema is False:  # a section that a backbone-specific rule forbids
+        # jsonschema (4.26) leaves the key out of a false schema's path: it is the key present in
+        # the config object there whose entry under the schema's `properties` is `false`
+        path, node, container = list(error.absolute_path), root_schema, config
+        for part in error.schema_path:
+            node = node[part]
+        for part in path:
+            container = container[part]
+        if isinstance(node, dict) and isinstance(container, dict):
+            keys = [k for k, v in node.items() if v is False and k in container]
+            if keys:
+                where = _key([*path, keys[0]])
+        return (f"config key '{where}' is not allowed with backbone {config.get('backbone')!r} "
+                f"(it belongs to another backbone; see workflow/schemas/config.schema.yaml)")
     if error.validator == "enum":
         return f"config key '{where}' = {error.instance!r}; allowed values: {', '.join(map(str, error.validator_value))}"
     if error.validator == "required":
         return f"config key '{where}': {error.message}"
     if error.validator in ("oneOf", "anyOf"):
-        return f"config key '{where}' = {error.instance!r} is invalid: expected a positive number or 'inf'"
+        return (f"config key '{where}' = {error.instance!r} is invalid: expected a positive number up to 1e6 "
+                f"or 'inf'")
+    if error.validator == "minLength" and error.instance == "":
+        return f"config key '{where}' = '': must not be empty"
+    if error.validator == "pattern" and where == "experiment":
+        return (f"config key 'experiment' = {error.instance!r}: expected a plain folder name (letters, digits, "
+                f"'_', '.', '-'; no '/', not starting with '.' or '-')")
     return f"config key '{where}' = {error.instance!r}: {error.message}"
 
 
-def validate_config(config: dict[str, Any], schema_path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
-    """Validate ``config`` against the schema, then build every table row's settings."""
+def check_respacing(config: dict[str, Any]) -> None:
+    """``sampling.respacing`` must keep at least one step in every section and no more steps than
+    the schedule has (otherwise the sampler fails at job time with an IndexError)."""
+    respacing = config.get("sampling", {}).get("respacing")
+    from offshelf.backends import resolve
+
+    steps = None if respacing is None else resolve(config["backbone"]).num_train_timesteps
+    if steps is None:
+        return
+    from offshelf.diffusion import space_timesteps
+
+    sections = [] if respacing.startswith("ddim") else [int(c) for c in respacing.split(",")]
+    if (respacing.startswith("ddim") and int(respacing[4:]) < 1) or any(c < 1 for c in sections):
+        raise ConfigError(f"config key 'sampling.respacing' = {respacing!r}: every section needs at least 1 step")
+    try:
+        space_timesteps(steps, respacing)
+    except ValueError as err:
+        raise ConfigError(f"config key 'sampling.respacing' = {respacing!r}: not possible with the "
+                          f"{steps}-step schedule of backbone {config['backbone']!r} ({err})") from err
+
+
+def check_paths(config: dict[str, Any]) -> None:
+    """Every output goes under ``<results>/<experiment>`` or ``<results>/logs/<experiment>``:
+    prove both resolve inside ``results`` (a symlinked experiment folder pointing elsewhere is
+    refused too: point ``results`` itself at the other disk), that ``results`` is not the
+    filesystem root, and that none of these is an existing non-folder (Snakemake would fail
+    mid-run with a traceback)."""
+    results = Path(config["results"])
+    root = results.resolve()
+    if root == Path(root.anchor):
+        raise ConfigError(f"config key 'results' = {config['results']!r} is the filesystem root; "
+                          f"expected a folder for this workflow's outputs")
+    experiment = config["experiment"]
+    for folder in (results, results / experiment, results / "logs", results / "logs" / experiment):
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(f"config key 'results' = {config['results']!r}: {folder} exists and is not a folder")
+    for folder in (results / experiment, results / "logs" / experiment):
+        resolved = folder.resolve()
+        if resolved == root or not resolved.is_relative_to(root):
+            raise ConfigError(f"config key 'experiment' = {experiment!r}: {folder} resolves to {resolved}, "
+                              f"outside the results folder {root}")
+
+
+def validate_config(config: dict[str, Any], schema_path: str | Path | None = None) -> dict[str, Any]:
+    """Validate ``config`` (see the module docstring for the order of the checks)."""
     import jsonschema
 
-    schema = yaml.safe_load(Path(schema_path).read_text())
+    if not isinstance(config, dict):
+        raise ConfigError(f"config: expected a mapping of config keys at the top level, got {type(config).__name__}")
+    check_backbone(config)
+    check_finite(config)
+    schema = yaml.safe_load(schema_text(schema_path))
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(list(e.absolute_path)), str(e.absolute_path)))
     if errors:
         # the most specific error first: oneOf wrappers hide their useful context
         best = jsonschema.exceptions.best_match(errors)
-        raise ConfigError(_explain(best, schema))
+        raise ConfigError(_explain(best, schema, config))
 
-    from offshelf.plan import table_rows
+    from offshelf.plan import TooManyJobsError, job_counts, table_rows
 
     for regime in config["regimes"]:
         if regime not in config["scales"]:
             raise ConfigError(f"config key 'scales.{regime}' is missing: regime {regime!r} needs a scale grid")
     try:
+        job_counts(config)  # before the rows: a runaway shard count is refused by arithmetic alone
+    except TooManyJobsError as err:
+        raise ConfigError(str(err)) from err
+    except ValueError:
+        pass  # an invalid row: reported below, naming 'tables'
+    try:
         table_rows(config)
     except ValueError as err:
         raise ConfigError(f"config key 'tables': {err}") from err
+    check_respacing(config)
+    check_paths(config)
     return config
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    try:
-        config = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    config = read_yaml(path)
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
     return validate_config(config)
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` on top of ``base``, mappings merged key by key (as Snakemake merges
+    ``--configfile`` over the Snakefile's ``configfile:``)."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m offshelf.config FILE [FILE...]``: validate config files as the workflow would
+    (later files override earlier ones' top-level keys, like repeated ``--configfile``)."""
+    paths = sys.argv[1:] if argv is None else argv
+    if not paths:
+        print("usage: python -m offshelf.config CONFIG.yaml [MORE.yaml...]", file=sys.stderr)
+        return 2
+    try:
+        merged: dict[str, Any] = {}
+        for path in paths:
+            data = read_yaml(path)
+            if not isinstance(data, dict):
+                raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+            merged = merge(merged, data)
+        validate_config(merged)
+    except ConfigError as err:
+        print(f"offshelf: {err}", file=sys.stderr)
+        return 1
+    print(f"offshelf: {' + '.join(paths)}: valid")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,15 +1,16 @@
-"""Plumbing every workflow job shares: its log file, its share of CPU threads, its own GPU."""
+"""Plumbing every workflow job shares: its log file, its share of CPU threads, its own GPU; and
+the safe way back after a killed Snakemake (``python -m offshelf.jobs resume``)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
-
-import torch
 
 
 class job_log:
@@ -21,20 +22,29 @@ class job_log:
         self.log_path, self.threads, self.gpus = log_path, max(1, int(threads)), int(gpus or 0)
 
     def __enter__(self):
+        import torch  # here, not at import: `python -m offshelf.jobs resume` must start fast
+
         torch.set_num_threads(self.threads)
         self._stack = contextlib.ExitStack()
+        self._log = None
         if self.gpus > 0:
             claim_gpu(self._stack)
         if self.log_path:
             Path(self.log_path).parent.mkdir(parents=True, exist_ok=True)
-            handle = self._stack.enter_context(open(self.log_path, "a", buffering=1))
+            handle = self._log = self._stack.enter_context(open(self.log_path, "a", buffering=1))
             self._stack.enter_context(contextlib.redirect_stdout(handle))
             self._stack.enter_context(contextlib.redirect_stderr(handle))
             print(f"[offshelf] {time.strftime('%Y-%m-%d %H:%M:%S')} threads={self.threads} "
                   f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')} argv={sys.argv}", flush=True)
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
+        # Snakemake's error message sends the user to this log: it must say why the job failed,
+        # not just hold its header line. The traceback goes in before the file is closed.
+        failed = exc_type is not None and not (exc_type is SystemExit and exc.code in (0, None))
+        if failed and self._log is not None:
+            traceback.print_exception(exc_type, exc, tb, file=self._log)
+            self._log.flush()
         self._stack.close()
         return False
 
@@ -68,3 +78,103 @@ def claim_gpu(stack, lock_dir: str | os.PathLike | None = None, count: int | Non
         os.environ["CUDA_VISIBLE_DEVICES"] = str(index)
         return index
     return None
+
+
+# ------------------------------------------------------------------ after a killed Snakemake
+#
+# Snakemake locks the outputs it is about to write (.snakemake/locks/ in its working directory)
+# and removes the locks when it exits. Killed hard (SIGKILL, a rebooted login node), it leaves
+# them behind, and every later run stops with a LockException until `snakemake --unlock`.
+# Unlocking is only safe when no Snakemake still runs there: two runs writing the same outputs
+# corrupt each other. `resume` checks exactly that before it unlocks.
+
+
+def _snakemake_workdir(args: list[str]) -> Path:
+    """The working directory Snakemake will use: ``--directory``/``-d`` or the current one."""
+    for i, arg in enumerate(args):
+        if arg in ("-d", "--directory") and i + 1 < len(args):
+            return Path(args[i + 1]).resolve()
+        if arg.startswith("--directory="):
+            return Path(arg.split("=", 1)[1]).resolve()
+    return Path.cwd().resolve()
+
+
+def _is_snakemake(argv: list[str]) -> bool:
+    """A Snakemake command line: ``snakemake ...`` or ``python -m snakemake ...``."""
+    return any(Path(a).name == "snakemake" for a in argv[:2]) or any(
+        a == "-m" and b == "snakemake" for a, b in zip(argv, argv[1:]))
+
+
+def _ancestors() -> set[int]:
+    pids, pid = set(), os.getpid()
+    while pid > 1:
+        pids.add(pid)
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return pids
+
+
+def live_snakemake(workdir: str | os.PathLike) -> list[int]:
+    """Ids of Snakemake processes on this machine whose working directory is ``workdir``
+    (its job subprocesses included). A Snakemake whose working directory cannot be read counts
+    as running there: when in doubt, never unlock."""
+    workdir, found, mine = Path(workdir).resolve(), [], _ancestors()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in mine:
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue  # exited meanwhile
+        if not _is_snakemake(argv):
+            continue
+        try:
+            cwd = Path(os.readlink(entry / "cwd")).resolve()
+        except OSError:
+            cwd = None
+        if cwd is None or cwd == workdir:
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def stale_locks(workdir: str | os.PathLike) -> list[Path]:
+    """Snakemake's lock files in ``workdir`` (empty when none is held)."""
+    folder = Path(workdir) / ".snakemake" / "locks"
+    return sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+
+
+def resume(args: list[str]) -> int:
+    """Run ``snakemake ARGS``; if a killed run left its locks behind and no Snakemake runs in the
+    same working directory on this machine, ``snakemake --unlock ARGS`` first. Refuses (exit 1,
+    nothing changed) while another Snakemake runs there. Jobs that were running when Snakemake
+    died are redone from scratch by ``--rerun-incomplete`` (set in every profile)."""
+    workdir = _snakemake_workdir(args)
+    snakemake = [sys.executable, "-m", "snakemake"]
+    if stale_locks(workdir):
+        running = live_snakemake(workdir)
+        if running:
+            print(f"offshelf: Snakemake is still running in {workdir} (pid {', '.join(map(str, running))}); "
+                  f"its locks are live: wait for it to finish, or stop it, then resume", file=sys.stderr)
+            return 1
+        print(f"offshelf: no Snakemake runs in {workdir}: removing the locks a killed run left "
+              f"(snakemake --unlock)", file=sys.stderr, flush=True)
+        unlock = subprocess.run([*snakemake, "--unlock", *args])
+        if unlock.returncode != 0:
+            return unlock.returncode
+    return subprocess.run([*snakemake, *args]).returncode
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] != "resume":
+        print("usage: python -m offshelf.jobs resume [SNAKEMAKE ARGS...]\n"
+              "  run Snakemake; after a killed run, unlock first if no Snakemake runs in the same directory",
+              file=sys.stderr)
+        return 2
+    return resume(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -39,6 +39,7 @@ def load_adm_network(path: str, preset_or_flags: str | Mapping[str, Any], device
 
 
 class ADM128Backend(DDPMSampling, ImageNetBackend):
+    num_train_timesteps = 1000
     name = "adm128"
     denoiser_checkpoint = ADM_PRESETS["denoiser"]
     default_reference = "ref_imagenet128"

@@ -84,6 +84,8 @@ class Backend(ABC):
     analytic_figures: ClassVar[tuple[str, ...]] = ()
     #: whether its numbers are comparable with the paper's (the report adds measured − paper)
     paper_comparable: ClassVar[bool] = False
+    #: length of the discrete schedule ``sampling.respacing`` respaces (None: the family takes none)
+    num_train_timesteps: ClassVar[int | None] = None
 
     def __init__(self, options: Mapping[str, Any] | None = None):
         self.options: dict[str, Any] = dict(options or {})

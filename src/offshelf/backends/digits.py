@@ -20,6 +20,7 @@ GUIDING_ROLES = ("denoiser", "offshelf", "finetuned")
 
 
 class DigitsBackend(DDPMSampling, Backend):
+    num_train_timesteps = digits.TrainConfig.num_train_timesteps
     name = "digits"
     num_classes = digits.NUM_CLASSES
 

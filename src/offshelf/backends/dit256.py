@@ -34,6 +34,7 @@ class DiTModels:
 
 
 class DiT256Backend(ImageNetBackend):
+    num_train_timesteps = 1000
     name = "dit256"
     denoiser_checkpoint = "dit_xl2_256"
     default_reference = "ref_imagenet256"
