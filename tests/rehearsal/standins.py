@@ -300,6 +300,27 @@ def _retarget_edm(data: dict, resolution: int, label_dim: int, seed: int) -> dic
     return data
 
 
+class _EDMPickler(pickle.Pickler):
+    """pickle.Pickler plus one normalisation: a tensor's storage pickles as
+    ``torch.storage._load_from_bytes(<legacy torch.save bytes>)``, and torch's legacy writer keys
+    the storage by its memory address (``str(storage._cdata)``), which changes every run. The key
+    is an opaque string to the reader, so it is replaced by ``"0"`` (what torch's zip writer
+    uses): same format, deterministic bytes."""
+
+    def reducer_override(self, obj):
+        if not isinstance(obj, (torch.TypedStorage, torch.UntypedStorage)):
+            return NotImplemented
+        function, (payload,) = obj.__reduce__()
+        keys = {str(obj._cdata).encode()}
+        if isinstance(obj, torch.TypedStorage):
+            keys.add(str(obj._untyped_storage._cdata).encode())
+        for key in keys:
+            pickled = b"X" + len(key).to_bytes(4, "little") + key  # BINUNICODE in protocol 2
+            if payload.count(pickled) == 2:  # the persistent id and the list of storage keys
+                return function, (payload.replace(pickled, b"X" + (1).to_bytes(4, "little") + b"0"),)
+        raise RuntimeError("torch's legacy storage format changed: storage key not found")
+
+
 def build_edm(path: Path, seed: int, reference: Path | None = None) -> dict:
     """``edm-imagenet-64x64-cond-adm.pkl``: ``dict(ema=EDMPrecond(DhariwalUNet), augment_pipe=None,
     dataset_kwargs=...)`` in NVlabs' persistence format. Returns EDMPrecond's init kwargs."""
@@ -311,7 +332,9 @@ def build_edm(path: Path, seed: int, reference: Path | None = None) -> dict:
         data = _StructureUnpickler(f).load()
     data = _retarget_edm(data, EDM_RESOLUTION, NUM_CLASSES, seed)
     with _persistence_module():
-        payload = pickle.dumps(data, protocol=4)  # the reference's protocol
+        buffer = io.BytesIO()
+        _EDMPickler(buffer, protocol=4).dump(data)  # the reference's protocol
+        payload = buffer.getvalue()
     path.write_bytes(payload)
     return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in data["ema"].state["_init_kwargs"].items()}
 
@@ -607,7 +630,7 @@ def build(outdir: str | os.PathLike, seed: int = 0) -> dict:
             if name in ("resnet50_v2", "resnet101_v2"):
                 entry["hash_prefix"] = entry["sha256"][:8]
             entries.append(entry)
-    registry = {"base_url_placeholder": "{base_url}", "checkpoints": entries}
+    registry = {"checkpoints": entries}
     (out / "registry.yaml").write_text(
         "# Stand-in checkpoints (tests/rehearsal/standins.py): url is a template; format it with the\n"
         "# local server's base URL. registered: whether offshelf.checkpoints.REGISTRY has the name.\n"
