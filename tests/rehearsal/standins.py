@@ -445,6 +445,28 @@ def build_resnet(folder: Path, arch: str, seed: int) -> str:
 
 # --------------------------------------------------------------------------- Inception (TorchScript)
 
+class _Conv(nn.Module):
+    """A strided convolution without TorchScript ``Final`` constants. nn.Conv2d's constants are
+    emitted in set order, which follows Python's per-process string hashing, so a scripted
+    nn.Conv2d gives different bytes in every process."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(out_channels, in_channels, kernel, kernel))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight, self.bias, self.stride)
+
+
+class _Affine(nn.Module):
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(out_features))
+
+
 class StandInInception(nn.Module):
     """The interface of NVlabs' ``inception-2015-12-05.pt`` as clean-fid uses it: TorchScript
     ``forward(img, return_features=False, use_fp16=False, no_output_bias=False)`` taking NCHW
@@ -456,9 +478,9 @@ class StandInInception(nn.Module):
     def __init__(self):
         super().__init__()
         self.layers = nn.Sequential(
-            nn.Conv2d(3, 16, 4, stride=4), nn.ReLU(), nn.Conv2d(16, 32, 4, stride=4), nn.ReLU(),
-            nn.Conv2d(32, FEATURE_DIM, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
-        self.output = nn.Linear(FEATURE_DIM, 1008)
+            _Conv(3, 16, 4, stride=4), nn.ReLU(), _Conv(16, 32, 4, stride=4), nn.ReLU(),
+            _Conv(32, FEATURE_DIM, 1, stride=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+        self.output = _Affine(FEATURE_DIM, 1008)
 
     def forward(self, img: torch.Tensor, return_features: bool = False, use_fp16: bool = False,
                 no_output_bias: bool = False) -> torch.Tensor:
@@ -661,4 +683,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as the module ``rehearsal.standins``, as tests import it: TorchScript embeds the class's
+    # qualified name, so building from ``__main__`` would give different Inception bytes.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from rehearsal import standins as _module
+
+    sys.exit(_module.main())
