@@ -1,0 +1,1 @@
+"""Wet rehearsals (issue 12): stand-in checkpoints in the official formats and a local server."""
