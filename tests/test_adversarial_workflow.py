@@ -230,7 +230,7 @@ def test_case7_documented_recovery_after_a_killed_snakemake(tmp_path):
                             start_new_session=True)
     try:
         deadline = time.time() + 300
-        while not any("train_digits" in _cmdline(p) for p in _descendants(proc.pid)):
+        while not any("train_model" in _cmdline(p) for p in _descendants(proc.pid)):
             assert proc.poll() is None and time.time() < deadline, log.read_text()
             time.sleep(0.2)
         assert any((workdir / ".snakemake" / "locks").iterdir())

@@ -103,10 +103,11 @@ def test_backbone_is_checked_before_anything_else(default_config):
 def third_party(tmp_path, monkeypatch):
     """A backend in a module outside offshelf, importable by path."""
     (tmp_path / "my_backend_for_config_tests.py").write_text(
-        "from offshelf.backends.base import Backend\n"
-        "class Mine(Backend):\n"
+        "from toy_backend import ToyMixtureBackend\n"
+        "class Mine(ToyMixtureBackend):\n"
         "    num_train_timesteps = 100\n")
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "plugin"))
     return "my_backend_for_config_tests:Mine"
 
 

@@ -93,18 +93,22 @@ def test_adm_state_dicts_load_strictly_with_the_manifest_flags(built):
 
 
 def test_adm128_workflow_loading_path(built):
-    """imagenet.load_models, the workflow's loader, with the manifest's flags as ``adm`` overrides
-    and the hub-named ResNet-101 as the off-the-shelf classifier."""
-    from offshelf.imagenet import load_models
+    """The adm128 backend's loader with the manifest's flags as ``imagenet.adm_flags`` and the
+    hub-named ResNet-101 as the off-the-shelf classifier."""
+    from offshelf.backends.adm128 import ADM128Backend
+    from offshelf.settings import Setting
 
     manifest, files = _manifest(built), built["files"]
-    models = load_models(
-        "adm128", {"denoiser": str(files["adm_imagenet128_cond_diffusion"]),
-                   "finetuned": str(files["adm_imagenet128_classifier"]), "offshelf": str(files["resnet101_v2"])},
-        {"device": "cpu", "classifier": "resnet101"}, {"respacing": "2"},
-        adm={"denoiser": manifest["adm_imagenet128_cond_diffusion"]["flags"],
-             "finetuned": manifest["adm_imagenet128_classifier"]["flags"]})
-    assert models.image_shape == (3, 128, 128)
+    backend = ADM128Backend({"imagenet": {
+        "device": "cpu", "classifier": "resnet101",
+        "adm_flags": {"denoiser": manifest["adm_imagenet128_cond_diffusion"]["flags"],
+                      "finetuned": manifest["adm_imagenet128_classifier"]["flags"]}}})
+    models = backend.load(
+        {"denoiser": str(files["adm_imagenet128_cond_diffusion"]),
+         "finetuned": str(files["adm_imagenet128_classifier"]), "offshelf": str(files["resnet101_v2"])},
+        {"respacing": "2"}, Setting(classifier="combined"))
+    assert models.image_shape == (3, 128, 128) == backend.image_shape
+    assert models.offshelf is not None and models.finetuned is not None
 
 
 def test_edm_pickle_loads_through_the_restricted_unpickler(built):

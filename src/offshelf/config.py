@@ -234,8 +234,20 @@ def validate_config(config: dict[str, Any], schema_path: str | Path | None = Non
     except ValueError as err:
         raise ConfigError(f"config key 'tables': {err}") from err
     check_respacing(config)
+    check_labels(config)
     check_paths(config)
     return config
+
+
+def check_labels(config: dict[str, Any]) -> None:
+    """Class labels the config names must exist in the backend's label space."""
+    from offshelf.backends import resolve
+
+    num_classes = resolve(config["backbone"]).num_classes
+    label = config.get("figures", {}).get("figure4", {}).get("label")
+    if label is not None and num_classes and label >= num_classes:
+        raise ConfigError(f"config key 'figures.figure4.label' = {label}: backbone {config['backbone']!r} has "
+                          f"classes 0..{num_classes - 1}")
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
