@@ -1,0 +1,300 @@
+"""The ``offshelf`` command: the workflow's stages, usable without Snakemake.
+
+    offshelf sample     --config config/ci.yaml --setting "regime=uncond,softplus_beta=3,scale=3" --seeds 0:32 --out s.npz
+    offshelf calibrate  --config config/ci.yaml --probe offshelf-x0_sp3 --num-samples 64 --out ece.csv
+    offshelf evaluate   --config config/ci.yaml --shards s.npz --out metrics.json
+    offshelf checkpoints list | fetch NAME... | verify NAME PATH
+    offshelf check-config FILE...        # validate workflow configs (YAML errors with file:line)
+    offshelf resume [SNAKEMAKE ARGS...]  # rerun after a killed Snakemake (unlocks stale locks only)
+
+``--config`` takes the backend, its options, the sampling section and the default file locations
+(the workflow's trained models under ``results/``, the checkpoint cache) from a workflow config;
+``--backend`` / ``--option`` / ``--checkpoint`` / ``--sampling`` give or override them one by one.
+The stages are the functions the workflow's scripts call (:mod:`offshelf.stages`), so ``offshelf
+sample`` writes the same shard as the workflow's ``sample`` job for the same setting and seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROG = "offshelf"
+
+
+class ArgumentError(ValueError):
+    """A bad command-line value; the message names the argument."""
+
+    def __init__(self, argument: str, message: str):
+        super().__init__(f"{argument}: {message}")
+
+
+def _pairs(values: list[str], argument: str) -> dict[str, Any]:
+    """``KEY=VALUE`` items (values parsed as YAML scalars: 3 → int, 0.5 → float, inf stays 'inf')."""
+    out = {}
+    for item in values or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ArgumentError(argument, f"{item!r} is not KEY=VALUE")
+        out[key.strip()] = yaml.safe_load(value) if value.strip() not in ("inf", "relu") else value.strip()
+    return out
+
+
+def parse_setting(text: str):
+    """A setting from a YAML file or inline ``key=value,key=value``."""
+    from offshelf.settings import Setting
+
+    path = Path(text)
+    if path.suffix in (".yaml", ".yml", ".json"):
+        if not path.is_file():
+            raise ArgumentError("--setting", f"file {path} does not exist")
+        values = yaml.safe_load(path.read_text())
+        if not isinstance(values, dict):
+            raise ArgumentError("--setting", f"{path}: expected a mapping of setting keys")
+    else:
+        values = _pairs([p for p in text.split(",") if p.strip()], "--setting")
+    if values.get("softplus_beta") in ("inf", "relu"):
+        values["softplus_beta"] = float("inf")
+    try:
+        return Setting.from_dict(values)
+    except (TypeError, ValueError) as err:
+        raise ArgumentError("--setting", str(err)) from None
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``START:STOP`` (STOP excluded) or ``N`` (0:N)."""
+    try:
+        start, sep, stop = text.partition(":")
+        seeds = list(range(int(start), int(stop))) if sep else list(range(int(start)))
+    except ValueError:
+        raise ArgumentError("--seeds", f"{text!r} is not START:STOP or N") from None
+    if not seeds:
+        raise ArgumentError("--seeds", f"{text!r} holds no seed")
+    return seeds
+
+
+class Context:
+    """Backend, sampling section and file locations from ``--config`` and the explicit flags."""
+
+    def __init__(self, args):
+        from offshelf import backends
+        from offshelf.plan import canonical
+
+        self.config: dict[str, Any] = {}
+        if args.config:
+            from offshelf.config import load_config, merge
+
+            self.config = load_config(args.config)
+            if args.results:
+                self.config = merge(self.config, {"results": args.results})
+        name = args.backend or self.config.get("backbone")
+        if not name:
+            raise ArgumentError("--backend", "name a backend (digits, adm128, edm64, dit256, module:Class) or --config")
+        try:
+            cls = backends.resolve(name)
+        except backends.UnknownBackendError as err:
+            raise ArgumentError("--backend", str(err).replace("config key 'backbone' = ", "")) from None
+        options = cls.options_from_config(self.config) if self.config else {}
+        options.update(_pairs(args.option, "--option"))
+        self.backend = backends.create({"name": name, "options": canonical(options)})
+        self.sampling = dict(self.config.get("sampling", {}), **_pairs(getattr(args, "sampling", []), "--sampling"))
+        self.explicit = _pairs(args.checkpoint, "--checkpoint")
+        self.checkpoints = self.config.get("checkpoints", {})
+
+    def files(self, sources: dict) -> dict[str, str]:
+        """Role -> path: ``--checkpoint ROLE=PATH``, else where the workflow keeps it."""
+        from offshelf.backends.base import Trained
+        from offshelf.plan import pretrained_path
+
+        files = {}
+        for role, source in sources.items():
+            if role in self.explicit:
+                files[role] = str(self.explicit[role])
+            elif not self.config:
+                raise ArgumentError("--checkpoint", f"role {role!r} needs a file: --checkpoint {role}=PATH "
+                                                    f"(or --config to use the workflow's)")
+            elif isinstance(source, Trained):
+                files[role] = f"{self.config['results']}/{self.config['experiment']}/models/{source.role}.pt"
+            else:
+                files[role] = pretrained_path(self.config, source.name)
+            if not Path(files[role]).is_file():
+                raise ArgumentError("--checkpoint", f"{role}: {files[role]} does not exist "
+                                                    f"(run the workflow's models first, or give --checkpoint {role}=PATH)")
+        return files
+
+    def batch_size(self, args) -> int:
+        size = args.batch_size or self.sampling.get("batch_size")
+        if not size or size < 1:
+            raise ArgumentError("--batch-size", "give a positive batch size (or a config with sampling.batch_size)")
+        return int(size)
+
+
+def cmd_sample(args) -> int:
+    from offshelf import stages
+    from offshelf.images import save_grid
+
+    ctx = Context(args)
+    setting, seeds = parse_setting(args.setting), parse_seeds(args.seeds)
+    reason = ctx.backend.unsupported(setting)
+    if reason:
+        raise ArgumentError("--setting", f"backend {ctx.backend.name!r} cannot run {setting.name}: {reason}")
+    files = ctx.files(ctx.backend.files(setting))
+    models = stages.load_models(ctx.backend, files, ctx.sampling, setting, ctx.checkpoints)
+    images, labels, seconds = stages.sample_shard(ctx.backend, models, setting, seeds, ctx.batch_size(args),
+                                                  progress=True)
+    stages.save_shard(args.out, images, labels, seeds, seconds)
+    grid = Path(args.grid) if args.grid else Path(args.out).with_suffix(".png")
+    save_grid(images, grid, scale=max(1, 64 // images.shape[1]))
+    print(f"{setting.name}: {len(images)} samples (seeds {seeds[0]}..{seeds[-1]}) in {seconds:.1f} s -> "
+          f"{args.out}, {grid}")
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from offshelf import stages
+    from offshelf.atomic import save_csv
+    from offshelf.calibration import integral_calibration_error
+    from offshelf.settings import probe_setting
+
+    ctx = Context(args)
+    try:
+        probe = probe_setting(args.probe)
+    except (ValueError, IndexError):
+        raise ArgumentError("--probe", f"{args.probe!r} is not a probe name such as offshelf-x0_sp3, "
+                                       f"finetuned-xt_relu or combined-x0_relu_sw10") from None
+    files = ctx.files(ctx.backend.files(probe))
+    models = stages.load_models(ctx.backend, files, ctx.sampling, probe, ctx.checkpoints)
+    calibration = dict(ctx.config.get("calibration", {}), **({"num_samples": args.num_samples}
+                                                            if args.num_samples else {}))
+    if "num_samples" not in calibration:
+        raise ArgumentError("--num-samples", "give the number of trajectories (or a config with calibration)")
+    table = stages.calibration_profile(ctx.backend, models, probe, calibration, ctx.batch_size(args))
+    save_csv(args.out, table)
+    print(f"{args.probe}: integral calibration error {integral_calibration_error(table):.4f} -> {args.out}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from offshelf import stages
+    from offshelf.atomic import save_json
+
+    ctx = Context(args)
+    for shard in args.shards:
+        if not Path(shard).is_file():
+            raise ArgumentError("--shards", f"{shard} does not exist")
+    sources = ctx.backend.evaluation_files()
+    files = stages.verified_files(ctx.files(sources), sources, ctx.checkpoints)
+    reference = args.reference
+    if reference is None and ctx.backend.has_reference_features():
+        from offshelf.atomic import save_npz
+
+        reference = str(Path(args.out).with_suffix(".reference.npz"))
+        save_npz(reference, **stages.reference_features(ctx.backend, files, ctx.config.get("evaluation", {})))
+    result = stages.evaluate(ctx.backend, files, args.shards, reference, ctx.config.get("evaluation", {}),
+                             args.num_samples)
+    save_json(args.out, result)
+    print(json.dumps(result, indent=2, sort_keys=True, default=float))
+    return 0
+
+
+def cmd_checkpoints(args) -> int:
+    from offshelf.checkpoints import main
+
+    return main(args.rest, prog=f"{PROG} checkpoints")
+
+
+def cmd_check_config(args) -> int:
+    from offshelf.config import main
+
+    return main(args.files)
+
+
+def cmd_resume(args) -> int:
+    from offshelf.jobs import main
+
+    return main(["resume", *args.rest])
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="a workflow config: backend, its options, sampling, file locations")
+    parser.add_argument("--results", help="override the config's results folder (where trained models are)")
+    parser.add_argument("--backend", help="digits, adm128, edm64, dit256 or module:Class (default: the config's)")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a backend option (overrides the config's)")
+    parser.add_argument("--checkpoint", action="append", default=[], metavar="ROLE=PATH",
+                        help="the file of a role (denoiser, offshelf, evaluator...)")
+    parser.add_argument("--batch-size", type=int, help="default: the config's sampling.batch_size")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0],
+                                     epilog="Run `offshelf COMMAND --help` for each command's options.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sample = commands.add_parser("sample", help="sample one shard (.npz in ADM's layout, plus a PNG grid)")
+    _common(sample)
+    sample.add_argument("--setting", required=True, help="a YAML file or inline key=value,... (offshelf.settings.Setting)")
+    sample.add_argument("--seeds", required=True, help="START:STOP (stop excluded) or N (= 0:N); one seed per sample")
+    sample.add_argument("--sampling", action="append", default=[], metavar="KEY=VALUE",
+                        help="sampling keys (respacing, variance) overriding the config's")
+    sample.add_argument("--out", required=True, help="the shard .npz")
+    sample.add_argument("--grid", help="the PNG grid (default: beside the shard)")
+    sample.set_defaults(run=cmd_sample)
+
+    calibrate = commands.add_parser("calibrate", help="per-step ECE of a classifier variant along the reverse process")
+    _common(calibrate)
+    calibrate.add_argument("--probe", required=True, help="classifier variant, e.g. offshelf-x0_sp3")
+    calibrate.add_argument("--num-samples", type=int, help="trajectories (default: the config's calibration.num_samples)")
+    calibrate.add_argument("--sampling", action="append", default=[], metavar="KEY=VALUE")
+    calibrate.add_argument("--out", required=True, help="the per-step table (.csv)")
+    calibrate.set_defaults(run=cmd_calibrate)
+
+    evaluate = commands.add_parser("evaluate", help="FID / precision / recall (/ accuracy) of shards")
+    _common(evaluate)
+    evaluate.add_argument("--shards", nargs="+", required=True, help="shard .npz files, in seed order")
+    evaluate.add_argument("--reference", help="reference features .npz (default: computed beside --out)")
+    evaluate.add_argument("--num-samples", type=int, help="evaluate the first N samples")
+    evaluate.add_argument("--out", required=True, help="the metrics .json")
+    evaluate.set_defaults(run=cmd_evaluate)
+
+    for name, run, help_text in (("checkpoints", cmd_checkpoints, "list | fetch NAME... | verify NAME PATH"),
+                                 ("resume", cmd_resume, "rerun Snakemake after a kill (unlocks stale locks only)")):
+        sub = commands.add_parser(name, help=help_text, add_help=False)
+        sub.add_argument("rest", nargs=argparse.REMAINDER)
+        sub.set_defaults(run=run)
+    check = commands.add_parser("check-config", help="validate workflow config files as the workflow would")
+    check.add_argument("files", nargs="+", metavar="FILE")
+    check.set_defaults(run=cmd_check_config)
+    return parser
+
+
+PASSTHROUGH = {"checkpoints": cmd_checkpoints, "resume": cmd_resume}  # their own parsers take every argument
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in PASSTHROUGH:
+        return int(PASSTHROUGH[argv[0]](argparse.Namespace(rest=argv[1:])) or 0)
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except Exception as err:  # one line naming the argument or the file, never a traceback into torch
+        from offshelf.backends.base import UnsupportedError
+        from offshelf.checkpoints import CheckpointError
+        from offshelf.config import ConfigError
+        from offshelf.guidance import NonFiniteError
+
+        if isinstance(err, (ArgumentError, ConfigError, CheckpointError, UnsupportedError, NonFiniteError,
+                            FileNotFoundError, ValueError)):
+            print(f"{PROG} {args.command}: error: {err}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
