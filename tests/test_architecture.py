@@ -98,3 +98,17 @@ def test_sample_errors_are_one_line_naming_the_argument(args, argument, tmp_path
     assert proc.stderr.startswith("offshelf sample: error: ") and proc.stderr.count("\n") == 1, proc.stderr
     assert argument in proc.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("config", ["config.yaml", "config/imagenet128_ddpm.yaml", "config/imagenet64_edm.yaml",
+                                    "config/imagenet256_dit.yaml"])
+def test_snakemake_lint_is_clean(config, tmp_path):
+    import os
+
+    root = SRC.parent
+    env = dict(os.environ, OFFSHELF_CACHE=str(tmp_path / "cache"))  # no checkpoint present, no download
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--lint", "--configfile", config], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "Congratulations, your workflow is in a good condition!" in proc.stdout + proc.stderr
+    assert "Lints for" not in proc.stdout + proc.stderr

@@ -35,7 +35,7 @@ if FETCHED:
             filename="|".join(re.escape(f) for f in sorted(FETCHED)),
         params:
             name=lambda wc: FETCHED[wc.filename],
-            cache=CACHE,
+            cache=lambda wc, output: os.path.dirname(output[0]),
             lock=CHECKPOINTS.get("lock", "checkpoints.lock.json"),
             offline=CHECKPOINTS.get("offline", False),
             registry=CHECKPOINTS.get("registry"),
