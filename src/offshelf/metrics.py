@@ -12,7 +12,7 @@ What the paper's numbers are measured with, and what this module reproduces:
   different (not paper-comparable) numbers.
   Note: the official EluCD code computed FID with pytorch-fid 0.3.0 (PyTorch-port weights,
   bilinear resize) against those TF reference statistics, a mix that can move FID by a few
-  hundredths (see ``method/elucd_spec.md`` §9). The ADM evaluator is the consistent protocol
+  hundredths (docs/method.md §7). The ADM evaluator is the consistent protocol
   and the one behind the baselines the paper quotes.
 * The Fréchet distance is computed here (not with clean-fid's ``frechet_distance``, which
   passes ``disp=False`` to ``scipy.linalg.sqrtm``, removed in SciPy 1.18).

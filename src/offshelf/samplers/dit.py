@@ -8,7 +8,7 @@ and the variance channels come from the conditional branch.
 
 The paper gives Algorithm 3 only in prose ("guidance as the gradient of the composite
 classifier∘decoder"; "normalize the guidance and add the normalized [gradient] to the
-conditional and unconditional noise difference"); no official code exists (spec §5). What is
+conditional and unconditional noise difference"); no official code exists (docs/method.md §5). What is
 implemented, per spaced step k = T−1 … 0 with τ_k the original timestep and w = cfg_scale:
 
     out_c, out_u = model(z_k, τ_k, y), model(z_k, τ_k, ∅)          # one batched call, ∅ = null class
@@ -26,9 +26,9 @@ implemented, per spaced step k = T−1 … 0 with τ_k the original timestep and
 
 The score is −ε/σ, so moving ε by −w·s_k·ĝ moves ẑ0 by +sqrt(1/ᾱ_k − 1)·w·s_k·ĝ: uphill in
 log p̃. Σ_k is the learned per-pixel variance; Σ_max is β of the first (noisiest) sampling
-step, a batch-independent stand-in for the DDPM code's running max (spec §13.3), so every
+step, a batch-independent stand-in for the DDPM code's running max (docs/method.md §3), so every
 sample depends on its own seed only. The ``adm`` schedule with γ = 0.3 mirrors the only
-concrete hint (spec §5: g·‖Δε‖/‖g‖·(Σ_t + add(t))) and the DDPM algorithm; its scale and γ
+concrete hint (a normalised g·‖Δε‖/‖g‖·(Σ_t + add(t)), docs/method.md §5) and the DDPM algorithm; its scale and γ
 for DiT are not published in legible form [UNCONFIRMED]. Finally x = clamp(D(z_0/0.18215), −1, 1).
 """
 
