@@ -1,0 +1,124 @@
+"""Issue 11, the cases that only show at run time, through the real entry points (the `offshelf`
+command and the stage functions the workflow's jobs call):
+
+* case 1: NaN/inf in a denoiser's output, a classifier's logits or the guided mean stops sampling
+  with the setting, the step and the tensor named, and no shard is written;
+* case 4: shards that are not what the plan says (other image size, too few samples, other seeds,
+  labels outside the classes) are refused, naming the file;
+* case 6: a 3-channel shard, or shards of mixed sizes, give one line naming the file.
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from offshelf.backbones import digits
+from offshelf.backends.digits import DigitsBackend
+from offshelf.stages import load_shards, save_shard
+
+OFFSHELF = Path(sys.executable).with_name("offshelf")
+GUIDED = "regime=uncond,softplus_beta=3,marginal_temperature=0.5,sine_factor=0.3,scale=3"
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("digits")
+    paths = {}
+    for role, width in (("denoiser", 16), ("offshelf", 8), ("finetuned", 8), ("evaluator", 16)):
+        config = digits.TrainConfig(role=role, steps=5, width=width, seed=1, batch_size=16)
+        model, metrics = digits.train(config)
+        paths[role] = folder / f"{role}.pt"
+        digits.save_checkpoint(model, config, metrics, paths[role])
+    return paths
+
+
+def poisoned(models, tmp_path, role):
+    """A correctly checksummed checkpoint of ``role`` whose first weight is NaN: what a diverged
+    training run or an fp16 overflow hands to a sampler."""
+    model, config, metrics = digits.load_checkpoint(models[role], role)
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    path = tmp_path / f"{role}-nan.pt"
+    digits.save_checkpoint(model, config, metrics, path)
+    return dict(models, **{role: path})
+
+
+def sample(files, tmp_path, setting=GUIDED):
+    out = tmp_path / "shard.npz"
+    args = ["sample", "--backend", "digits", "--sampling", "respacing=5", "--setting", setting, "--seeds", "0:4",
+            "--batch-size", "4", "--out", str(out)]
+    for role in ("denoiser", "offshelf", "finetuned"):
+        args += ["--checkpoint", f"{role}={files[role]}"]
+    return subprocess.run([str(OFFSHELF), *args], capture_output=True, text=True, timeout=300), out
+
+
+@pytest.mark.parametrize("role, tensor", [("denoiser", "denoiser output"), ("offshelf", "classifier logits")])
+def test_case1_nan_in_a_network_stops_sampling_naming_setting_step_and_tensor(models, tmp_path, role, tensor):
+    proc, out = sample(poisoned(models, tmp_path, role), tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    message = proc.stderr.strip().splitlines()[-1]  # above it: only the progress bar
+    assert proc.stderr.count("error") == 1 and message.startswith("offshelf sample: error: setting ")
+    assert "uncond_offshelf-x0_sp3_tj1_tm0.5_g0.3_s3_r1" in message
+    assert "step 4" in message and tensor in message and "non-finite" in message
+    assert not out.exists() and not out.with_suffix(".png").exists()
+
+
+def test_case1_an_overflowing_scale_stops_at_the_guided_mean(models, tmp_path):
+    proc, out = sample(models, tmp_path, GUIDED.replace("scale=3", "scale=1e300"))
+    assert proc.returncode == 2 and "guided mean" in proc.stderr and "step 4" in proc.stderr, proc.stderr
+    assert not out.exists()
+
+
+def test_case1_a_healthy_run_still_writes(models, tmp_path):
+    proc, out = sample(models, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    with np.load(out) as shard:
+        assert shard["arr_0"].shape == (4, 8, 8, 1) and shard["seeds"].tolist() == [0, 1, 2, 3]
+
+
+def write(path, images, labels, seeds):
+    save_shard(path, np.asarray(images, dtype=np.uint8), np.asarray(labels), seeds, 1.0)
+    return str(path)
+
+
+def digits_shard(path, n=32, first=0, labels=None, size=8, channels=1):
+    images = np.zeros((n, size, size, channels))
+    return write(path, images, np.arange(n) % 10 if labels is None else labels, range(first, first + n))
+
+
+@pytest.mark.parametrize("make, expected, message", [
+    (lambda p: digits_shard(p, size=16), [[0, 32]], "images are 16x16 with 1 channel(s)"),
+    (lambda p: digits_shard(p, channels=3), [[0, 32]], "images are 8x8 with 3 channel(s)"),
+    (lambda p: digits_shard(p, n=5), [[0, 32]], "holds 5 samples with seeds 0..4; the plan puts 32 samples"),
+    (lambda p: digits_shard(p, first=32), [[0, 32]], "seeds 32..63; the plan puts 32 samples with seeds 0..31"),
+    (lambda p: digits_shard(p, labels=np.full(32, 99)), [[0, 32]], "labels span 99..99"),
+    (lambda p: digits_shard(p, labels=np.full(32, -1)), [[0, 32]], "labels span -1..-1"),
+])
+def test_case4_foreign_shards_are_refused_naming_the_file(tmp_path, make, expected, message):
+    path = make(tmp_path / "shard0.npz")
+    with pytest.raises(ValueError) as err:
+        load_shards(DigitsBackend(), [path], expected)
+    assert str(err.value).startswith(path) and message in str(err.value), str(err.value)
+
+
+def test_case6_mixed_sizes_name_the_odd_file(tmp_path):
+    good = digits_shard(tmp_path / "shard0.npz")
+    odd = write(tmp_path / "shard1.npz", np.zeros((32, 16, 16, 1)), np.zeros(32, int), range(32, 64))
+    with pytest.raises(ValueError, match=f"^{odd}: images are 16x16"):
+        load_shards(DigitsBackend(), [good, odd], [[0, 32], [32, 32]])
+    images, labels, _ = load_shards(DigitsBackend(), [good], [[0, 32]])  # the plan's own shard passes
+    assert images.shape == (32, 8, 8, 1) and labels.tolist() == [i % 10 for i in range(32)]
+
+
+def test_case6_offshelf_evaluate_names_a_foreign_shard(models, tmp_path):
+    odd = digits_shard(tmp_path / "odd.npz", channels=3)
+    proc = subprocess.run([str(OFFSHELF), "evaluate", "--backend", "digits", "--checkpoint",
+                           f"evaluator={models['evaluator']}", "--shards", odd, "--out", str(tmp_path / "m.json")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert odd in proc.stderr and "3 channel(s)" in proc.stderr
+    assert not (tmp_path / "m.json").exists()
