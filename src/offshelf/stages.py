@@ -138,6 +138,9 @@ def evaluate(backend: Backend, files: Mapping[str, str], shard_paths: Sequence[s
                                reference_features=reference.features, classifier_fn=extractor.logits,
                                batch_size=extractor.batch_size, nhood_size=evaluation.get("nhood_size", 3),
                                device=extractor.device)
+    if not np.isfinite(result["fid"]):
+        raise NonFiniteError(f"shards {shard_paths[0]} ..: FID is {result['fid']} (non-finite features from "
+                             f"{extractor.name or 'the feature extractor'}); no metrics file is written")
     result["seconds"] = seconds
     result["judge"] = extractor.name
     result.update(backend.provenance(files))

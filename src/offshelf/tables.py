@@ -18,9 +18,14 @@ METRICS = ("fid", "precision", "recall", "accuracy", "seconds")
 
 
 def best_candidate(row: Row, metrics: dict[str, dict[str, Any]]) -> tuple[Any, dict[str, Any] | None]:
-    """The swept candidate with the lowest FID among those evaluated, and its metrics."""
+    """The swept candidate with the lowest FID among those evaluated, and its metrics. A candidate
+    whose FID is not a finite number is an error, never skipped: skipping would let the grid's
+    other scales hide a broken run."""
     done = [(s, metrics[s.name]) for s in row.candidates if s.name in metrics]
-    done = [(s, m) for s, m in done if m.get("fid") is not None and math.isfinite(m["fid"])]
+    for s, m in done:
+        if not isinstance(m.get("fid"), (int, float)) or not math.isfinite(m["fid"]):
+            raise ValueError(f"table {row.table!r}, row {row.label!r}: setting {s.name} has FID {m.get('fid')!r}; "
+                             f"a broken run cannot take part in the best-of-grid choice (rerun it)")
     if not done:
         return None, None
     return min(done, key=lambda sm: sm[1]["fid"])
