@@ -9,10 +9,9 @@ from typing import Callable
 import numpy as np
 import torch
 
+from offshelf.backends.base import guidance_for
 from offshelf.calibration import CalibrationRecorder
-from offshelf.classifiers.softplus import softplus_surgery
 from offshelf.diffusion import GaussianDiffusion
-from offshelf.guidance import ClassifierGuidance, SwitchedGuidance
 from offshelf.samplers.ddpm import DDPMGuidanceConfig, ddpm_sample
 from offshelf.seeding import StackedRandomGenerator, draw_labels
 from offshelf.settings import Setting
@@ -34,29 +33,8 @@ class DDPMModels:
 
 
 def build_guidance(setting: Setting, models: DDPMModels):
-    """The guidance a setting describes (None when unguided or CFG).
-
-    The off-the-shelf classifier gets Softplus(β) surgery and the calibrated temperatures; the
-    fine-tuned classifier is used as ADM's baseline did (x_t and t, plain log-softmax)."""
-    if setting.method != "guided":
-        return None
-
-    def offshelf() -> ClassifierGuidance:
-        if models.offshelf is None:
-            raise ValueError(f"setting {setting.name}: no off-the-shelf classifier was loaded")
-        return ClassifierGuidance(softplus_surgery(models.offshelf, setting.softplus_beta),
-                                  setting.joint_temperature, setting.marginal_temperature, setting.input)
-
-    def finetuned() -> ClassifierGuidance:
-        if models.finetuned is None:
-            raise ValueError(f"setting {setting.name}: this backbone has no fine-tuned (noise-aware) classifier")
-        return ClassifierGuidance(models.finetuned, 1.0, 1.0, "xt", time_conditioned=True)
-
-    if setting.classifier == "offshelf":
-        return offshelf()
-    if setting.classifier == "finetuned":
-        return finetuned()
-    return SwitchedGuidance(offshelf(), finetuned(), setting.switch_step)
+    """The guidance ``setting`` describes with the models' classifiers (:func:`guidance_for`)."""
+    return guidance_for(setting, models.offshelf, models.finetuned)
 
 
 def sample_batch(setting: Setting, models: DDPMModels, seeds: list[int], callback=None, progress: bool = False,

@@ -9,10 +9,9 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from offshelf.backends.base import guidance_for
 from offshelf.backends.imagenet import ImageNetBackend
-from offshelf.classifiers.softplus import softplus_surgery
 from offshelf.diffusion import GaussianDiffusion
-from offshelf.guidance import ClassifierGuidance
 from offshelf.images import to_uint8_nhwc
 from offshelf.samplers.dit import dit_diffusion, dit_sample
 from offshelf.seeding import StackedRandomGenerator, draw_labels
@@ -21,7 +20,7 @@ from offshelf.settings import Setting
 
 @dataclass
 class DiTModels:
-    model: torch.nn.Module
+    denoiser: torch.nn.Module  # DiTDenoiser: latent ε and variance
     vae: torch.nn.Module
     diffusion: GaussianDiffusion
     offshelf: torch.nn.Module | None
@@ -30,7 +29,7 @@ class DiTModels:
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
-        return (self.model.in_channels, self.model.latent_size, self.model.latent_size)
+        return (self.denoiser.in_channels, self.denoiser.latent_size, self.denoiser.latent_size)
 
 
 class DiT256Backend(ImageNetBackend):
@@ -60,14 +59,11 @@ class DiT256Backend(ImageNetBackend):
     def sample(self, models: DiTModels, setting: Setting, seeds: list[int], progress: bool = False):
         """Algorithm 3 for one batch: CFG scale ``setting.cfg_scale`` (method ``cfg``: the DiT
         baseline; ``guided``: plus off-the-shelf guidance through the VAE decoder)."""
-        labels = draw_labels(seeds, models.model.num_classes).to(models.device)
+        labels = draw_labels(seeds, models.denoiser.num_classes).to(models.device)
         rng = StackedRandomGenerator(seeds, models.device)
-        guidance = None
-        if setting.method == "guided":
-            guidance = ClassifierGuidance(softplus_surgery(models.offshelf, setting.softplus_beta),
-                                          setting.joint_temperature, setting.marginal_temperature, "x0")
+        guidance = guidance_for(setting, models.offshelf)  # input x̂0 (unsupported() refuses x_t)
         cfg_scale = 1.0 if setting.method == "unguided" else setting.cfg_scale
-        x = dit_sample(models.model, models.vae, models.diffusion, rng, models.latent_shape, labels,
+        x = dit_sample(models.denoiser, models.vae, models.diffusion, rng, models.latent_shape, labels,
                        cfg_scale=cfg_scale, guidance=guidance, scale=setting.scale, sine_factor=setting.sine_factor,
                        schedule=models.schedule, progress=progress)
         return x, labels

@@ -9,9 +9,8 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from offshelf.backends.base import guidance_for
 from offshelf.backends.imagenet import ImageNetBackend
-from offshelf.classifiers.softplus import softplus_surgery
-from offshelf.guidance import ClassifierGuidance
 from offshelf.images import to_uint8_nhwc
 from offshelf.samplers.edm import edm_sample
 from offshelf.seeding import StackedRandomGenerator, draw_labels
@@ -20,7 +19,7 @@ from offshelf.settings import Setting
 
 @dataclass
 class EDMModels:
-    net: torch.nn.Module
+    denoiser: torch.nn.Module  # D(x; σ, y), EDMPrecond
     offshelf: torch.nn.Module | None
     device: torch.device
 
@@ -49,15 +48,12 @@ class EDM64Backend(ImageNetBackend):
 
     def sample(self, models: EDMModels, setting: Setting, seeds: list[int], progress: bool = False):
         """Algorithm 2 for one batch: labels drawn per seed, latents from per-seed generators."""
-        net = models.net
+        net = models.denoiser
         labels = draw_labels(seeds, net.label_dim).to(models.device)
         rng = StackedRandomGenerator(seeds, models.device)
         latents = rng.randn((net.img_channels, net.img_resolution, net.img_resolution))
         one_hot = torch.nn.functional.one_hot(labels, net.label_dim).float()
-        guidance = None
-        if setting.method == "guided":
-            guidance = ClassifierGuidance(softplus_surgery(models.offshelf, setting.softplus_beta),
-                                          setting.joint_temperature, setting.marginal_temperature, "xt")
+        guidance = guidance_for(setting, models.offshelf)  # input x_t (unsupported() refuses x0)
         x = edm_sample(net, latents, one_hot, num_steps=setting.num_steps or 18, guidance=guidance,
                        scale=setting.scale if guidance is not None else 0.0, sine_factor=setting.sine_factor,
                        rng=rng, progress=progress)
