@@ -28,3 +28,16 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def train_tiny_digits(folder: Path, steps: int, batch_size: int) -> dict[str, str]:
+    """The benchmark's four networks at toy sizes (seconds on one core), saved as the workflow would."""
+    from offshelf.backbones import digits
+
+    paths = {}
+    for role, width in (("denoiser", 16), ("offshelf", 8), ("finetuned", 8), ("evaluator", 16)):
+        config = digits.TrainConfig(role=role, steps=steps, width=width, seed=1, batch_size=batch_size)
+        model, metrics = digits.train(config)
+        paths[role] = str(folder / f"{role}.pt")
+        digits.save_checkpoint(model, config, metrics, paths[role])
+    return paths

@@ -19,6 +19,7 @@ import torch
 from offshelf.backbones import digits
 from offshelf.backends.digits import DigitsBackend
 from offshelf.stages import load_shards, save_shard
+from conftest import train_tiny_digits
 
 OFFSHELF = Path(sys.executable).with_name("offshelf")
 GUIDED = "regime=uncond,softplus_beta=3,marginal_temperature=0.5,sine_factor=0.3,scale=3"
@@ -26,14 +27,7 @@ GUIDED = "regime=uncond,softplus_beta=3,marginal_temperature=0.5,sine_factor=0.3
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("digits")
-    paths = {}
-    for role, width in (("denoiser", 16), ("offshelf", 8), ("finetuned", 8), ("evaluator", 16)):
-        config = digits.TrainConfig(role=role, steps=5, width=width, seed=1, batch_size=16)
-        model, metrics = digits.train(config)
-        paths[role] = folder / f"{role}.pt"
-        digits.save_checkpoint(model, config, metrics, paths[role])
-    return paths
+    return train_tiny_digits(tmp_path_factory.mktemp("digits"), steps=5, batch_size=16)
 
 
 def poisoned(models, tmp_path, role):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workflow_utils import REPO, SNAKEMAKE, snakemake
+from workflow_utils import REPO, SNAKEMAKE, cmdline, descendants, snakemake
 
 CI = REPO / "config" / "ci.yaml"
 
@@ -189,30 +189,6 @@ def test_case6_failed_job_log_holds_the_traceback(tmp_path):
 # ------------------------------------------------------------------ case 7: recovery after a kill
 
 
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:  # exited meanwhile
-        return ""
-
-
-def _descendants(root: int) -> list[int]:
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                parents[int(entry)] = int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    found, frontier = [], [root]
-    while frontier:
-        parent = frontier.pop()
-        children = [pid for pid, ppid in parents.items() if ppid == parent]
-        found += children
-        frontier += children
-    return found
-
-
 def test_case7_documented_recovery_after_a_killed_snakemake(tmp_path):
     """SIGKILL a real run mid-job: a plain rerun stops with Snakemake's LockException; the command
     docs/scaling.md gives (`python -m offshelf.jobs resume <same args>`) refuses while Snakemake
@@ -230,7 +206,7 @@ def test_case7_documented_recovery_after_a_killed_snakemake(tmp_path):
                             start_new_session=True)
     try:
         deadline = time.time() + 300
-        while not any("train_model" in _cmdline(p) for p in _descendants(proc.pid)):
+        while not any("train_model" in cmdline(p) for p in descendants(proc.pid)):
             assert proc.poll() is None and time.time() < deadline, log.read_text()
             time.sleep(0.2)
         assert any((workdir / ".snakemake" / "locks").iterdir())

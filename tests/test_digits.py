@@ -11,18 +11,12 @@ from offshelf.classifiers.softplus import count_relus, softplus_surgery
 from offshelf.guidance import ClassifierGuidance, SwitchedGuidance
 from offshelf.images import from_uint8_nhwc
 from offshelf.settings import Setting
+from conftest import train_tiny_digits
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("digits")
-    paths = {}
-    for role, width in (("denoiser", 16), ("offshelf", 8), ("finetuned", 8), ("evaluator", 16)):
-        config = digits.TrainConfig(role=role, steps=20, width=width, seed=1, batch_size=32)
-        model, metrics = digits.train(config)
-        paths[role] = str(folder / f"{role}.pt")
-        digits.save_checkpoint(model, config, metrics, paths[role])
-    return paths
+    return train_tiny_digits(tmp_path_factory.mktemp("digits"), steps=20, batch_size=32)
 
 
 def test_split_is_fixed_stratified_and_in_range():

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from workflow_utils import REPO, SNAKEMAKE, dry_run_jobs, snakemake
+from workflow_utils import REPO, SNAKEMAKE, cmdline, descendants, dry_run_jobs, snakemake
 
 pytestmark = pytest.mark.slow
 CI = REPO / "config" / "ci.yaml"
@@ -78,31 +78,6 @@ def test_editing_one_parameter_reruns_exactly_its_jobs(ci_run, tmp_path):
     assert jobs["sample"] > 0 and jobs["calibrate"] > 0
 
 
-def _cmdline(pid: int) -> str:
-    try:
-        return open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
-def _descendants(root: int) -> list[int]:
-    parents = {}
-    for stat in os.listdir("/proc"):
-        if stat.isdigit():
-            try:
-                fields = open(f"/proc/{stat}/stat").read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            parents[int(stat)] = int(fields[1])
-    found, frontier = [], [root]
-    while frontier:
-        parent = frontier.pop()
-        children = [pid for pid, ppid in parents.items() if ppid == parent]
-        found += children
-        frontier += children
-    return found
-
-
 def test_killed_sampling_job_loses_only_its_shard(ci_run, tmp_path):
     """Kill the job writing shard 1 mid-way: shard 0 survives untouched, nothing partial is left,
     and the rerun redoes only shard 1, bitwise identical to an uninterrupted run."""
@@ -124,7 +99,7 @@ def test_killed_sampling_job_loses_only_its_shard(ci_run, tmp_path):
         deadline = time.time() + 600
 
         def sampling_jobs():
-            return [pid for pid in _descendants(proc.pid) if "sample.py" in _cmdline(pid)]
+            return [pid for pid in descendants(proc.pid) if "sample.py" in cmdline(pid)]
 
         started = None  # shard 0's job: how long a shard takes, start to file
         while not (folder / "shard0.npz").exists() and proc.poll() is None and time.time() < deadline:

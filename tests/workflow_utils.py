@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -36,3 +37,29 @@ def dry_run_outputs(*args: str, cwd: Path = REPO) -> list[str]:
     """The output files a dry run would produce."""
     out = snakemake("-n", "--printshellcmds", *args, cwd=cwd).stdout
     return re.findall(r"^\s+output: (.+)$", out, flags=re.M)
+
+
+def cmdline(pid: int) -> str:
+    """A process's command line, or "" once it has exited."""
+    try:
+        return open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def descendants(root: int) -> list[int]:
+    """Every process below ``root`` (children, grandchildren...), read from /proc."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                parents[int(entry)] = int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):  # exited meanwhile
+                continue
+    found, frontier = [], [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent]
+        found += children
+        frontier += children
+    return found
