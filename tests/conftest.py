@@ -14,7 +14,7 @@ REFERENCE_DIR = Path(os.environ.get("OFFSHELF_REFERENCE_DIR")
 
 @pytest.fixture
 def reference_dir() -> Path:
-    """The golden fixtures produced by the original implementations (/work/shared/reference)."""
+    """The golden fixtures produced by the original implementations (../shared/reference)."""
     if not REFERENCE_DIR.is_dir():
         pytest.skip(f"golden fixtures folder {REFERENCE_DIR} is absent (set OFFSHELF_REFERENCE_DIR)")
     return REFERENCE_DIR
