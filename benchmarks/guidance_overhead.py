@@ -1,7 +1,7 @@
 """What does off-the-shelf guidance cost per DDPM step?
 
 At one batch and on one set of inputs, timed with the sampler's own step function
-(``offshelf.samplers.ddpm._guided_step``), so nothing is re-implemented here:
+(``offshelf.samplers.ddpm.ddpm_step``), so nothing is re-implemented here:
 
     (a) unguided step   = denoiser forward + posterior + noise          (guidance=None)
     (b) guided step     = (a) + ∇_x̂0 log p̃(y | x̂0) + Eq. 5 weighting    (softplus-β3 classifier,
@@ -11,7 +11,7 @@ At one batch and on one set of inputs, timed with the sampler's own step functio
     efficiency = (b − a) / c      (1.0: guidance costs exactly one classifier forward+backward)
 
 and the cost of one full step with Universal-Guidance recurrence r = 1, 2, 3: the sampler's
-inner loop for one step index, i.e. r × ``_guided_step`` with a ``diffusion.renoise`` between
+inner loop for one step index, i.e. r × ``ddpm_step`` with a ``diffusion.renoise`` between
 passes (exactly the body of ``ddpm_sample``'s ``for r in range(recurrent_steps)``).
 
 Timings are interleaved (one of each case per round, in a shuffled order) so a busy machine slows
@@ -41,7 +41,7 @@ import torch
 from offshelf.classifiers.softplus import softplus_surgery
 from offshelf.diffusion import GaussianDiffusion
 from offshelf.guidance import ClassifierGuidance
-from offshelf.samplers.ddpm import DDPMGuidanceConfig, _guided_step, _model_output
+from offshelf.samplers.ddpm import DDPMGuidanceConfig, _model_output, ddpm_step
 from offshelf.seeding import StackedRandomGenerator
 
 SOFTPLUS_BETA = 3.0
@@ -93,8 +93,10 @@ def measure(arch: str, batch: int, repeats: int, warmup: int, device: str, recur
         x0 = diffusion.p_mean_variance(_model_output(model, diffusion, x, k, y, None, None), x, k).pred_xstart
 
     def step(x_in, with_guidance):
-        return _guided_step(model, diffusion, x_in, k, y, y, guidance if with_guidance else None,
-                            GUIDANCE_CONFIG, 0.0, rng, None, None, True)
+        x_prev, info, _ = ddpm_step(model, diffusion, x_in, k, rng, y=y, target=y,
+                                    guidance=guidance if with_guidance else None, config=GUIDANCE_CONFIG,
+                                    sigma_max=0.0)
+        return x_prev, info
 
     def recurrent_step(passes):
         # ddpm_sample's inner loop for one step index k > 0
@@ -160,7 +162,7 @@ def measure(arch: str, batch: int, repeats: int, warmup: int, device: str, recur
         step_index=k, num_steps=diffusion.num_steps, variance_type=diffusion.variance_type,
         softplus_beta=SOFTPLUS_BETA, joint_temperature=JOINT_TEMPERATURE, marginal_temperature=MARGINAL_TEMPERATURE,
         scale=GUIDANCE_CONFIG.scale, sine_factor=GUIDANCE_CONFIG.sine_factor,
-        recurrent_method="r x _guided_step with diffusion.renoise between passes (ddpm_sample's inner loop); "
+        recurrent_method="r x ddpm_step with diffusion.renoise between passes (ddpm_sample's inner loop); "
                          "r=1 is the guided step itself",
         median_s=median, median_cpu_s=median_cpu, wall_s=wall, cpu_s=cpu,
         efficiency=_efficiency(median), efficiency_cpu=_efficiency(median_cpu),
