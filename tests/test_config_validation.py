@@ -114,6 +114,7 @@ def third_party(tmp_path, monkeypatch):
 def test_third_party_backend_takes_backend_options_and_no_builtin_sections(default_config, third_party):
     config = {k: v for k, v in copy.deepcopy(default_config).items() if k != "digits"}
     config.update(backbone=third_party, backend_options={"anything": [1, 2]})
+    config["figures"]["figure4"]["label"] = 2  # the toy backend has classes 0..2
     validate_config(config)
     with pytest.raises(ConfigError, match=r"^config key 'digits' is not allowed with backbone 'my_backend"):
         validate_config(dict(config, digits=default_config["digits"]))
