@@ -17,9 +17,12 @@ from workflow_utils import REPO, dry_run_jobs
 
 # Jobs per config: fetches (networks + reference batch + Inception), 50k samples in 1k shards
 # (ablations read the first 10), one evaluation per (setting, sample count).
+# imagenet128_ddpm: Table 5 at gamma = 0.3 shares its tau2=0.5 row with Table 6's gamma=0.3 row instead
+# of Table 6's gamma=0 row, and its tau2=1.0 row no longer equals Table 4's beta=3 row: one more
+# 10k-sample setting (10 shards, 1 evaluation) than at gamma = 0 (370 -> 380, 22 -> 23).
 EXPECTED_JOBS = {
     "imagenet128_ddpm": {"fetch_checkpoint": 6, "figure_analytic": 1, "calibrate": 8, "reference_features": 1,
-                         "sample": 370, "evaluate": 22, "figure_calibration": 2, "report": 1, "all": 1},
+                         "sample": 380, "evaluate": 23, "figure_calibration": 2, "report": 1, "all": 1},
     "imagenet64_edm": {"fetch_checkpoint": 4, "sample": 300, "evaluate": 6, "report": 1, "all": 1},
     "imagenet256_dit": {"fetch_checkpoint": 4, "reference_features": 1, "sample": 100, "evaluate": 2, "report": 1,
                         "all": 1},
