@@ -32,9 +32,14 @@ def _intro(plan_config: dict, experiment: str, comparable: bool) -> list[str]:
         text.append("Paper columns are the paper's ImageNet numbers, for direction only: FIDs here are in "
                     "the judging network's feature space and not comparable in magnitude.")
     else:
-        text.append("FID against the published reference statistics with the TF Inception (clean-fid "
-                    "`legacy_tensorflow`); precision/recall against the reference batch's images where it has "
-                    "any; `diff_*` = measured − paper.")
+        protocol = plan_config.get("imagenet", {}).get("fid_protocol", "adm_tf")
+        extractor = {"adm_tf": "the TF Inception (clean-fid `legacy_tensorflow`, ADM's evaluator's protocol)",
+                     "pytorch_fid": "pytorch-fid's FID Inception (the protocol of EluCD's own numbers)"}.get(
+                         protocol, f"protocol `{protocol}`")
+        text.append(f"FID (protocol `{protocol}`) against the published reference statistics with {extractor}; "
+                    "each table names the sha256 of the extractor and reference files its metrics used; "
+                    "precision/recall against the reference batch's images where it has any; `diff_*` = "
+                    "measured − paper.")
     return [f"# offshelf report: {experiment}", "", " ".join(text), ""]
 
 
