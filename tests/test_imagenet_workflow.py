@@ -24,7 +24,10 @@ EXPECTED_JOBS = {
     "imagenet128_ddpm": {"fetch_checkpoint": 6, "figure_analytic": 1, "calibrate": 8, "reference_features": 1,
                          "sample": 380, "evaluate": 23, "figure_calibration": 2, "report": 1, "all": 1},
     "imagenet64_edm": {"fetch_checkpoint": 4, "sample": 300, "evaluate": 6, "report": 1, "all": 1},
-    "imagenet256_dit": {"fetch_checkpoint": 4, "reference_features": 1, "sample": 100, "evaluate": 2, "report": 1,
+    # imagenet256_dit: Table 9's two 50k rows (100 shards) plus table9_sweep's scale x gamma grid, 4 x 5
+    # settings of 10 shards each, one of which, (1.0, 0.3), is Table 9's guided row: 100 + 19 x 10 = 290
+    # sample jobs; 2 + 20 evaluations
+    "imagenet256_dit": {"fetch_checkpoint": 4, "reference_features": 1, "sample": 290, "evaluate": 22, "report": 1,
                         "all": 1},
 }
 
@@ -63,6 +66,26 @@ def test_edm_rows_carry_steps_and_scales():
     assert {n: s.scale for n, s in guided.items()} == {10: 0.004, 18: 0.004, 36: 0.0018}
     assert all((s.softplus_beta, s.marginal_temperature, s.sine_factor, s.input) == (5.0, 0.0, 0.3, "xt")
                for s in guided.values())
+
+
+def test_dit_sweeps_scale_and_gamma_on_10k_samples():
+    """Appendix C.1's Algorithm 3 values are not legible: the DiT config sweeps scale x gamma on the
+    paper's ablation size, and the report's table says the sweep picks them."""
+    from offshelf.report import table_heading
+
+    config = load_config(REPO / "config" / "imagenet256_dit.yaml")
+    sweep = [r for r in table_rows(config) if r.table == "table9_sweep"]
+    grid = {(s.scale, s.sine_factor) for r in sweep for s in r.candidates}
+    scales, gammas = {s for s, _ in grid}, {g for _, g in grid}
+    assert len(scales) >= 3 and len(gammas) >= 3 and grid == {(s, g) for s in scales for g in gammas}
+    assert {r.num_samples for r in sweep} == {10_000} and all(r.sweep_key == "scale" for r in sweep)
+    assert all(s.method == "guided" and s.input == "x0" for r in sweep for s in r.candidates)
+    title = config["tables"]["table9_sweep"]["title"]
+    assert "not legible" in title and "picks" in title
+    assert table_heading("table9_sweep") == "Table 9 (sweep)" and table_heading("table9") == "Table 9"
+    # Table 9's guided row is one point of the grid, evaluated on all 50k samples
+    (guided,) = [r for r in table_rows(config) if r.table == "table9" and r.label == "DiT ResNet101 guided"]
+    assert (guided.candidates[0].scale, guided.candidates[0].sine_factor) in grid and guided.num_samples == 50_000
 
 
 def test_new_setting_fields_leave_existing_names_alone():

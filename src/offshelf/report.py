@@ -76,7 +76,7 @@ def write_report(plan_config: dict, metric_files: list[str], calibration_files: 
         frames[table] = frame
         save_csv(out.parent / f"{table}.csv", frame)
         n = mine[0].num_samples
-        title = f"{table.replace('table', 'Table ')}: {spec['title']}" + (f" ({n} samples)" if n else "")
+        title = f"{table_heading(table)}: {spec['title']}" + (f" ({n} samples)" if n else "")
         text = markdown(frame, list(spec.get("columns", ["fid"])), title)
         save_text(out.parent / f"{table}.md", text)
         sections += [text, f"CSV: [{table}.csv]({table}.csv)", ""]
@@ -85,6 +85,12 @@ def write_report(plan_config: dict, metric_files: list[str], calibration_files: 
         sections += [f"![{Path(f).stem}]({os.path.relpath(f, out.parent)})\n" for f in figure_files]
     save_text(out, "\n".join(sections))
     return frames
+
+
+def table_heading(table: str) -> str:
+    """``table9`` -> ``Table 9``; ``table9_sweep`` (a table beside Table 9) -> ``Table 9 (sweep)``."""
+    number, _, extra = table.removeprefix("table").partition("_")
+    return f"Table {number}" + (f" ({extra.replace('_', ' ')})" if extra else "")
 
 
 def _model_summary(model_files: list[str]) -> str:
