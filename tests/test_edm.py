@@ -226,3 +226,60 @@ def test_churn_noise_is_per_sample(golden, tiny_net):
     torch.testing.assert_close(alone[0], batch[1], rtol=1e-4, atol=1e-4)
     deterministic = edm_sample(tiny_net, latents, y, num_steps=4)
     assert (batch - deterministic).abs().max() > 1e-3
+
+
+# --- class labels as NVlabs' generate.py draws them -------------------------------------------------
+
+class OfficialStackedRandomGenerator:
+    """NVlabs/edm generate.py's StackedRandomGenerator, transcribed (HEAD 008a4e5, lines 182-196)."""
+
+    def __init__(self, device, seeds):
+        self.generators = [torch.Generator(device).manual_seed(int(seed) % (1 << 32)) for seed in seeds]
+
+    def randn(self, size, **kwargs):
+        assert size[0] == len(self.generators)
+        return torch.stack([torch.randn(size[1:], generator=gen, **kwargs) for gen in self.generators])
+
+    def randint(self, *args, size, **kwargs):
+        assert size[0] == len(self.generators)
+        return torch.stack([torch.randint(*args, size=size[1:], generator=gen, **kwargs) for gen in self.generators])
+
+
+def official_batch(net, batch_seeds, device=torch.device("cpu")):
+    """generate.py's "Pick latents and labels" block for one batch (lines 280-285), transcribed."""
+    batch_size = len(batch_seeds)
+    rnd = OfficialStackedRandomGenerator(device, batch_seeds)
+    latents = rnd.randn([batch_size, net.img_channels, net.img_resolution, net.img_resolution], device=device)
+    class_labels = torch.eye(net.label_dim, device=device)[rnd.randint(net.label_dim, size=[batch_size], device=device)]
+    return latents, class_labels
+
+
+@pytest.mark.parametrize("splits", [[[0, 1, 2, 3, 4, 5]], [[0], [1, 2], [3, 4, 5]], [[5, 4], [3, 2, 1, 0]]])
+def test_edm_backend_draws_labels_and_latents_as_generate_py(tiny_net, splits):
+    """The same seed gives the official label and image (labels drawn from each seed's generator
+    after its latent), whatever the batches: each draw comes from the sample's own generator."""
+    from offshelf.backends.edm64 import EDM64Backend, EDMModels
+    from offshelf.seeding import draw_labels
+    from offshelf.settings import Setting
+
+    backend = EDM64Backend({"imagenet": {"device": "cpu"}})
+    models = EDMModels(tiny_net, None, torch.device("cpu"))
+    setting = Setting(method="unguided", num_steps=3)
+    seeds = [s for batch in splits for s in batch]
+    official_latents, official_labels = official_batch(tiny_net, seeds)  # one official batch of all seeds
+    ours = [backend.sample(models, setting, batch) for batch in splits]
+    images, labels = torch.cat([x for x, _ in ours]), torch.cat([y for _, y in ours])
+    assert labels.tolist() == official_labels.argmax(1).tolist()
+    # the official image of each seed: its latent and one-hot through the same Heun sampler
+    expected = edm_sample(tiny_net, official_latents, official_labels, num_steps=3)
+    # (float32 round-off of other batch sizes: ~2e-5; another latent or class moves pixels by O(0.1))
+    torch.testing.assert_close(images, expected, rtol=0, atol=1e-4)
+    # the old draw (a separate generator per label) gives other classes for these seeds
+    assert draw_labels(seeds, tiny_net.label_dim).tolist() != labels.tolist()
+
+
+def test_official_labels_do_not_depend_on_the_batch(tiny_net):
+    """generate.py's own labels are per seed too (a property the reproduction relies on)."""
+    _, together = official_batch(tiny_net, [7, 8, 9])
+    alone = torch.cat([official_batch(tiny_net, [s])[1] for s in (7, 8, 9)])
+    assert torch.equal(together, alone)

@@ -17,11 +17,17 @@ from workflow_utils import REPO, dry_run_jobs
 
 # Jobs per config: fetches (networks + reference batch + Inception), 50k samples in 1k shards
 # (ablations read the first 10), one evaluation per (setting, sample count).
+# imagenet128_ddpm: Table 5 at gamma = 0.3 shares its tau2=0.5 row with Table 6's gamma=0.3 row instead
+# of Table 6's gamma=0 row, and its tau2=1.0 row no longer equals Table 4's beta=3 row: one more
+# 10k-sample setting (10 shards, 1 evaluation) than at gamma = 0 (370 -> 380, 22 -> 23).
 EXPECTED_JOBS = {
     "imagenet128_ddpm": {"fetch_checkpoint": 6, "figure_analytic": 1, "calibrate": 8, "reference_features": 1,
-                         "sample": 370, "evaluate": 22, "figure_calibration": 2, "report": 1, "all": 1},
+                         "sample": 380, "evaluate": 23, "figure_calibration": 2, "report": 1, "all": 1},
     "imagenet64_edm": {"fetch_checkpoint": 4, "sample": 300, "evaluate": 6, "report": 1, "all": 1},
-    "imagenet256_dit": {"fetch_checkpoint": 4, "reference_features": 1, "sample": 100, "evaluate": 2, "report": 1,
+    # imagenet256_dit: Table 9's two 50k rows (100 shards) plus table9_sweep's scale x gamma grid, 4 x 5
+    # settings of 10 shards each, one of which, (1.0, 0.3), is Table 9's guided row: 100 + 19 x 10 = 290
+    # sample jobs; 2 + 20 evaluations
+    "imagenet256_dit": {"fetch_checkpoint": 4, "reference_features": 1, "sample": 290, "evaluate": 22, "report": 1,
                         "all": 1},
 }
 
@@ -60,6 +66,26 @@ def test_edm_rows_carry_steps_and_scales():
     assert {n: s.scale for n, s in guided.items()} == {10: 0.004, 18: 0.004, 36: 0.0018}
     assert all((s.softplus_beta, s.marginal_temperature, s.sine_factor, s.input) == (5.0, 0.0, 0.3, "xt")
                for s in guided.values())
+
+
+def test_dit_sweeps_scale_and_gamma_on_10k_samples():
+    """Appendix C.1's Algorithm 3 values are not legible: the DiT config sweeps scale x gamma on the
+    paper's ablation size, and the report's table says the sweep picks them."""
+    from offshelf.report import table_heading
+
+    config = load_config(REPO / "config" / "imagenet256_dit.yaml")
+    sweep = [r for r in table_rows(config) if r.table == "table9_sweep"]
+    grid = {(s.scale, s.sine_factor) for r in sweep for s in r.candidates}
+    scales, gammas = {s for s, _ in grid}, {g for _, g in grid}
+    assert len(scales) >= 3 and len(gammas) >= 3 and grid == {(s, g) for s in scales for g in gammas}
+    assert {r.num_samples for r in sweep} == {10_000} and all(r.sweep_key == "scale" for r in sweep)
+    assert all(s.method == "guided" and s.input == "x0" for r in sweep for s in r.candidates)
+    title = config["tables"]["table9_sweep"]["title"]
+    assert "not legible" in title and "picks" in title
+    assert table_heading("table9_sweep") == "Table 9 (sweep)" and table_heading("table9") == "Table 9"
+    # Table 9's guided row is one point of the grid, evaluated on all 50k samples
+    (guided,) = [r for r in table_rows(config) if r.table == "table9" and r.label == "DiT ResNet101 guided"]
+    assert (guided.candidates[0].scale, guided.candidates[0].sine_factor) in grid and guided.num_samples == 50_000
 
 
 def test_new_setting_fields_leave_existing_names_alone():
@@ -138,3 +164,95 @@ def test_adm_writes_uint8_as_guided_diffusion_truncating():
     assert stored[0, :, :, 0].ravel().tolist() == [0, 0, 127, 254, 255, 255]
     rounded = ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)[0, 0].ravel().tolist()
     assert rounded == [0, 0, 128, 255, 255, 255]  # the old convention, one level higher on three pixels
+
+
+# --------------------------------------------------------------------------- FID protocols
+
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
+def test_both_fid_protocols_are_wired_and_named_in_every_metrics_file(tmp_path, monkeypatch):
+    """Stand-ins for both extractors (clean-fid's TorchScript TF-Inception interface and pytorch-fid's
+    state dict), verified through the registry (sha256 pinned by an override file, as a mirror would),
+    evaluated on the same shard against the same reference batch: each metrics file names its
+    protocol and the sha256 of the files it used, and both FIDs are finite."""
+    import yaml
+
+    from offshelf import stages
+    from offshelf.atomic import save_npz
+    from offshelf.checkpoints import file_sha256
+    from offshelf.tables import markdown, table_frame
+    from offshelf.plan import Row
+    from rehearsal.standins import build_inception
+    from test_metrics import _random_fid_inception_state
+
+    monkeypatch.setenv("OFFSHELF_CACHE", str(tmp_path / "cache"))  # digest records stay in the test's folder
+    rng = np.random.default_rng(5)
+    paths = {"inception_cleanfid_legacy_tf": tmp_path / "inception-2015-12-05.pt",
+             "inception_pytorch_fid": tmp_path / "pt_inception-2015-12-05-6726825d.pth",
+             "ref_imagenet128": tmp_path / "VIRTUAL_imagenet128_labeled.npz"}
+    build_inception(paths["inception_cleanfid_legacy_tf"], seed=1)
+    torch.save(_random_fid_inception_state(seed=2), paths["inception_pytorch_fid"])
+    reference_images = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    # a point-mass reference (sigma = 0) keeps sqrtm of the 2048x2048 product cheap: this test is about
+    # wiring; the Frechet distance has its closed-form tests in test_metrics.py
+    save_npz(paths["ref_imagenet128"], arr_0=reference_images, mu=np.zeros(2048), sigma=np.zeros((2048, 2048)))
+    sha = {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in paths.items()}
+    # the stand-ins cannot carry the real files' hashes: pin theirs, and drop torch.hub's name prefix
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(yaml.safe_dump({name: {"sha256": digest, "hash_prefix": None} for name, digest in sha.items()}))
+    shard = tmp_path / "shard.npz"
+    stages.save_shard(shard, rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8), np.arange(6), range(6), 1.0)
+
+    results = {}
+    for protocol in ("adm_tf", "pytorch_fid"):
+        backend = tiny_adm(fid_protocol=protocol)
+        sources = backend.evaluation_files()
+        files = stages.verified_files({role: str(paths[source.name]) for role, source in sources.items()}, sources,
+                                      {"registry": str(registry), "cache": str(tmp_path / "cache")})
+        features = tmp_path / f"reference-{protocol}.npz"
+        save_npz(features, **stages.reference_features(backend, files, {}))
+        results[protocol] = result = stages.evaluate(backend, files, [str(shard)], str(features), {"nhood_size": 3},
+                                                     expected_seeds=[[0, 6]])
+        extractor = {"adm_tf": "inception_cleanfid_legacy_tf", "pytorch_fid": "inception_pytorch_fid"}[protocol]
+        assert result["fid_protocol"] == protocol and protocol in result["judge"]
+        assert result["feature_extractor"] == extractor
+        assert result["feature_extractor_sha256"] == sha[extractor] == file_sha256(paths[extractor])
+        assert result["reference_stats"] == "ref_imagenet128"
+        assert result["reference_stats_sha256"] == sha["ref_imagenet128"]
+        assert np.isfinite([result["fid"], result["precision"], result["recall"]]).all() and result["fid"] > 0
+    assert results["adm_tf"]["feature_extractor_sha256"] != results["pytorch_fid"]["feature_extractor_sha256"]
+    assert results["adm_tf"]["fid"] != results["pytorch_fid"]["fid"]
+
+    # ... and every report row (CSV) and table (Markdown) carries them
+    rows = [Row("table7", f"row {p}", "cond", [Setting(method="unguided", num_steps=i)], None, {"fid": 2.0})
+            for i, p in enumerate(results)]
+    frame = table_frame(rows, {r.candidates[0].name: results[p] for r, p in zip(rows, results)}, {})
+    assert list(frame["fid_protocol"]) == ["adm_tf", "pytorch_fid"]
+    assert list(frame["feature_extractor_sha256"]) == [sha["inception_cleanfid_legacy_tf"], sha["inception_pytorch_fid"]]
+    assert set(frame["reference_stats_sha256"]) == {sha["ref_imagenet128"]}
+    text = markdown(frame, ["fid"], "Table 7")
+    assert f"FID protocol `adm_tf`: extractor `inception_cleanfid_legacy_tf` (sha256 `{sha['inception_cleanfid_legacy_tf']}`)" in text
+    assert f"FID protocol `pytorch_fid`: extractor `inception_pytorch_fid` (sha256 `{sha['inception_pytorch_fid']}`)" in text
+    assert "for rows row pytorch_fid" in text  # a table mixing protocols says which row used which
+
+
+def test_fid_protocol_is_a_validated_config_key():
+    import copy
+
+    from offshelf.config import ConfigError, validate_config
+
+    config = load_config(REPO / "config" / "imagenet128_ddpm.yaml")
+    assert config["imagenet"]["fid_protocol"] == "adm_tf"
+    assert ADM128Backend({"imagenet": {}}).evaluation_files()["inception"] == Pretrained("inception_cleanfid_legacy_tf")
+    assert (ADM128Backend({"imagenet": {"fid_protocol": "pytorch_fid"}}).evaluation_files()["inception"]
+            == Pretrained("inception_pytorch_fid"))
+    bad = copy.deepcopy(config)
+    bad["imagenet"]["fid_protocol"] = "clean"
+    with pytest.raises(ConfigError, match=r"'imagenet\.fid_protocol' = 'clean'; allowed values: adm_tf, pytorch_fid"):
+        validate_config(bad)
+    mixed = copy.deepcopy(config)
+    mixed["imagenet"].update(fid_protocol="pytorch_fid", fid_mode="legacy_tensorflow")
+    with pytest.raises(ConfigError, match=r"'imagenet\.fid_mode' is not allowed here: .*adm_tf"):
+        validate_config(mixed)
+    local = copy.deepcopy(config)
+    local["checkpoints"]["local"] = {"inception_pytorch_fid": "/data/pt_inception-2015-12-05-6726825d.pth"}
+    validate_config(local)  # the extractor can be given as a local file like every other registry entry

@@ -400,3 +400,128 @@ def test_reference_stats_roundtrip_and_errors(tmp_path):
     bad = _save_npz(tmp_path / "VIRTUAL_shape.npz", mu=np.zeros(5), sigma=np.eye(4))
     with pytest.raises(ValueError, match="expected \\[D\\] and \\[D, D\\]"):
         load_reference_stats(bad)
+
+
+# ----------------------------------------------------------------------------
+# pytorch-fid's FID Inception (the fid_protocol EluCD's own numbers used) and both protocols wired.
+
+def _random_fid_inception_state(seed: int) -> dict:
+    """A state dict in the layout of pytorch-fid's pt_inception-2015-12-05-6726825d.pth (torchvision
+    key names, 1008-way fc, no aux head) with random values: He-normal convolutions so activations
+    keep their scale through ~50 layers, BatchNorm with random affine and running statistics."""
+    import torchvision
+
+    net = torchvision.models.inception_v3(weights=None, num_classes=1008, aux_logits=False, init_weights=False)
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, value in net.state_dict().items():
+        if not value.is_floating_point():
+            state[key] = value.clone()
+        elif value.ndim == 4 or value.ndim == 2:
+            state[key] = torch.randn(value.shape, generator=gen) * (2.0 / value[0].numel()) ** 0.5
+        elif key.endswith("running_var"):
+            state[key] = 0.5 + torch.rand(value.shape, generator=gen)
+        elif key.endswith("bn.weight"):
+            state[key] = 1 + 0.1 * torch.randn(value.shape, generator=gen)
+        else:  # BN bias and running mean, the fc bias
+            state[key] = 0.1 * torch.randn(value.shape, generator=gen)
+    return state
+
+
+def _pytorch_fid_transcription(state: dict, images: np.ndarray, patched: bool = True) -> np.ndarray:
+    """pytorch-fid 0.3.0's features, line by line on torchvision's building blocks: ToTensor (x/255),
+    F.interpolate(299, bilinear, align_corners=False), 2x − 1, blocks 0-3 of InceptionV3 with the
+    FID patches of FIDInceptionA/C/E_1/E_2 (``patched=False``: torchvision's own blocks)."""
+    import torch.nn.functional as F
+    import torchvision
+
+    tv = torchvision.models.inception_v3(weights=None, num_classes=1008, aux_logits=False, init_weights=False)
+    tv.load_state_dict(state)
+    tv.eval()
+
+    def avg(x):
+        return F.avg_pool2d(x, kernel_size=3, stride=1, padding=1, count_include_pad=False)
+
+    def fid_a(m, x):  # FIDInceptionA.forward
+        branch1x1 = m.branch1x1(x)
+        branch5x5 = m.branch5x5_2(m.branch5x5_1(x))
+        branch3x3dbl = m.branch3x3dbl_3(m.branch3x3dbl_2(m.branch3x3dbl_1(x)))
+        branch_pool = m.branch_pool(avg(x))
+        return torch.cat([branch1x1, branch5x5, branch3x3dbl, branch_pool], 1)
+
+    def fid_c(m, x):  # FIDInceptionC.forward
+        branch1x1 = m.branch1x1(x)
+        branch7x7 = m.branch7x7_3(m.branch7x7_2(m.branch7x7_1(x)))
+        branch7x7dbl = m.branch7x7dbl_1(x)
+        branch7x7dbl = m.branch7x7dbl_2(branch7x7dbl)
+        branch7x7dbl = m.branch7x7dbl_3(branch7x7dbl)
+        branch7x7dbl = m.branch7x7dbl_4(branch7x7dbl)
+        branch7x7dbl = m.branch7x7dbl_5(branch7x7dbl)
+        branch_pool = m.branch_pool(avg(x))
+        return torch.cat([branch1x1, branch7x7, branch7x7dbl, branch_pool], 1)
+
+    def fid_e(m, x, pool):  # FIDInceptionE_1 (pool = avg) and FIDInceptionE_2 (pool = max)
+        branch1x1 = m.branch1x1(x)
+        branch3x3 = m.branch3x3_1(x)
+        branch3x3 = torch.cat([m.branch3x3_2a(branch3x3), m.branch3x3_2b(branch3x3)], 1)
+        branch3x3dbl = m.branch3x3dbl_2(m.branch3x3dbl_1(x))
+        branch3x3dbl = torch.cat([m.branch3x3dbl_3a(branch3x3dbl), m.branch3x3dbl_3b(branch3x3dbl)], 1)
+        branch_pool = m.branch_pool(pool(x))
+        return torch.cat([branch1x1, branch3x3, branch3x3dbl, branch_pool], 1)
+
+    def max3(x):
+        return F.max_pool2d(x, kernel_size=3, stride=1, padding=1)
+
+    with torch.no_grad():
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255)  # TF.ToTensor
+        x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+        x = 2 * x - 1
+        x = torch.nn.MaxPool2d(kernel_size=3, stride=2)(tv.Conv2d_2b_3x3(tv.Conv2d_2a_3x3(tv.Conv2d_1a_3x3(x))))
+        x = torch.nn.MaxPool2d(kernel_size=3, stride=2)(tv.Conv2d_4a_3x3(tv.Conv2d_3b_1x1(x)))
+        if patched:
+            x = fid_a(tv.Mixed_5d, fid_a(tv.Mixed_5c, fid_a(tv.Mixed_5b, x)))
+            x = tv.Mixed_6a(x)
+            x = fid_c(tv.Mixed_6e, fid_c(tv.Mixed_6d, fid_c(tv.Mixed_6c, fid_c(tv.Mixed_6b, x))))
+            x = fid_e(tv.Mixed_7c, fid_e(tv.Mixed_7b, tv.Mixed_7a(x), avg), max3)
+        else:
+            for name in ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d",
+                         "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c"):
+                x = getattr(tv, name)(x)
+        x = torch.nn.AdaptiveAvgPool2d(output_size=(1, 1))(x)
+    return x.squeeze(3).squeeze(2).numpy()  # pytorch-fid's pred.squeeze(3).squeeze(2)
+
+
+def test_pytorch_fid_inception_matches_a_transcription_of_pytorch_fid(tmp_path):
+    from offshelf.fid_inception import fid_inception_feature_fn
+
+    state = _random_fid_inception_state(seed=3)
+    path = tmp_path / "pt_inception-standin.pth"
+    torch.save(state, path)
+    images = np.random.default_rng(21).integers(0, 256, (2, 48, 40, 3), dtype=np.uint8)  # any size: resized
+    ours = extract_features(images, fid_inception_feature_fn(path))
+    expected = _pytorch_fid_transcription(state, images)
+    assert ours.shape == (2, 2048) and np.isfinite(ours).all() and ours.std() > 1e-3  # not a dead network
+    np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+    # the FID patches matter: torchvision's own pooling gives other features
+    plain = _pytorch_fid_transcription(state, images, patched=False)
+    assert not np.allclose(ours, plain, rtol=1e-3, atol=1e-4 * np.abs(expected).max())
+    # grey images are RGB with three equal channels, as PIL's convert('RGB')
+    grey = images[..., :1]
+    np.testing.assert_allclose(extract_features(grey, fid_inception_feature_fn(path)),
+                               _pytorch_fid_transcription(state, np.repeat(grey, 3, -1)), rtol=1e-4,
+                               atol=1e-5 * np.abs(expected).max())
+
+
+def test_pytorch_fid_inception_names_a_bad_file(tmp_path):
+    from offshelf.fid_inception import load_fid_inception
+
+    with pytest.raises(FileNotFoundError, match=r"missing\.pth.*pt_inception-2015-12-05-6726825d\.pth"):
+        load_fid_inception(tmp_path / "missing.pth")
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"fc.weight": torch.zeros(3, 3)}, wrong)
+    with pytest.raises(ValueError, match=r"wrong\.pth: does not fit pytorch-fid's Inception"):
+        load_fid_inception(wrong)
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=r"junk\.pth: not a loadable pytorch-fid Inception state dict"):
+        load_fid_inception(junk)

@@ -36,6 +36,14 @@ class ConfigError(ValueError):
     pass
 
 
+# Keys a schema rule forbids for a reason other than the backbone (the schema's `false` entries
+# carry no message of their own).
+FORBIDDEN_BY_KEY = {
+    "imagenet.fid_mode": "it is clean-fid's mode, used only by imagenet.fid_protocol 'adm_tf' "
+                         "(the pytorch_fid protocol has no modes)",
+}
+
+
 def schema_text(schema_path: str | Path | None = None) -> str:
     """The schema: from ``schema_path`` (the workflow passes its own copy's path) or else from the
     installed package, which works for editable and non-editable installs alike."""
@@ -142,6 +150,8 @@ def _explain(error, root_schema: dict, config: dict) -> str:
             keys = [k for k, v in node.items() if v is False and k in container]
             if keys:
                 where = _key([*path, keys[0]])
+        if where in FORBIDDEN_BY_KEY:
+            return f"config key '{where}' is not allowed here: {FORBIDDEN_BY_KEY[where]}"
         return (f"config key '{where}' is not allowed with backbone {config.get('backbone')!r} "
                 f"(it belongs to another backbone; see workflow/schemas/config.schema.yaml)")
     if error.validator == "enum":

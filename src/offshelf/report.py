@@ -32,9 +32,14 @@ def _intro(plan_config: dict, experiment: str, comparable: bool) -> list[str]:
         text.append("Paper columns are the paper's ImageNet numbers, for direction only: FIDs here are in "
                     "the judging network's feature space and not comparable in magnitude.")
     else:
-        text.append("FID against the published reference statistics with the TF Inception (clean-fid "
-                    "`legacy_tensorflow`); precision/recall against the reference batch's images where it has "
-                    "any; `diff_*` = measured − paper.")
+        protocol = plan_config.get("imagenet", {}).get("fid_protocol", "adm_tf")
+        extractor = {"adm_tf": "the TF Inception (clean-fid `legacy_tensorflow`, ADM's evaluator's protocol)",
+                     "pytorch_fid": "pytorch-fid's FID Inception (the protocol of EluCD's own numbers)"}.get(
+                         protocol, f"protocol `{protocol}`")
+        text.append(f"FID (protocol `{protocol}`) against the published reference statistics with {extractor}; "
+                    "each table names the sha256 of the extractor and reference files its metrics used; "
+                    "precision/recall against the reference batch's images where it has any; `diff_*` = "
+                    "measured − paper.")
     return [f"# offshelf report: {experiment}", "", " ".join(text), ""]
 
 
@@ -71,7 +76,7 @@ def write_report(plan_config: dict, metric_files: list[str], calibration_files: 
         frames[table] = frame
         save_csv(out.parent / f"{table}.csv", frame)
         n = mine[0].num_samples
-        title = f"{table.replace('table', 'Table ')}: {spec['title']}" + (f" ({n} samples)" if n else "")
+        title = f"{table_heading(table)}: {spec['title']}" + (f" ({n} samples)" if n else "")
         text = markdown(frame, list(spec.get("columns", ["fid"])), title)
         save_text(out.parent / f"{table}.md", text)
         sections += [text, f"CSV: [{table}.csv]({table}.csv)", ""]
@@ -80,6 +85,12 @@ def write_report(plan_config: dict, metric_files: list[str], calibration_files: 
         sections += [f"![{Path(f).stem}]({os.path.relpath(f, out.parent)})\n" for f in figure_files]
     save_text(out, "\n".join(sections))
     return frames
+
+
+def table_heading(table: str) -> str:
+    """``table9`` -> ``Table 9``; ``table9_sweep`` (a table beside Table 9) -> ``Table 9 (sweep)``."""
+    number, _, extra = table.removeprefix("table").partition("_")
+    return f"Table {number}" + (f" ({extra.replace('_', ' ')})" if extra else "")
 
 
 def _model_summary(model_files: list[str]) -> str:

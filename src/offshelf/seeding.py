@@ -12,10 +12,12 @@ class StackedRandomGenerator:
     """One ``torch.Generator`` per sample; ``randn``/``randint`` stack one draw per sample
     (the pattern of NVlabs/edm's ``generate.py``)."""
 
-    def __init__(self, seeds: Sequence[int], device: str | torch.device = "cpu"):
+    def __init__(self, seeds: Sequence[int], device: str | torch.device = "cpu", seed_bits: int = 63):
+        # seed_bits=32 is NVlabs' generate.py (``int(seed) % (1 << 32)``): the same image for a seed
+        # of 2**32 or more as the official script; both agree below that
         self.device = torch.device(device)
         self.seeds = [int(s) for s in seeds]
-        self.generators = [torch.Generator(self.device).manual_seed(s % (1 << 63)) for s in self.seeds]
+        self.generators = [torch.Generator(self.device).manual_seed(s % (1 << seed_bits)) for s in self.seeds]
 
     def __len__(self) -> int:
         return len(self.generators)

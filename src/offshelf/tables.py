@@ -15,6 +15,10 @@ import pandas as pd
 from offshelf.plan import Row
 
 METRICS = ("fid", "precision", "recall", "accuracy", "seconds")
+#: what a metrics file records about how it was measured (ImageNet backends: the FID protocol and
+#: the sha256 of the feature extractor and the reference statistics); copied into each report row
+PROVENANCE = ("fid_protocol", "feature_extractor", "feature_extractor_sha256", "reference_stats",
+              "reference_stats_sha256")
 
 
 def best_candidate(row: Row, metrics: dict[str, dict[str, Any]]) -> tuple[Any, dict[str, Any] | None]:
@@ -47,6 +51,7 @@ def table_frame(rows: list[Row], metrics: dict[str, dict], ice: dict[str, float]
                 record[f"best_{row.sweep_key}"] = getattr(best, row.sweep_key)
                 record["swept"] = " ".join(f"{getattr(s, row.sweep_key):g}" for s in row.candidates)
             record.update({k: result.get(k, math.nan) for k in METRICS})
+            record.update({k: result[k] for k in PROVENANCE if k in result})
         if row.probe is not None:
             record["probe"] = row.probe
             record["ice"] = ice.get(row.probe, math.nan)
@@ -95,7 +100,29 @@ def markdown(frame: pd.DataFrame, columns: list[str], title: str) -> str:
             cells.append(("w=" if "best_cfg_scale" in r and not _isnan(r.get("best_cfg_scale")) else "") + _fmt(scale)
                          if scale is not None else "–")
         lines.append("| " + " | ".join(cells) + " |")
+    lines += provenance_lines(frame)
     return "\n".join(lines) + "\n"
+
+
+def provenance_lines(frame: pd.DataFrame) -> list[str]:
+    """One line per distinct (protocol, extractor, reference) among the table's measured rows, naming
+    the rows it covers when the table mixes several: FIDs of different protocols differ by a few
+    hundredths, as much as the gaps between the paper's rows."""
+    if "fid_protocol" not in frame:
+        return []
+    measured = frame[frame["fid_protocol"].notna()]
+    keys = [k for k in PROVENANCE if k in measured]
+    groups = list(measured.groupby(keys, sort=False, dropna=False)) if keys else []
+    lines = [""]
+    for values, part in groups:
+        info = dict(zip(keys, values if isinstance(values, tuple) else (values,)))
+        text = (f"FID protocol `{info.get('fid_protocol')}`: extractor `{info.get('feature_extractor', '?')}` "
+                f"(sha256 `{info.get('feature_extractor_sha256', '?')}`), reference `{info.get('reference_stats', '?')}` "
+                f"(sha256 `{info.get('reference_stats_sha256', '?')}`)")
+        if len(groups) > 1:
+            text += " for rows " + ", ".join(dict.fromkeys(part["row"]))
+        lines.append(text + ".")
+    return lines if len(lines) > 1 else []
 
 
 def _paper_label(column: str) -> str:

@@ -13,7 +13,7 @@ from offshelf.backends.base import guidance_for
 from offshelf.backends.imagenet import ImageNetBackend
 from offshelf.images import to_uint8_nhwc
 from offshelf.samplers.edm import edm_sample
-from offshelf.seeding import StackedRandomGenerator, draw_labels
+from offshelf.seeding import StackedRandomGenerator
 from offshelf.settings import Setting
 
 
@@ -47,11 +47,16 @@ class EDM64Backend(ImageNetBackend):
                          self.device)
 
     def sample(self, models: EDMModels, setting: Setting, seeds: list[int], progress: bool = False):
-        """Algorithm 2 for one batch: labels drawn per seed, latents from per-seed generators."""
+        """Algorithm 2 for one batch, drawn as NVlabs' ``generate.py`` draws it, so a seed gives the
+        official image: each seed's generator draws its latent, *then* its class
+        (``rnd.randint(label_dim, size=[batch])``: one scalar per generator, after its ``randn``),
+        then the sampler's per-step noise. Every draw comes from the sample's own generator, so any
+        split of the seeds into batches gives the same labels and images."""
         net = models.denoiser
-        labels = draw_labels(seeds, net.label_dim).to(models.device)
-        rng = StackedRandomGenerator(seeds, models.device)
+        rng = StackedRandomGenerator(seeds, models.device, seed_bits=32)
         latents = rng.randn((net.img_channels, net.img_resolution, net.img_resolution))
+        labels = rng.randint(net.label_dim)
+        # generate.py: torch.eye(label_dim)[labels], i.e. a float32 one-hot
         one_hot = torch.nn.functional.one_hot(labels, net.label_dim).float()
         guidance = guidance_for(setting, models.offshelf)  # input x_t (unsupported() refuses x0)
         x = edm_sample(net, latents, one_hot, num_steps=setting.num_steps or 18, guidance=guidance,

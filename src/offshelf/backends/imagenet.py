@@ -1,11 +1,20 @@
 """What the ImageNet backends share: the off-the-shelf torchvision classifier file a setting
-names, the device, and evaluation with the TF Inception against published reference batches.
+names, the device, and evaluation against published reference batches under one of two FID
+protocols (config key ``imagenet.fid_protocol``):
 
-FID uses the TF-Inception port in clean-fid's ``legacy_tensorflow`` mode: the reference ``mu``/
-``sigma`` in ADM's ``VIRTUAL_imagenet*_labeled.npz`` (and EDM's fid-refs) were computed with the TF
-Inception graph and its own resize, so features from any other Inception would shift every FID.
+* ``adm_tf`` (default): the TF-Inception port in clean-fid's ``legacy_tensorflow`` mode, TF's
+  resize inside the graph. The reference ``mu``/``sigma`` in ADM's ``VIRTUAL_imagenet*_labeled.npz``
+  (and EDM's fid-refs) were computed with that graph, so this is ADM's evaluator's protocol: the
+  one behind the baselines the paper quotes (ADM-G 2.97, EDM's FIDs).
+* ``pytorch_fid``: pytorch-fid's FID Inception (``pt_inception-2015-12-05-6726825d.pth``, bilinear
+  resize to 299, inputs in [-1, 1]) against the *same* reference statistics: what EluCD's own
+  numbers used (spec §9). The port differs from the TF graph in its resize and round-off, which
+  moves FID by a few hundredths: the size of the gaps between the paper's rows.
+
+Every metrics file records its protocol and the sha256 of both files it depends on
+(:meth:`ImageNetBackend.provenance`), so numbers from different protocols are never mixed silently.
 No classification accuracy is reported: the guiding ResNet cannot judge its own guidance, and
-the TF Inception's 1008-way head does not use ImageNet's class order.
+the Inception's 1008-way head does not use ImageNet's class order.
 """
 
 from __future__ import annotations
@@ -20,6 +29,9 @@ from offshelf.settings import Setting
 
 NUM_CLASSES = 1000
 INCEPTION = "inception_cleanfid_legacy_tf"
+#: ``imagenet.fid_protocol`` -> the registry name of its feature extractor
+FID_PROTOCOLS = {"adm_tf": INCEPTION, "pytorch_fid": "inception_pytorch_fid"}
+DEFAULT_FID_PROTOCOL = "adm_tf"
 # ADM's reference batches hold 10k images (arr_0) besides mu/sigma: precision/recall need them.
 # EDM's fid-refs hold only mu/sigma.
 REFERENCE_HAS_IMAGES = {"ref_imagenet128": True, "ref_imagenet256": True, "ref_imagenet64_edm": False}
@@ -91,19 +103,46 @@ class ImageNetBackend(Backend):
 
     # ------------------------------------------------------------------ evaluation
 
+    @property
+    def fid_protocol(self) -> str:
+        protocol = self.imagenet.get("fid_protocol", DEFAULT_FID_PROTOCOL)
+        if protocol not in FID_PROTOCOLS:
+            raise ValueError(f"config key 'imagenet.fid_protocol' is {protocol!r}; expected one of "
+                             f"{', '.join(FID_PROTOCOLS)}")
+        return protocol
+
     def evaluation_files(self) -> dict[str, Pretrained]:
-        return {"inception": Pretrained(INCEPTION), "reference_stats": Pretrained(self.reference_name)}
+        # one role for either extractor: the rules and scripts stay protocol-agnostic
+        return {"inception": Pretrained(FID_PROTOCOLS[self.fid_protocol]),
+                "reference_stats": Pretrained(self.reference_name)}
 
     def has_reference_features(self) -> bool:
         return REFERENCE_HAS_IMAGES.get(self.reference_name, True)
 
     def feature_extractor(self, files: Mapping[str, str]) -> FeatureExtractor:
-        from offshelf.metrics import inception_feature_fn
+        protocol = self.fid_protocol
+        if protocol == "pytorch_fid":
+            from offshelf.fid_inception import fid_inception_feature_fn
 
-        mode = self.imagenet.get("fid_mode", "legacy_tensorflow")
-        return FeatureExtractor(inception_feature_fn(mode, files["inception"], self.device),
-                                batch_size=self.imagenet.get("batch_size", 200), name=f"Inception ({mode})",
+            features, name = fid_inception_feature_fn(files["inception"], self.device), "Inception (pytorch_fid)"
+        else:
+            from offshelf.metrics import inception_feature_fn
+
+            mode = self.imagenet.get("fid_mode", "legacy_tensorflow")
+            features, name = inception_feature_fn(mode, files["inception"], self.device), f"Inception (adm_tf: {mode})"
+        return FeatureExtractor(features, batch_size=self.imagenet.get("batch_size", 200), name=name,
                                 device=self.device)
+
+    def provenance(self, files: Mapping[str, str]) -> dict[str, Any]:
+        """The FID protocol and the sha256 of the feature extractor and reference statistics files
+        (digests cached by file identity: no re-read of a multi-GB file per evaluation)."""
+        from offshelf.checkpoints import file_sha256
+
+        return {"fid_protocol": self.fid_protocol,
+                "feature_extractor": FID_PROTOCOLS[self.fid_protocol],
+                "feature_extractor_sha256": file_sha256(files["inception"]),
+                "reference_stats": self.reference_name,
+                "reference_stats_sha256": file_sha256(files["reference_stats"])}
 
     def reference_features(self, files: Mapping[str, str], extractor: FeatureExtractor,
                            evaluation: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
