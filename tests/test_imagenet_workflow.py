@@ -256,3 +256,21 @@ def test_fid_protocol_is_a_validated_config_key():
     local = copy.deepcopy(config)
     local["checkpoints"]["local"] = {"inception_pytorch_fid": "/data/pt_inception-2015-12-05-6726825d.pth"}
     validate_config(local)  # the extractor can be given as a local file like every other registry entry
+
+
+def test_adm_g_baseline_classifier_runs_in_fp32_whatever_the_unet_does(tiny_files, monkeypatch):
+    """guided-diffusion's ImageNet-128 command sets use_fp16 for the UNet but not classifier_use_fp16:
+    the noise-aware classifier stays fp32. (fp16 conversion itself only happens on CUDA, so the
+    request is what is checked here.)"""
+    from offshelf.backends import adm128
+
+    requested = {}
+    real = adm128.load_adm_network
+
+    def recording(path, arch, device, fp16):
+        requested[path] = fp16
+        return real(path, arch, device, fp16)
+
+    monkeypatch.setattr(adm128, "load_adm_network", recording)
+    tiny_adm(fp16=True).load(tiny_files, {"respacing": "3"}, Setting(classifier="finetuned", input="xt"))
+    assert requested == {tiny_files["denoiser"]: True, tiny_files["finetuned"]: False}
