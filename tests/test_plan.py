@@ -101,3 +101,22 @@ def test_table5_is_planned_at_sine_factor_0_3(path):
         # τ2 = 0.5 at γ = 0.3 is exactly the calibrated design of Table 6's γ = 0.3 row: sampled once
         assert ([s.name for s in by_label[("table5", "tau2=0.5", regime)]]
                 == [s.name for s in by_label[("table6", "gamma=0.3", regime)]])
+
+
+def test_cost_plan_counts_network_evaluations_by_hand():
+    """Algorithm 1 at 250 steps: 250 denoiser calls and, guided, 250 classifier gradients per sample;
+    r recurrent passes at every step but the last; EDM's Heun: 2N − 1 calls and N gradients."""
+    from offshelf.config import load_config
+    from offshelf.plan import cost_plan
+
+    ddpm = {r["table"]: r for r in cost_plan(load_config(REPO / "config" / "imagenet128_ddpm.yaml"))}
+    passes = sum(250 + (r - 1) * 249 for r in (1, 2, 3)) + 250  # Table 1: r = 1, 2, 3 and ours (r = 1)
+    assert ddpm["table1"]["denoiser"] == ddpm["table1"]["classifier"] == 10_000 * passes
+    # Table 7: unguided (no gradient), fine-tuned CG, ResNet-101 and ResNet-50, 50k samples each
+    assert ddpm["table7"]["denoiser"] == 4 * 50_000 * 250 and ddpm["table7"]["classifier"] == 3 * 50_000 * 250
+    edm = cost_plan(load_config(REPO / "config" / "imagenet64_edm.yaml"), {"denoiser": 0.01, "classifier": 0.02})
+    total = edm[-1]
+    per_n = {n: (2 * n - 1, n) for n in (10, 18, 36)}  # guided and unguided rows per step count
+    assert total["denoiser"] == sum(2 * 50_000 * d for d, _ in per_n.values())
+    assert total["classifier"] == sum(50_000 * g for _, g in per_n.values())
+    assert total["hours"] == pytest.approx((total["denoiser"] * 0.01 + total["classifier"] * 0.02) / 3600)

@@ -3,6 +3,7 @@
     offshelf sample     --config config/ci.yaml --setting "regime=uncond,softplus_beta=3,scale=3" --seeds 0:32 --out s.npz
     offshelf calibrate  --config config/ci.yaml --probe offshelf-x0_sp3 --num-samples 64 --out ece.csv
     offshelf evaluate   --config config/ci.yaml --shards s.npz --out metrics.json
+    offshelf plan       --config config/imagenet128_ddpm.yaml [--seconds-per-denoiser S --seconds-per-classifier S]
     offshelf checkpoints list | fetch NAME... | verify NAME PATH
     offshelf check-config FILE...        # validate workflow configs (YAML errors with file:line)
     offshelf resume [SNAKEMAKE ARGS...]  # rerun after a killed Snakemake (unlocks stale locks only)
@@ -202,6 +203,33 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    """The sampling work of a workflow config, per table and in total; hours given per-evaluation costs."""
+    from offshelf.config import load_config
+    from offshelf.plan import cost_plan, describe_job_counts
+
+    config = load_config(args.config)
+    seconds = None
+    if args.seconds_per_denoiser is not None or args.seconds_per_classifier is not None:
+        if args.seconds_per_denoiser is None or args.seconds_per_classifier is None:
+            raise ArgumentError("--seconds-per-denoiser", "give both per-evaluation costs, or neither")
+        seconds = {"denoiser": args.seconds_per_denoiser, "classifier": args.seconds_per_classifier}
+    rows = cost_plan(config, seconds)
+    print(describe_job_counts(config))
+    head = ["table", "settings", "samples", "denoiser evaluations", "classifier gradients"] + (["hours"] if seconds else [])
+    print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+    for r in rows:
+        cells = [r["table"], r["settings"], r["samples"], f"{r['denoiser']:,}", f"{r['classifier']:,}"]
+        print("| " + " | ".join(map(str, cells + ([f"{r['hours']:.1f}"] if seconds else []))) + " |")
+    if seconds:
+        print(f"hours = (denoiser evaluations × {seconds['denoiser']:g} s + classifier gradients × "
+              f"{seconds['classifier']:g} s) / 3600, per image at your batch size; evaluation not counted")
+    else:
+        print("No GPU costs given: pass --seconds-per-denoiser and --seconds-per-classifier (per image, measured "
+              "with benchmarks/guidance_overhead.py on your GPU) for GPU-hours.")
+    return 0
+
+
 def cmd_checkpoints(args) -> int:
     from offshelf.checkpoints import main
 
@@ -261,6 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--num-samples", type=int, help="evaluate the first N samples")
     evaluate.add_argument("--out", required=True, help="the metrics .json")
     evaluate.set_defaults(run=cmd_evaluate)
+
+    plan = commands.add_parser("plan", help="sampling work (network evaluations; GPU-hours given costs) per table")
+    plan.add_argument("--config", required=True, help="a workflow config")
+    plan.add_argument("--seconds-per-denoiser", type=float, help="one denoiser evaluation, per image (s)")
+    plan.add_argument("--seconds-per-classifier", type=float, help="one classifier forward+backward, per image (s)")
+    plan.set_defaults(run=cmd_plan)
 
     for name, run, help_text in (("checkpoints", cmd_checkpoints, "list | fetch NAME... | verify NAME PATH"),
                                  ("resume", cmd_resume, "rerun Snakemake after a kill (unlocks stale locks only)")):

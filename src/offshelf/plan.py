@@ -230,3 +230,37 @@ def describe_job_counts(config: dict) -> str:
     return (f"offshelf: {c['total']} jobs planned ({c['sample']} sample: {c['settings']} settings x up to "
             f"{c['shards']} shards; {c['evaluate']} evaluate; {c['calibrate']} calibrate; plus the per-experiment "
             f"jobs); max_jobs = {config.get('max_jobs', DEFAULT_MAX_JOBS)}")
+
+
+def cost_plan(config: dict, seconds: dict[str, float] | None = None) -> list[dict[str, Any]]:
+    """What sampling a config costs, per table and in total (settings shared by tables counted once
+    in the total): samples, denoiser and classifier network evaluations, and, given ``seconds``
+    per ``denoiser`` evaluation and per ``classifier`` forward+backward (per image, at the batch
+    size you run), the hours: Σ count × seconds / 3600. Evaluation is not counted."""
+    from offshelf.backends import create, spec_from_config
+
+    backend = create(spec_from_config(config))
+    most: dict[str, dict[str, int]] = {}  # table -> setting -> most samples it reads
+    for row in table_rows(config):
+        if not row.unavailable:
+            for s in row.candidates:
+                table = most.setdefault(row.table, {})
+                table[s.name] = max(table.get(s.name, 0), row.num_samples or config["sampling"]["num_samples"])
+    settings = all_settings(config)
+    total: dict[str, int] = {}
+    for table in most.values():
+        for name, n in table.items():
+            total[name] = max(total.get(name, 0), n)
+
+    def line(label: str, samples_by_setting: dict[str, int]) -> dict[str, Any]:
+        out = {"table": label, "settings": len(samples_by_setting), "samples": 0, "denoiser": 0, "classifier": 0}
+        for name, n in samples_by_setting.items():
+            work = backend.work_per_sample(settings[name], config.get("sampling", {}))
+            out["samples"] += n
+            out["denoiser"] += n * work["denoiser"]
+            out["classifier"] += n * work["classifier"]
+        if seconds:
+            out["hours"] = (out["denoiser"] * seconds["denoiser"] + out["classifier"] * seconds["classifier"]) / 3600
+        return out
+
+    return [line(table, samples) for table, samples in most.items()] + [line("total", total)]

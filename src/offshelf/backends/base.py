@@ -176,6 +176,11 @@ class Backend(ABC):
     def to_uint8(self, images: torch.Tensor) -> np.ndarray:
         """uint8 NHWC, converted exactly as the family's original implementation writes its samples."""
 
+    def work_per_sample(self, setting: Setting, sampling: Mapping[str, Any]) -> dict[str, int]:
+        """Network evaluations one sample of ``setting`` costs: ``denoiser`` forward passes (per
+        sample: a CFG pair counts 2) and ``classifier`` forward+backward passes. For cost plans."""
+        raise UnsupportedError(f"backend {self.name!r} does not count its network evaluations")
+
     def calibration_profile(self, models: Any, probe: Setting, seeds: list[int], batch_size: int,
                             num_bins: int = 15):
         """Per-step ECE of a classifier variant along the reverse process (a pandas table)."""

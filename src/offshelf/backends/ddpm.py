@@ -57,6 +57,16 @@ class DDPMSampling:
 
     analytic_figures = ("figure3", "figure5")
 
+    def work_per_sample(self, setting: Setting, sampling) -> dict[str, int]:
+        """Algorithm 1: per step one denoiser call (two with CFG) and, guided, one classifier
+        gradient; r recurrent passes at every step but the last."""
+        from offshelf.diffusion import space_timesteps
+
+        steps = len(space_timesteps(self.num_train_timesteps, sampling["respacing"]))
+        passes = steps + (setting.recurrent_steps - 1) * (steps - 1) if setting.method == "guided" else steps
+        return {"denoiser": passes * (2 if setting.method == "cfg" else 1),
+                "classifier": passes if setting.method == "guided" else 0}
+
     def sample(self, models: DDPMModels, setting: Setting, seeds: list[int], progress: bool = False):
         return sample_batch(setting, models, seeds, progress=progress)
 

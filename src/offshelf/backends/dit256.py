@@ -68,5 +68,14 @@ class DiT256Backend(ImageNetBackend):
                        schedule=models.schedule, progress=progress)
         return x, labels
 
+    def work_per_sample(self, setting: Setting, sampling) -> dict[str, int]:
+        """Per step one DiT call, two (the CFG pair) unless unguided; guided, one gradient of the
+        classifier through the VAE decoder (count it at the decoder's cost: it dominates)."""
+        from offshelf.diffusion import space_timesteps
+
+        steps = len(space_timesteps(self.num_train_timesteps, sampling["respacing"]))
+        pair = setting.method != "unguided"  # guidance needs the CFG difference even at scale 1
+        return {"denoiser": steps * (2 if pair else 1), "classifier": steps if setting.method == "guided" else 0}
+
     def to_uint8(self, images: torch.Tensor) -> np.ndarray:
         return to_uint8_nhwc(images, "edm")  # DiT's sample.py: clamp(127.5·x + 128, 0, 255) → uint8

@@ -64,5 +64,10 @@ class EDM64Backend(ImageNetBackend):
                        rng=rng, progress=progress)
         return x, labels
 
+    def work_per_sample(self, setting: Setting, sampling) -> dict[str, int]:
+        """Heun: 2N − 1 denoiser calls; guided, one classifier gradient per step."""
+        n = setting.num_steps or 18
+        return {"denoiser": 2 * n - 1, "classifier": n if setting.method == "guided" else 0}
+
     def to_uint8(self, images: torch.Tensor) -> np.ndarray:
         return to_uint8_nhwc(images, "edm")
