@@ -122,7 +122,7 @@ def text2image_config(tmp: Path, base_url: str, standins_dir: Path) -> tuple[Pat
     """``config/clip_text2image.yaml`` shrunk (one image per prompt, 2 respaced steps, CPU), its
     ADM-256 given as the stand-in's guided-diffusion flags (fetched from the server by its registry
     name) and CLIP as the stand-in's open_clip folder. Returns (text2image config, workflow config
-    overrides: results and the checkpoints section the text2image job fetches with)."""
+    naming it: the ImageNet-128 rehearsal config, whose checkpoints section the job fetches with)."""
     tmp.mkdir(parents=True, exist_ok=True)
     manifest = _manifest(standins_dir)
     registry = registry_overrides(standins_dir, base_url, tmp / "registry_overrides.yaml")
@@ -133,13 +133,14 @@ def text2image_config(tmp: Path, base_url: str, standins_dir: Path) -> tuple[Pat
     diffusion["preset"] = manifest["adm_imagenet256_uncond_diffusion"]["flags"]
     diffusion["checkpoint"] = str(tmp / "not-placed-by-hand.pt")  # absent: the job fetches it
     diffusion["timestep_respacing"] = "2"
-    diffusion["use_fp16"] = False  # fp16 conversion is CUDA-only; the flag is the checkpoint's
     cfg["clip"].update(model=f"local-dir:{standins_dir / manifest['clip_text2image']['folder']}", pretrained=None)
     path = tmp / "clip_text2image.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False, width=200))
-    workflow = {"results": str(tmp / "results"), "text2image_config": str(path),
-                "checkpoints": {"cache": str(tmp / "cache"), "registry": str(registry), "lock": str(tmp / "lock.json"),
-                                "offline": False, "local": {}}}
-    overrides = tmp / "workflow_overrides.yaml"
+    # The workflow config around the text2image job: the ImageNet-128 rehearsal's (digits configs
+    # take no checkpoints section), whose cache and registry overrides the job fetches ADM-256 with.
+    real = yaml.safe_load((ROOT / "config" / "imagenet128_ddpm.yaml").read_text())
+    workflow = shrink("imagenet128_ddpm", real, tmp, standins_dir, registry)
+    workflow["text2image_config"] = str(path)
+    overrides = tmp / "workflow.yaml"
     overrides.write_text(yaml.safe_dump(workflow, sort_keys=False, width=200))
     return path, overrides
