@@ -101,10 +101,34 @@ def shrink(name: str, config: dict, tmp: Path, standins_dir: Path, registry: Pat
                     raise ValueError(f"{name}: row {row['label']!r} num_steps {row['num_steps']} has no rehearsal "
                                      f"step count (EDM_STEPS)")
                 row["num_steps"] = EDM_STEPS[row["num_steps"]]
+    if "respacing" in sampling:
+        _shrink_switch_steps(cfg, int(config["sampling"]["respacing"]), int(size["respacing"]))
     for figure in cfg.get("figures", {}).values():  # Figure 4's steps must exist in the short schedule
         if "steps" in figure:
             figure["steps"] = sorted({min(s, int(size["respacing"]) - 1) for s in figure["steps"]})
     return cfg
+
+
+def _shrink_switch_steps(cfg: dict, steps: int, shrunk: int) -> None:
+    """Table 2's "ResNet & fine-tuned" switches classifiers at a spaced step (50 of 250: the last
+    fifth). Kept at 50 in a 2-step schedule, every step would be below it and the row would
+    rehearse the fine-tuned classifier alone; scaled to the short schedule (at least 1), its
+    first step uses the ResNet and its last the fine-tuned classifier, as in the real run. The
+    probe names that carry it (``..._sw50``, Figure 1) follow."""
+    from offshelf.settings import Setting
+
+    renamed = {}
+    for entry in [*cfg.get("bases", {}).values(), *(r for t in cfg["tables"].values() for r in t["rows"])]:
+        base = cfg.get("bases", {}).get(entry.get("base"), {})
+        if entry.get("classifier", base.get("classifier")) != "combined":
+            continue
+        old = entry.get("switch_step", base.get("switch_step", Setting.switch_step))
+        entry["switch_step"] = max(1, round(old * shrunk / steps))
+        renamed[f"_sw{old}"] = f"_sw{entry['switch_step']}"
+    for figure in cfg.get("figures", {}).values():
+        if "probes" in figure:
+            figure["probes"] = [next((p[:-len(o)] + n for o, n in renamed.items() if p.endswith(o)), p)
+                                for p in figure["probes"]]
 
 
 def rehearsal_config(name: str, tmp: Path, base_url: str, standins_dir: Path) -> Path:
