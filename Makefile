@@ -32,8 +32,11 @@ test-slow: $(STAMP)
 # Wet rehearsals: the three ImageNet workflows and text2image, run for real through Snakemake on
 # tiny stand-in checkpoints downloaded from a local server (tests/test_rehearsal.py; <= 10 min on
 # 2 cores). --durations reports each rehearsal's wall time.
+# A private --basetemp: pytest prunes all but the 3 newest /tmp/pytest-of-$USER/pytest-N folders, so
+# another user's pytest sessions on a shared machine deleted a running rehearsal's files.
+REHEARSAL_TMP ?= $(CURDIR)/.pytest-rehearsal
 test-rehearsal: $(STAMP)
-	$(PYTEST) -q -m rehearsal --durations=0 || [ $$? -eq 5 ]
+	$(PYTEST) -q -m rehearsal --durations=0 --basetemp=$(REHEARSAL_TMP) || [ $$? -eq 5 ]
 
 # A one-node SLURM cluster on this machine (needs root: apt-get, munged, slurmctld, slurmd).
 # Without root the SLURM tests skip with the reason; CI sets OFFSHELF_REQUIRE_SLURM=1 so they cannot.

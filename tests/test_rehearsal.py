@@ -63,7 +63,8 @@ def _sha256(path: Path) -> str:
 
 def _run(name: str, *args: str) -> None:
     start = time.perf_counter()
-    snakemake("--cores", "2", *args, timeout=BUDGET_S)
+    # a hang guard, not the budget (a loaded machine runs slower; test_rehearsals_fit_the_budget judges)
+    snakemake("--cores", "2", *args, timeout=3 * BUDGET_S)
     WALL_S[name] = time.perf_counter() - start
     print(f"rehearsal {name}: {WALL_S[name]:.0f} s")
 
