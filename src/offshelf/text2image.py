@@ -142,22 +142,30 @@ _CONFIG_KEYS = {
     "diffusion": dict, "clip": dict, "guidance": dict, "runs": list,
 }
 _SECTION_KEYS = {
-    "diffusion": {"preset": str, "checkpoint": str, "url": str, "num_train_steps": int, "noise_schedule": str,
+    # preset: an official guided-diffusion preset name (also its registry name), or the
+    # guided-diffusion flags of the network (create_model keywords: stand-ins, own checkpoints)
+    "diffusion": {"preset": (str, dict), "checkpoint": str, "url": str, "num_train_steps": int, "noise_schedule": str,
                   "timestep_respacing": str, "image_size": int, "use_fp16": bool},
-    "clip": {"model": str, "pretrained": str, "cache_dir": (str, type(None))},
+    "clip": {"model": str, "pretrained": (str, type(None)), "cache_dir": (str, type(None))},  # None: local-dir:/hf-hub:
     "guidance": {"scale": (int, float)},
 }
+# Keys a section may leave out. diffusion.checkpoint_name: the registry name of the file to fetch
+# when diffusion.checkpoint is absent (default: the preset, when the preset is a name).
+_OPTIONAL_KEYS = {"diffusion": {"checkpoint_name": str}}
 _RUN_KEYS = {"name": str, "sine_factor": (int, float), "recurrent_steps": int}
 
 
-def _check_keys(where: str, given: Mapping[str, Any], expected: Mapping[str, Any]) -> None:
+def _check_keys(where: str, given: Mapping[str, Any], expected: Mapping[str, Any],
+                optional: Mapping[str, Any] | None = None) -> None:
     if not isinstance(given, Mapping):
         raise ValueError(f"{where}: expected a mapping, got {type(given).__name__}")
-    unknown = sorted(set(given) - set(expected))
+    optional = optional or {}
+    unknown = sorted(set(given) - set(expected) - set(optional))
     missing = sorted(set(expected) - set(given))
     if unknown or missing:
-        raise ValueError(f"{where}: unknown keys {unknown}, missing keys {missing}; expected {sorted(expected)}")
-    for key, kind in expected.items():
+        raise ValueError(f"{where}: unknown keys {unknown}, missing keys {missing}; expected {sorted(expected)}"
+                         + (f" (optional: {sorted(optional)})" if optional else ""))
+    for key, kind in {**expected, **{k: v for k, v in optional.items() if k in given}}.items():
         value = given[key]
         if isinstance(value, bool) and kind is not bool:
             raise ValueError(f"{where}.{key}: expected {kind}, got a boolean")
@@ -175,12 +183,31 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
     cfg = yaml.safe_load(path.read_text())
     _check_keys(str(path), cfg, _CONFIG_KEYS)
     for section, keys in _SECTION_KEYS.items():
-        _check_keys(f"{path}:{section}", cfg[section], keys)
+        _check_keys(f"{path}:{section}", cfg[section], keys, _OPTIONAL_KEYS.get(section))
     for i, run in enumerate(cfg["runs"]):
         _check_keys(f"{path}:runs[{i}]", run, _RUN_KEYS)
     if not cfg["prompts"] or not all(isinstance(p, str) for p in cfg["prompts"]):
         raise ValueError(f"{path}:prompts must be a non-empty list of strings")
     return cfg
+
+
+def diffusion_checkpoint(cfg: Mapping[str, Any], checkpoints: Mapping[str, Any] | None = None,
+                         where: str = "text2image config") -> str:
+    """The diffusion checkpoint's path: ``diffusion.checkpoint`` where that file exists (placed by
+    hand), else the verified registry copy of ``diffusion.checkpoint_name`` (default: the preset's
+    name) fetched with the workflow's ``checkpoints`` section (cache, lock, offline, registry)."""
+    from offshelf.checkpoints import fetch
+
+    d = cfg["diffusion"]
+    if os.path.isfile(d["checkpoint"]):
+        return d["checkpoint"]
+    name = d.get("checkpoint_name", d["preset"] if isinstance(d["preset"], str) else None)
+    if name is None:
+        raise ValueError(f"{where}: diffusion.checkpoint {d['checkpoint']} does not exist and diffusion.preset is "
+                         f"flags, not a registry name: set diffusion.checkpoint_name to the file's registry name")
+    c = checkpoints or {}
+    return str(fetch(name, cache_dir=c.get("cache"), lock_file=c.get("lock"), offline=bool(c.get("offline", False)),
+                     registry_file=c.get("registry")))
 
 
 def _sync(device: torch.device) -> None:
@@ -198,9 +225,10 @@ def run_config(cfg: Mapping[str, Any], outdir: str | os.PathLike | None = None, 
     if not os.path.isfile(d["checkpoint"]):
         raise FileNotFoundError(f"diffusion.checkpoint {d['checkpoint']} does not exist; download it from "
                                 f"{d['url']}")
-    from offshelf.backbones.adm import load_adm  # the ADM port, needed only here
+    from offshelf.backends.adm128 import load_adm_network  # the ADM port, needed only here
 
-    model = load_adm(d["checkpoint"], d["preset"], device=device, use_fp16=d["use_fp16"])
+    # preset name or guided-diffusion flags, loaded strictly as the adm128 backend loads its UNet
+    model = load_adm_network(d["checkpoint"], d["preset"], device, d["use_fp16"])
     diffusion = GaussianDiffusion.respaced(d["num_train_steps"], d["timestep_respacing"], d["noise_schedule"],
                                            "learned_range")
     clip_model, tokenizer = load_clip(c["model"], c["pretrained"], cache_dir=c["cache_dir"], device=device)

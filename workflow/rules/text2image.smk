@@ -9,6 +9,7 @@ rule text2image:
     output:
         directory(f"{config['results']}/clip_text2image"),
     params:
+        checkpoints=CHECKPOINTS,  # where the diffusion checkpoint is fetched to and verified against
         library=LIBRARY,
     log:
         f"{config['results']}/logs/text2image.log",
