@@ -102,20 +102,25 @@ def test_killed_sampling_job_loses_only_its_shard(ci_run, tmp_path):
             return [pid for pid in descendants(proc.pid) if "sample.py" in cmdline(pid)]
 
         started = None  # shard 0's job: how long a shard takes, start to file
+        shard0_jobs: set[int] = set()  # its processes, which may linger after writing the file
         while not (folder / "shard0.npz").exists() and proc.poll() is None and time.time() < deadline:
-            if started is None and sampling_jobs():
+            running = sampling_jobs()
+            if started is None and running:
                 started = time.time()
+            shard0_jobs.update(running)
             time.sleep(0.1)
         assert (folder / "shard0.npz").exists() and started, f"shard 0 never finished: {log.read_text()[-3000:]}"
         duration = time.time() - started
-        while not sampling_jobs() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.1)
+        shard1_jobs: list[int] = []
+        while not shard1_jobs and proc.poll() is None and time.time() < deadline:
+            shard1_jobs = [pid for pid in sampling_jobs() if pid not in shard0_jobs]
+            time.sleep(0.05)
         # shard 1 is part-way: same size, same work as shard 0. Capped, because on a loaded machine
         # shard 0 (cold caches) can take far longer than shard 1, which would then finish unkilled;
         # a job's interpreter and torch import alone take longer than the cap.
         time.sleep(min(duration / 2, 0.75))
         killed = []
-        for pid in sampling_jobs():
+        for pid in shard1_jobs + [p for p in sampling_jobs() if p not in shard0_jobs and p not in shard1_jobs]:
             try:
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
