@@ -231,3 +231,37 @@ def test_bootstrap_and_baseline_keys_are_validated(default_config):
     flagged = {r.label for r in table_rows(validate_config(config)) if r.table == "table5" and r.baseline}
     assert flagged == {"tau2=0.8"}
     assert {r.label for r in table_rows(default_config) if r.table == "table7" and r.baseline} == {"Diffusion baseline"}
+
+
+def test_evaluate_writes_reproducible_intervals_and_replicates(tmp_path):
+    """The evaluate stage: B = 0 gives no interval keys; B > 0 gives every interval and a features
+    file whose replicates a rerun reproduces bitwise (the fixed seed), with the point estimates
+    untouched by the bootstrap."""
+    from conftest import train_tiny_digits
+    from offshelf import stages
+    from offshelf.atomic import save_npz
+    from offshelf.backends.digits import DigitsBackend
+
+    models = train_tiny_digits(tmp_path, steps=5, batch_size=16)
+    backend, files = DigitsBackend(), {"evaluator": models["evaluator"]}
+    rng = np.random.default_rng(9)
+    shard = tmp_path / "shard0.npz"
+    stages.save_shard(shard, rng.integers(0, 256, (48, 8, 8, 1), dtype=np.uint8), np.arange(48) % 10, range(48), 1.0)
+    reference = tmp_path / "reference.npz"
+    save_npz(reference, **stages.reference_features(backend, files, {}))
+
+    def run(b, out):
+        return stages.evaluate(backend, files, [str(shard)], str(reference), {"nhood_size": 3, "bootstrap": b},
+                               expected_seeds=[[0, 48]], features_path=out)
+
+    off = run(0, None)
+    assert not any(k.endswith(("_lo", "_hi")) for k in off)
+    first, second = run(50, tmp_path / "a.features.npz"), run(50, tmp_path / "b.features.npz")
+    assert first == second
+    assert all(first[k] == off[k] for k in off if k not in ("bootstrap", "bootstrap_digest", "seconds"))
+    for metric in statistics.METRICS:
+        assert first[f"{metric}_lo"] <= first[f"{metric}_hi"], metric
+    with np.load(tmp_path / "a.features.npz") as a, np.load(tmp_path / "b.features.npz") as b:
+        assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
+        assert a["seeds"].tolist() == list(range(48)) and a["features"].shape[0] == 48
+        assert {f"replicate_{m}" for m in statistics.METRICS} <= set(a.files)
