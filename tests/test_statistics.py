@@ -144,6 +144,16 @@ def test_identical_rows_differ_by_exactly_zero():
         assert paired_difference(metric, point[metric], point[metric], a[metric], b[metric]) == (0.0, 0.0, 0.0)
 
 
+def test_too_few_samples_for_half_sample_radii_give_no_recall_interval():
+    rng = np.random.default_rng(10)
+    x, ref = rng.standard_normal((7, 2)), rng.standard_normal((20, 2))
+    reps = statistics.bootstrap(x, reference_mu=np.zeros(2), reference_sigma=np.eye(2), reference_features=ref,
+                                num_resamples=20, nhood_size=3)
+    assert "recall" not in reps and len(reps["precision"]) == 20  # 3 points per half: no 3-NN radius
+    out = statistics.intervals({"fid": 1.0, "precision": 0.5, "recall": 0.5}, reps)
+    assert "recall_lo" not in out and out["precision_lo"] <= out["precision_hi"]
+
+
 def test_paired_difference_covers_a_known_shift_and_is_narrower_than_unpaired():
     """Row = baseline + c (same noise). With equal covariances the trace terms cancel, so
     FID_row − FID_base = ||mu + c||² − ||mu||² exactly (mu_ref = 0), and its estimator

@@ -209,7 +209,8 @@ def bootstrap(features: np.ndarray, *, reference_mu: np.ndarray, reference_sigma
         inside = in_reference_manifold(features, reference_features, nhood_size, device)
         out["in_reference"] = inside
         out["precision"] = mean_replicates(inside, boot)
-        out["recall"] = recall_replicates(features, reference_features, halves, nhood_size, device)
+        if n // 2 > nhood_size:  # a half needs more than k points to have k-NN radii; else no recall interval
+            out["recall"] = recall_replicates(features, reference_features, halves, nhood_size, device)
     if correct is not None:
         out["correct"] = np.asarray(correct, bool)
         out["accuracy"] = mean_replicates(out["correct"], boot)
