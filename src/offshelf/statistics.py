@@ -74,7 +74,8 @@ def fid_replicates(features: np.ndarray, ref_mu: np.ndarray, ref_sigma: np.ndarr
 
     Tr (Σ_b Σ_r)^{1/2} = Σ √λ(R Σ_b R) with R = Σ_r^{1/2} (symmetric, computed once): R Σ_b R is
     symmetric PSD with the eigenvalues of Σ_b Σ_r, so a batched ``eigvalsh`` replaces one general
-    ``sqrtm`` per replicate (≈ 10x cheaper at D = 2048, and batched at D = 32)."""
+    ``sqrtm`` per replicate (measured at D = 1024 on the project VM: 0.27 s vs 15 s of CPU; batched
+    at D = 32)."""
     x = np.asarray(features, np.float64)
     n, d = x.shape
     # Centre once on the full-sample mean: each resample's mean is then near 0, so the raw second
