@@ -43,6 +43,39 @@ def test_report_has_numbers_for_every_row(ci_run):
         assert (ci_run / "ci" / "figures" / f"{figure}.png").stat().st_size > 1000
 
 
+def test_report_has_intervals_and_paired_differences(ci_run):
+    """Every table CSV has <metric>_lo/_hi and <metric>_diff/_diff_lo/_diff_hi for each metric,
+    finite wherever the point estimate (and the baseline row's) is; the baseline row differs from
+    itself by exactly 0 [0, 0]; the Markdown shows intervals and the legend."""
+    report = ci_run / "ci" / "report"
+    config = yaml.safe_load(CI.read_text())
+    assert config["evaluation"]["bootstrap"] > 0
+    for table in config["tables"]:
+        frame = pd.read_csv(report / f"{table}.csv")
+        for metric in ("fid", "precision", "recall", "accuracy"):
+            for suffix in ("lo", "hi", "diff", "diff_lo", "diff_hi"):
+                assert f"{metric}_{suffix}" in frame, f"{table}: no column {metric}_{suffix}"
+            for _, row in frame.iterrows():
+                base = frame[(frame["regime"] == row["regime"]) & frame["baseline"]].iloc[0]
+                where = f"{table} / {row['row']} / {row['regime']}: {metric}"
+                if not math.isfinite(row[metric]):
+                    continue
+                lo, hi = row[f"{metric}_lo"], row[f"{metric}_hi"]
+                assert math.isfinite(lo) and math.isfinite(hi) and lo <= hi, f"{where} [{lo}, {hi}]"
+                if math.isfinite(base[metric]):
+                    diff = [row[f"{metric}_diff{s}"] for s in ("", "_lo", "_hi")]
+                    assert all(map(math.isfinite, diff)) and diff[1] <= diff[2], f"{where} diff {diff}"
+                    assert diff[0] == pytest.approx(row[metric] - base[metric], abs=1e-12)
+                    if row["baseline"]:
+                        assert diff == [0, 0, 0], where
+        text = (report / f"{table}.md").read_text()
+        assert " [" in text and "(baseline)" in text and "excludes 0" in text, table
+    for metrics in (ci_run / "ci" / "metrics").glob("*.json"):
+        with np.load(metrics.with_suffix(".features.npz")) as saved:
+            n = len(saved["seeds"])
+            assert saved["features"].shape[0] == n and saved["replicate_fid"].shape == (config["evaluation"]["bootstrap"],)
+
+
 def test_shards_use_the_adm_evaluator_layout(ci_run):
     shards = sorted((ci_run / "ci" / "samples" / "cond_unguided").glob("shard*.npz"))
     assert len(shards) == 2

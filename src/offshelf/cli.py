@@ -196,8 +196,10 @@ def cmd_evaluate(args) -> int:
 
         reference = str(Path(args.out).with_suffix(".reference.npz"))
         save_npz(reference, **stages.reference_features(ctx.backend, files, ctx.config.get("evaluation", {})))
+    # per-sample features and bootstrap replicates beside the metrics, as the workflow's evaluate job
+    # writes them (what a report pairs against a baseline row; docs/statistics.md)
     result = stages.evaluate(ctx.backend, files, args.shards, reference, ctx.config.get("evaluation", {}),
-                             args.num_samples)
+                             args.num_samples, features_path=Path(args.out).with_suffix(".features.npz"))
     save_json(args.out, result)
     print(json.dumps(result, indent=2, sort_keys=True, default=float))
     return 0
@@ -287,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--shards", nargs="+", required=True, help="shard .npz files, in seed order")
     evaluate.add_argument("--reference", help="reference features .npz (default: computed beside --out)")
     evaluate.add_argument("--num-samples", type=int, help="evaluate the first N samples")
-    evaluate.add_argument("--out", required=True, help="the metrics .json")
+    evaluate.add_argument("--out", required=True, help="the metrics .json (features and bootstrap replicates go "
+                          "beside it, <out stem>.features.npz)")
     evaluate.set_defaults(run=cmd_evaluate)
 
     plan = commands.add_parser("plan", help="sampling work (network evaluations; GPU-hours given costs) per table")

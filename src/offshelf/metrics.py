@@ -411,7 +411,7 @@ def inception_feature_fn(mode: str, weights_path, device="cpu") -> FeatureFn:
 
 def evaluate(samples: np.ndarray, labels, feature_fn: FeatureFn, *, reference_stats: FeatureStats | None = None,
              reference_features=None, classifier_fn: FeatureFn | None = None, batch_size: int = 50,
-             nhood_size: int = 3, splits: int = 10, device=None) -> dict:
+             nhood_size: int = 3, splits: int = 10, device=None, arrays: dict | None = None) -> dict:
     """FID, precision, recall and (with ``classifier_fn``) inception_score and accuracy.
 
     FID uses ``reference_stats`` when given (ADM: mu/sigma of the full reference set), else the
@@ -419,6 +419,9 @@ def evaluate(samples: np.ndarray, labels, feature_fn: FeatureFn, *, reference_st
     the 10k reference images' features) and are NaN without them. ``classifier_fn`` maps a
     uint8 NHWC batch to logits or probabilities: accuracy = mean(argmax == label) and the
     inception score is computed under that classifier (the Inception softmax gives the usual IS).
+
+    ``arrays``, when given, receives the per-sample ``features`` and (with ``classifier_fn`` and
+    labels) ``correct``: what offshelf.statistics resamples, without a second feature pass.
     """
     if reference_stats is None and reference_features is None:
         raise ValueError("evaluate needs reference_stats (mu/sigma) or reference_features")
@@ -444,5 +447,10 @@ def evaluate(samples: np.ndarray, labels, feature_fn: FeatureFn, *, reference_st
         logits = extract_features(samples, classifier_fn, batch_size)
         result["inception_score"], result["inception_score_std"] = inception_score(logits, min(splits, len(samples)))
         if labels is not None:
-            result["accuracy"] = float(np.mean(logits.argmax(axis=1) == np.asarray(labels)))
+            correct = logits.argmax(axis=1) == np.asarray(labels)
+            result["accuracy"] = float(np.mean(correct))
+            if arrays is not None:
+                arrays["correct"] = correct
+    if arrays is not None:
+        arrays["features"] = features
     return result

@@ -29,6 +29,17 @@ class Row:
     sweep_key: str | None = None
     num_samples: int | None = None  # samples its metrics use (a table may evaluate fewer than it samples)
     unavailable: str | None = None  # why this backbone cannot run the row (it is reported, not sampled)
+    baseline: bool = False  # the row its table's paired differences are taken against
+
+
+def baseline_index(table: str, spec: dict) -> int:
+    """The row a table compares every other row to: the one flagged ``baseline: true``, else the
+    first (each table of the paper opens with its reference design)."""
+    flagged = [i for i, row in enumerate(spec["rows"]) if row.get("baseline")]
+    if len(flagged) > 1:
+        raise ValueError(f"tables.{table}.rows[{flagged[1]}].baseline: rows {flagged} of {table} are all flagged "
+                         f"baseline: true; a table has one baseline row")
+    return flagged[0] if flagged else 0
 
 
 def unavailable_reason(config: dict, setting: Setting) -> str | None:
@@ -69,7 +80,8 @@ def sweep(config: dict, setting: Setting) -> tuple[list[Setting], str | None]:
 def table_rows(config: dict) -> list[Row]:
     rows = []
     for table, spec in config["tables"].items():
-        for row in spec["rows"]:
+        base_row = baseline_index(table, spec)
+        for position, row in enumerate(spec["rows"]):
             for regime in config["regimes"]:
                 setting = row_setting(config, row, regime)
                 candidates, key = sweep(config, setting)
@@ -82,7 +94,7 @@ def table_rows(config: dict) -> list[Row]:
                     raise ValueError(f"{table}.num_samples = {num_samples} exceeds sampling.num_samples = "
                                      f"{config['sampling']['num_samples']} (the samples a setting gets)")
                 rows.append(Row(table, row["label"], regime, candidates, probe, dict(row.get("paper", {})), key,
-                                num_samples, unavailable_reason(config, setting)))
+                                num_samples, unavailable_reason(config, setting), position == base_row))
     return rows
 
 

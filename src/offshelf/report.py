@@ -12,12 +12,13 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from offshelf.calibration import integral_calibration_error
 from offshelf.atomic import save_csv, save_text
 from offshelf.plan import evaluation_name, table_rows
-from offshelf.tables import add_differences, markdown, table_frame
+from offshelf.tables import add_differences, add_paired_differences, markdown, table_frame
 
 
 def _intro(plan_config: dict, experiment: str, comparable: bool) -> list[str]:
@@ -27,7 +28,9 @@ def _intro(plan_config: dict, experiment: str, comparable: bool) -> list[str]:
             f"{sampling['shard_size']}" + (f", respacing {sampling['respacing']}" if "respacing" in sampling else "")
             + ". Each guided row sweeps its scale grid and reports the candidate with the lowest FID (the "
             "scale column). `ice` = integral calibration error (mean per-step ECE along unguided "
-            "conditional trajectories)."]
+            "conditional trajectories). Intervals are 95% bootstrap intervals over the samples "
+            "(evaluation.bootstrap resamples); differences are paired against the table's baseline row "
+            "(docs/statistics.md)."]
     if not comparable:
         text.append("Paper columns are the paper's ImageNet numbers, for direction only: FIDs here are in "
                     "the judging network's feature space and not comparable in magnitude.")
@@ -45,9 +48,11 @@ def _intro(plan_config: dict, experiment: str, comparable: bool) -> list[str]:
 
 def write_report(plan_config: dict, metric_files: list[str], calibration_files: list[str], figure_files: list[str],
                  out_path: str, experiment: str, model_files: list[str] = (), comparable: bool = False,
-                 ) -> dict[str, pd.DataFrame]:
+                 feature_files: list[str] = ()) -> dict[str, pd.DataFrame]:
     """``comparable``: the backend reproduces the paper's own setting, so each table also gets
-    measured − paper columns."""
+    measured − paper columns. ``feature_files``: the evaluations' ``<name>.features.npz`` (per-sample
+    arrays and bootstrap replicates), from which each row's paired difference against its table's
+    baseline row is taken."""
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     evaluations = {Path(p).stem: json.loads(Path(p).read_text()) for p in metric_files}
@@ -56,6 +61,8 @@ def write_report(plan_config: dict, metric_files: list[str], calibration_files: 
     if model_files:
         sections += ["## Networks", "", _model_summary(model_files), ""]
     rows = table_rows(plan_config)
+    features = {Path(p).name.removesuffix(".features.npz"): p for p in feature_files}
+    cache: dict = {}
     frames = {}
     for table, spec in plan_config["tables"].items():
         mine = [r for r in rows if r.table == table]
@@ -71,6 +78,9 @@ def write_report(plan_config: dict, metric_files: list[str], calibration_files: 
                 part["status"] = f"not run ({row.unavailable})"
             parts.append(part)
         frame = pd.concat(parts, ignore_index=True)
+        n_eval = (mine[0].num_samples or plan_config["sampling"]["num_samples"]) if mine else None
+        frame = add_paired_differences(frame, lambda setting, n=n_eval: _replicates(
+            features.get(evaluation_name(plan_config, setting, n)), cache))
         if comparable:
             frame = add_differences(frame)
         frames[table] = frame
@@ -91,6 +101,17 @@ def table_heading(table: str) -> str:
     """``table9`` -> ``Table 9``; ``table9_sweep`` (a table beside Table 9) -> ``Table 9 (sweep)``."""
     number, _, extra = table.removeprefix("table").partition("_")
     return f"Table {number}" + (f" ({extra.replace('_', ' ')})" if extra else "")
+
+
+def _replicates(path: str | None, cache: dict) -> dict | None:
+    """A setting's saved replicates (small: B floats per metric), read once per report."""
+    if path is None:
+        return None
+    if path in cache:
+        return cache[path]
+    with np.load(path) as data:
+        cache[path] = {k: data[k] for k in data.files if k.startswith("replicate_") or k in ("digest", "seeds")}
+    return cache[path]
 
 
 def _model_summary(model_files: list[str]) -> str:

@@ -121,10 +121,16 @@ def reference_features(backend: Backend, files: Mapping[str, str], evaluation: M
 
 def evaluate(backend: Backend, files: Mapping[str, str], shard_paths: Sequence[str], reference_features_path=None,
              evaluation: Mapping[str, Any] | None = None, num_samples: int | None = None,
-             expected_seeds: Sequence[Sequence[int]] | None = None) -> dict[str, Any]:
+             expected_seeds: Sequence[Sequence[int]] | None = None, features_path=None) -> dict[str, Any]:
     """FID / precision / recall (and accuracy where the extractor has logits) of the shards'
-    first ``num_samples`` samples, their summed sampling time, and which network judged them."""
-    from offshelf.metrics import evaluate as evaluate_features
+    first ``num_samples`` samples, their summed sampling time, and which network judged them.
+
+    With ``evaluation.bootstrap`` = B > 0, each metric also gets its 95 % interval
+    (``<metric>_lo``/``_hi``, offshelf.statistics), and ``features_path`` (when given) receives
+    the per-sample features, seeds, correctness and the B replicates of every metric, so a report
+    can pair this setting with another resampled by the same indices."""
+    from offshelf import statistics
+    from offshelf.metrics import evaluate as evaluate_features, feature_statistics
 
     evaluation = evaluation or {}
     images, labels, seconds = load_shards(backend, shard_paths, expected_seeds, num_samples)
@@ -134,13 +140,37 @@ def evaluate(backend: Backend, files: Mapping[str, str], shard_paths: Sequence[s
         with np.load(reference_features_path) as ref:
             ref_features = {k: ref[k] for k in ref.files}
     reference = backend.reference(files, ref_features)
+    arrays: dict[str, np.ndarray] = {}
+    nhood_size = evaluation.get("nhood_size", 3)
     result = evaluate_features(images, labels, extractor.features, reference_stats=reference.stats,
                                reference_features=reference.features, classifier_fn=extractor.logits,
-                               batch_size=extractor.batch_size, nhood_size=evaluation.get("nhood_size", 3),
-                               device=extractor.device)
+                               batch_size=extractor.batch_size, nhood_size=nhood_size,
+                               device=extractor.device, arrays=arrays)
     if not np.isfinite(result["fid"]):
         raise NonFiniteError(f"shards {shard_paths[0]} ..: FID is {result['fid']} (non-finite features from "
                              f"{extractor.name or 'the feature extractor'}); no metrics file is written")
+    num_resamples = int(evaluation.get("bootstrap", 0))
+    replicates: dict[str, np.ndarray] = {}
+    if num_resamples > 0:
+        ref_stats = reference.stats if reference.stats is not None else feature_statistics(reference.features)
+        replicates = statistics.bootstrap(arrays["features"], reference_mu=ref_stats.mu, reference_sigma=ref_stats.sigma,
+                                          reference_features=reference.features, correct=arrays.get("correct"),
+                                          num_resamples=num_resamples, nhood_size=nhood_size, device=extractor.device)
+        result.update(statistics.intervals(result, replicates))
+    result["bootstrap"] = num_resamples
+    result["bootstrap_digest"] = statistics.indices_digest(len(images), num_resamples)
+    if features_path is not None:
+        # Metric replicates go in as "replicate_<metric>"; per-sample arrays under their own names.
+        per_sample = {"features": arrays["features"], "labels": np.asarray(labels, np.int64),
+                      "digest": np.array(result["bootstrap_digest"])}
+        if expected_seeds is not None:  # what the report checks before pairing sample i with sample i
+            seeds = np.concatenate([_seed_list(s) for s in expected_seeds])[:len(images)]
+            per_sample["seeds"] = np.asarray(seeds, np.int64)
+        per_sample.update({k: v for k, v in replicates.items() if k not in statistics.METRICS})
+        if "correct" in arrays:
+            per_sample["correct"] = arrays["correct"]
+        per_sample.update({f"replicate_{k}": replicates[k] for k in statistics.METRICS if k in replicates})
+        save_npz(features_path, **per_sample)
     result["seconds"] = seconds
     result["judge"] = extractor.name
     result.update(backend.provenance(files))

@@ -8,8 +8,9 @@ being left out.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable, Mapping
 
+import numpy as np
 import pandas as pd
 
 from offshelf.plan import Row
@@ -19,6 +20,12 @@ METRICS = ("fid", "precision", "recall", "accuracy", "seconds")
 #: the sha256 of the feature extractor and the reference statistics); copied into each report row
 PROVENANCE = ("fid_protocol", "feature_extractor", "feature_extractor_sha256", "reference_stats",
               "reference_stats_sha256")
+# Metrics with a 95 % interval and a paired difference against the baseline row (offshelf.statistics);
+# `seconds` is a wall time, not an estimate of anything.
+INTERVAL_METRICS = ("fid", "precision", "recall", "accuracy")
+LEGEND = ("Cells: estimate [95% bootstrap interval] (paired difference row − baseline row, same seeds; "
+          "* = its 95% interval excludes 0). The baseline row of each table is marked (baseline). "
+          "See docs/statistics.md.")
 
 
 def best_candidate(row: Row, metrics: dict[str, dict[str, Any]]) -> tuple[Any, dict[str, Any] | None]:
@@ -40,7 +47,7 @@ def table_frame(rows: list[Row], metrics: dict[str, dict], ice: dict[str, float]
     records = []
     for row in rows:
         best, result = best_candidate(row, metrics)
-        record: dict[str, Any] = {"table": row.table, "row": row.label, "regime": row.regime}
+        record: dict[str, Any] = {"table": row.table, "row": row.label, "regime": row.regime, "baseline": row.baseline}
         record.update({f"paper_{k}": v for k, v in row.paper.items()})
         if best is None:
             record["status"] = "not run"
@@ -52,11 +59,62 @@ def table_frame(rows: list[Row], metrics: dict[str, dict], ice: dict[str, float]
                 record["swept"] = " ".join(f"{getattr(s, row.sweep_key):g}" for s in row.candidates)
             record.update({k: result.get(k, math.nan) for k in METRICS})
             record.update({k: result[k] for k in PROVENANCE if k in result})
+            record.update({f"{k}_{end}": result.get(f"{k}_{end}", math.nan) for k in INTERVAL_METRICS
+                           for end in ("lo", "hi")})
+            record["fid_bias"] = result.get("fid_bias", math.nan)
         if row.probe is not None:
             record["probe"] = row.probe
             record["ice"] = ice.get(row.probe, math.nan)
         records.append(record)
     return pd.DataFrame(records)
+
+
+def add_paired_differences(frame: pd.DataFrame, replicates: Callable[[str], Mapping[str, Any] | None]) -> pd.DataFrame:
+    """``<metric>_diff`` (row − the table's baseline row, same regime) with ``_diff_lo``/``_diff_hi``.
+
+    ``replicates(setting)`` gives a setting's saved bootstrap (the evaluate job's ``.features.npz``:
+    ``replicate_<metric>``, ``digest``, ``seeds``). Both rows were resampled with the same indices
+    and sample i of each comes from the same seed, so their replicates subtract element by element:
+    a paired bootstrap (offshelf.statistics.paired_difference). A pair whose digests or seeds differ
+    is an error, never silently unpaired. The baseline row gets 0 [0, 0]; rows without replicates
+    (bootstrap 0, not run) get NaN."""
+    from offshelf.statistics import paired_difference
+
+    frame = frame.copy()
+    for metric in INTERVAL_METRICS:
+        for suffix in ("diff", "diff_lo", "diff_hi"):
+            frame[f"{metric}_{suffix}"] = math.nan
+    for regime in dict.fromkeys(frame["regime"]):
+        rows = frame[frame["regime"] == regime]
+        base = rows[rows["baseline"] & (rows["status"] == "ok")]
+        if base.empty:
+            continue
+        base = base.iloc[0]
+        base_reps = replicates(base["setting"])
+        if base_reps is None:
+            continue
+        for index, row in rows[rows["status"] == "ok"].iterrows():
+            reps = replicates(row["setting"])
+            if reps is None:
+                continue
+            _check_paired(row, base, reps, base_reps)
+            for metric in INTERVAL_METRICS:
+                key = f"replicate_{metric}"
+                if key in reps and key in base_reps and math.isfinite(row[metric]) and math.isfinite(base[metric]):
+                    diff, lo, hi = paired_difference(metric, row[metric], base[metric], reps[key], base_reps[key])
+                    frame.loc[index, [f"{metric}_diff", f"{metric}_diff_lo", f"{metric}_diff_hi"]] = [diff, lo, hi]
+    return frame
+
+
+def _check_paired(row, base, reps: Mapping[str, Any], base_reps: Mapping[str, Any]) -> None:
+    where = f"table {row['table']!r}, regime {row['regime']}: row {row['row']!r} ({row['setting']}) vs baseline " \
+            f"{base['row']!r} ({base['setting']})"
+    if str(reps.get("digest")) != str(base_reps.get("digest")):
+        raise ValueError(f"{where}: bootstrap indices differ (digest {reps.get('digest')} vs {base_reps.get('digest')}: "
+                         f"another evaluation.bootstrap or sample count); rerun their evaluate jobs")
+    if "seeds" in reps and "seeds" in base_reps and not np.array_equal(reps["seeds"], base_reps["seeds"]):
+        raise ValueError(f"{where}: samples come from different seeds, so sample i of one does not pair with "
+                         f"sample i of the other")
 
 
 def add_differences(frame: pd.DataFrame) -> pd.DataFrame:
@@ -87,7 +145,8 @@ def markdown(frame: pd.DataFrame, columns: list[str], title: str) -> str:
     for label in dict.fromkeys(frame["row"]):
         part = frame[frame["row"] == label]
         first = part.iloc[0]
-        cells = [label] + [_fmt(first.get(f"paper_{_paper_key(c)}")) for c in columns if f"paper_{_paper_key(c)}" in frame]
+        shown = label + (" (baseline)" if bool(first.get("baseline", False)) else "")
+        cells = [shown] + [_fmt(first.get(f"paper_{_paper_key(c)}")) for c in columns if f"paper_{_paper_key(c)}" in frame]
         for regime in regimes:
             r = part[part["regime"] == regime]
             if r.empty or r.iloc[0]["status"] != "ok":
@@ -95,11 +154,13 @@ def markdown(frame: pd.DataFrame, columns: list[str], title: str) -> str:
                 cells += [status] + ["–"] * len(columns)
                 continue
             r = r.iloc[0]
-            cells += [_fmt(r.get(c)) for c in columns]
+            cells += [_cell(r, c) for c in columns]
             scale = next((r[k] for k in ("best_scale", "best_cfg_scale") if k in r and not _isnan(r[k])), None)
             cells.append(("w=" if "best_cfg_scale" in r and not _isnan(r.get("best_cfg_scale")) else "") + _fmt(scale)
                          if scale is not None else "–")
         lines.append("| " + " | ".join(cells) + " |")
+    if any(f"{c}_lo" in frame for c in columns):
+        lines += ["", LEGEND]
     lines += provenance_lines(frame)
     return "\n".join(lines) + "\n"
 
@@ -123,6 +184,20 @@ def provenance_lines(frame: pd.DataFrame) -> list[str]:
             text += " for rows " + ", ".join(dict.fromkeys(part["row"]))
         lines.append(text + ".")
     return lines if len(lines) > 1 else []
+
+
+def _cell(r, column: str) -> str:
+    """``0.336 [0.31, 0.36] (−0.021*)``: the estimate, its interval where there is one, and the
+    paired difference against the baseline row (starred when its interval excludes 0)."""
+    text = _fmt(r.get(column))
+    lo, hi = r.get(f"{column}_lo"), r.get(f"{column}_hi")
+    if not _isnan(lo) and not _isnan(hi):
+        text += f" [{_fmt(lo, 2)}, {_fmt(hi, 2)}]"
+    diff, dlo, dhi = (r.get(f"{column}_diff{s}") for s in ("", "_lo", "_hi"))
+    if not bool(r.get("baseline", False)) and not any(_isnan(v) for v in (diff, dlo, dhi)):
+        sign = "−" if diff < 0 else "+"
+        text += f" ({sign}{_fmt(abs(float(diff)))}{'*' if dlo > 0 or dhi < 0 else ''})"
+    return text
 
 
 def _paper_label(column: str) -> str:

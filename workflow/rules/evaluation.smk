@@ -9,7 +9,8 @@ if BACKEND.has_reference_features():
         output:
             f"{EXP}/reference/features.npz",
         params:
-            evaluation=canonical(config["evaluation"]),
+            # the real images' features do not depend on how many resamples an evaluation draws
+            evaluation=canonical({k: v for k, v in config["evaluation"].items() if k != "bootstrap"}),
             backend=BACKEND_SPEC,
             checkpoints=CHECKPOINTS,
             library=LIBRARY,
@@ -25,7 +26,10 @@ rule evaluate:
     input:
         unpack(evaluation_inputs),
     output:
-        f"{EXP}/metrics/{{setting}}.json",
+        metrics=f"{EXP}/metrics/{{setting}}.json",
+        # per-sample features, seeds, correctness and the bootstrap replicates (offshelf.statistics):
+        # what the report pairs against the table's baseline row
+        features=f"{EXP}/metrics/{{setting}}.features.npz",
     params:
         evaluation=canonical(config["evaluation"]),
         seeds=lambda wc: [shard_seed_range(s) for s in evaluation_shards(wc)],

@@ -65,6 +65,7 @@ if "figure4" in FIGURES:
 rule report:
     input:
         metrics=expand(f"{EXP}/metrics/{{setting}}.json", setting=sorted(EVALUATIONS)),
+        features=expand(f"{EXP}/metrics/{{setting}}.features.npz", setting=sorted(EVALUATIONS)),
         calibration=expand(f"{EXP}/calibration/{{probe}}.csv", probe=PROBES),
         figures=expand(f"{EXP}/figures/{{figure}}.png", figure=FIGURES),
         models=[f"{EXP}/models/{role}.pt" for role in trained_roles()],

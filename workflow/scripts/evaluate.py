@@ -10,7 +10,7 @@ with job_log(snakemake.log[0], snakemake.threads, snakemake.resources.get("gpu",
     files = stages.verified_files({role: inputs[role] for role in backend.evaluation_files()},
                                   backend.evaluation_files(), p.checkpoints)
     result = stages.evaluate(backend, files, list(inputs.shards), inputs.get("reference"), p.evaluation,
-                             num_samples, expected_seeds=p.seeds)
+                             num_samples, expected_seeds=p.seeds, features_path=snakemake.output.features)
     result["setting"] = setting
     print(result)
-    save_json(snakemake.output[0], result)
+    save_json(snakemake.output.metrics, result)
