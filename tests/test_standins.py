@@ -241,18 +241,20 @@ def test_clip_folder_loads_offline_through_load_clip(built, monkeypatch):
     assert logits.shape == (2, 2) and torch.isfinite(logits).all()
 
 
-def test_bytes_are_deterministic_across_builds(built, tmp_path):
-    """A second build, in a fresh process with another string-hash seed (TorchScript and pickle
-    output can follow set order), writes the same bytes."""
-    env = dict(os.environ, PYTHONHASHSEED="12345", PYTHONPATH=os.pathsep.join(sys.path))
-    subprocess.run([sys.executable, standins.__file__, str(tmp_path / "again")], env=env, check=True,
-                   capture_output=True, timeout=300)
-    first = {e["filename"]: e["sha256"] for e in _registry(built)}
-    second = {e["filename"]: e["sha256"]
-              for e in yaml.safe_load((tmp_path / "again" / "registry.yaml").read_text())["checkpoints"]}
+def test_bytes_are_deterministic_across_builds(tmp_path):
+    """Two builds, each in a fresh process with its own string-hash seed (TorchScript and pickle
+    output can follow set order), write the same bytes. Fresh processes both: a build inside the
+    test session would inherit whatever global torch state earlier tests left."""
+    for hash_seed, folder in (("1", "first"), ("12345", "second")):
+        env = dict(os.environ, PYTHONHASHSEED=hash_seed, PYTHONPATH=os.pathsep.join(sys.path))
+        subprocess.run([sys.executable, standins.__file__, str(tmp_path / folder)], env=env, check=True,
+                       capture_output=True, timeout=300)
+    first, second = ({e["filename"]: e["sha256"]
+                      for e in yaml.safe_load((tmp_path / f / "registry.yaml").read_text())["checkpoints"]}
+                     for f in ("first", "second"))
     assert first == second
     for name in ("registry.yaml", "manifest.json"):
-        assert (built["out"] / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
+        assert (tmp_path / "first" / name).read_bytes() == (tmp_path / "second" / name).read_bytes()
 
 
 def test_server_hands_out_identical_bytes(built, tmp_path):
