@@ -345,6 +345,12 @@ class GuidedModel(nn.Module):
 
 # --- pipelines --------------------------------------------------------------------------------
 
+def scale_model_input(scheduler, x: torch.Tensor, t) -> torch.Tensor:
+    """The model input for sample ``x`` (Euler's 1/√(σ²+1); flow-matching schedulers have no such step)."""
+    scale = getattr(scheduler, "scale_model_input", None)
+    return x if scale is None else scale(x, t)
+
+
 def _step_kwargs(scheduler, generator) -> dict:
     return {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
 
@@ -402,10 +408,10 @@ class ClassifierGuidedPipeline:
         scheduler = self.scheduler
         scheduler.set_timesteps(num_inference_steps, device=device)
         x = randn_tensor((len(y), channels, *size), generator=generator, device=device, dtype=torch.float32)
-        x = x * scheduler.init_noise_sigma
+        x = x * getattr(scheduler, "init_noise_sigma", 1.0)
         denoise = self._latent_denoiser(model, y) if self.latent else self._pixel_denoiser(model, y)
         for i, t in enumerate(self.pipe.progress_bar(scheduler.timesteps)):
-            x_in = scheduler.scale_model_input(x, t)
+            x_in = scale_model_input(scheduler, x, t)
             prediction = denoise(x_in, t)
             prediction, info = self.guidance.correct(prediction, x_in, t, y)
             if callback is not None:
