@@ -378,3 +378,23 @@ def test_sd3_transformer_with_flow_matching_through_the_wrapper(tmp_path, monkey
         assert velocity.shape == plain.shape and not torch.allclose(velocity, plain)
         x = scheduler.step(velocity, t, x).prev_sample
     assert torch.isfinite(x).all()
+
+
+def test_guide_names_what_a_pipeline_lacks():
+    import offshelf
+
+    class NotAPipeline:
+        scheduler = diffusers.DDPMScheduler()
+
+    with pytest.raises(ValueError, match=r"expected a pixel pipeline with \.unet"):
+        offshelf.guide(NotAPipeline(), tiny_classifier())
+
+
+def test_import_offshelf_does_not_import_diffusers():
+    import subprocess
+    import sys
+
+    code = "import sys, offshelf; assert callable(offshelf.guide); print('diffusers' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
