@@ -294,8 +294,13 @@ def test_paper_x0_guidance_lands_on_the_target_component(name):
 # (c) pipelines, saved and loaded offline
 
 def _offline(monkeypatch):
+    """HF_HUB_OFFLINE=1 for this test: huggingface_hub reads the variable once at import, so its
+    constant is set too; any HTTP request then raises OfflineModeIsEnabled."""
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", "/nonexistent-offshelf-test-cache")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
 
 
 def test_ddpm_pipeline_round_trip_offline(tmp_path, monkeypatch):
