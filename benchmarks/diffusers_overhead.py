@@ -5,8 +5,8 @@ For each scheduler, one sampling loop of ``--steps`` steps (``scale_model_input`
 (Softplus-β3 classifier on x̂0, τ1 = 1, τ2 = 0.5, s = 1, γ = 0.3, the default ``adm`` schedule),
 and the classifier's forward+backward alone (``ClassifierGuidance.gradient``) at the same batch:
 
-    ratio      = guided step / unguided step
-    efficiency = (guided − unguided) / classifier gradient   (1.0: guidance costs one classifier pass)
+    ratio = guided step / unguided step
+    extra / classifier pass = (guided − unguided) / classifier gradient   (1.0: one classifier pass)
 
 Random-init weights (the cost of a pass does not depend on the values). Cases are interleaved in a
 shuffled order per round so a busy machine slows them alike; each number is the median over
@@ -131,7 +131,7 @@ def measure(batch: int, steps: int, repeats: int) -> dict:
                 unet_params=sum(p.numel() for p in unet.parameters()), dit_params=sum(p.numel() for p in dit.parameters()),
                 vae_params=sum(p.numel() for p in vae.parameters()),
                 classifier_params=sum(p.numel() for p in classifier.parameters()),
-                median_s_per_step=median, median_cpu_s_per_step=median_cpu, wall_s_per_step=wall)
+                median_s_per_step=median, median_cpu_s_per_step=median_cpu, wall_s_per_step=wall, cpu_s_per_step=cpu)
 
 
 def markdown_table(result: dict) -> str:
@@ -140,16 +140,18 @@ def markdown_table(result: dict) -> str:
              f"rounds after one warm-up, CPU, {result['threads']} torch thread(s); load average at the end "
              f"{', '.join(f'{v:.1f}' for v in result['load_average'])}",
              "",
-             "| model / scheduler | unguided ms/step | guided ms/step | ratio (wall) | ratio (CPU) | (guided − unguided) / classifier pass |",
-             "|---|---:|---:|---:|---:|---:|"]
+             "| model / scheduler | unguided ms/step | guided ms/step | ratio (wall) | ratio (CPU) "
+             "| extra / classifier pass (wall) | extra / classifier pass (CPU) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for key in wall:
         if not key.endswith("/unguided"):
             continue
         stem = key[: -len("/unguided")]
         grad = "classifier_grad/latent" if stem.startswith("dit") else "classifier_grad/pixel"
         g, u = wall[stem + "/guided"], wall[key]
-        lines.append(f"| {stem} | {1e3 * u:.1f} | {1e3 * g:.1f} | {g / u:.2f} | "
-                     f"{cpu[stem + '/guided'] / cpu[key]:.2f} | {(g - u) / wall[grad]:.2f} |")
+        g_cpu, u_cpu = cpu[stem + "/guided"], cpu[key]
+        lines.append(f"| {stem} | {1e3 * u:.1f} | {1e3 * g:.1f} | {g / u:.2f} | {g_cpu / u_cpu:.2f} | "
+                     f"{(g - u) / wall[grad]:.2f} | {(g_cpu - u_cpu) / cpu[grad]:.2f} |")
     lines += ["", f"classifier forward+backward per step: pixel {1e3 * wall['classifier_grad/pixel']:.1f} ms, "
                   f"through the VAE decoder {1e3 * wall['classifier_grad/latent']:.1f} ms"]
     return "\n".join(lines)
@@ -162,7 +164,11 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
+    parser.add_argument("--table", type=Path, default=None, help="only print the table of a result JSON written before")
     args = parser.parse_args(argv)
+    if args.table is not None:
+        print(markdown_table(json.loads(args.table.read_text())))
+        return
     if args.batch < 1 or args.steps < 2 or args.repeats < 1:
         parser.error("--batch and --repeats must be >= 1, --steps >= 2")
     if args.threads is not None:
