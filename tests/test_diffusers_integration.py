@@ -32,15 +32,12 @@ from test_gaussian_mixture import (BASE_ALPHAS_CUMPROD, COVS, MEANS, CleanPoster
                                    _nearest_component)
 
 
-def tiny_unet(out_channels=3, **extra):
+def tiny_unet(out_channels=3):
+    """A random 8×8 RGB UNet2DModel; 6 output channels for ε and a learned-range variance."""
     torch.manual_seed(0)
-    return UNet2DModelTiny(out_channels, **extra)
-
-
-def UNet2DModelTiny(out_channels, **extra):  # noqa: N802 - a constructor
     return diffusers.UNet2DModel(sample_size=8, in_channels=3, out_channels=out_channels, layers_per_block=1,
                                  block_out_channels=(8, 16), down_block_types=("DownBlock2D", "DownBlock2D"),
-                                 up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4, **extra).eval()
+                                 up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4).eval()
 
 
 def tiny_classifier(num_classes=5):
