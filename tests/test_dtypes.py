@@ -249,8 +249,9 @@ def dit_parts(folders, dtype):
 
 
 #: dtype -> (DiT output relative error, decoded pixel error, sampled image mean error) bounds;
-#: measured on these networks: bf16 9.9e-3 / 1.7e-2 / 2.1e-3, fp16 1.3e-3 / 1.9e-3 / 1.6e-2
-LOW_PRECISION = {torch.bfloat16: (5e-2, 5e-2, 2e-2), torch.float16: (1e-2, 1e-2, 5e-2)}
+#: measured on these networks: bf16 9.9e-3 / 1.7e-2 / 2.1e-3, fp16 1.3e-3 / 1.9e-3 / 2.8e-4 (1.6e-2 before
+#: the fp16 decoder's backward was loss-scaled)
+LOW_PRECISION = {torch.bfloat16: (5e-2, 5e-2, 1e-2), torch.float16: (1e-2, 1e-2, 5e-3)}
 
 
 @pytest.mark.parametrize("dtype", list(LOW_PRECISION), ids=str)
@@ -299,6 +300,32 @@ def test_guided_dit_sampling_through_a_low_precision_decoder(dit_folders, dtype)
                         guidance=guidance, scale=0.5)
     assert images.dtype == torch.float32 and torch.isfinite(images).all() and images.abs().max() <= 1
     assert 0 < float((images - images32).abs().mean()) < LOW_PRECISION[dtype][2]
+
+
+def test_fp16_decoder_gradient_is_loss_scaled_and_fp32_is_untouched(dit_folders):
+    """At the ẑ0 of a real (tiny) trajectory the gradient entering an fp16 decoder's backward is
+    ~1e-7 per element and underflows fp16; decoder_gradient scales it (FP16_DECODER_LOSS_SCALE)."""
+    from test_dit import LATENT, tiny_classifier
+
+    from offshelf.guidance import calibrated_gradient
+    from offshelf.samplers.dit import decode, decoder_gradient, dit_diffusion, dit_sample
+    from offshelf.seeding import StackedRandomGenerator
+
+    (model32, vae32), (_, vae16) = dit_parts(dit_folders, torch.float32), dit_parts(dit_folders, torch.float16)
+    guidance = ClassifierGuidance(tiny_classifier(), joint_temperature=1.0, marginal_temperature=0.5)
+    labels, steps = torch.tensor([2, 7]), []
+    dit_sample(model32, vae32, dit_diffusion("10"), StackedRandomGenerator([0, 1]), LATENT, labels, guidance=guidance,
+               scale=0.5, callback=lambda **kw: steps.append(kw))
+    x0 = steps[0]["pred_xstart"]  # the first (noisiest) step
+
+    def unscaled(vae):
+        return calibrated_gradient(x0, labels, lambda z: guidance.logits(decode(vae, z)), 1.0, 0.5)[0]
+
+    want = unscaled(vae32)
+    assert torch.equal(decoder_gradient(guidance, vae32, x0, labels, None)[0], want)  # fp32: no scaling
+    assert cosine(unscaled(vae16), want) < 0.95  # the underflow (measured cosine 0.87)
+    got, _ = decoder_gradient(guidance, vae16, x0, labels, None)
+    assert got.dtype == torch.float32 and cosine(got, want) > 0.999  # measured 1.0000
 
 
 def test_dit_backend_loads_fp32_as_dit_sample_py_runs(dit_folders):
