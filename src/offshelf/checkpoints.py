@@ -215,22 +215,18 @@ def load_registry_overrides(path: str | os.PathLike) -> dict[str, Checkpoint]:
     registry's value; ``null`` drops a pin (sha256, size, hash_prefix). ``REGISTRY`` is unchanged:
     overrides act only where they are passed explicitly. Unknown names or keys, bad values, and a
     sha256 contradicting the hash prefix are one-line :class:`CheckpointError` s naming the file."""
-    import yaml
+    from offshelf.yaml_file import YAMLSyntaxError, read_yaml_file
 
     path = Path(path)
     try:
-        text = path.read_text()
+        data = json.loads(path.read_text()) if path.suffix == ".json" else read_yaml_file(path)
     except OSError as e:
         raise CheckpointError(f"registry overrides {path}: cannot read it ({e.strerror})") from None
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except YAMLSyntaxError as e:  # before ValueError: it is one
+        line = f" at line {e.line}" if e.line is not None else ""
+        raise CheckpointError(f"registry overrides {path}: not valid YAML{line} ({e.problem})") from None
     except ValueError as e:
         raise CheckpointError(f"registry overrides {path}: not valid JSON ({e})") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f" at line {mark.line + 1}" if mark is not None else ""
-        raise CheckpointError(f"registry overrides {path}: not valid YAML{line} "
-                              f"({getattr(e, 'problem', None) or e})") from None
     if data is None:  # an empty file overrides nothing
         return {}
     if not isinstance(data, dict):

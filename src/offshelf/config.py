@@ -29,6 +29,8 @@ from typing import Any
 
 import yaml
 
+from offshelf.yaml_file import YAMLSyntaxError, read_yaml_file
+
 SCHEMA_RESOURCE = "schemas/config.schema.yaml"  # inside the offshelf package (package data)
 
 
@@ -54,22 +56,12 @@ def schema_text(schema_path: str | Path | None = None) -> str:
 
 def read_yaml(path: str | Path) -> Any:
     """Parse a YAML file; a syntax error is one line naming ``file:line:column``."""
-    path = Path(path)
     try:
-        text = path.read_text()
+        return read_yaml_file(path)
     except OSError as err:
         raise ConfigError(f"{path}: cannot read config file ({err.strerror or err})") from err
-    try:
-        return yaml.safe_load(text)
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        what = err.problem or err.context or "syntax error"
-        if err.context and err.problem and err.context_mark:  # e.g. where an unclosed '[' was opened
-            what += f" ({err.context} at line {err.context_mark.line + 1})"
-        raise ConfigError(f"{where}: not valid YAML: {what}") from err
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    except YAMLSyntaxError as err:
+        raise ConfigError(str(err)) from err
 
 
 # ---------------------------------------------------------------------------------- the checks
