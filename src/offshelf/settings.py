@@ -111,8 +111,8 @@ class Setting:
             name += f"_sw{s.switch_step}"
         if s.cfg_scale != Setting.cfg_scale:
             name += f"_w{fmt(s.cfg_scale)}"
-        if s.network:
-            name += f"_{s.network}"
+        if s.network:  # "clip:ViT-B-32/openai" -> "clip-ViT-B-32-openai": a folder name
+            name += "_" + s.network.replace(":", "-").replace("/", "-")
         return name + steps
 
     @property

@@ -9,6 +9,7 @@ the workflow trains it only when some setting names it."""
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 from typing import Any, Mapping
 
 import numpy as np
@@ -107,7 +108,11 @@ class DigitsBackend(DDPMSampling, Backend):
         return to_uint8_nhwc(images, "round")
 
     def feature_extractor(self, files: Mapping[str, str]) -> FeatureExtractor:
-        evaluator, _, _ = digits.load_checkpoint(files["evaluator"], "evaluator")
+        evaluator, config, metrics = digits.load_checkpoint(files["evaluator"], "evaluator")
+        # the judge's identity in every metrics file and the report: its architecture and content hash
+        digest = digits.payload_sha256(asdict(config), metrics, evaluator.state_dict())
+        name = (f"digits evaluation network (role evaluator: {type(evaluator).__name__} width {config.width}, "
+                f"seed {config.seed}; sha256 {digest[:12]})")
 
         @torch.no_grad()
         def features(images: np.ndarray) -> np.ndarray:
@@ -117,7 +122,7 @@ class DigitsBackend(DDPMSampling, Backend):
         def logits(images: np.ndarray) -> np.ndarray:
             return evaluator(from_uint8_nhwc(images)).numpy()
 
-        return FeatureExtractor(features, logits, batch_size=512, name="digits evaluation network")
+        return FeatureExtractor(features, logits, batch_size=512, name=name)
 
     def reference_features(self, files: Mapping[str, str], extractor: FeatureExtractor,
                            evaluation: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:

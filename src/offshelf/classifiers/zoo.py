@@ -13,7 +13,6 @@ would set for pretrained weights (``_pretrained_kwargs``), so it is the same net
 
 from __future__ import annotations
 
-import difflib
 import os
 from pathlib import Path
 
@@ -26,11 +25,11 @@ from offshelf.checkpoints import (
     Checkpoint,
     CheckpointError,
     ChecksumError,
-    TORCHVISION_LICENSE,
     fetch,
     file_sha256,
     hash_prefix_from_filename,
-    register,
+    torchvision_checkpoint,
+    torchvision_weights,
 )
 
 # The paper's two classifiers: registry names pinned in offshelf.checkpoints.
@@ -50,31 +49,19 @@ def available_classifiers() -> list[str]:
 
 
 def classifier_weights(name: str) -> tvm.WeightsEnum:
-    """The torchvision weights ``load_classifier(name)`` uses."""
+    """The torchvision weights ``load_classifier(name)`` uses (an unknown name: an error with the
+    closest valid names)."""
     if name in PAPER_WEIGHTS:
         return PAPER_WEIGHTS[name][0]
-    valid = available_classifiers()
-    if name not in valid:
-        close = difflib.get_close_matches(name, valid, n=5, cutoff=0.5)
-        hint = f"did you mean {', '.join(close)}? " if close else ""
-        raise CheckpointError(f"unknown classifier {name!r}; {hint}valid torchvision classification models include "
-                              f"resnet50, resnet101, {', '.join(valid[:6])}, ... ({len(valid)} in all: "
-                              f"torchvision.models.list_models(module=torchvision.models))")
-    return tvm.get_model_weights(name).DEFAULT
+    return torchvision_weights(name)
 
 
 def classifier_checkpoint(name: str) -> Checkpoint:
-    """The registry entry for classifier ``name``, registered on first use for non-paper models."""
+    """The registry entry for classifier ``name``: the paper's pinned file, else
+    ``torchvision_<name>`` (registered on first use, resolvable by name in any process)."""
     if name in PAPER_WEIGHTS:
         return REGISTRY[PAPER_WEIGHTS[name][1]]
-    weights = classifier_weights(name)
-    checkpoint_name = f"torchvision_{name}"
-    if checkpoint_name not in REGISTRY:
-        filename = weights.url.rsplit("/", 1)[-1]
-        register(Checkpoint(checkpoint_name, weights.url, filename,
-                            hash_prefix=hash_prefix_from_filename(filename), license=TORCHVISION_LICENSE,
-                            description=f"torchvision {name} {weights}"))
-    return REGISTRY[checkpoint_name]
+    return torchvision_checkpoint(name)
 
 
 def _pretrained_kwargs(name: str, weights: tvm.WeightsEnum) -> dict:
