@@ -142,15 +142,13 @@ def _same_network(guide: FileSource, judge: FileSource, path_of: Callable[[FileS
 def check_judge_is_not_a_guide(backend: "Backend", settings, path_of: Callable[[FileSource], str] | None = None,
                                registry_file: Any = None) -> None:
     """Refuse a plan in which the network that judges samples (:meth:`Backend.evaluation_files`)
-    is a classifier that guides one of ``settings`` (roles :attr:`Backend.guiding_roles` of
-    :meth:`Backend.files`): same source, same file, or same content (see :func:`_same_network`).
+    is a classifier that guides one of ``settings`` (:meth:`Backend.guiding_files`): same source,
+    same file, or same content (see :func:`_same_network`).
     Raises :class:`JudgeIsGuideError` naming the setting and both files."""
     judges = backend.evaluation_files()
     seen: set[tuple[FileSource, FileSource]] = set()
     for setting in settings:
-        for role, guide in backend.files(setting).items():
-            if role not in backend.guiding_roles:
-                continue
+        for role, guide in backend.guiding_files(setting).items():
             for judge_role, judge in judges.items():
                 if (guide, judge) in seen:
                     continue
@@ -180,9 +178,6 @@ class Backend(ABC):
     paper_comparable: ClassVar[bool] = False
     #: length of the discrete schedule ``sampling.respacing`` respaces (None: the family takes none)
     num_train_timesteps: ClassVar[int | None] = None
-    #: roles of :meth:`files` that guide sampling (checked against the judge:
-    #: :func:`check_judge_is_not_a_guide`); the others (the denoiser, a VAE) only generate
-    guiding_roles: ClassVar[tuple[str, ...]] = ("offshelf", "finetuned")
 
     def __init__(self, options: Mapping[str, Any] | None = None):
         self.options: dict[str, Any] = dict(options or {})
@@ -208,6 +203,16 @@ class Backend(ABC):
     @abstractmethod
     def files(self, setting: Setting) -> dict[str, FileSource]:
         """Role -> file the networks of ``setting`` are loaded from."""
+
+    def guiding_files(self, setting: Setting) -> dict[str, FileSource]:
+        """The files of :meth:`files` whose networks guide ``setting`` (checked against the judge:
+        :func:`check_judge_is_not_a_guide`): the ``offshelf`` and/or ``finetuned`` role its
+        ``classifier`` names; none for an unguided or CFG setting."""
+        if setting.method != "guided":
+            return {}
+        roles = {"offshelf": ("offshelf",), "finetuned": ("finetuned",), "combined": ("offshelf", "finetuned")}
+        files = self.files(setting)
+        return {role: files[role] for role in roles[setting.classifier] if role in files}
 
     def evaluation_files(self) -> dict[str, FileSource]:
         """Role -> file of the feature extractor and the reference (default: none)."""
