@@ -140,6 +140,15 @@ def test_a_torchvision_name_resolves_in_a_fresh_process_and_fetches_offline(tmp_
     assert "f37072fd" in result.stderr
 
 
+def test_which_torchvision_classifiers_softplus_surgery_applies_to():
+    from offshelf.classifiers.softplus import count_relus
+    from offshelf.classifiers.zoo import classifier_has_relu
+
+    assert classifier_has_relu("resnet50") and classifier_has_relu("vgg11")
+    assert not classifier_has_relu("vit_b_16") and not classifier_has_relu("convnext_tiny")
+    assert count_relus(tvm.resnet18()) > 0  # the meta-device answer is the real network's
+
+
 def test_checkpoints_list_says_every_torchvision_classifier_is_known(tmp_path, capsys):
     from offshelf.checkpoints import main
 
@@ -168,6 +177,10 @@ def test_imagenet_setting_selects_a_torchvision_classifier_by_name(tmp_path):
     assert backend.files(Setting(network="resnet18"))["offshelf"] == Pretrained("torchvision_resnet18")
     with pytest.raises(ValueError, match=r"setting .*_resnet5: off-the-shelf network 'resnet5': .*did you mean resnet50"):
         backend.files(Setting(network="resnet5"))
+    assert backend.files(Setting(network="convnext_tiny"))["offshelf"] == Pretrained("torchvision_convnext_tiny")
+    with pytest.raises(ValueError, match=r"softplus_beta = 3, but torchvision 'convnext_tiny' has no ReLU"):
+        backend.files(Setting(network="convnext_tiny", softplus_beta=3))
+    backend.files(Setting(network="resnet18", softplus_beta=3))
 
     torch.manual_seed(0)
     original = tvm.resnet18().eval()

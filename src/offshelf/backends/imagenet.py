@@ -113,21 +113,27 @@ class ImageNetBackend(Backend):
 
     def check_network(self, setting: Setting) -> None:
         """A setting's network must name a classifier (ValueError otherwise, naming the setting),
-        and Softplus(β) must have ReLUs to replace: CLIP's ViT towers are GELU (torchvision's
-        ViTs and ConvNeXts too: refused when their file is loaded, by the surgery itself)."""
+        and Softplus(β) must have ReLUs to replace: CLIP's ViT towers and torchvision's ViTs,
+        Swins and ConvNeXts are GELU. Checked from configs and meta-device builds: no file read."""
         if not self.guides_off_the_shelf(setting):
             return
         from offshelf.classifiers.clip import clip_has_relu, parse_clip_network
+
+        from offshelf.classifiers.zoo import classifier_has_relu
 
         network = self.network(setting)
         try:
             clip = parse_clip_network(network)
             if clip is None:
                 classifier_checkpoint_name(network)
-            elif not math.isinf(setting.softplus_beta) and not clip_has_relu(clip[0]):
+            smooth = not math.isinf(setting.softplus_beta)
+            if smooth and clip is not None and not clip_has_relu(clip[0]):
                 raise ValueError(f"softplus_beta = {setting.softplus_beta:g}, but CLIP model {clip[0]!r} has no ReLU "
                                  f"in its image tower (GELU), so Softplus surgery does not apply; use softplus_beta: "
                                  f"inf with this network (ReLU towers: the RN50 family)")
+            if smooth and clip is None and not classifier_has_relu(network):
+                raise ValueError(f"softplus_beta = {setting.softplus_beta:g}, but torchvision {network!r} has no ReLU "
+                                 f"module, so Softplus surgery does not apply; use softplus_beta: inf with this network")
         except ValueError as err:
             raise ValueError(f"setting {setting.name}: {err}") from None
 

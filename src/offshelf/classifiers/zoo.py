@@ -13,6 +13,7 @@ would set for pretrained weights (``_pretrained_kwargs``), so it is the same net
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -62,6 +63,19 @@ def classifier_checkpoint(name: str) -> Checkpoint:
     if name in PAPER_WEIGHTS:
         return REGISTRY[PAPER_WEIGHTS[name][1]]
     return torchvision_checkpoint(name)
+
+
+@functools.lru_cache(maxsize=None)
+def classifier_has_relu(name: str) -> bool:
+    """Whether torchvision classifier ``name`` has ``nn.ReLU`` modules, i.e. whether Softplus(β)
+    surgery applies (ResNets, VGG, DenseNet... do; ViT, Swin, ConvNeXt are GELU). Built on the
+    meta device: no weights, no memory, so a plan can ask before any file is loaded."""
+    from offshelf.classifiers.softplus import count_relus
+
+    weights = classifier_weights(name)
+    with torch.device("meta"):
+        model = tvm.get_model_builder(name)(weights=None, **_pretrained_kwargs(name, weights))
+    return count_relus(model) > 0
 
 
 def _pretrained_kwargs(name: str, weights: tvm.WeightsEnum) -> dict:
@@ -124,5 +138,5 @@ def load_classifier(name: str, weights_path: str | os.PathLike | None = None,
     return model.eval().requires_grad_(False)
 
 
-__all__ = ["load_classifier", "classifier_weights", "classifier_checkpoint", "available_classifiers",
+__all__ = ["load_classifier", "classifier_weights", "classifier_checkpoint", "classifier_has_relu", "available_classifiers",
            "IMAGENET_MEAN", "IMAGENET_STD", "PAPER_WEIGHTS"]
