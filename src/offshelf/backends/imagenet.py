@@ -118,7 +118,6 @@ class ImageNetBackend(Backend):
         if not self.guides_off_the_shelf(setting):
             return
         from offshelf.classifiers.clip import clip_has_relu, parse_clip_network
-
         from offshelf.classifiers.zoo import classifier_has_relu
 
         network = self.network(setting)
