@@ -225,6 +225,7 @@ def family_workflow_config(tmp_path) -> Path:
     # overridden, tables 1-6 by the one ResNet row (one setting, sampled once)
     resnet = {"title": "ResNet", "calibration": False, "columns": ["fid"], "rows": [{"label": "ResNet", "base": "resnet"}]}
     config["tables"] = {f"table{i}": dict(resnet) for i in range(1, 7)}
+    config["figures"].update(figure1={"probes": ["offshelf-x0_relu"]}, figure2={"probes": ["offshelf-x0_relu"]})
     config["tables"]["table7"] = {"title": "Off-the-shelf classifier families", "columns": ["fid", "accuracy"], "rows": [
         {"label": "ResNet", "base": "resnet"},
         {"label": "MLP, Softplus beta=3", "base": "resnet", "network": "mlp", "softplus_beta": 3},
