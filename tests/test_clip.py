@@ -424,7 +424,9 @@ def test_imagenet_backend_selects_clip_from_a_setting():
 
     backend = ADM128Backend({"imagenet": {"classifier": "resnet101", "device": "cpu"}})
     setting = Setting(network="clip:ViT-B-32/openai", marginal_temperature=0.5)
-    assert "clip-ViT-B-32-openai" in setting.name and "/" not in setting.name and ":" not in setting.name
+    assert setting.name.endswith("_clip-ViT-B-32--openai") and "/" not in setting.name and ":" not in setting.name
+    from offshelf.settings import probe_setting
+    assert probe_setting(setting.probe) == Setting(network="clip:ViT-B-32/openai")
     assert set(backend.files(setting)) == {"denoiser"}  # open_clip fetches its own weights
     assert backend.unsupported(setting) is None
     with pytest.raises(ValueError, match=r"setting .*: softplus_beta = 3, but CLIP model 'ViT-B-32' has no ReLU"):

@@ -263,3 +263,14 @@ def test_workflow_guides_with_each_family_end_to_end(tmp_path):
     assert config_mlp.seed == 4 and config_mlp.steps == 150
     report = (exp / "report" / "README.md").read_text()
     assert "MLP, Softplus beta=3" in report and "ViT (GELU)" in report and "Samples judged by: digits evaluation" in report
+
+
+def test_a_family_has_its_own_calibration_probe():
+    from offshelf.settings import probe_setting
+
+    for network in ("", "mlp", "vit", "convnext_tiny", "clip:ViT-B-32/openai"):
+        setting = Setting(network=network, classifier="combined", switch_step=4)
+        assert probe_setting(setting.probe) == Setting(network=network, classifier="combined", switch_step=4)
+    assert Setting(network="mlp", softplus_beta=3).probe == "offshelf-x0_sp3_net-mlp"
+    assert Setting(softplus_beta=3).probe == "offshelf-x0_sp3"  # default names unchanged
+    assert DigitsBackend().files(probe_setting("offshelf-x0_relu_net-vit"))["offshelf"].role == "offshelf_vit"
