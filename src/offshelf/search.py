@@ -210,6 +210,20 @@ def run_search(spec: SearchSpec, evaluate: Callable[[float, int], float]) -> Sea
     return result(spec, trace)
 
 
+def max_evaluations(spec: SearchSpec) -> tuple[int, int]:
+    """At most how many (low-fidelity, full-fidelity) evaluations a search makes: the initial
+    scales, ``max_extensions`` steps past either edge, two midpoints per refinement round, and
+    the finalists. For job-count and cost bounds before a search has run."""
+    low = len(spec.initial) + 2 * spec.max_extensions + 2 * spec.refinements
+    return low, min(spec.finalists, low)
+
+
+def max_rounds(spec: SearchSpec) -> int:
+    """At most how many rounds (calls of :func:`next_evaluations` that propose something, plus the
+    last one that proposes nothing) a search takes."""
+    return 1 + 2 * spec.max_extensions + spec.refinements + 1 + 1
+
+
 def format_trace(trace: Sequence[Evaluation]) -> str:
     """The trace on one line for a CSV cell: ``scale@samples:value`` per evaluation, in order."""
     return " ".join(f"{e.scale:g}@{e.num_samples}:{e.value:.4g}" for e in trace)
