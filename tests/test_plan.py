@@ -154,18 +154,24 @@ def fid_of(optimum):
 
 
 def run_rounds(plan, fid):
-    """What search.smk does, without Snakemake: round k from round k - 1 and its proposals' metrics."""
+    """What search.smk does, without Snakemake: round k from round k - 1 and its proposals'
+    metrics, up to the final round; and every metrics file the evaluate jobs would write."""
     from offshelf.plan import search_round_record
 
-    rounds = [search_round_record(plan, None, {})]
-    while rounds[-1]["proposals"]:
-        metrics = {}
-        for (scale, n), name in zip(rounds[-1]["proposals"], rounds[-1]["evaluations"]):
+    metrics = {}
+
+    def evaluate(record):
+        for (scale, n), name in zip(record["proposals"], record["evaluations"]):
             setting, samples = parse_evaluation_name(name)
             assert setting == plan.at(scale).name and (samples or plan.all_samples) == n
             metrics[name] = {"fid": fid(scale)}
+
+    rounds = [search_round_record(plan, None, {})]
+    while not rounds[-1]["final"]:
+        evaluate(rounds[-1])
         rounds.append(search_round_record(plan, rounds[-1], metrics))
-    return rounds
+    evaluate(rounds[-1])  # the finalists: the report reads their metrics
+    return rounds, metrics
 
 
 def test_search_rounds_reproduce_the_in_process_search(config):
@@ -174,11 +180,14 @@ def test_search_rounds_reproduce_the_in_process_search(config):
 
     plan = all_searches(config)["uncond_offshelf-x0_sp3_tj1_tm0.5_g0.3_ssearch_r1"]
     fid = fid_of(40.0)
-    rounds = run_rounds(plan, fid)
+    rounds, metrics = run_rounds(plan, fid)
     assert [r["round"] for r in rounds] == list(range(len(rounds)))
-    # low-fidelity evaluations read the first 250 samples (+n250), the finalist all 1000 (no suffix)
-    assert rounds[0]["evaluations"] == [f"uncond_offshelf-x0_sp3_tj1_tm0.5_g0.3_s{s}_r1+n250" for s in (3, 10, 30)]
-    record = search_result_record(plan, rounds[-1], denoiser_per_sample=50)
+    low = plan.spec.low_fidelity
+    # low-fidelity evaluations read the first samples (+n<low>), the finalist all 1000 (no suffix)
+    assert rounds[0]["evaluations"] == [f"uncond_offshelf-x0_sp3_tj1_tm0.5_g0.3_s{s}_r1+n{low}" for s in (3, 10, 30)]
+    assert rounds[-1]["proposals"] and all(n == 1000 for _, n in rounds[-1]["proposals"])
+    assert not any(r["final"] for r in rounds[:-1])
+    record = search_result_record(plan, rounds[-1], metrics, denoiser_per_sample=50)
     expected = run_search(plan.spec, lambda scale, n: fid(scale))
     assert record["scale"] == expected.scale and record["samples"] == expected.samples_spent
     assert record["denoiser_evaluations"] == 50 * expected.samples_spent
@@ -193,11 +202,15 @@ def test_unfinished_search_has_no_result(config):
     from offshelf.plan import search_result_record, search_round_record
 
     plan = next(iter(all_searches(config).values()))
-    with pytest.raises(ValueError, match="still proposes"):
-        search_result_record(plan, search_round_record(plan, None, {}))
     first = search_round_record(plan, None, {})
-    with pytest.raises(ValueError, match=r"no metrics for .*\+n250"):
+    with pytest.raises(ValueError, match="is not its last"):
+        search_result_record(plan, first, {})
+    with pytest.raises(ValueError, match=rf"no metrics for .*\+n{plan.spec.low_fidelity}"):
         search_round_record(plan, first, {})
+    # a broken evaluation (NaN FID) stops the search, naming the scale
+    nan = {name: {"fid": math.nan} for name in first["evaluations"]}
+    with pytest.raises(ValueError, match=r"objective at scale .* is nan"):
+        search_round_record(plan, first, nan)
 
 
 def test_a_proposed_scale_resolves_to_its_setting(config):
@@ -230,7 +243,7 @@ def test_a_table_evaluating_fewer_samples_searches_at_its_own_count(config):
 
 
 @pytest.mark.parametrize("mutate, expected", [
-    (lambda c: c["search"].update(low_fidelity=300), r"'search\.low_fidelity' = 300 is not a multiple of 'sampling\.shard_size' = 250"),
+    (lambda c: c["search"].update(low_fidelity=300), r"'search\.low_fidelity' = 300 is not a multiple of 'sampling\.shard_size' = 500"),
     (lambda c: c["search"].update(low_fidelity=2000), r"'search\.low_fidelity' = 2000 exceeds the 1000 samples"),
     (lambda c: c["search"]["initial"].pop("uncond"), r"'search\.initial\.uncond' is missing"),
     (lambda c: c["search"].update(factor=1), r"'search\.factor' = 1"),
@@ -254,5 +267,5 @@ def test_job_counts_bound_the_searches(config):
     counts = job_counts(config)
     searches = all_searches(config)
     evaluations = sum(sum(max_evaluations(p.spec)) for p in searches.values())
-    assert counts["search"] == sum(max_rounds(p.spec) + 1 for p in searches.values())
+    assert counts["search"] == sum(max_rounds(p.spec) for p in searches.values())
     assert counts["evaluate"] == len(all_settings(config)) + evaluations  # unguided, CFG: one evaluation each

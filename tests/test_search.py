@@ -8,8 +8,8 @@ import random
 import pytest
 
 from offshelf.search import (
-    Evaluation, SearchNotFinished, SearchSpec, canonical_scale, format_trace, next_evaluations, result, run_search,
-    samples_spent,
+    Evaluation, SearchNotFinished, SearchSpec, canonical_scale, format_trace, is_last_round, max_evaluations,
+    max_rounds, next_evaluations, result, run_search, samples_spent,
 )
 
 SPEC = SearchSpec(initial=(1.0, 3.0, 10.0), low_fidelity=250, full_fidelity=1000)
@@ -153,3 +153,26 @@ def test_noisy_low_fidelity_still_lands_near_the_optimum():
             return exact if n == SPEC.full_fidelity else exact + noise.setdefault(scale, rng.gauss(0, 0.05))
         r = run_search(SPEC, objective)
         assert abs(math.log(r.scale) - math.log(4.0)) <= math.log(3.0)
+
+
+@pytest.mark.parametrize("spec", [
+    SPEC, SearchSpec(initial=(2.0,), low_fidelity=32, full_fidelity=64, max_extensions=1, refinements=0, finalists=1),
+    SearchSpec(initial=(1.0, 3.0), low_fidelity=5, full_fidelity=10, max_extensions=3, refinements=2, finalists=3),
+])
+def test_bounds_on_evaluations_and_rounds_hold_and_are_reached(spec):
+    """Over optima from far below to far above the initial range, no search exceeds
+    max_evaluations / max_rounds, and the extreme ones reach them; the last round of each is the
+    one is_last_round names."""
+    low_most, full_most = max_evaluations(spec)
+    seen_low, seen_rounds = 0, 0
+    for optimum in (1e-3, 0.05, 0.4, 1.5, 2.5, 7.0, 30.0, 1e3):
+        objective = bowl(optimum)
+        trace, rounds = [], []
+        while proposals := next_evaluations(spec, trace):
+            rounds.append(proposals)
+            trace += [Evaluation(s, n, objective(s, n)) for s, n in proposals]
+        assert [is_last_round(spec, p) for p in rounds] == [False] * (len(rounds) - 1) + [True]
+        low = [e for e in trace if e.num_samples == spec.low_fidelity]
+        assert len(low) <= low_most and len(trace) - len(low) <= full_most and len(rounds) <= max_rounds(spec)
+        seen_low, seen_rounds = max(seen_low, len(low)), max(seen_rounds, len(rounds))
+    assert seen_low == low_most and seen_rounds == max_rounds(spec)

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from offshelf.search import (
-    Evaluation, SearchSpec, evaluation_from_dict, evaluation_to_dict, format_trace, max_evaluations, max_rounds,
-    next_evaluations, result,
+    Evaluation, SearchSpec, evaluation_from_dict, evaluation_to_dict, format_trace, is_last_round, max_evaluations,
+    max_rounds, next_evaluations, result,
 )
 from offshelf.settings import Setting
 
@@ -217,30 +217,44 @@ def lookup_setting(settings: Mapping[str, Setting], searches: Mapping[str, Searc
                      f"(see the config's 'tables' and 'search')")
 
 
-def search_round_record(plan: SearchPlan, previous: Mapping[str, Any] | None,
-                        metrics: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """Round k of a search: round k − 1's trace plus the FIDs of the evaluations it proposed (read
-    from ``metrics``, by evaluation name), and the evaluations the search proposes next ([] when
-    it is done). Round 0 (``previous`` None) proposes the initial scales."""
-    trace = [] if previous is None else [evaluation_from_dict(e) for e in previous["trace"]]
-    for (scale, num_samples), name in zip(previous["proposals"] if previous else [],
-                                          previous["evaluations"] if previous else []):
+def _trace_through(plan: SearchPlan, record: Mapping[str, Any] | None,
+                   metrics: Mapping[str, Mapping[str, Any]]) -> list[Evaluation]:
+    """A round's trace plus the FIDs of the evaluations it proposed (from ``metrics``, by name)."""
+    if record is None:
+        return []
+    trace = [evaluation_from_dict(e) for e in record["trace"]]
+    for (scale, num_samples), name in zip(record["proposals"], record["evaluations"]):
         if name not in metrics:
             raise ValueError(f"search {plan.name}: no metrics for {name} (scale {scale:g} on {num_samples} samples)")
         trace.append(Evaluation(float(scale), int(num_samples), float(metrics[name].get("fid", math.nan))))
+    return trace
+
+
+def search_round_record(plan: SearchPlan, previous: Mapping[str, Any] | None,
+                        metrics: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Round k of a search: round k − 1's trace plus the FIDs of the evaluations it proposed (read
+    from ``metrics``, by evaluation name), and the evaluations the search proposes next. Round 0
+    (``previous`` None) proposes the initial scales. ``final``: the search is done once this
+    round's proposals (the finalists) are evaluated, so no further round is made; the report
+    reads the result from it (:func:`search_result_record`)."""
+    trace = _trace_through(plan, previous, metrics)
     proposals = next_evaluations(plan.spec, trace)
     return {"search": plan.name, "round": 0 if previous is None else previous["round"] + 1,
-            "spec": plan.to_dict()["spec"], "trace": [evaluation_to_dict(e) for e in trace],
+            "final": is_last_round(plan.spec, proposals), "spec": plan.to_dict()["spec"],
+            "trace": [evaluation_to_dict(e) for e in trace],
             "proposals": [[s, n] for s, n in proposals], "evaluations": [plan.evaluation(s, n) for s, n in proposals]}
 
 
-def search_result_record(plan: SearchPlan, final: Mapping[str, Any], denoiser_per_sample: int | None = None) -> dict[str, Any]:
-    """A finished search (its last round's record): the chosen scale, the setting and metrics
-    file the row reports, whether the optimum sits on the searched range's edge, the trace and
-    the compute it spent (samples; denoiser evaluations given ``denoiser_per_sample``)."""
-    if final["proposals"]:
-        raise ValueError(f"search {plan.name}: round {final['round']} still proposes {final['proposals']}")
-    found = result(plan.spec, [evaluation_from_dict(e) for e in final["trace"]])
+def search_result_record(plan: SearchPlan, final: Mapping[str, Any], metrics: Mapping[str, Mapping[str, Any]],
+                         denoiser_per_sample: int | None = None) -> dict[str, Any]:
+    """A finished search, from its final round and the metrics of the finalists it proposed: the
+    chosen scale, the setting and metrics file the row reports, whether the optimum sits on the
+    searched range's edge, the trace and the compute it spent (samples; denoiser evaluations
+    given ``denoiser_per_sample``)."""
+    if not final["final"]:
+        raise ValueError(f"search {plan.name}: round {final['round']} is not its last (it proposes "
+                         f"{final['proposals']}, and more rounds follow)")
+    found = result(plan.spec, _trace_through(plan, final, metrics))
     return {"search": plan.name, "scale": found.scale, "fid": found.value, "on_edge": found.on_edge,
             "setting": plan.at(found.scale).name, "evaluation": plan.evaluation(found.scale, plan.spec.full_fidelity),
             "samples": found.samples_spent,
@@ -250,13 +264,37 @@ def search_result_record(plan: SearchPlan, final: Mapping[str, Any], denoiser_pe
 
 
 def all_settings(config: dict) -> dict[str, Setting]:
-    """Every distinct setting the tables need, by name (shared rows are sampled once)."""
+    """Every distinct setting the tables need, by name (shared rows are sampled once). A searched
+    row's scales are its search's to choose: see :func:`all_searches`."""
     out: dict[str, Setting] = {}
     for row in table_rows(config):
         if row.unavailable:
             continue
         for s in row.candidates:
             out.setdefault(s.name, s.canonical())
+    return out
+
+
+def search_results(config: dict, final_rounds: list[Mapping[str, Any]],
+                   metrics: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every finished search's record (:func:`search_result_record`) by name, from the final round
+    of each (the workflow's ``search/<name>/round<k>.json``) and the metrics by evaluation name;
+    compute in denoiser evaluations where the backend counts them."""
+    from offshelf.backends import create, spec_from_config
+    from offshelf.backends.base import UnsupportedError
+
+    backend = create(spec_from_config(config))
+    searches = all_searches(config)
+    out = {}
+    for final in final_rounds:
+        if final["search"] not in searches:
+            raise ValueError(f"search record {final['search']!r} belongs to no row of this config")
+        plan = searches[final["search"]]
+        try:
+            per_sample = backend.work_per_sample(plan.setting, config["sampling"])["denoiser"]
+        except UnsupportedError:
+            per_sample = None
+        out[plan.name] = search_result_record(plan, final, metrics, per_sample)
     return out
 
 
@@ -392,7 +430,7 @@ def job_counts(config: dict) -> dict[str, int]:
             counts["sample"] += (low - full) * num_shards(config, plan.spec.low_fidelity) \
                 + full * num_shards(config, plan.spec.full_fidelity)
             counts["evaluate"] += low + full
-            counts["search"] += max_rounds(plan.spec) + 1  # its rounds and its result
+            counts["search"] += max_rounds(plan.spec)
             settings += low
     counts.update(total=sum(counts.values()), settings=settings, shards=shards)
     if counts["total"] > limit:

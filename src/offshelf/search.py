@@ -210,18 +210,27 @@ def run_search(spec: SearchSpec, evaluate: Callable[[float, int], float]) -> Sea
     return result(spec, trace)
 
 
+def is_last_round(spec: SearchSpec, proposals: Sequence[tuple[float, int]]) -> bool:
+    """Whether the search is done once ``proposals`` (one round's) are evaluated, whatever their
+    values: the finalists' full-fidelity round is always the last (or nothing is left to propose)."""
+    return not proposals or (spec.low_fidelity < spec.full_fidelity
+                             and all(n == spec.full_fidelity for _, n in proposals))
+
+
 def max_evaluations(spec: SearchSpec) -> tuple[int, int]:
     """At most how many (low-fidelity, full-fidelity) evaluations a search makes: the initial
-    scales, ``max_extensions`` steps past either edge, two midpoints per refinement round, and
-    the finalists. For job-count and cost bounds before a search has run."""
-    low = len(spec.initial) + 2 * spec.max_extensions + 2 * spec.refinements
+    scales, ``max_extensions`` steps past one edge (the bracket never turns: a step that does not
+    improve leaves the best inside; a single initial scale steps both ways once), two midpoints
+    per refinement round, and the finalists. For job-count and cost bounds before a search runs."""
+    both_ways = 1 if len(spec.initial) == 1 and spec.max_extensions else 0
+    low = len(spec.initial) + spec.max_extensions + both_ways + 2 * spec.refinements
     return low, min(spec.finalists, low)
 
 
 def max_rounds(spec: SearchSpec) -> int:
-    """At most how many rounds (calls of :func:`next_evaluations` that propose something, plus the
-    last one that proposes nothing) a search takes."""
-    return 1 + 2 * spec.max_extensions + spec.refinements + 1 + 1
+    """At most how many rounds of proposals a search makes: the initial scales, the steps past an
+    edge, the refinements and the finalists."""
+    return 1 + spec.max_extensions + spec.refinements + 1
 
 
 def format_trace(trace: Sequence[Evaluation]) -> str:

@@ -3,18 +3,11 @@
 # per round: round k holds the trace so far and the evaluations the search proposes next; round
 # k + 1 needs their metrics (the ordinary evaluate jobs, `<setting>+n<N>` at low fidelity). A
 # round is a pure function of the one before and its metrics, so a killed run resumes at the
-# first missing round. `result.json` names the scale (and metrics file) the row reports.
+# first missing round. The round proposing the finalists is `final`: the report reads the result
+# from it and the finalists' metrics (no further job per search).
 import json
 
-from offshelf.backends.base import UnsupportedError
-
-
-def denoiser_per_sample(setting):
-    """Denoiser evaluations one sample of ``setting`` costs, where the backend counts them."""
-    try:
-        return BACKEND.work_per_sample(setting, config["sampling"])["denoiser"]
-    except UnsupportedError:
-        return None
+from snakemake.exceptions import IncompleteCheckpointException
 
 
 def search_round_inputs(wc):
@@ -29,53 +22,51 @@ def search_round_inputs(wc):
 
 
 def final_round(search):
-    """The last round of a search (the one that proposes nothing), once the rounds before it ran."""
+    """(path, record) of a search's final round; raises IncompleteCheckpointException (which
+    Snakemake turns into a dependency) at its first round not made yet."""
     k = 0
     while True:
         path = checkpoints.search_round.get(search=search, round=k).output[0]
         with open(path) as f:
-            if not json.load(f)["proposals"]:
-                return path
+            record = json.load(f)
+        if record["final"]:
+            return path, record
         k += 1
 
 
-def search_result_files():
-    return expand(f"{EXP}/search/{{search}}/result.json", search=sorted(SEARCHES))
-
-
-def search_results():
-    """Finished search records by name (each read once its checkpoint has run)."""
-    out = {}
-    for name in sorted(SEARCHES):
-        with open(checkpoints.search_result.get(search=name).output[0]) as f:
-            out[name] = json.load(f)
-    return out
-
-
-def searched_evaluations():
-    """Metrics file stems of the scales the searches chose (at the rows' full sample count),
-    beyond the tables' fixed evaluations."""
-    return sorted({record["evaluation"] for record in search_results().values()} - set(EVALUATIONS))
-
-
 def searched_inputs(wildcards):
-    """The report's inputs that depend on the searches' outcomes, with unpack(): metrics and
-    features of each chosen scale. Snakemake re-evaluates it after each search_result checkpoint."""
-    names = searched_evaluations()
-    return {"searched_metrics": expand(f"{EXP}/metrics/{{e}}.json", e=names),
+    """With unpack(): per search its final round (`search`) and the metrics and features of its
+    finalists (`searched_metrics`, `searched_features`); for a search still running, its next
+    round instead. Every search is listed at once, so they advance side by side; Snakemake
+    re-evaluates this after each round (a checkpoint) until every search is final."""
+    rounds, names = [], set()
+    for search in sorted(SEARCHES):
+        try:
+            path, record = final_round(search)
+        except IncompleteCheckpointException as pending:
+            rounds.append(pending.targetfile)
+            continue
+        rounds.append(path)
+        names.update(e for e in record["evaluations"] if e not in EVALUATIONS)
+    names = sorted(names)
+    return {"search": rounds, "searched_metrics": expand(f"{EXP}/metrics/{{e}}.json", e=names),
             "searched_features": expand(f"{EXP}/metrics/{{e}}.features.npz", e=names)}
 
 
 def reported_setting_names(wildcards):
     """For every row the backend can run, the setting(s) its table finally reports: a searched
-    row's chosen scale, a pinned or unguided row's setting, and every candidate of a grid row
-    (CFG scales, configs without `search`: which one wins is only known from the metrics)."""
+    row's finalists (its chosen scale where `search.finalists` is 1), a pinned or unguided row's
+    setting, and every candidate of a grid row (CFG scales, configs without `search`): which
+    finalist or candidate wins is only known from their metrics."""
     from offshelf.plan import table_rows
 
     names = set()
-    for row in table_rows(config, search_results() if SEARCHES else None):
-        if not row.unavailable:
-            names.update(s.name for s in row.candidates)
+    for row in table_rows(config):
+        if row.unavailable:
+            continue
+        names.update(s.name for s in row.candidates)
+        if row.search:
+            names.update(row.search.at(scale).name for scale, _ in final_round(row.search.name)[1]["proposals"])
     return sorted(names)
 
 
@@ -93,21 +84,3 @@ checkpoint search_round:
     conda: CONDA_ENV
     script:
         "../scripts/search_round.py"
-
-
-checkpoint search_result:
-    input:
-        lambda wc: final_round(wc.search),
-    output:
-        f"{EXP}/search/{{search}}/result.json",
-    params:
-        plan=lambda wc: SEARCHES[wc.search].to_dict(),
-        # compute spent = samples x denoiser evaluations per sample (the same at every scale)
-        denoiser_per_sample=lambda wc: denoiser_per_sample(SEARCHES[wc.search].setting),
-        library=LIBRARY,
-    log:
-        f"{LOGS}/search/{{search}}/result.log",
-    localrule: True
-    conda: CONDA_ENV
-    script:
-        "../scripts/search_result.py"
