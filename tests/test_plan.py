@@ -266,6 +266,39 @@ def test_job_counts_bound_the_searches(config):
 
     counts = job_counts(config)
     searches = all_searches(config)
-    evaluations = sum(sum(max_evaluations(p.spec)) for p in searches.values())
-    assert counts["search"] == sum(max_rounds(p.spec) for p in searches.values())
-    assert counts["evaluate"] == len(all_settings(config)) + evaluations  # unguided, CFG: one evaluation each
+    assert counts["searches"] == len(searches) == 38
+    # config.yaml: 3 initial scales + 2 steps past an edge, the finalist topped up: 5 scales, 6 evaluations
+    assert [max_evaluations(p.spec) for p in searches.values()] == [(5, 1)] * 38
+    assert counts["search_evaluate"] == 38 * 6 and counts["search_sample"] == 38 * (4 * 1 + 1 * 2)
+    assert counts["search_round"] == sum(max_rounds(p.spec) for p in searches.values()) == 38 * 4
+    # the fixed settings (unguided, CFG) apart: one evaluation each, every shard
+    assert counts["evaluate"] == len(all_settings(config)) and counts["sample"] == counts["settings"] * counts["shards"]
+    assert counts["total"] == sum(counts[k] for k in ("sample", "evaluate", "calibrate", "search_sample",
+                                                       "search_evaluate", "search_round"))
+
+
+def test_searched_rows_report_the_chosen_scale_its_trace_and_an_edge(config):
+    """Table 6's rows: one search ends inside its range, one on its upper edge; the CSV names the
+    chosen scale, the trace and its samples; the Markdown marks the edge and explains it."""
+    from offshelf.plan import search_result_record
+    from offshelf.tables import EDGE_LEGEND, SEARCH_LEGEND, markdown, table_frame
+
+    config = dict(config, tables={"table6": config["tables"]["table6"]}, regimes=["uncond"])
+    plans = [row.search for row in table_rows(config)]
+    records = {}
+    for plan, optimum in zip(plans, (8.0, 1e5, 8.0, 8.0, 8.0)):
+        rounds, fids = run_rounds(plan, fid_of(optimum))
+        records[plan.name] = search_result_record(plan, rounds[-1], fids, denoiser_per_sample=50)
+    rows = table_rows(config, records)
+    by_setting = {row.candidates[0].name: {"fid": records[row.search.name]["fid"]} for row in rows}
+    frame = table_frame(rows, by_setting, {})
+    assert list(frame["status"]) == ["ok"] * 5
+    assert list(frame["scale"]) == [10.0, 270.0, 10.0, 10.0, 10.0]
+    assert list(frame["scale_on_edge"]) == ["", "high", "", "", ""]
+    assert frame["search_samples"][0] == 2000 and frame["search_samples"][1] == 3000
+    assert frame["search_denoiser_evaluations"][1] == 3000 * 50
+    fid = fid_of(8.0)
+    assert frame["search_trace"][0] == f"3@500:{fid(3):.4g} 10@500:{fid(10):.4g} 30@500:{fid(30):.4g} 10@1000:{fid(10):.4g}"
+    assert frame["fid"][1] == pytest.approx(records[plans[1].name]["fid"])
+    text = markdown(frame, ["fid"], "Table 6")
+    assert "| 270 (edge) |" in text and "| 10 |" in text and SEARCH_LEGEND in text and EDGE_LEGEND in text

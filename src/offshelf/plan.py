@@ -389,9 +389,13 @@ class TooManyJobsError(ValueError):
     """The config plans more jobs than ``max_jobs`` allows; the message says which keys to change."""
 
 
+SEARCH_COUNTS = ("search_sample", "search_evaluate", "search_round")
+
+
 def _too_many(config: dict, counts: dict[str, int], limit: int) -> TooManyJobsError:
     sampling = config["sampling"]
-    parts = [f"{counts['sample']} sample"] + [f"{counts[k]} {k}" for k in ("evaluate", "calibrate", "search") if k in counts]
+    parts = [f"{counts['sample']} sample"] + [f"{counts[k]} {k.replace('_', ' ')}"
+                                             for k in ("evaluate", "calibrate") + SEARCH_COUNTS if k in counts]
     return TooManyJobsError(
         f"config keys 'sampling.num_samples' = {sampling['num_samples']} / 'sampling.shard_size' = "
         f"{sampling['shard_size']} plan {counts['total']} jobs ({', '.join(parts)}), above max_jobs = {limit}: "
@@ -405,12 +409,13 @@ def job_counts(config: dict) -> dict[str, int]:
     (metrics files), ``calibrate`` (probes), their ``total``, and ``settings`` / ``shards``
     (shards of a setting sampled in full). Jobs that do not scale with the config (training,
     downloads, reference features, the report, figures) are not counted: a handful per experiment.
+    The guidance-scale searches (``searches`` of them) are counted apart, at their most
+    (offshelf.search.max_evaluations / max_rounds: every extension and refinement taken):
+    ``search_sample``, ``search_evaluate`` and ``search_round`` jobs, also in the ``total``.
 
     Refuses cheaply first: shards are ``ceil(num_samples / shard_size)``, pure arithmetic, so a
     runaway ``shard_size`` is refused before any setting is built; settings are bounded by the
-    size of the config itself (rows × regimes × scale grid). A guidance-scale search is counted at
-    its most (offshelf.search.max_evaluations: every extension and refinement taken), plus
-    ``search`` (its round and result jobs)."""
+    size of the config itself (rows × regimes × scale grid)."""
     limit = config.get("max_jobs", DEFAULT_MAX_JOBS)
     shards = num_shards(config)
     if shards > limit:  # every sampled setting needs all these shards: no need to count settings
@@ -421,18 +426,18 @@ def job_counts(config: dict) -> dict[str, int]:
         most[setting] = max(most.get(setting, 0), n)
     sample = sum(num_shards(config, n) for n in most.values())
     counts = dict(sample=sample, evaluate=len(evaluations), calibrate=len(all_probes(config)))
-    settings = len(most)
     searches = all_searches(config)
-    if searches:  # how far each search goes is not known yet: count its most
-        counts["search"] = 0
+    if searches:
+        counts.update({k: 0 for k in SEARCH_COUNTS})
         for plan in searches.values():
             low, full = max_evaluations(plan.spec)  # `low` distinct scales, `full` of them topped up
-            counts["sample"] += (low - full) * num_shards(config, plan.spec.low_fidelity) \
+            counts["search_sample"] += (low - full) * num_shards(config, plan.spec.low_fidelity) \
                 + full * num_shards(config, plan.spec.full_fidelity)
-            counts["evaluate"] += low + full
-            counts["search"] += max_rounds(plan.spec)
-            settings += low
-    counts.update(total=sum(counts.values()), settings=settings, shards=shards)
+            counts["search_evaluate"] += low + full
+            counts["search_round"] += max_rounds(plan.spec)
+    counts.update(total=sum(counts.values()), settings=len(most), shards=shards)
+    if searches:
+        counts["searches"] = len(searches)
     if counts["total"] > limit:
         raise _too_many(config, counts, limit)
     return counts
@@ -441,7 +446,8 @@ def job_counts(config: dict) -> dict[str, int]:
 def describe_job_counts(config: dict) -> str:
     """One line for the start of a run: what the config plans, and the bound it is held to."""
     c = job_counts(config)
-    search = f"; {c['search']} search rounds (searches counted at their most)" if "search" in c else ""
+    search = (f"; {c['searches']} guidance-scale searches: at most {c['search_sample']} sample, "
+              f"{c['search_evaluate']} evaluate, {c['search_round']} round" if "searches" in c else "")
     return (f"offshelf: {c['total']} jobs planned ({c['sample']} sample: {c['settings']} settings x up to "
             f"{c['shards']} shards; {c['evaluate']} evaluate; {c['calibrate']} calibrate{search}; plus the "
             f"per-experiment jobs); max_jobs = {config.get('max_jobs', DEFAULT_MAX_JOBS)}")
