@@ -134,7 +134,7 @@ def test_editing_one_parameter_reruns_exactly_its_jobs(ci_run, tmp_path):
     edited.write_text(yaml.safe_dump(config, sort_keys=False))
     jobs = dry_run_jobs("--configfile", str(edited), "--config", f"results={ci_run}")
     regimes = len(config["regimes"])
-    assert jobs == {"search_round": regimes, "report": 1, "all": 1}
+    assert jobs == {"search_round": regimes, "search_result": regimes, "report": 1, "all": 1}
 
     # A training hyperparameter of the off-the-shelf classifier reruns everything it feeds.
     config = yaml.safe_load(CI.read_text())

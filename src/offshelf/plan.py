@@ -275,29 +275,6 @@ def all_settings(config: dict) -> dict[str, Setting]:
     return out
 
 
-def search_results(config: dict, final_rounds: list[Mapping[str, Any]],
-                   metrics: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Every finished search's record (:func:`search_result_record`) by name, from the final round
-    of each (the workflow's ``search/<name>/round<k>.json``) and the metrics by evaluation name;
-    compute in denoiser evaluations where the backend counts them."""
-    from offshelf.backends import create, spec_from_config
-    from offshelf.backends.base import UnsupportedError
-
-    backend = create(spec_from_config(config))
-    searches = all_searches(config)
-    out = {}
-    for final in final_rounds:
-        if final["search"] not in searches:
-            raise ValueError(f"search record {final['search']!r} belongs to no row of this config")
-        plan = searches[final["search"]]
-        try:
-            per_sample = backend.work_per_sample(plan.setting, config["sampling"])["denoiser"]
-        except UnsupportedError:
-            per_sample = None
-        out[plan.name] = search_result_record(plan, final, metrics, per_sample)
-    return out
-
-
 def evaluation_name(config: dict, setting_name: str, num_samples: int) -> str:
     """Metrics file stem: the setting's name, plus ``+n<N>`` when it is evaluated on fewer than
     all of its samples (the paper's ablations use 10,000 of the 50,000 a setting gets)."""

@@ -17,7 +17,7 @@ import pandas as pd
 
 from offshelf.calibration import integral_calibration_error
 from offshelf.atomic import save_csv, save_text
-from offshelf.plan import evaluation_name, search_results, table_rows
+from offshelf.plan import evaluation_name, table_rows
 from offshelf.tables import add_differences, add_paired_differences, markdown, table_frame
 
 
@@ -54,8 +54,9 @@ def write_report(plan_config: dict, metric_files: list[str], calibration_files: 
     """``comparable``: the backend reproduces the paper's own setting, so each table also gets
     measured − paper columns. ``feature_files``: the evaluations' ``<name>.features.npz`` (per-sample
     arrays and bootstrap replicates), from which each row's paired difference against its table's
-    baseline row is taken. ``search_files``: each guidance-scale search's final round (its
-    finalists' metrics are among ``metric_files``), from which the scale each searched row reports."""
+    baseline row is taken. ``search_files``: the guidance-scale searches' ``result.json``
+    (offshelf.plan.search_result_record: the scale each searched row reports; its metrics and
+    features are among ``metric_files`` / ``feature_files``)."""
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     evaluations = {Path(p).stem: json.loads(Path(p).read_text()) for p in metric_files}
@@ -63,8 +64,8 @@ def write_report(plan_config: dict, metric_files: list[str], calibration_files: 
     sections = _intro(plan_config, experiment, comparable)
     if model_files:
         sections += ["## Networks", "", _model_summary(model_files), ""]
-    searches = search_results(plan_config, [json.loads(Path(p).read_text()) for p in search_files], evaluations)
-    rows = table_rows(plan_config, searches)
+    searches = [json.loads(Path(p).read_text()) for p in search_files]
+    rows = table_rows(plan_config, {record["search"]: record for record in searches})
     features = {Path(p).name.removesuffix(".features.npz"): p for p in feature_files}
     cache: dict = {}
     frames = {}

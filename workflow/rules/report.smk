@@ -64,10 +64,10 @@ if "figure4" in FIGURES:
 
 rule report:
     input:
-        # each guidance-scale search's final round and its finalists' metrics (search.smk)
-        unpack(searched_inputs),
         metrics=expand(f"{EXP}/metrics/{{setting}}.json", setting=sorted(EVALUATIONS)),
         features=expand(f"{EXP}/metrics/{{setting}}.features.npz", setting=sorted(EVALUATIONS)),
+        # each guidance-scale search's result: the scale, metrics and features its rows report (search.smk)
+        search=search_result_files(),
         calibration=expand(f"{EXP}/calibration/{{probe}}.csv", probe=PROBES),
         figures=expand(f"{EXP}/figures/{{figure}}.png", figure=FIGURES),
         models=[f"{EXP}/models/{role}.pt" for role in trained_roles()],

@@ -3,11 +3,20 @@
 # per round: round k holds the trace so far and the evaluations the search proposes next; round
 # k + 1 needs their metrics (the ordinary evaluate jobs, `<setting>+n<N>` at low fidelity). A
 # round is a pure function of the one before and its metrics, so a killed run resumes at the
-# first missing round. The round proposing the finalists is `final`: the report reads the result
-# from it and the finalists' metrics (no further job per search).
+# first missing round. The round proposing the finalists is `final`; `result.json` (an ordinary
+# rule) reads it and the finalists' metrics, and names the scale, metrics and features the row
+# reports.
 import json
 
-from snakemake.exceptions import IncompleteCheckpointException
+from offshelf.backends.base import UnsupportedError
+
+
+def denoiser_per_sample(setting):
+    """Denoiser evaluations one sample of ``setting`` costs, where the backend counts them."""
+    try:
+        return BACKEND.work_per_sample(setting, config["sampling"])["denoiser"]
+    except UnsupportedError:
+        return None
 
 
 def search_round_inputs(wc):
@@ -34,23 +43,16 @@ def final_round(search):
         k += 1
 
 
-def searched_inputs(wildcards):
-    """With unpack(): per search its final round (`search`) and the metrics and features of its
-    finalists (`searched_metrics`, `searched_features`); for a search still running, its next
-    round instead. Every search is listed at once, so they advance side by side; Snakemake
-    re-evaluates this after each round (a checkpoint) until every search is final."""
-    rounds, names = [], set()
-    for search in sorted(SEARCHES):
-        try:
-            path, record = final_round(search)
-        except IncompleteCheckpointException as pending:
-            rounds.append(pending.targetfile)
-            continue
-        rounds.append(path)
-        names.update(e for e in record["evaluations"] if e not in EVALUATIONS)
-    names = sorted(names)
-    return {"search": rounds, "searched_metrics": expand(f"{EXP}/metrics/{{e}}.json", e=names),
-            "searched_features": expand(f"{EXP}/metrics/{{e}}.features.npz", e=names)}
+def search_result_inputs(wc):
+    """A search's final round and its finalists' metrics and features (the row reports one of them)."""
+    path, record = final_round(wc.search)
+    return {"final": path, "metrics": expand(f"{EXP}/metrics/{{e}}.json", e=record["evaluations"]),
+            "features": expand(f"{EXP}/metrics/{{e}}.features.npz", e=record["evaluations"])}
+
+
+def search_result_files():
+    """Every search's result: the report lists them all outright, so the searches advance side by side."""
+    return expand(f"{EXP}/search/{{search}}/result.json", search=sorted(SEARCHES))
 
 
 def reported_setting_names(wildcards):
@@ -84,3 +86,21 @@ checkpoint search_round:
     conda: CONDA_ENV
     script:
         "../scripts/search_round.py"
+
+
+rule search_result:
+    input:
+        unpack(search_result_inputs),
+    output:
+        f"{EXP}/search/{{search}}/result.json",
+    params:
+        plan=lambda wc: SEARCHES[wc.search].to_dict(),
+        # compute spent = samples x denoiser evaluations per sample (the same at every scale)
+        denoiser_per_sample=lambda wc: denoiser_per_sample(SEARCHES[wc.search].setting),
+        library=LIBRARY,
+    log:
+        f"{LOGS}/search/{{search}}/result.log",
+    localrule: True
+    conda: CONDA_ENV
+    script:
+        "../scripts/search_result.py"
