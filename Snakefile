@@ -13,8 +13,9 @@ import offshelf
 from offshelf import backends
 from offshelf.config import ConfigError, read_yaml, validate_config
 
-from offshelf.plan import (all_evaluations, all_probes, all_settings, cache_dir, canonical, describe_job_counts,
-                           num_shards, pretrained_path, sampling_params, shard_seeds)
+from offshelf.plan import (all_evaluations, all_probes, all_searches, all_settings, cache_dir, canonical,
+                           describe_job_counts, lookup_setting, num_shards, parse_evaluation_name, pretrained_path,
+                           sampling_params, shard_seeds)
 from offshelf.settings import Setting, probe_setting
 
 # config.yaml is the base of digits configs (a --configfile overrides its keys); any other
@@ -39,8 +40,9 @@ EXP = f"{config['results']}/{config['experiment']}"
 LOGS = f"{config['results']}/logs/{config['experiment']}"
 BACKEND_SPEC = canonical(backends.spec_from_config(config))  # a param of every job that loads networks
 BACKEND = backends.create(BACKEND_SPEC)
-SETTINGS = all_settings(config)
+SETTINGS = all_settings(config)  # the tables' fixed settings; a searched row's scales come from its search
 EVALUATIONS = all_evaluations(config)  # metrics file stem -> (setting name, number of samples)
+SEARCHES = all_searches(config)  # search name -> offshelf.plan.SearchPlan (workflow/rules/search.smk)
 PROBES = all_probes(config)
 LIBRARY = offshelf.__version__  # a param of every job: a library release reruns them
 THREADS = config.get("threads_per_job", 1)
@@ -52,12 +54,15 @@ wildcard_constraints:
     setting="[A-Za-z0-9_.+-]+",
     probe="[A-Za-z0-9_.+-]+",
     shard=r"\d+",
+    search="[A-Za-z0-9_.+-]+",
+    round=r"\d+",
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/calibration.smk"
 include: "workflow/rules/sampling.smk"
 include: "workflow/rules/evaluation.smk"
+include: "workflow/rules/search.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/text2image.smk"
 

@@ -24,6 +24,7 @@ def plugin_config(tmp_path):
     config.update(backbone="toy_backend:ToyMixtureBackend", backend_options={"std": 0.2}, experiment="toy",
                   results=str(tmp_path / "results"))
     config["sampling"].update(num_samples=48, shard_size=24, batch_size=24)
+    config["search"]["low_fidelity"] = 24  # one shard, as in ci.yaml
     config["calibration"]["num_samples"] = 24
     config["figures"]["figure4"]["label"] = 2  # the toy has 3 classes
     path = tmp_path / "toy.yaml"

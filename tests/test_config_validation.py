@@ -23,7 +23,7 @@ def test_shipped_configs_are_valid(default_config):
 
 
 @pytest.mark.parametrize("mutate, expected", [
-    (lambda c: c.update(scaels=c.pop("scales")), r"unknown key\(s\) \['scaels'\].*allowed keys:.*scales"),
+    (lambda c: c.update(serach=c.pop("search")), r"unknown key\(s\) \['serach'\].*allowed keys:.*search"),
     (lambda c: c["sampling"].update(num_sample=10), r"'sampling'.*\['num_sample'\].*num_samples"),
     (lambda c: c["tables"]["table6"]["rows"][0].update(sine_factr=0.1),
      r"tables\.table6\.rows\.0.*\['sine_factr'\].*sine_factor"),
@@ -128,10 +128,11 @@ def test_third_party_backend_takes_backend_options_and_no_builtin_sections(defau
 
 def test_relu_is_still_written_inf(default_config):
     """`softplus_beta: inf` (a YAML string) keeps meaning ReLU; only the float .inf is refused."""
-    from offshelf.plan import all_settings
+    from offshelf.plan import all_searches
 
     assert default_config["bases"]["resnet"]["softplus_beta"] == "inf"
-    assert any(s.name.split("_")[2] == "relu" for s in all_settings(validate_config(default_config)).values())
+    searched = [plan.setting for plan in all_searches(validate_config(default_config)).values()]
+    assert any(s.name.split("_")[2] == "relu" for s in searched)
     config = copy.deepcopy(default_config)
     config["bases"]["resnet"]["softplus_beta"] = "relu"
     validate_config(config)

@@ -6,7 +6,8 @@ import math
 import pytest
 import yaml
 
-from offshelf.plan import all_probes, all_settings, num_shards, shard_seeds, table_rows
+from offshelf.config import ConfigError, validate_config
+from offshelf.plan import all_probes, all_searches, all_settings, num_shards, parse_evaluation_name, shard_seeds, table_rows
 from offshelf.settings import Setting, probe_setting
 from workflow_utils import REPO, dry_run_jobs
 
@@ -43,18 +44,41 @@ def test_probe_round_trip():
         assert back.probe == s.probe
 
 
-def test_every_row_sweeps_its_regime_grid(config):
+def row_settings(row):
+    """The settings a row is planned at: its candidates, or a searched row's setting (scale open)."""
+    return [row.search.setting] if row.search else row.candidates
+
+
+def test_every_guided_row_is_searched(config):
     rows = table_rows(config)
     tables = {r.table for r in rows}
     assert tables == {f"table{i}" for i in range(1, 8)}
     for row in rows:
+        guided = row_settings(row)[0].method == "guided"
+        assert (row.search is not None) == guided, row.label
+        if guided:
+            assert row.candidates == []  # no result yet: the scale is the search's to choose
+            assert row.search.spec.initial == tuple(float(s) for s in config["search"]["initial"][row.regime])
+            assert row.search.spec.full_fidelity == config["sampling"]["num_samples"]
+    # shared rows (e.g. ReLU baseline in Tables 2, 3, 4) are searched once
+    searches = all_searches(config)
+    names = [r.search.name for r in rows if r.search]
+    assert len(searches) == len(set(names)) < len(names)
+    assert set(config["figures"]["figure1"]["probes"]) <= set(all_probes(config))
+
+
+def test_without_search_every_guided_row_sweeps_its_regime_grid(config):
+    config = dict(config, scales={"cond": [1, 3], "uncond": [3, 10]})
+    del config["search"]
+    validate_config(config)
+    rows = table_rows(config)
+    for row in rows:
+        assert row.search is None
         if row.candidates[0].method == "guided":
             assert [c.scale for c in row.candidates] == [float(s) for s in config["scales"][row.regime]]
-    # shared rows (e.g. ReLU baseline in Tables 2, 3, 4) are sampled once
     settings = all_settings(config)
     names = [c.name for r in rows for c in r.candidates]
     assert len(settings) == len(set(names)) < len(names)
-    assert set(config["figures"]["figure1"]["probes"]) <= set(all_probes(config))
 
 
 def test_shards_are_disjoint_fixed_seed_ranges(config):
@@ -65,8 +89,8 @@ def test_shards_are_disjoint_fixed_seed_ranges(config):
 
 def test_dry_run_lists_every_stage(tmp_path):
     jobs = dry_run_jobs("--config", f"results={tmp_path}")
-    for rule in ("train_model", "calibrate", "sample", "reference_features", "evaluate",
-                 "figure_calibration", "figure_analytic", "figure_gradients", "report", "all"):
+    for rule in ("train_model", "calibrate", "sample", "reference_features", "evaluate", "search_round",
+                 "search_result", "figure_calibration", "figure_analytic", "figure_gradients", "report", "all"):
         assert jobs.get(rule, 0) >= 1, f"stage {rule} missing from the dry run: {jobs}"
     assert jobs["train_model"] == 4
 
@@ -90,8 +114,8 @@ def test_table5_is_planned_at_sine_factor_0_3(path):
     config = yaml.safe_load((REPO / path).read_text())
     rows = table_rows(config)
     table5 = [r for r in rows if r.table == "table5"]
-    assert table5 and all(s.sine_factor == 0.3 for r in table5 for s in r.candidates)
-    by_label = {(r.table, r.label, r.regime): r.candidates for r in rows}
+    assert table5 and all(s.sine_factor == 0.3 for r in table5 for s in row_settings(r))
+    by_label = {(r.table, r.label, r.regime): row_settings(r) for r in rows}
     for regime in config["regimes"]:
         tau1 = by_label[("table5", "tau2=1.0", regime)]
         beta3 = by_label[("table4", "Softplus beta=3", regime)]
@@ -120,3 +144,161 @@ def test_cost_plan_counts_network_evaluations_by_hand():
     assert total["denoiser"] == sum(2 * 50_000 * d for d, _ in per_n.values())
     assert total["classifier"] == sum(50_000 * g for _, g in per_n.values())
     assert total["hours"] == pytest.approx((total["denoiser"] * 0.01 + total["classifier"] * 0.02) / 3600)
+
+
+# --- guidance-scale search: the workflow's glue (search.smk calls these) ---------------------------
+
+def fid_of(optimum):
+    """A synthetic FID, unimodal in log(scale); the same at every sample count."""
+    return lambda scale: 0.3 + (math.log(scale) - math.log(optimum)) ** 2
+
+
+def run_rounds(plan, fid):
+    """What search.smk does, without Snakemake: round k from round k - 1 and its proposals'
+    metrics, up to the final round; and every metrics file the evaluate jobs would write."""
+    from offshelf.plan import search_round_record
+
+    metrics = {}
+
+    def evaluate(record):
+        for (scale, n), name in zip(record["proposals"], record["evaluations"]):
+            setting, samples = parse_evaluation_name(name)
+            assert setting == plan.at(scale).name and (samples or plan.all_samples) == n
+            metrics[name] = {"fid": fid(scale)}
+
+    rounds = [search_round_record(plan, None, {})]
+    while not rounds[-1]["final"]:
+        evaluate(rounds[-1])
+        rounds.append(search_round_record(plan, rounds[-1], metrics))
+    evaluate(rounds[-1])  # the finalists: the report reads their metrics
+    return rounds, metrics
+
+
+def test_search_rounds_reproduce_the_in_process_search(config):
+    from offshelf.plan import search_result_record
+    from offshelf.search import run_search
+
+    plan = all_searches(config)["uncond_offshelf-x0_sp3_tj1_tm0.5_g0.3_ssearch_r1"]
+    fid = fid_of(40.0)
+    rounds, metrics = run_rounds(plan, fid)
+    assert [r["round"] for r in rounds] == list(range(len(rounds)))
+    low = plan.spec.low_fidelity
+    # low-fidelity evaluations read the first samples (+n<low>), the finalist all 1000 (no suffix)
+    assert rounds[0]["evaluations"] == [f"uncond_offshelf-x0_sp3_tj1_tm0.5_g0.3_s{s}_r1+n{low}" for s in (3, 10, 30)]
+    assert rounds[-1]["proposals"] and all(n == 1000 for _, n in rounds[-1]["proposals"])
+    assert not any(r["final"] for r in rounds[:-1])
+    record = search_result_record(plan, rounds[-1], metrics, denoiser_per_sample=50)
+    expected = run_search(plan.spec, lambda scale, n: fid(scale))
+    assert record["scale"] == expected.scale and record["samples"] == expected.samples_spent
+    assert record["denoiser_evaluations"] == 50 * expected.samples_spent
+    assert record["setting"] == plan.at(expected.scale).name == record["evaluation"]  # full fidelity: no +n
+    assert record["on_edge"] is None and record["rounds"] == len(rounds)
+    # the report picks the chosen setting for every row sharing this search
+    rows = [r for r in table_rows(config, {plan.name: record}) if r.search and r.search.name == plan.name]
+    assert len(rows) >= 2 and all([c.name for c in r.candidates] == [record["setting"]] for r in rows)
+
+
+def test_unfinished_search_has_no_result(config):
+    from offshelf.plan import search_result_record, search_round_record
+
+    plan = next(iter(all_searches(config).values()))
+    first = search_round_record(plan, None, {})
+    with pytest.raises(ValueError, match="is not its last"):
+        search_result_record(plan, first, {})
+    with pytest.raises(ValueError, match=rf"no metrics for .*\+n{plan.spec.low_fidelity}"):
+        search_round_record(plan, first, {})
+    # a broken evaluation (NaN FID) stops the search, naming the scale
+    nan = {name: {"fid": math.nan} for name in first["evaluations"]}
+    with pytest.raises(ValueError, match=r"objective at scale .* is nan"):
+        search_round_record(plan, first, nan)
+
+
+def test_a_proposed_scale_resolves_to_its_setting(config):
+    from offshelf.plan import family_name, lookup_setting
+
+    searches = all_searches(config)
+    plan = searches["cond_combined-x0_relu_tj1_tm1_g0_ssearch_r1_sw10"]
+    assert plan.family == family_name(plan.setting) == plan.name
+    for scale in (0.111, 5.48, 90.0):
+        setting = plan.at(scale)
+        assert lookup_setting(all_settings(config), searches, setting.name) == setting
+    assert lookup_setting(all_settings(config), searches, "cond_unguided").method == "unguided"
+    for name in ("cond_offshelf-x0_relu_tj1_tm1_g0.7_s3_r1", "cond_offshelf-x0_relu_tj1_tm1_g0_sX_r1", "nonsense"):
+        with pytest.raises(ValueError, match="neither a table row's setting nor a scale of a searched row"):
+            lookup_setting(all_settings(config), searches, name)
+
+
+def test_search_plan_round_trips_through_job_params(config):
+    from offshelf.plan import SearchPlan
+
+    for plan in all_searches(config).values():
+        assert SearchPlan.from_dict(plan.to_dict()) == plan
+
+
+def test_a_table_evaluating_fewer_samples_searches_at_its_own_count(config):
+    config = dict(config, tables={"table6": dict(config["tables"]["table6"], num_samples=500)})
+    plan = table_rows(config)[0].search
+    assert plan.name.endswith("_ssearch_r1+n500") and plan.spec.full_fidelity == 500
+    assert plan.evaluation(3.0, 500).endswith("_s3_r1+n500")
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda c: c["search"].update(low_fidelity=300), r"'search\.low_fidelity' = 300 is not a multiple of 'sampling\.shard_size' = 500"),
+    (lambda c: c["search"].update(low_fidelity=2000), r"'search\.low_fidelity' = 2000 exceeds the 1000 samples"),
+    (lambda c: c["search"]["initial"].pop("uncond"), r"'search\.initial\.uncond' is missing"),
+    (lambda c: c["search"].update(factor=1), r"'search\.factor' = 1"),
+    (lambda c: c["search"].update(bounds=[10, 1]), r"config key 'search': search\.bounds must be"),
+    (lambda c: c["search"].update(fidelity=3), r"'search'.*\['fidelity'\]"),
+    (lambda c: c["search"]["initial"].update(cond=[0, 1]), r"'search\.initial\.cond\.0' = 0"),
+])
+def test_bad_search_config_names_the_key(config, mutate, expected):
+    import copy
+
+    config = copy.deepcopy(config)
+    mutate(config)
+    with pytest.raises(ConfigError, match=expected):
+        validate_config(config)
+
+
+def test_job_counts_bound_the_searches(config):
+    from offshelf.plan import job_counts
+    from offshelf.search import max_evaluations, max_rounds
+
+    counts = job_counts(config)
+    searches = all_searches(config)
+    assert counts["searches"] == len(searches) == 38
+    # config.yaml: 3 initial scales + 2 steps past an edge, the finalist topped up: 5 scales, 6 evaluations
+    assert [max_evaluations(p.spec) for p in searches.values()] == [(5, 1)] * 38
+    assert counts["search_evaluate"] == 38 * 6 and counts["search_sample"] == 38 * (4 * 1 + 1 * 2)
+    assert counts["search_round"] == sum(max_rounds(p.spec) for p in searches.values()) == 38 * 4
+    # the fixed settings (unguided, CFG) apart: one evaluation each, every shard
+    assert counts["evaluate"] == len(all_settings(config)) and counts["sample"] == counts["settings"] * counts["shards"]
+    assert counts["total"] == sum(counts[k] for k in ("sample", "evaluate", "calibrate", "search_sample",
+                                                       "search_evaluate", "search_round"))
+
+
+def test_searched_rows_report_the_chosen_scale_its_trace_and_an_edge(config):
+    """Table 6's rows: one search ends inside its range, one on its upper edge; the CSV names the
+    chosen scale, the trace and its samples; the Markdown marks the edge and explains it."""
+    from offshelf.plan import search_result_record
+    from offshelf.tables import EDGE_LEGEND, SEARCH_LEGEND, markdown, table_frame
+
+    config = dict(config, tables={"table6": config["tables"]["table6"]}, regimes=["uncond"])
+    plans = [row.search for row in table_rows(config)]
+    records = {}
+    for plan, optimum in zip(plans, (8.0, 1e5, 8.0, 8.0, 8.0)):
+        rounds, fids = run_rounds(plan, fid_of(optimum))
+        records[plan.name] = search_result_record(plan, rounds[-1], fids, denoiser_per_sample=50)
+    rows = table_rows(config, records)
+    by_setting = {row.candidates[0].name: {"fid": records[row.search.name]["fid"]} for row in rows}
+    frame = table_frame(rows, by_setting, {})
+    assert list(frame["status"]) == ["ok"] * 5
+    assert list(frame["scale"]) == [10.0, 270.0, 10.0, 10.0, 10.0]
+    assert list(frame["scale_on_edge"]) == ["", "high", "", "", ""]
+    assert frame["search_samples"][0] == 2000 and frame["search_samples"][1] == 3000
+    assert frame["search_denoiser_evaluations"][1] == 3000 * 50
+    fid = fid_of(8.0)
+    assert frame["search_trace"][0] == f"3@500:{fid(3):.4g} 10@500:{fid(10):.4g} 30@500:{fid(30):.4g} 10@1000:{fid(10):.4g}"
+    assert frame["fid"][1] == pytest.approx(records[plans[1].name]["fid"])
+    text = markdown(frame, ["fid"], "Table 6")
+    assert "| 270 (edge) |" in text and "| 10 |" in text and SEARCH_LEGEND in text and EDGE_LEGEND in text

@@ -76,6 +76,39 @@ def test_report_has_intervals_and_paired_differences(ci_run):
             assert saved["features"].shape[0] == n and saved["replicate_fid"].shape == (config["evaluation"]["bootstrap"],)
 
 
+def test_searched_rows_report_their_search(ci_run):
+    """Every guided row names the scale its search chose, the search's trace, and the samples it
+    drew: each scale once, at its largest evaluation (the finalist reuses its low-fidelity shard).
+    ci.yaml: one initial scale, one step past either edge, then the finalist at all 64 samples."""
+    import re
+
+    from offshelf.search import Evaluation, canonical_scale, samples_spent
+
+    config = yaml.safe_load(CI.read_text())
+    search, n, steps = config["search"], config["sampling"]["num_samples"], int(config["sampling"]["respacing"])
+    searched = 0
+    for table in config["tables"]:
+        frame = pd.read_csv(ci_run / "ci" / "report" / f"{table}.csv")
+        for _, row in frame[frame["search_trace"].notna()].iterrows():
+            searched += 1
+            trace = [Evaluation(float(s), int(k), float(v)) for s, k, v in
+                     (re.split("[@:]", e) for e in row["search_trace"].split())]
+            initial = float(search["initial"][row["regime"]][0])
+            assert [e.scale for e in trace[:3]] == [initial, canonical_scale(initial / 3), initial * 3]
+            assert [e.num_samples for e in trace] == [search["low_fidelity"]] * 3 + [n]
+            assert row["search_samples"] == samples_spent(trace) == 2 * search["low_fidelity"] + n
+            finalist = trace[-1]
+            best_low = min(trace[:3], key=lambda e: (e.value, e.scale))
+            assert row["scale"] == finalist.scale == best_low.scale
+            assert row["fid"] == pytest.approx(finalist.value, rel=1e-3)  # the trace keeps 4 digits
+            assert f"_s{finalist.scale:g}_" in row["setting"]
+            recurrent = int(re.search(r"_r(\d+)", row["setting"]).group(1))  # DDPM: r passes but the last step
+            assert row["search_denoiser_evaluations"] == row["search_samples"] * (steps + (recurrent - 1) * (steps - 1))
+            assert row["scale_on_edge"] in ("low", "high") or pd.isna(row["scale_on_edge"])
+    assert searched >= 2 * len(config["tables"])
+    assert "guidance-scale search" in (ci_run / "ci" / "report" / "README.md").read_text()
+
+
 def test_shards_use_the_adm_evaluator_layout(ci_run):
     shards = sorted((ci_run / "ci" / "samples" / "cond_unguided").glob("shard*.npz"))
     assert len(shards) == 2
@@ -94,13 +127,14 @@ def test_nothing_to_do_after_a_complete_run(ci_run):
 
 def test_editing_one_parameter_reruns_exactly_its_jobs(ci_run, tmp_path):
     config = yaml.safe_load(CI.read_text())
-    # Table 6's gamma=0.3 row -> 0.2: one new setting per regime, nothing else.
+    # Table 6's gamma=0.3 row -> 0.2: one new search per regime, nothing else. A dry run stops at
+    # each search's first round (a checkpoint: what it proposes is only known once it ran).
     config["tables"]["table6"]["rows"][1]["sine_factor"] = 0.2
     edited = tmp_path / "edited.yaml"
     edited.write_text(yaml.safe_dump(config, sort_keys=False))
     jobs = dry_run_jobs("--configfile", str(edited), "--config", f"results={ci_run}")
     regimes = len(config["regimes"])
-    assert jobs == {"sample": 2 * regimes, "evaluate": regimes, "report": 1, "all": 1}
+    assert jobs == {"search_round": regimes, "search_result": regimes, "report": 1, "all": 1}
 
     # A training hyperparameter of the off-the-shelf classifier reruns everything it feeds.
     config = yaml.safe_load(CI.read_text())

@@ -223,8 +223,9 @@ def validate_config(config: dict[str, Any], schema_path: str | Path | None = Non
     from offshelf.plan import TooManyJobsError, job_counts, table_rows
 
     for regime in config["regimes"]:
-        if regime not in config["scales"]:
-            raise ConfigError(f"config key 'scales.{regime}' is missing: regime {regime!r} needs a scale grid")
+        if "search" not in config and regime not in config.get("scales", {}):  # `search` chooses scales instead
+            raise ConfigError(f"config key 'scales.{regime}' is missing: regime {regime!r} needs a scale grid "
+                              f"(or give a 'search' section)")
     try:
         job_counts(config)  # before the rows: a runaway shard count is refused by arithmetic alone
     except TooManyJobsError as err:
@@ -234,7 +235,8 @@ def validate_config(config: dict[str, Any], schema_path: str | Path | None = Non
     try:
         table_rows(config)
     except ValueError as err:
-        raise ConfigError(f"config key 'tables': {err}") from err
+        message = str(err)  # a row's search names its own key ('search.<key>')
+        raise ConfigError(message if message.startswith("config key ") else f"config key 'tables': {err}") from err
     check_respacing(config)
     check_labels(config)
     check_paths(config)

@@ -1,24 +1,78 @@
 """Expand a workflow config into the jobs it implies: table rows → settings (× regime × swept
-scale), calibration probes and figures. Pure functions of the config, so the Snakefile stays
-thin and the expansion is unit-tested without Snakemake."""
+scale, or a guidance-scale search), calibration probes and figures. Pure functions of the config
+(and, for searched rows, of the search records the workflow wrote), so the Snakefile stays thin
+and the expansion is unit-tested without Snakemake."""
 
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field, replace
+import re
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
+from offshelf.search import (
+    Evaluation, SearchSpec, evaluation_from_dict, evaluation_to_dict, format_trace, is_last_round, max_evaluations,
+    max_rounds, next_evaluations, result,
+)
 from offshelf.settings import Setting
 
 SETTING_KEYS = {f for f in Setting.__dataclass_fields__}
 
 
+@dataclass(frozen=True)
+class SearchPlan:
+    """The guidance-scale search of a guided row (offshelf.search): ``setting`` is the row's setting
+    (its scale is what the search chooses), ``spec`` the search, ``all_samples`` the config's
+    ``sampling.num_samples`` (evaluation names say ``+n<N>`` below it). ``name`` is the search's
+    stable key: the setting's name with the scale replaced by ``search``, plus ``+n<N>`` when the
+    row's table evaluates fewer samples than a setting gets."""
+
+    name: str
+    setting: Setting
+    spec: SearchSpec
+    all_samples: int
+
+    @property
+    def family(self) -> str:
+        """The setting's name with its scale replaced by ``search`` (no sample count)."""
+        return family_name(self.setting)
+
+    def at(self, scale: float) -> Setting:
+        return replace(self.setting, scale=float(scale))
+
+    def evaluation(self, scale: float, num_samples: int) -> str:
+        """The metrics file stem of ``scale`` evaluated on its first ``num_samples`` samples."""
+        name = self.at(scale).name
+        return name if num_samples == self.all_samples else f"{name}+n{num_samples}"
+
+    def to_dict(self) -> dict[str, Any]:
+        spec = asdict(self.spec)
+        spec.update(initial=list(spec["initial"]), bounds=list(spec["bounds"]))
+        return {"name": self.name, "setting": self.setting.to_dict(), "spec": spec, "all_samples": self.all_samples}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "SearchPlan":
+        spec = dict(d["spec"], initial=tuple(d["spec"]["initial"]), bounds=tuple(d["spec"]["bounds"]))
+        return cls(d["name"], Setting.from_dict(d["setting"]), SearchSpec(**spec), int(d["all_samples"]))
+
+
+def family_name(setting: Setting) -> str:
+    """``setting``'s name with its scale replaced by ``search``: every scale of a searched row
+    shares it (``..._g0.3_ssearch_r1``)."""
+    name = replace(setting, scale=math.nan).name
+    if name.count("_snan_") != 1:
+        raise ValueError(f"setting {setting.name}: cannot locate the scale in its name")
+    return name.replace("_snan_", "_ssearch_")
+
+
 @dataclass
 class Row:
     """One table row: a label, its setting per regime, the settings swept over (the row reports
-    the one with the best FID), the probe whose calibration it shows, and the paper's numbers."""
+    the one with the best FID), the probe whose calibration it shows, and the paper's numbers.
+    A searched row (``search`` set) has one candidate once its search finished: the chosen scale;
+    none before."""
 
     table: str
     label: str
@@ -30,6 +84,8 @@ class Row:
     num_samples: int | None = None  # samples its metrics use (a table may evaluate fewer than it samples)
     unavailable: str | None = None  # why this backbone cannot run the row (it is reported, not sampled)
     baseline: bool = False  # the row its table's paired differences are taken against
+    search: SearchPlan | None = None  # the guidance-scale search that picks the row's scale
+    search_result: dict[str, Any] | None = None  # its finished record (search_result_record)
 
 
 def baseline_index(table: str, spec: dict) -> int:
@@ -77,29 +133,139 @@ def sweep(config: dict, setting: Setting) -> tuple[list[Setting], str | None]:
     return [setting], None
 
 
-def table_rows(config: dict) -> list[Row]:
+def search_plan(config: dict, setting: Setting, num_samples: int, where: str) -> SearchPlan | None:
+    """The search that picks ``setting``'s scale (a guided row of a config with a ``search``
+    section), or None. ``num_samples``: the row's reported count, the search's full fidelity."""
+    search = config.get("search")
+    if search is None or setting.method != "guided":
+        return None
+    initial = search["initial"].get(setting.regime)
+    if initial is None:
+        raise ValueError(f"config key 'search.initial.{setting.regime}' is missing: {where} is a guided row of "
+                         f"regime {setting.regime!r}, whose scale the search chooses")
+    low = search["low_fidelity"]
+    if low > num_samples:
+        raise ValueError(f"config key 'search.low_fidelity' = {low} exceeds the {num_samples} samples {where} "
+                         f"reports (its full-fidelity evaluation)")
+    shard_size = config["sampling"]["shard_size"]
+    if low % shard_size:
+        raise ValueError(f"config key 'search.low_fidelity' = {low} is not a multiple of 'sampling.shard_size' = "
+                         f"{shard_size}: a low-fidelity evaluation must read whole shards (the full evaluation "
+                         f"of the same scale reuses them)")
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in search.items()
+              if k not in ("initial", "low_fidelity")}
+    try:
+        spec = SearchSpec(initial=tuple(initial), low_fidelity=low, full_fidelity=num_samples, **fields)
+    except ValueError as err:
+        raise ValueError(f"config key 'search': {err}") from err
+    all_samples = config["sampling"]["num_samples"]
+    name = family_name(setting) + ("" if num_samples == all_samples else f"+n{num_samples}")
+    return SearchPlan(name, replace(setting, scale=Setting.scale), spec, all_samples)
+
+
+def table_rows(config: dict, search_results: Mapping[str, Mapping[str, Any]] | None = None) -> list[Row]:
+    """Every (table row × regime). ``search_results``: finished search records by search name
+    (the workflow's ``search/<name>/result.json``); a searched row without one has no candidate
+    yet (its search has not run)."""
     rows = []
     for table, spec in config["tables"].items():
         base_row = baseline_index(table, spec)
         for position, row in enumerate(spec["rows"]):
             for regime in config["regimes"]:
                 setting = row_setting(config, row, regime)
-                candidates, key = sweep(config, setting)
-                if "scale" in row and setting.method == "guided":  # a row may pin its scale
-                    candidates, key = [setting], None
                 probe = setting.probe if (spec.get("calibration") and setting.method == "guided") else None
                 total = config.get("sampling", {}).get("num_samples")
                 num_samples = spec.get("num_samples", total)
                 if total is not None and num_samples > total:
                     raise ValueError(f"{table}.num_samples = {num_samples} exceeds sampling.num_samples = "
                                      f"{config['sampling']['num_samples']} (the samples a setting gets)")
+                plan, found = None, None
+                if "scale" in row and setting.method == "guided":  # a row may pin its scale
+                    candidates, key = [setting], None
+                elif (plan := search_plan(config, setting, num_samples, f"{table} row {row['label']!r}")):
+                    found = (search_results or {}).get(plan.name)
+                    candidates, key = ([plan.at(found["scale"])] if found else []), "scale"
+                else:
+                    candidates, key = sweep(config, setting)
                 rows.append(Row(table, row["label"], regime, candidates, probe, dict(row.get("paper", {})), key,
-                                num_samples, unavailable_reason(config, setting), position == base_row))
+                                num_samples, unavailable_reason(config, setting), position == base_row, plan, found))
     return rows
 
 
+def all_searches(config: dict) -> dict[str, SearchPlan]:
+    """Every distinct guidance-scale search the tables need, by name (shared rows search once)."""
+    return {row.search.name: row.search for row in table_rows(config) if row.search and not row.unavailable}
+
+
+def lookup_setting(settings: Mapping[str, Setting], searches: Mapping[str, SearchPlan], name: str) -> Setting:
+    """The setting named ``name``: one of the tables' fixed ``settings``, or a scale a search may
+    propose (the family's setting at the scale the name spells). Anything else is an error naming it."""
+    if name in settings:
+        return settings[name]
+    match = re.search(r"_s([^_]+)_r\d", name)
+    if match:
+        family = f"{name[:match.start()]}_ssearch{name[match.end(1):]}"
+        for plan in searches.values():
+            if plan.family == family:
+                try:
+                    setting = plan.at(float(match.group(1)))
+                except ValueError:
+                    break
+                if setting.name == name:
+                    return setting
+    raise ValueError(f"setting {name!r} is neither a table row's setting nor a scale of a searched row "
+                     f"(see the config's 'tables' and 'search')")
+
+
+def _trace_through(plan: SearchPlan, record: Mapping[str, Any] | None,
+                   metrics: Mapping[str, Mapping[str, Any]]) -> list[Evaluation]:
+    """A round's trace plus the FIDs of the evaluations it proposed (from ``metrics``, by name)."""
+    if record is None:
+        return []
+    trace = [evaluation_from_dict(e) for e in record["trace"]]
+    for (scale, num_samples), name in zip(record["proposals"], record["evaluations"]):
+        if name not in metrics:
+            raise ValueError(f"search {plan.name}: no metrics for {name} (scale {scale:g} on {num_samples} samples)")
+        trace.append(Evaluation(float(scale), int(num_samples), float(metrics[name].get("fid", math.nan))))
+    return trace
+
+
+def search_round_record(plan: SearchPlan, previous: Mapping[str, Any] | None,
+                        metrics: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Round k of a search: round k − 1's trace plus the FIDs of the evaluations it proposed (read
+    from ``metrics``, by evaluation name), and the evaluations the search proposes next. Round 0
+    (``previous`` None) proposes the initial scales. ``final``: the search is done once this
+    round's proposals (the finalists) are evaluated, so no further round is made; the report
+    reads the result from it (:func:`search_result_record`)."""
+    trace = _trace_through(plan, previous, metrics)
+    proposals = next_evaluations(plan.spec, trace)
+    return {"search": plan.name, "round": 0 if previous is None else previous["round"] + 1,
+            "final": is_last_round(plan.spec, proposals), "spec": plan.to_dict()["spec"],
+            "trace": [evaluation_to_dict(e) for e in trace],
+            "proposals": [[s, n] for s, n in proposals], "evaluations": [plan.evaluation(s, n) for s, n in proposals]}
+
+
+def search_result_record(plan: SearchPlan, final: Mapping[str, Any], metrics: Mapping[str, Mapping[str, Any]],
+                         denoiser_per_sample: int | None = None) -> dict[str, Any]:
+    """A finished search, from its final round and the metrics of the finalists it proposed: the
+    chosen scale, the setting and metrics file the row reports, whether the optimum sits on the
+    searched range's edge, the trace and the compute it spent (samples; denoiser evaluations
+    given ``denoiser_per_sample``)."""
+    if not final["final"]:
+        raise ValueError(f"search {plan.name}: round {final['round']} is not its last (it proposes "
+                         f"{final['proposals']}, and more rounds follow)")
+    found = result(plan.spec, _trace_through(plan, final, metrics))
+    return {"search": plan.name, "scale": found.scale, "fid": found.value, "on_edge": found.on_edge,
+            "setting": plan.at(found.scale).name, "evaluation": plan.evaluation(found.scale, plan.spec.full_fidelity),
+            "samples": found.samples_spent,
+            "denoiser_evaluations": None if denoiser_per_sample is None else found.samples_spent * denoiser_per_sample,
+            "trace": [evaluation_to_dict(e) for e in found.trace], "trace_text": format_trace(found.trace),
+            "rounds": final["round"] + 1}
+
+
 def all_settings(config: dict) -> dict[str, Setting]:
-    """Every distinct setting the tables need, by name (shared rows are sampled once)."""
+    """Every distinct setting the tables need, by name (shared rows are sampled once). A searched
+    row's scales are its search's to choose: see :func:`all_searches`."""
     out: dict[str, Setting] = {}
     for row in table_rows(config):
         if row.unavailable:
@@ -200,9 +366,13 @@ class TooManyJobsError(ValueError):
     """The config plans more jobs than ``max_jobs`` allows; the message says which keys to change."""
 
 
+SEARCH_COUNTS = ("search_sample", "search_evaluate", "search_round")
+
+
 def _too_many(config: dict, counts: dict[str, int], limit: int) -> TooManyJobsError:
     sampling = config["sampling"]
-    parts = [f"{counts['sample']} sample"] + [f"{counts[k]} {k}" for k in ("evaluate", "calibrate") if k in counts]
+    parts = [f"{counts['sample']} sample"] + [f"{counts[k]} {k.replace('_', ' ')}"
+                                             for k in ("evaluate", "calibrate") + SEARCH_COUNTS if k in counts]
     return TooManyJobsError(
         f"config keys 'sampling.num_samples' = {sampling['num_samples']} / 'sampling.shard_size' = "
         f"{sampling['shard_size']} plan {counts['total']} jobs ({', '.join(parts)}), above max_jobs = {limit}: "
@@ -216,6 +386,9 @@ def job_counts(config: dict) -> dict[str, int]:
     (metrics files), ``calibrate`` (probes), their ``total``, and ``settings`` / ``shards``
     (shards of a setting sampled in full). Jobs that do not scale with the config (training,
     downloads, reference features, the report, figures) are not counted: a handful per experiment.
+    The guidance-scale searches (``searches`` of them) are counted apart, at their most
+    (offshelf.search.max_evaluations / max_rounds: every extension and refinement taken):
+    ``search_sample``, ``search_evaluate`` and ``search_round`` jobs, also in the ``total``.
 
     Refuses cheaply first: shards are ``ceil(num_samples / shard_size)``, pure arithmetic, so a
     runaway ``shard_size`` is refused before any setting is built; settings are bounded by the
@@ -230,7 +403,18 @@ def job_counts(config: dict) -> dict[str, int]:
         most[setting] = max(most.get(setting, 0), n)
     sample = sum(num_shards(config, n) for n in most.values())
     counts = dict(sample=sample, evaluate=len(evaluations), calibrate=len(all_probes(config)))
+    searches = all_searches(config)
+    if searches:
+        counts.update({k: 0 for k in SEARCH_COUNTS})
+        for plan in searches.values():
+            low, full = max_evaluations(plan.spec)  # `low` distinct scales, `full` of them topped up
+            counts["search_sample"] += (low - full) * num_shards(config, plan.spec.low_fidelity) \
+                + full * num_shards(config, plan.spec.full_fidelity)
+            counts["search_evaluate"] += low + full
+            counts["search_round"] += max_rounds(plan.spec)
     counts.update(total=sum(counts.values()), settings=len(most), shards=shards)
+    if searches:
+        counts["searches"] = len(searches)
     if counts["total"] > limit:
         raise _too_many(config, counts, limit)
     return counts
@@ -239,26 +423,34 @@ def job_counts(config: dict) -> dict[str, int]:
 def describe_job_counts(config: dict) -> str:
     """One line for the start of a run: what the config plans, and the bound it is held to."""
     c = job_counts(config)
+    search = (f"; {c['searches']} guidance-scale searches: at most {c['search_sample']} sample, "
+              f"{c['search_evaluate']} evaluate, {c['search_round']} round" if "searches" in c else "")
     return (f"offshelf: {c['total']} jobs planned ({c['sample']} sample: {c['settings']} settings x up to "
-            f"{c['shards']} shards; {c['evaluate']} evaluate; {c['calibrate']} calibrate; plus the per-experiment "
-            f"jobs); max_jobs = {config.get('max_jobs', DEFAULT_MAX_JOBS)}")
+            f"{c['shards']} shards; {c['evaluate']} evaluate; {c['calibrate']} calibrate{search}; plus the "
+            f"per-experiment jobs); max_jobs = {config.get('max_jobs', DEFAULT_MAX_JOBS)}")
 
 
 def cost_plan(config: dict, seconds: dict[str, float] | None = None) -> list[dict[str, Any]]:
     """What sampling a config costs, per table and in total (settings shared by tables counted once
     in the total): samples, denoiser and classifier network evaluations, and, given ``seconds``
     per ``denoiser`` evaluation and per ``classifier`` forward+backward (per image, at the batch
-    size you run), the hours: Σ count × seconds / 3600. Evaluation is not counted."""
+    size you run), the hours: Σ count × seconds / 3600. Evaluation is not counted. A searched row
+    counts its search at its most (every extension and refinement taken; offshelf.search)."""
     from offshelf.backends import create, spec_from_config
 
     backend = create(spec_from_config(config))
-    most: dict[str, dict[str, int]] = {}  # table -> setting -> most samples it reads
-    for row in table_rows(config):
-        if not row.unavailable:
-            for s in row.candidates:
-                table = most.setdefault(row.table, {})
-                table[s.name] = max(table.get(s.name, 0), row.num_samples or config["sampling"]["num_samples"])
+    most: dict[str, dict[str, int]] = {}  # table -> setting (or search) -> most samples it reads
     settings = all_settings(config)
+    for row in table_rows(config):
+        if row.unavailable:
+            continue
+        table = most.setdefault(row.table, {})
+        for s in row.candidates:
+            table[s.name] = max(table.get(s.name, 0), row.num_samples or config["sampling"]["num_samples"])
+        if row.search:
+            low, full = max_evaluations(row.search.spec)
+            table[row.search.name] = (low - full) * row.search.spec.low_fidelity + full * row.search.spec.full_fidelity
+            settings[row.search.name] = row.search.setting  # every scale costs the same per sample
     total: dict[str, int] = {}
     for table in most.values():
         for name, n in table.items():

@@ -24,10 +24,12 @@ from offshelf.tables import add_differences, add_paired_differences, markdown, t
 def _intro(plan_config: dict, experiment: str, comparable: bool) -> list[str]:
     sampling = plan_config["sampling"]
     backbone = plan_config["backbone"]
+    scale = ("Each guided row's scale is chosen by a guidance-scale search (the scale column; '(edge)': the "
+             "optimum sits on the searched range's edge)." if "search" in plan_config else
+             "Each guided row sweeps its scale grid and reports the candidate with the lowest FID (the scale column).")
     text = [f"Backbone `{backbone}`: {sampling['num_samples']} samples per setting in shards of "
             f"{sampling['shard_size']}" + (f", respacing {sampling['respacing']}" if "respacing" in sampling else "")
-            + ". Each guided row sweeps its scale grid and reports the candidate with the lowest FID (the "
-            "scale column). `ice` = integral calibration error (mean per-step ECE along unguided "
+            + f". {scale} `ice` = integral calibration error (mean per-step ECE along unguided "
             "conditional trajectories). Intervals are 95% bootstrap intervals over the samples "
             "(evaluation.bootstrap resamples); differences are paired against the table's baseline row "
             "(docs/statistics.md)."]
@@ -48,11 +50,13 @@ def _intro(plan_config: dict, experiment: str, comparable: bool) -> list[str]:
 
 def write_report(plan_config: dict, metric_files: list[str], calibration_files: list[str], figure_files: list[str],
                  out_path: str, experiment: str, model_files: list[str] = (), comparable: bool = False,
-                 feature_files: list[str] = ()) -> dict[str, pd.DataFrame]:
+                 feature_files: list[str] = (), search_files: list[str] = ()) -> dict[str, pd.DataFrame]:
     """``comparable``: the backend reproduces the paper's own setting, so each table also gets
     measured − paper columns. ``feature_files``: the evaluations' ``<name>.features.npz`` (per-sample
     arrays and bootstrap replicates), from which each row's paired difference against its table's
-    baseline row is taken."""
+    baseline row is taken. ``search_files``: the guidance-scale searches' ``result.json``
+    (offshelf.plan.search_result_record: the scale each searched row reports; its metrics and
+    features are among ``metric_files`` / ``feature_files``)."""
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     evaluations = {Path(p).stem: json.loads(Path(p).read_text()) for p in metric_files}
@@ -62,7 +66,8 @@ def write_report(plan_config: dict, metric_files: list[str], calibration_files: 
     sections += [f"Samples judged by: {'; '.join(judges)}.", ""] if judges else []
     if model_files:
         sections += ["## Networks", "", _model_summary(model_files), ""]
-    rows = table_rows(plan_config)
+    searches = [json.loads(Path(p).read_text()) for p in search_files]
+    rows = table_rows(plan_config, {record["search"]: record for record in searches})
     features = {Path(p).name.removesuffix(".features.npz"): p for p in feature_files}
     cache: dict = {}
     frames = {}

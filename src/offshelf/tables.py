@@ -1,8 +1,9 @@
 """Paper tables: the measured numbers beside the paper's, per regime, as CSV and Markdown.
 
 Each row of a table sweeps a small grid (guidance scale, or CFG scale) and reports the candidate
-with the lowest FID, naming the scale it used. Rows whose jobs have not run say so instead of
-being left out.
+with the lowest FID, naming the scale it used; or, with a ``search`` section, a guided row reports
+the scale its guidance-scale search chose (offshelf.search), with the search's trace and compute.
+Rows whose jobs have not run say so instead of being left out.
 """
 
 from __future__ import annotations
@@ -26,6 +27,12 @@ INTERVAL_METRICS = ("fid", "precision", "recall", "accuracy")
 LEGEND = ("Cells: estimate [95% bootstrap interval] (paired difference row − baseline row, same seeds; "
           "* = its 95% interval excludes 0). The baseline row of each table is marked (baseline). "
           "See docs/statistics.md.")
+
+SEARCH_LEGEND = ("Scale: chosen per row by the guidance-scale search (low-fidelity bracketing, then the "
+                 "finalists at the row's full sample count; CSV columns search_trace, search_samples; "
+                 "docs/statistics.md, \"Scale search\").")
+EDGE_LEGEND = ("(edge): the best scale sits on the edge of the searched range after every allowed step "
+               "past it: the optimum may lie beyond, and the row's FID may be above its best.")
 
 
 def best_candidate(row: Row, metrics: dict[str, dict[str, Any]]) -> tuple[Any, dict[str, Any] | None]:
@@ -54,7 +61,9 @@ def table_frame(rows: list[Row], metrics: dict[str, dict], ice: dict[str, float]
         else:
             record["status"] = "ok"
             record["setting"] = best.name
-            if row.sweep_key:
+            if row.search_result is not None:
+                record.update(search_columns(row.search_result))
+            elif row.sweep_key:
                 record[f"best_{row.sweep_key}"] = getattr(best, row.sweep_key)
                 record["swept"] = " ".join(f"{getattr(s, row.sweep_key):g}" for s in row.candidates)
             record.update({k: result.get(k, math.nan) for k in METRICS})
@@ -67,6 +76,17 @@ def table_frame(rows: list[Row], metrics: dict[str, dict], ice: dict[str, float]
             record["ice"] = ice.get(row.probe, math.nan)
         records.append(record)
     return pd.DataFrame(records)
+
+
+def search_columns(found: Mapping[str, Any]) -> dict[str, Any]:
+    """A searched row's CSV columns (its search record, offshelf.plan.search_result_record): the
+    chosen ``scale``, ``scale_on_edge`` ("low"/"high" when the optimum sits on the searched range's
+    edge after every extension, else empty), ``search_trace`` (scale@samples:FID per evaluation),
+    and the compute the search spent: ``search_samples`` and ``search_denoiser_evaluations``."""
+    return {"scale": found["scale"], "scale_on_edge": found["on_edge"] or "", "search_trace": found["trace_text"],
+            "search_samples": found["samples"],
+            "search_denoiser_evaluations": math.nan if found.get("denoiser_evaluations") is None
+            else found["denoiser_evaluations"]}
 
 
 def add_paired_differences(frame: pd.DataFrame, replicates: Callable[[str], Mapping[str, Any] | None]) -> pd.DataFrame:
@@ -155,14 +175,29 @@ def markdown(frame: pd.DataFrame, columns: list[str], title: str) -> str:
                 continue
             r = r.iloc[0]
             cells += [_cell(r, c) for c in columns]
-            scale = next((r[k] for k in ("best_scale", "best_cfg_scale") if k in r and not _isnan(r[k])), None)
-            cells.append(("w=" if "best_cfg_scale" in r and not _isnan(r.get("best_cfg_scale")) else "") + _fmt(scale)
-                         if scale is not None else "–")
+            cells.append(_scale_cell(r))
         lines.append("| " + " | ".join(cells) + " |")
     if any(f"{c}_lo" in frame for c in columns):
         lines += ["", LEGEND]
+    if "search_trace" in frame:
+        lines += ["", SEARCH_LEGEND]
+        if "scale_on_edge" in frame and frame["scale_on_edge"].fillna("").astype(bool).any():
+            lines.append(EDGE_LEGEND)
     lines += provenance_lines(frame)
     return "\n".join(lines) + "\n"
+
+
+def _scale_cell(r) -> str:
+    """The scale a row reports: ``w=3`` for a CFG grid, ``10 (edge)`` for a search whose optimum
+    sits on the searched range's edge."""
+    if "scale" in r and not _isnan(r["scale"]):
+        edge = r.get("scale_on_edge")
+        return _fmt(r["scale"]) + (" (edge)" if isinstance(edge, str) and edge else "")
+    if "best_cfg_scale" in r and not _isnan(r["best_cfg_scale"]):
+        return "w=" + _fmt(r["best_cfg_scale"])
+    if "best_scale" in r and not _isnan(r["best_scale"]):
+        return _fmt(r["best_scale"])
+    return "–"
 
 
 def provenance_lines(frame: pd.DataFrame) -> list[str]:

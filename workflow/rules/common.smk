@@ -28,7 +28,7 @@ def evaluation_files():
 
 def all_sources():
     """Every file a job of this config reads."""
-    settings = list(SETTINGS.values()) + [probe_setting(p) for p in PROBES]
+    settings = list(SETTINGS.values()) + [plan.setting for plan in SEARCHES.values()] + [probe_setting(p) for p in PROBES]
     settings += [FIGURE4_SETTING] if "figure4" in config.get("figures", {}) else []
     sources = [BACKEND.evaluation_files()] + [BACKEND.files(s) for s in settings]
     return {source for files in sources for source in files.values()}
@@ -55,13 +55,27 @@ def shard_seed_range(shard):
     return [seeds[0], len(seeds)]
 
 
+def setting_of(name):
+    """A sample job's setting: a table row's, or a scale a search proposed."""
+    return lookup_setting(SETTINGS, SEARCHES, name)
+
+
+def evaluation_of(name):
+    """(setting name, number of samples) of a metrics file stem: one the tables need, or a
+    search's evaluation (``<setting>+n<N>``: its first N samples)."""
+    if name in EVALUATIONS:
+        return EVALUATIONS[name]
+    setting, n = parse_evaluation_name(name)
+    return setting_of(setting).name, n or config["sampling"]["num_samples"]
+
+
 def evaluation_shards(wc):
-    setting, n = EVALUATIONS[wc.setting]
+    setting, n = evaluation_of(wc.setting)
     return list(range(num_shards(config, n)))
 
 
 def evaluation_inputs(wc):
-    setting, n = EVALUATIONS[wc.setting]
+    setting, n = evaluation_of(wc.setting)
     inputs = dict(evaluation_files(),
                   shards=expand(f"{EXP}/samples/{setting}/shard{{shard}}.npz", shard=evaluation_shards(wc)))
     if BACKEND.has_reference_features():

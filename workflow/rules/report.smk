@@ -66,14 +66,16 @@ rule report:
     input:
         metrics=expand(f"{EXP}/metrics/{{setting}}.json", setting=sorted(EVALUATIONS)),
         features=expand(f"{EXP}/metrics/{{setting}}.features.npz", setting=sorted(EVALUATIONS)),
+        # each guidance-scale search's result: the scale, metrics and features its rows report (search.smk)
+        search=search_result_files(),
         calibration=expand(f"{EXP}/calibration/{{probe}}.csv", probe=PROBES),
         figures=expand(f"{EXP}/figures/{{figure}}.png", figure=FIGURES),
         models=[f"{EXP}/models/{role}.pt" for role in trained_roles()],
     output:
         report=report(f"{EXP}/report/README.md", category="Report"),
     params:
-        plan={k: config[k] for k in ("tables", "bases", "regimes", "scales", "cfg_scales", "sampling", "backbone",
-                                     "imagenet", "backend_options") if k in config},
+        plan={k: config[k] for k in ("tables", "bases", "regimes", "scales", "search", "cfg_scales", "sampling",
+                                     "backbone", "imagenet", "backend_options") if k in config},
         experiment=config["experiment"],
         comparable=BACKEND.paper_comparable,
         library=LIBRARY,

@@ -3,11 +3,11 @@
 
 rule sample:
     input:
-        unpack(lambda wc: setting_files(SETTINGS[wc.setting])),
+        unpack(lambda wc: setting_files(setting_of(wc.setting))),
     output:
         f"{EXP}/samples/{{setting}}/shard{{shard}}.npz",
     params:
-        setting=lambda wc: SETTINGS[wc.setting].to_dict(),
+        setting=lambda wc: setting_of(wc.setting).to_dict(),
         seeds=lambda wc: shard_seed_range(wc.shard),
         sampling=sampling_params(config),
         backend=BACKEND_SPEC,

@@ -1,8 +1,15 @@
+import json
+from pathlib import Path
+
 from offshelf.jobs import job_log
 from offshelf.report import write_report
 
 with job_log(snakemake.log[0]):
-    write_report(snakemake.params.plan, list(snakemake.input.metrics), list(snakemake.input.calibration),
-                 list(snakemake.input.figures), snakemake.output.report, snakemake.params.experiment,
-                 list(snakemake.input.models), comparable=snakemake.params.comparable,
-                 feature_files=list(snakemake.input.features))
+    inputs = snakemake.input
+    # each guidance-scale search's result names the metrics and features of the scale its rows report
+    searched = [json.loads(Path(p).read_text()) for p in inputs.search]
+    write_report(snakemake.params.plan, list(inputs.metrics) + [r["metrics_file"] for r in searched],
+                 list(inputs.calibration), list(inputs.figures), snakemake.output.report, snakemake.params.experiment,
+                 list(inputs.models), comparable=snakemake.params.comparable,
+                 feature_files=list(inputs.features) + [r["features_file"] for r in searched],
+                 search_files=list(inputs.search))

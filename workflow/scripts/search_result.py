@@ -1,0 +1,20 @@
+import json
+from pathlib import Path
+
+from offshelf.atomic import save_json
+from offshelf.jobs import job_log
+from offshelf.plan import SearchPlan, search_result_record
+
+with job_log(snakemake.log[0]):
+    plan = SearchPlan.from_dict(snakemake.params.plan)
+    inputs = snakemake.input
+    metrics = {Path(p).name.removesuffix(".json"): json.loads(Path(p).read_text()) for p in inputs.metrics}
+    record = search_result_record(plan, json.loads(Path(inputs.final).read_text()), metrics,
+                                  snakemake.params.denoiser_per_sample)
+    # the files the report reads for the chosen scale (inputs of this job, so they exist and are current)
+    chosen = record["evaluation"]
+    record["metrics_file"] = next(p for p in inputs.metrics if Path(p).name == f"{chosen}.json")
+    record["features_file"] = next(p for p in inputs.features if Path(p).name == f"{chosen}.features.npz")
+    print(f"{plan.name}: scale {record['scale']:g} (FID {record['fid']:.4g}, edge {record['on_edge']}), "
+          f"{record['samples']} samples: {record['trace_text']}")
+    save_json(snakemake.output[0], record)
