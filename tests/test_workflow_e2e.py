@@ -100,7 +100,7 @@ def test_editing_one_parameter_reruns_exactly_its_jobs(ci_run, tmp_path):
     edited.write_text(yaml.safe_dump(config, sort_keys=False))
     jobs = dry_run_jobs("--configfile", str(edited), "--config", f"results={ci_run}")
     regimes = len(config["regimes"])
-    assert jobs == {"sample": 2 * regimes, "evaluate": regimes, "report": 1, "all": 1}
+    assert jobs == {"sample": 2 * regimes, "evaluate": regimes, "sample_grid": regimes, "report": 1, "all": 1}
 
     # A training hyperparameter of the off-the-shelf classifier reruns everything it feeds.
     config = yaml.safe_load(CI.read_text())
