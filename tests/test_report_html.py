@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import subprocess
-import time
 
 import numpy as np
 import pandas as pd
@@ -46,15 +45,12 @@ def chromium() -> str:
 
 
 @pytest.fixture(scope="module")
-def html_report(tmp_path_factory):
-    """The ci workflow, run once, and its `snakemake --report` page."""
-    results = tmp_path_factory.mktemp("report_html")
-    start = time.perf_counter()
-    snakemake("--cores", "2", "--configfile", str(CI), "--config", f"results={results}", timeout=1800)
-    html = results / "report.html"
-    snakemake("--configfile", str(CI), "--config", f"results={results}", "--report", str(html))
-    print(f"ci workflow and report: {time.perf_counter() - start:.0f} s")
-    return results / "ci", html
+def html_report(ci_run, tmp_path_factory):
+    """The `snakemake --report` page of the ci workflow's run (conftest.py's ci_run, shared with
+    test_workflow_e2e.py)."""
+    html = tmp_path_factory.mktemp("report_html") / "report.html"
+    snakemake("--configfile", str(CI), "--config", f"results={ci_run}", "--report", str(html))
+    return ci_run / "ci", html
 
 
 def script_json(html: str, name: str, variable: str):
@@ -62,6 +58,13 @@ def script_json(html: str, name: str, variable: str):
     match = re.search(rf'<script id="{name}">\s*var {variable} = (.*?);\s*</script>', html, flags=re.S)
     assert match, f"report page has no <script id={name!r}>"
     return json.loads(match.group(1))
+
+
+def decode_data_uri(uri: str) -> bytes:
+    """The bytes of a PNG data URI (Snakemake writes ``data:image/png;charset=utf8;filename=...;base64,...``)."""
+    match = re.fullmatch(r"data:image/png;(?:[^,;]+;)*base64,([A-Za-z0-9+/=]+)", uri)
+    assert match, f"not a base64 PNG data URI: {uri[:100]}"
+    return base64.b64decode(match.group(1))
 
 
 def reported_rows(exp):
@@ -91,8 +94,7 @@ def test_every_reported_row_has_its_grid_embedded(html_report):
         path = str(exp / "report" / "samples" / table / f"{position:02d}-{regime}.png")
         entry = samples[path]
         assert entry["labels"] == {"row": label, "regime": regime}
-        assert entry["data_uri"].startswith("data:image/png;base64,")
-        embedded = base64.b64decode(entry["data_uri"].removeprefix("data:image/png;base64,"))
+        embedded = decode_data_uri(entry["data_uri"])
         assert embedded == (exp / "grids" / f"{setting}.png").read_bytes(), f"{table} / {label} / {regime}"
         subcategory = f"Table {table.removeprefix('table')}: {config['tables'][table]['title']}"
         assert path in categories["Samples"][subcategory]
@@ -155,7 +157,8 @@ def test_chromium_shows_a_rows_grid(html_report, tmp_path):
     subcategory = f"Table 7: {config['tables'][table]['title']}"
     page = tmp_path / "view.html"
     inject = SHOW_RESULT % {"path": json.dumps(path), "subcategory": json.dumps(subcategory)}
-    page.write_text(html.read_text().replace("</body>", inject + "</body>"))
+    head, tag, tail = html.read_text().rpartition("</body>")  # the page's own: bundled scripts hold the text too
+    page.write_text(head + inject + tag + tail)
     shot = tmp_path / "shot.png"
     headless = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                 "--force-device-scale-factor=1", "--force-color-profile=srgb",
@@ -175,8 +178,8 @@ def test_chromium_shows_a_rows_grid(html_report, tmp_path):
     # The rendered page (not the source): the grid's own data URI in an <img>, and the table's rows
     # listed beside it in the Samples navigation.
     dom = subprocess.run(headless + ["--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=300).stdout
-    data_uri = "data:image/png;base64," + base64.b64encode(open(path, "rb").read()).decode()
-    assert f'<img src="{data_uri}">' in dom
+    data_uri = script_json(html.read_text(), "results", "results")[path]["data_uri"]
+    assert decode_data_uri(data_uri) == open(path, "rb").read() and f'<img src="{data_uri}">' in dom
     app = dom[dom.index('<div id="app">'):]
     rendered = app[:app.index("<script")]  # the app's markup, not the page's data scripts after it
     for row in config["tables"][table]["rows"]:
