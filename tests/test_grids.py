@@ -161,3 +161,19 @@ def test_report_samples_show_each_rows_reported_grid_or_its_reason(tmp_path):
     assert not (report_dir / "samples" / "table7" / "02-cond.png").exists()
     with pytest.raises(ValueError, match=r"table7 / first / cond: reports setting s_one, whose grid"):
         _samples_section("table7", frame, {}, {"s_two": grids["s_two"]}, report_dir / "samples", report_dir)
+
+
+def test_a_grid_reads_only_the_leading_shards_it_needs():
+    from offshelf.config import load_config
+    from offshelf.grids import grid_shards
+    from offshelf.plan import all_settings
+
+    ci = load_config(REPO / "config" / "ci.yaml")
+    assert ci["grids"]["shards"] == 1 and grid_shards(ci, "cond_unguided") == [0]  # of 2 sampled
+    ci["grids"]["shards"] = 5
+    assert grid_shards(ci, "cond_unguided") == [0, 1]  # never more than the setting samples
+    ddpm = load_config(REPO / "config" / "imagenet128_ddpm.yaml")
+    for name in all_settings(ddpm):  # 10 of the 10 (ablations) or 50 (Table 7) shards a setting samples
+        assert grid_shards(ddpm, name) == list(range(10)), name
+    with pytest.raises(ValueError, match="no table row samples setting 'cond_nothing'"):
+        grid_shards(ci, "cond_nothing")

@@ -53,6 +53,18 @@ def grid_options(grids: Mapping[str, Any] | None, num_classes: int) -> dict[str,
     return options
 
 
+def grid_shards(config: Mapping[str, Any], setting: str) -> list[int]:
+    """The leading shards a setting's grid reads: ``grids.shards``, at most the shards the setting
+    samples (the most samples any of its evaluations reads): never its whole 50,000-sample run."""
+    from offshelf.plan import all_evaluations, num_shards
+
+    sampled = [n for name, n in all_evaluations(config).values() if name == setting]
+    if not sampled:
+        raise ValueError(f"no table row samples setting {setting!r}: it has no grid")
+    wanted = (config.get("grids") or {}).get("shards", DEFAULTS["shards"])
+    return list(range(min(wanted, num_shards(config, max(sampled)))))
+
+
 def grid_seeds(labels: Sequence[int], seeds: Sequence[int], classes: Sequence[int],
                per_class: int) -> list[list[int | None]]:
     """For each class, the first ``per_class`` seeds (ascending) whose label is that class; ``None``

@@ -74,7 +74,7 @@ rule report:
         report=report(f"{EXP}/report/README.md", category="Report"),
         # each row's grid, copied per table so the HTML report files it under its table
         **({"samples": report(directory(f"{EXP}/report/samples"), patterns=[SAMPLE_PATTERN], category="Samples",
-                              subcategory=lambda wc: sample_category(config, wc.table), labels=report_sample_labels,
+                              subcategory=lambda wc: sample_category(config, wc.table), labels=lambda wc: sample_labels(config, wc.table, wc.row, wc.regime),
                               caption="../report/samples.rst")} if GRIDS is not None else {}),
     params:
         plan={k: config[k] for k in ("tables", "bases", "regimes", "scales", "cfg_scales", "sampling", "backbone",
