@@ -63,6 +63,7 @@ include: "workflow/rules/calibration.smk"
 include: "workflow/rules/sampling.smk"
 include: "workflow/rules/evaluation.smk"
 include: "workflow/rules/search.smk"
+include: "workflow/rules/grids.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/text2image.smk"
 

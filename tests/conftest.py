@@ -20,6 +20,22 @@ def reference_dir() -> Path:
     return REFERENCE_DIR
 
 
+@pytest.fixture(scope="session")
+def ci_run(tmp_path_factory) -> Path:
+    """The whole ci workflow (config/ci.yaml) run for real, once per session: the results folder
+    that the end-to-end tests (test_workflow_e2e.py, test_report_html.py) read."""
+    import time
+
+    from workflow_utils import REPO, snakemake
+
+    results = tmp_path_factory.mktemp("ci_results")
+    start = time.perf_counter()
+    snakemake("--cores", "2", "--configfile", str(REPO / "config" / "ci.yaml"), "--config", f"results={results}",
+              timeout=1800)
+    print(f"ci workflow: {time.perf_counter() - start:.0f} s")
+    return results
+
+
 @pytest.fixture(autouse=True, scope="session")
 def one_torch_thread():
     """The test networks are tiny: intra-op threads only add synchronisation, which on a shared

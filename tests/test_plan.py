@@ -90,7 +90,8 @@ def test_shards_are_disjoint_fixed_seed_ranges(config):
 def test_dry_run_lists_every_stage(tmp_path):
     jobs = dry_run_jobs("--config", f"results={tmp_path}")
     for rule in ("train_model", "calibrate", "sample", "reference_features", "evaluate", "search_round",
-                 "search_result", "figure_calibration", "figure_analytic", "figure_gradients", "report", "all"):
+                 "search_result", "figure_calibration", "figure_analytic", "figure_gradients", "sample_grid", "report",
+                 "all"):
         assert jobs.get(rule, 0) >= 1, f"stage {rule} missing from the dry run: {jobs}"
     assert jobs["train_model"] == 4
 

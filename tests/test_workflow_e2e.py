@@ -18,13 +18,7 @@ pytestmark = pytest.mark.slow
 CI = REPO / "config" / "ci.yaml"
 
 
-@pytest.fixture(scope="module")
-def ci_run(tmp_path_factory):
-    results = tmp_path_factory.mktemp("ci_results")
-    start = time.perf_counter()
-    snakemake("--cores", "2", "--configfile", str(CI), "--config", f"results={results}", timeout=1800)
-    print(f"ci workflow: {time.perf_counter() - start:.0f} s")
-    return results
+# ci_run (conftest.py): the ci workflow, run once per session for this module and test_report_html.py
 
 
 def test_report_has_numbers_for_every_row(ci_run):
@@ -134,6 +128,7 @@ def test_editing_one_parameter_reruns_exactly_its_jobs(ci_run, tmp_path):
     edited.write_text(yaml.safe_dump(config, sort_keys=False))
     jobs = dry_run_jobs("--configfile", str(edited), "--config", f"results={ci_run}")
     regimes = len(config["regimes"])
+    # grids of the new chosen scale appear once the search has run (a checkpoint)
     assert jobs == {"search_round": regimes, "search_result": regimes, "report": 1, "all": 1}
 
     # A training hyperparameter of the off-the-shelf classifier reruns everything it feeds.

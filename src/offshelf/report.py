@@ -10,13 +10,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from offshelf.calibration import integral_calibration_error
-from offshelf.atomic import save_csv, save_text
+from offshelf.atomic import atomic_write, save_csv, save_text
+from offshelf.grids import read_layout
 from offshelf.plan import evaluation_name, table_rows
 from offshelf.tables import add_differences, add_paired_differences, markdown, table_frame
 
@@ -50,13 +52,17 @@ def _intro(plan_config: dict, experiment: str, comparable: bool) -> list[str]:
 
 def write_report(plan_config: dict, metric_files: list[str], calibration_files: list[str], figure_files: list[str],
                  out_path: str, experiment: str, model_files: list[str] = (), comparable: bool = False,
-                 feature_files: list[str] = (), search_files: list[str] = ()) -> dict[str, pd.DataFrame]:
+                 feature_files: list[str] = (), search_files: list[str] = (), grid_files: list[str] = (),
+                 samples_dir: str | None = None) -> dict[str, pd.DataFrame]:
     """``comparable``: the backend reproduces the paper's own setting, so each table also gets
     measured − paper columns. ``feature_files``: the evaluations' ``<name>.features.npz`` (per-sample
     arrays and bootstrap replicates), from which each row's paired difference against its table's
     baseline row is taken. ``search_files``: the guidance-scale searches' ``result.json``
     (offshelf.plan.search_result_record: the scale each searched row reports; its metrics and
-    features are among ``metric_files`` / ``feature_files``)."""
+    features are among ``metric_files`` / ``feature_files``). ``grid_files``: sample grids
+    ``<setting>.png`` (offshelf.grids); with them each table gets a Samples section showing the grid
+    of the setting each row reports, copied to ``samples_dir`` as :func:`sample_file` names it (the
+    HTML report's files)."""
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     evaluations = {Path(p).stem: json.loads(Path(p).read_text()) for p in metric_files}
@@ -71,6 +77,9 @@ def write_report(plan_config: dict, metric_files: list[str], calibration_files: 
     features = {Path(p).name.removesuffix(".features.npz"): p for p in feature_files}
     cache: dict = {}
     frames = {}
+    grids = {Path(p).stem: p for p in grid_files}
+    if grid_files and samples_dir is None:
+        raise ValueError("write_report: grid_files given without samples_dir (where the report's copies go)")
     for table, spec in plan_config["tables"].items():
         mine = [r for r in rows if r.table == table]
         parts = []
@@ -97,11 +106,68 @@ def write_report(plan_config: dict, metric_files: list[str], calibration_files: 
         text = markdown(frame, list(spec.get("columns", ["fid"])), title)
         save_text(out.parent / f"{table}.md", text)
         sections += [text, f"CSV: [{table}.csv]({table}.csv)", ""]
+        if grid_files:
+            sections += _samples_section(table, frame, plan_config, grids, Path(samples_dir), out.parent)
     if figure_files:
         sections += ["## Figures", ""]
         sections += [f"![{Path(f).stem}]({os.path.relpath(f, out.parent)})\n" for f in figure_files]
     save_text(out, "\n".join(sections))
     return frames
+
+
+def sample_file(table: str, position: int, regime: str) -> str:
+    """A row's grid inside the report's samples folder: ``<table>/<NN>-<regime>.png``, NN = the
+    row's 1-based position in the config's table (labels may hold any character)."""
+    return f"{table}/{position:02d}-{regime}.png"
+
+
+SAMPLE_PATTERN = "{table}/{row}-{regime}.png"  # sample_file's names, as Snakemake report patterns read them
+
+
+def sample_labels(config: dict, table: str, row: str, regime: str) -> dict[str, str]:
+    """The HTML report's labels of a row's grid (the wildcards of :data:`SAMPLE_PATTERN`)."""
+    spec = config["tables"][table]
+    return {"row": spec["rows"][int(row) - 1]["label"], "regime": regime}
+
+
+def sample_category(config: dict, table: str) -> str:
+    """The HTML report's subcategory of a table's grids: its heading and title."""
+    return f"{table_heading(table)}: {config['tables'][table]['title']}"
+
+
+def _samples_section(table: str, frame: pd.DataFrame, plan_config: dict, grids: dict[str, str], samples_dir: Path,
+                     report_dir: Path) -> list[str]:
+    """A table's Samples: per row and regime, the grid of the setting whose numbers the row reports
+    (copied into ``samples_dir``), or the reason the row was not run."""
+    regimes = list(dict.fromkeys(frame["regime"]))
+    layouts = {}
+    lines = ["| row | " + " | ".join(regimes) + " |", "|" + "---|" * (len(regimes) + 1)]
+    for position, label in enumerate(dict.fromkeys(frame["row"]), start=1):
+        part = frame[frame["row"] == label]
+        cells = [label]
+        for regime in regimes:
+            r = part[part["regime"] == regime]
+            if r.empty or r.iloc[0]["status"] != "ok":
+                cells.append("not run" if r.empty else str(r.iloc[0]["status"]))
+                continue
+            setting = r.iloc[0]["setting"]
+            if setting not in grids:
+                raise ValueError(f"{table} / {label} / {regime}: reports setting {setting}, whose grid is not among "
+                                 f"the report's grid inputs ({len(grids)} grids)")
+            target = samples_dir / sample_file(table, position, regime)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(target, lambda tmp, src=grids[setting]: shutil.copyfile(src, tmp))
+            layouts[setting] = read_layout(grids[setting])
+            cells.append(f"![{label}, {regime}]({os.path.relpath(target, report_dir)})")
+        lines.append("| " + " | ".join(cells) + " |")
+    if not layouts:
+        return []
+    first = next(iter(layouts.values()))
+    per_class = len(first["seeds"][0]) if first["seeds"] else 0
+    return [f"*Samples, {table_heading(table)}*: one line per class ({', '.join(map(str, first['classes']))}), "
+            f"the first {per_class} seeds of each class, the same seeds in every row (offshelf.grids)."
+            + (" Empty tiles: the grid's shards hold fewer samples of that class (raise grids.shards)."
+               if any(layout["missing"] for layout in layouts.values()) else ""), ""] + lines + [""]
 
 
 def table_heading(table: str) -> str:

@@ -83,6 +83,14 @@ def evaluation_inputs(wc):
     return inputs
 
 
+def report_grids(wildcards):
+    """Setting name -> sample grid (grids.smk) of every setting a table row may report
+    (reported_setting_names, search.smk); the report shows the one whose numbers the row reports."""
+    if config.get("grids") is None:
+        return {}
+    return {name: f"{EXP}/grids/{name}.png" for name in reported_setting_names(wildcards)}
+
+
 # Figure 4's sample: the paper's uncond, off-the-shelf x̂0 guidance (its Softplus/schedule knobs are
 # the figure's own params).
 FIGURE4_SETTING = Setting(regime="uncond", classifier="offshelf", input="x0", softplus_beta=3.0, sine_factor=0.3)

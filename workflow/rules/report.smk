@@ -71,8 +71,13 @@ rule report:
         calibration=expand(f"{EXP}/calibration/{{probe}}.csv", probe=PROBES),
         figures=expand(f"{EXP}/figures/{{figure}}.png", figure=FIGURES),
         models=[f"{EXP}/models/{role}.pt" for role in trained_roles()],
+        grids=lambda wc: list(report_grids(wc).values()),
     output:
         report=report(f"{EXP}/report/README.md", category="Report"),
+        # each row's grid, copied per table so the HTML report files it under its table
+        **({"samples": report(directory(f"{EXP}/report/samples"), patterns=[SAMPLE_PATTERN], category="Samples",
+                              subcategory=lambda wc: sample_category(config, wc.table), labels=lambda wc: sample_labels(config, wc.table, wc.row, wc.regime),
+                              caption="../report/samples.rst")} if GRIDS is not None else {}),
     params:
         plan={k: config[k] for k in ("tables", "bases", "regimes", "scales", "search", "cfg_scales", "sampling",
                                      "backbone", "imagenet", "backend_options") if k in config},
