@@ -1,5 +1,7 @@
 # Input and params functions of the rules: which files a job reads, from the backend's answer.
-from offshelf.backends.base import Pretrained, Trained
+import json
+
+from offshelf.backends.base import Pretrained, Trained, UnsupportedError
 
 
 def source_path(source):
@@ -83,14 +85,79 @@ def evaluation_inputs(wc):
     return inputs
 
 
-def report_grids(wildcards):
-    """Setting name -> sample grid (grids.smk) of every setting a table row may report
-    (reported_setting_names, search.smk); the report shows the one whose numbers the row reports."""
+def report_grids(wildcards, searched):
+    """Sample grids (grids.smk) of the settings table rows may report (reported_setting_names,
+    search.smk): those known before any job runs, or (``searched``) the searches' finalists; the
+    report shows the one whose numbers the row reports."""
     if config.get("grids") is None:
-        return {}
-    return {name: f"{EXP}/grids/{name}.png" for name in reported_setting_names(wildcards)}
+        return []
+    return [f"{EXP}/grids/{name}.png" for name in reported_setting_names(wildcards, searched)]
 
 
 # Figure 4's sample: the paper's uncond, off-the-shelf x̂0 guidance (its Softplus/schedule knobs are
 # the figure's own params).
 FIGURE4_SETTING = Setting(regime="uncond", classifier="offshelf", input="x0", softplus_beta=3.0, sine_factor=0.3)
+
+
+# Guidance-scale search (search.smk)
+def denoiser_per_sample(setting):
+    """Denoiser evaluations one sample of ``setting`` costs, where the backend counts them."""
+    try:
+        return BACKEND.work_per_sample(setting, config["sampling"])["denoiser"]
+    except UnsupportedError:
+        return None
+
+
+def search_round_inputs(wc):
+    """Round k reads round k - 1 and the metrics of the evaluations it proposed."""
+    k = int(wc.round)
+    if k == 0:
+        return {}
+    previous = checkpoints.search_round.get(search=wc.search, round=k - 1).output[0]
+    with open(previous) as f:
+        proposed = json.load(f)["evaluations"]
+    return {"previous": previous, "metrics": expand(f"{EXP}/metrics/{{e}}.json", e=proposed)}
+
+
+def final_round(search):
+    """(path, record) of a search's final round; raises IncompleteCheckpointException (which
+    Snakemake turns into a dependency) at its first round not made yet."""
+    k = 0
+    while True:
+        path = checkpoints.search_round.get(search=search, round=k).output[0]
+        with open(path) as f:
+            record = json.load(f)
+        if record["final"]:
+            return path, record
+        k += 1
+
+
+def search_result_inputs(wc):
+    """A search's final round and its finalists' metrics and features (the row reports one of them)."""
+    path, record = final_round(wc.search)
+    return {"final": path, "metrics": expand(f"{EXP}/metrics/{{e}}.json", e=record["evaluations"]),
+            "features": expand(f"{EXP}/metrics/{{e}}.features.npz", e=record["evaluations"])}
+
+
+def search_result_files():
+    """Every search's result: the report lists them all outright, so the searches advance side by side."""
+    return expand(f"{EXP}/search/{{search}}/result.json", search=sorted(SEARCHES))
+
+
+def reported_setting_names(wildcards, searched):
+    """For every row the backend can run, the setting(s) its table finally reports. ``searched``
+    False: a pinned or unguided row's setting and every candidate of a grid row (CFG scales,
+    configs without `search`), known before any job runs. ``searched`` True: each searched row's
+    finalists (its chosen scale where `search.finalists` is 1), known once its search has run (a
+    checkpoint). Which finalist or candidate wins is only known from their metrics."""
+    from offshelf.plan import table_rows
+
+    names = set()
+    for row in table_rows(config):
+        if row.unavailable:
+            continue
+        if not searched:
+            names.update(s.name for s in row.candidates)
+        elif row.search:
+            names.update(row.search.at(scale).name for scale, _ in final_round(row.search.name)[1]["proposals"])
+    return sorted(names)

@@ -71,7 +71,9 @@ rule report:
         calibration=expand(f"{EXP}/calibration/{{probe}}.csv", probe=PROBES),
         figures=expand(f"{EXP}/figures/{{figure}}.png", figure=FIGURES),
         models=[f"{EXP}/models/{role}.pt" for role in trained_roles()],
-        grids=lambda wc: list(report_grids(wc).values()),
+        grids=lambda wc: report_grids(wc, searched=False),
+        # separate: a dry run lists the grids above before the searches (checkpoints) have run
+        searched_grids=lambda wc: report_grids(wc, searched=True),
     output:
         report=report(f"{EXP}/report/README.md", category="Report"),
         # each row's grid, copied per table so the HTML report files it under its table
