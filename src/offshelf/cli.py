@@ -241,7 +241,7 @@ def cmd_tune(args) -> int:
                        ctx.sampling, ctx.batch_size(args), progress=False)
     print(f"{summary['base']}: softplus_beta={summary['chosen']['softplus_beta']:g} "
           f"marginal_temperature={summary['chosen']['marginal_temperature']:g} (by integral {spec.criterion}), "
-          f"sine_factor={spec.sine_factor:g}, scale={summary['scale']:g} (FID {summary['search_fid']:.4g} by "
+          f"sine_factor={summary['sine_factor']:g}, scale={summary['scale']:g} (FID {summary['search_fid']:.4g} by "
           f"{summary['judge']}); {summary['stage1_denoiser_evaluations']:,} + "
           f"{summary['stage2_denoiser_evaluations']:,} denoiser evaluations -> {Path(args.out) / 'tuned.yaml'}")
     return 0
@@ -348,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--num-images", type=int, help="held-out real images (default 300)")
     tune.add_argument("--softplus-betas", metavar="B,B,...", help="Softplus β grid, inf = ReLU")
     tune.add_argument("--marginal-temperatures", metavar="T,T,...", help="τ2 grid (τ1 = 1)")
-    tune.add_argument("--sine-factor", type=float, help="γ of Eq. 5 (given, not derived; default 0.3)")
+    tune.add_argument("--sine-factor", type=float, help="γ of Eq. 5 where calibration supports the bump, else 0 (default 0.3)")
     tune.add_argument("--search", action="append", default=[], metavar="KEY=VALUE",
                       help="scale search keys: initial=[1,3,10] low_fidelity=100 full_fidelity=500 factor=3 ...")
     tune.add_argument("--sampling", action="append", default=[], metavar="KEY=VALUE")

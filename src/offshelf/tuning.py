@@ -61,7 +61,7 @@ class TuneSpec:
     regime: str = "uncond"
     input: str = "x0"
     softplus_betas: tuple[float, ...] = (math.inf, 8.0, 5.0, 4.0, 3.0, 2.0)
-    marginal_temperatures: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.2, 1.5, 2.0)
+    marginal_temperatures: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0)
     criterion: str = "nll"
     num_images: int = 300
     num_bins: int = 15
@@ -168,11 +168,14 @@ def temperature_scores(logits: np.ndarray, labels: np.ndarray, temperature: floa
 
 
 def nll_optimal_temperature(logits: np.ndarray, labels: np.ndarray, low: float = 1e-3, high: float = 100.0) -> float:
-    """argmin_τ NLL of softmax(τ·f): the NLL is convex in τ, so a bounded scalar search finds it."""
+    """argmin_τ NLL of softmax(τ·f): the NLL is convex in τ, so a bounded scalar search finds it.
+    When every prediction is right the NLL falls all the way to τ → ∞: inf (no finite optimum)."""
     from scipy.optimize import minimize_scalar
 
     labels = np.asarray(labels, np.int64)
     logits = np.asarray(logits, np.float64)
+    if (logits.argmax(axis=1) == labels).all():
+        return math.inf
 
     def nll(log_tau):
         z = math.exp(log_tau) * logits
@@ -208,15 +211,36 @@ def choose(integrals: pd.DataFrame, criterion: str) -> dict[str, float]:
     """The grid point with the smallest integral ``criterion``; ties go to the first in grid order."""
     column = {"nll": "integral_nll", "ece": "integral_ece"}[criterion]
     best = integrals.loc[integrals[column].idxmin()]
+    edges = {key: ("low" if best[key] == integrals[key].min() else "high" if best[key] == integrals[key].max() else None)
+             for key in ("softplus_beta", "marginal_temperature")}
     return {"softplus_beta": float(best["softplus_beta"]), "marginal_temperature": float(best["marginal_temperature"]),
-            "integral_ece": float(best["integral_ece"]), "integral_nll": float(best["integral_nll"])}
+            "integral_ece": float(best["integral_ece"]), "integral_nll": float(best["integral_nll"]),
+            # a choice on the grid's edge may lie beyond it: widen the grid (a single-value axis is always "on edge")
+            "softplus_beta_on_edge": edges["softplus_beta"] if integrals["softplus_beta"].nunique() > 1 else None,
+            "marginal_temperature_on_edge": (edges["marginal_temperature"]
+                                             if integrals["marginal_temperature"].nunique() > 1 else None)}
 
 
-def worst_calibrated(curves: pd.DataFrame, beta: float, tau: float) -> dict[str, float]:
-    """Where along the reverse process the chosen predictor's ECE peaks (evidence for γ, §3)."""
+def sine_factor_from_calibration(curves: pd.DataFrame, beta: float, tau: float, amplitude: float) -> dict[str, Any]:
+    """γ of Eq. 5 from where the chosen predictor is worst calibrated (docs/tuning.md §3).
+
+    The sine bump adds ``γ·sin(πk/T)·Σ_max`` to the guidance weight: most mid-process, nothing at
+    the ends. The paper adds it because its classifier's ECE is low and stable there (its Figure 1).
+    Calibration decides the sign of that premise: the bump-weighted mean ECE (weights sin(πt))
+    against the plain mean over steps. Where the bump amplifies a *better*-calibrated stretch
+    (ratio <= 1) γ = ``amplitude``; where it would amplify the worst-calibrated stretch, γ = 0.
+    The amplitude itself is not a calibration quantity: it is a step size, traded against the
+    scale that Stage 2 searches, so it is given (``tune.sine_factor``)."""
     mine = curves[(curves.softplus_beta == beta) & (curves.marginal_temperature == tau)]
-    row = mine.loc[mine["ece"].idxmax()]
-    return {"worst_step": int(row["step"]), "worst_t": float(row["t"]), "worst_ece": float(row["ece"])}
+    weights = np.sin(np.pi * mine["t"].to_numpy())
+    ece = mine["ece"].to_numpy()
+    plain = float(ece.mean())
+    bumped = float((weights * ece).sum() / weights.sum()) if weights.sum() > 0 else plain
+    ratio = bumped / plain if plain > 0 else 1.0
+    worst = mine.loc[mine["ece"].idxmax()]
+    return {"sine_factor": float(amplitude) if ratio <= 1.0 else 0.0, "bump_weighted_ece": bumped,
+            "mean_ece": plain, "ratio": ratio, "worst_step": int(worst["step"]), "worst_t": float(worst["t"]),
+            "worst_ece": float(worst["ece"])}
 
 
 @dataclass
@@ -225,7 +249,7 @@ class CalibrationResult:
     integrals: pd.DataFrame
     chosen: dict[str, float]
     by_criterion: dict[str, dict[str, float]]
-    worst: dict[str, float]
+    sine: dict[str, Any]  # γ and the evidence behind it (sine_factor_from_calibration)
     optimal_temperatures: pd.DataFrame  # per (β, step): the NLL-optimal τ (continuous)
     denoiser_evaluations: int
 
@@ -256,9 +280,9 @@ def calibrate(denoiser, diffusion, images: torch.Tensor, labels: torch.Tensor, c
     optimal = pd.DataFrame([dict(softplus_beta=float(beta), step=step, t=step / diffusion.num_steps,
                                  nll_optimal_temperature=nll_optimal_temperature(value, y_np))
                             for beta, per_step in logits.items() for step, value in sorted(per_step.items(), reverse=True)])
-    return CalibrationResult(curves, integrals, chosen, by_criterion,
-                             worst_calibrated(curves, chosen["softplus_beta"], chosen["marginal_temperature"]),
-                             optimal, len(images) * diffusion.num_steps)
+    sine = sine_factor_from_calibration(curves, chosen["softplus_beta"], chosen["marginal_temperature"],
+                                        spec.sine_factor)
+    return CalibrationResult(curves, integrals, chosen, by_criterion, sine, optimal, len(images) * diffusion.num_steps)
 
 
 # --------------------------------------------------------------------------- Stage 2
@@ -311,10 +335,11 @@ def search_spec(spec: TuneSpec):
 
 # --------------------------------------------------------------------------- outputs
 
-def tuned_setting(spec: TuneSpec, chosen: Mapping[str, float], scale: float) -> Setting:
+def tuned_setting(spec: TuneSpec, stage1: "CalibrationResult", scale: float) -> Setting:
     return Setting(regime=spec.regime, method="guided", classifier=spec.classifier, input=spec.input,
-                   softplus_beta=chosen["softplus_beta"], joint_temperature=1.0,
-                   marginal_temperature=chosen["marginal_temperature"], sine_factor=spec.sine_factor, scale=scale)
+                   softplus_beta=stage1.chosen["softplus_beta"], joint_temperature=1.0,
+                   marginal_temperature=stage1.chosen["marginal_temperature"],
+                   sine_factor=stage1.sine["sine_factor"], scale=scale)
 
 
 def tuned_base(name: str, setting: Setting) -> dict[str, dict[str, Any]]:
@@ -413,7 +438,7 @@ def run_tune(backend, models, spec: TuneSpec, out_dir, guiding_files: Mapping[st
     from offshelf.metrics import feature_statistics
 
     ref = feature_statistics(reference["features"])
-    base = tuned_setting(spec, stage1.chosen, 1.0)
+    base = tuned_setting(spec, stage1, 1.0)
 
     def sample(setting: Setting, seeds: list[int]) -> np.ndarray:
         images_u8, _, _ = stages.sample_shard(backend, models, setting, seeds, batch_size, progress=progress)
@@ -421,7 +446,7 @@ def run_tune(backend, models, spec: TuneSpec, out_dir, guiding_files: Mapping[st
 
     objective = fid_objective(sample, extractor.features, ref.mu, ref.sigma, base)
     result = run_search(search, objective)
-    setting = tuned_setting(spec, stage1.chosen, result.scale)
+    setting = tuned_setting(spec, stage1, result.scale)
 
     work = backend.work_per_sample(setting, sampling or {}) if sampling else None
     per_sample = work["denoiser"] if work else models.diffusion.num_steps
@@ -437,8 +462,7 @@ def run_tune(backend, models, spec: TuneSpec, out_dir, guiding_files: Mapping[st
     summary = {
         "base": name, "setting": setting.name, "regime": spec.regime, "classifier": spec.classifier,
         "criterion": spec.criterion, "chosen": stage1.chosen, "by_criterion": stage1.by_criterion,
-        "sine_factor": spec.sine_factor, "sine_factor_source": "given (tune.sine_factor), not derived: docs/tuning.md §3",
-        "worst_calibrated": stage1.worst, "held_out_images": len(images),
+        "sine_factor": setting.sine_factor, "sine_evidence": stage1.sine, "held_out_images": len(images),
         "scale": result.scale, "search_fid": result.value, "scale_on_edge": result.on_edge,
         "judge": extractor.name, "judge_files": dict(judging_files),
         "stage1_denoiser_evaluations": stage1.denoiser_evaluations,
@@ -446,8 +470,19 @@ def run_tune(backend, models, spec: TuneSpec, out_dir, guiding_files: Mapping[st
         "stage2_denoiser_evaluations": int(result.samples_spent) * per_sample,
         "trace": format_trace(result.trace),
     }
-    save_json(out / "summary.json", summary)
+    save_json(out / "summary.json", _finite_json(summary))
     return summary
+
+
+def _finite_json(value):
+    """inf (ReLU's β) as the string "inf", as configs write it: JSON has no infinity."""
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if isinstance(value, Mapping):
+        return {k: _finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_json(v) for v in value]
+    return value
 
 
 def _save_yaml(path: Path, data) -> None:
