@@ -97,6 +97,19 @@ class TuneSpec:
         if self.batch_size < 1 or self.num_bins < 1:
             raise TuneError("tune.batch_size and tune.num_bins must be >= 1")
 
+    def to_config(self) -> dict[str, Any]:
+        """The spec as config values (inf as "inf"): a job param, so a changed key reruns the job."""
+        values = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        values["softplus_betas"] = ["inf" if math.isinf(b) else float(b) for b in self.softplus_betas]
+        values["marginal_temperatures"] = [float(t) for t in self.marginal_temperatures]
+        values["search"] = dict(self.search)
+        return values
+
+    @property
+    def folder(self) -> str:
+        """Output folder name under ``<experiment>/tune``: the classifier and regime tuned."""
+        return f"{self.classifier}_{self.regime}"
+
     @classmethod
     def from_config(cls, section: Mapping[str, Any] | None, **overrides) -> "TuneSpec":
         values = dict(section or {})
@@ -407,14 +420,17 @@ def guidance_variants(spec: TuneSpec, offshelf_classifier, finetuned=None) -> di
 
 def run_tune(backend, models, spec: TuneSpec, out_dir, guiding_files: Mapping[str, str],
              judging_files: Mapping[str, str], evaluation: Mapping[str, Any] | None = None,
-             sampling: Mapping[str, Any] | None = None, batch_size: int = 256, progress: bool = False) -> dict:
+             sampling: Mapping[str, Any] | None = None, batch_size: int = 256, progress: bool = False,
+             reference_features: Mapping[str, np.ndarray] | None = None) -> dict:
     """Both stages for a DDPM-family backend; writes into ``out_dir``:
 
     * ``tuned.yaml`` -- ``{tuned_<classifier>_<regime>: {...}}``, a ``bases:`` entry;
     * ``calibration_curves.csv`` (every β, τ2, step), ``calibration_integrals.csv``,
       ``optimal_temperatures.csv`` and ``calibration_curves.png``;
     * ``search_trace.csv`` and ``summary.json`` (choices, both criteria, the judge, the cost in
-      denoiser evaluations)."""
+      denoiser evaluations).
+
+    ``reference_features``: the workflow's reference features (default: computed here)."""
     from offshelf import stages
     from offshelf.atomic import save_csv, save_json
     from offshelf.search import evaluation_to_dict, format_trace, run_search
@@ -434,10 +450,12 @@ def run_tune(backend, models, spec: TuneSpec, out_dir, guiding_files: Mapping[st
                        conditional=spec.regime == "cond")
 
     extractor = backend.feature_extractor(judging_files)
-    reference = stages.reference_features(backend, judging_files, evaluation or {})
     from offshelf.metrics import feature_statistics
 
-    ref = feature_statistics(reference["features"])
+    if reference_features is None:
+        reference_features = stages.reference_features(backend, judging_files, evaluation or {})
+    ref = backend.reference(judging_files, reference_features).stats
+    ref = ref if ref is not None else feature_statistics(reference_features["features"])
     base = tuned_setting(spec, stage1, 1.0)
 
     def sample(setting: Setting, seeds: list[int]) -> np.ndarray:
