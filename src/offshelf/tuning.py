@@ -433,6 +433,7 @@ def run_tune(backend, models, spec: TuneSpec, out_dir, guiding_files: Mapping[st
     ``reference_features``: the workflow's reference features (default: computed here)."""
     from offshelf import stages
     from offshelf.atomic import save_csv, save_json
+    from offshelf.metrics import feature_statistics
     from offshelf.search import evaluation_to_dict, format_trace, run_search
 
     check_judge_is_not_a_guide(guiding_files, judging_files)
@@ -450,8 +451,6 @@ def run_tune(backend, models, spec: TuneSpec, out_dir, guiding_files: Mapping[st
                        conditional=spec.regime == "cond")
 
     extractor = backend.feature_extractor(judging_files)
-    from offshelf.metrics import feature_statistics
-
     if reference_features is None:
         reference_features = stages.reference_features(backend, judging_files, evaluation or {})
     ref = backend.reference(judging_files, reference_features).stats
@@ -466,8 +465,9 @@ def run_tune(backend, models, spec: TuneSpec, out_dir, guiding_files: Mapping[st
     result = run_search(search, objective)
     setting = tuned_setting(spec, stage1, result.scale)
 
-    work = backend.work_per_sample(setting, sampling or {}) if sampling else None
-    per_sample = work["denoiser"] if work else models.diffusion.num_steps
+    # the backend counts its own network evaluations where it knows the sampling section
+    per_sample = (backend.work_per_sample(setting, sampling)["denoiser"] if sampling and "respacing" in sampling
+                  else models.diffusion.num_steps)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     name = base_name(spec)
@@ -484,6 +484,7 @@ def run_tune(backend, models, spec: TuneSpec, out_dir, guiding_files: Mapping[st
         "scale": result.scale, "search_fid": result.value, "scale_on_edge": result.on_edge,
         "judge": extractor.name, "judge_files": dict(judging_files),
         "stage1_denoiser_evaluations": stage1.denoiser_evaluations,
+        "stage1_classifier_forwards": stage1.denoiser_evaluations * len(spec.softplus_betas),
         "stage2_samples": int(result.samples_spent),
         "stage2_denoiser_evaluations": int(result.samples_spent) * per_sample,
         "trace": format_trace(result.trace),
