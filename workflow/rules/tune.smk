@@ -9,7 +9,7 @@ TUNE_OUTPUTS = ["tuned.yaml", "summary.json", "calibration_curves.csv", "calibra
                 "optimal_temperatures.csv", "calibration_curves.png", "search_trace.csv"]
 
 
-rule tune_classifier:
+rule tune:
     input:
         **setting_files(TUNE_SETTING),
         **evaluation_files(),
@@ -32,7 +32,3 @@ rule tune_classifier:
     script:
         "../scripts/tune.py"
 
-
-rule tune:
-    input:
-        f"{TUNE_DIR}/tuned.yaml",
