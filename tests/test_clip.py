@@ -332,3 +332,105 @@ def test_run_comparison_writes_grids_scores_timings_and_figure(denoiser, diffusi
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png")) == sorted(
         ["clip_score_vs_step.png"] + [f"{run}/{p}.png" for run in ("linear", "sine", "linear_recurrent2")
                                       for p in ("van_gogh_style_cat", "ice_frog", "a_red_sports_car")])
+
+
+# --- zero-shot ImageNet classifier -------------------------------------------------------------
+
+SMALL_RN_CLIP = dict(  # a ModifiedResNet image tower: the open_clip family with nn.ReLU modules
+    embed_dim=32,
+    vision_cfg=dict(image_size=32, layers=[1, 1, 1, 1], width=8, head_width=16),
+    text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=2, layers=1),
+)
+
+
+@pytest.fixture(scope="module")
+def zero_shot(clip_parts):
+    from offshelf.classifiers.clip import zero_shot_classifier
+
+    return zero_shot_classifier(*clip_parts)
+
+
+def test_imagenet_class_names_come_from_torchvision_in_label_order():
+    import torchvision.models as tvm
+
+    from offshelf.classifiers.clip import imagenet_class_names
+
+    names = imagenet_class_names()
+    assert len(names) == 1000 and names[0] == "tench" and names[207] == "golden retriever"
+    assert names == tvm.ViT_B_16_Weights.DEFAULT.meta["categories"]  # one label order for every torchvision model
+
+
+def test_zero_shot_logits_over_imagenet_classes_at_any_resolution(zero_shot):
+    assert zero_shot.text_features.shape == (1000, 32) and zero_shot.prompts[0] == "tench"
+    for shape in ((2, 3, 64, 64), (2, 3, 128, 96), (2, 3, 256, 256)):  # ADM-128, non-square, DiT-256
+        x = (torch.rand(*shape) * 2 - 1).requires_grad_(True)
+        logits = zero_shot(x)
+        assert logits.shape == (2, 1000) and torch.isfinite(logits).all()
+        assert logits.abs().max() <= zero_shot.logit_scale * (1 + 1e-5)  # s·cos, |cos| <= 1
+        (grad,) = torch.autograd.grad(logits[:, 207].sum(), x)
+        assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_zero_shot_text_embedding_is_the_normalised_template_mean(clip_parts):
+    """CLIP's prompt ensembling, checked against a direct encoding of every filled-in template."""
+    from offshelf.classifiers.clip import zero_shot_classifier
+
+    model, tokenizer = clip_parts
+    templates = ["a photo of a {}.", "a drawing of a {}."]
+    classifier = zero_shot_classifier(model, tokenizer, ["cat", "frog"], templates)
+    with torch.no_grad():
+        each = [F.normalize(model.encode_text(tokenizer([t.format(c) for t in templates])), dim=-1) for c in ["cat", "frog"]]
+    expected = F.normalize(torch.stack([e.mean(0) for e in each]), dim=-1)
+    torch.testing.assert_close(classifier.text_features, expected, atol=1e-5, rtol=1e-5)
+    single = zero_shot_classifier(model, tokenizer, ["cat"], ["a photo of a {}."])
+    torch.testing.assert_close(single.text_features, CLIPPromptClassifier(model, tokenizer, ["a photo of a cat."]).text_features)
+    with pytest.raises(ValueError, match="templates must be"):
+        zero_shot_classifier(model, tokenizer, ["cat"], ["a photo of a cat"])
+
+
+def test_softplus_surgery_on_clip_towers(zero_shot):
+    """ViT towers are GELU: surgery refuses, naming the network; ModifiedResNet towers are ReLU
+    modules: surgery replaces them and the classifier stays differentiable."""
+    from offshelf.classifiers.clip import clip_has_relu, zero_shot_classifier
+    from offshelf.classifiers.softplus import NoReLUError, count_relus, softplus_surgery
+
+    assert count_relus(zero_shot) == 0
+    with pytest.raises(NoReLUError, match=r"network 'CLIPPromptClassifier' has no nn.ReLU.*GELU"):
+        softplus_surgery(zero_shot, 3.0)
+    assert not clip_has_relu("ViT-B-32") and not clip_has_relu("ViT-L-14-336-quickgelu") and clip_has_relu("RN50")
+
+    resnet_tower = zero_shot_classifier(*build_random_clip(SMALL_RN_CLIP), ["cat", "frog", "car"])
+    assert count_relus(resnet_tower.model.visual) > 0
+    smooth = softplus_surgery(resnet_tower, 3.0)
+    assert count_relus(smooth) == 0 and count_relus(resnet_tower) > 0
+    x = (torch.rand(2, 3, 48, 48) * 2 - 1).requires_grad_(True)
+    (grad,) = torch.autograd.grad(smooth(x)[:, 0].sum(), x)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_clip_network_names_parse_or_say_the_form():
+    from offshelf.classifiers.clip import parse_clip_network
+
+    assert parse_clip_network("clip:ViT-B-32/openai") == ("ViT-B-32", "openai")
+    assert parse_clip_network("resnet50") is None
+    for bad in ("clip:ViT-B-32", "clip:/openai", "clip:ViT-B-32/a/b"):
+        with pytest.raises(ValueError, match="clip:<open_clip model>/<pretrained tag>"):
+            parse_clip_network(bad)
+
+
+def test_imagenet_backend_selects_clip_from_a_setting():
+    from offshelf.backends.adm128 import ADM128Backend
+    from offshelf.settings import Setting
+
+    backend = ADM128Backend({"imagenet": {"classifier": "resnet101", "device": "cpu"}})
+    setting = Setting(network="clip:ViT-B-32/openai", marginal_temperature=0.5)
+    assert setting.name.endswith("_clip-ViT-B-32--openai") and "/" not in setting.name and ":" not in setting.name
+    from offshelf.settings import probe_setting
+    assert probe_setting(setting.probe) == Setting(network="clip:ViT-B-32/openai")
+    assert set(backend.files(setting)) == {"denoiser"}  # open_clip fetches its own weights
+    assert backend.unsupported(setting) is None
+    with pytest.raises(ValueError, match=r"setting .*: softplus_beta = 3, but CLIP model 'ViT-B-32' has no ReLU"):
+        backend.files(Setting(network="clip:ViT-B-32/openai", softplus_beta=3))
+    assert set(backend.files(Setting(network="clip:RN50/openai", softplus_beta=3))) == {"denoiser"}
+    with pytest.raises(ValueError, match="unknown open_clip model 'ViT-Q-99'"):
+        backend.files(Setting(network="clip:ViT-Q-99/openai", softplus_beta=3))

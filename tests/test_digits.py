@@ -1,5 +1,7 @@
 """The embedded digits benchmark: data, the four networks, checkpoints, and one experiment pass."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -110,3 +112,165 @@ def test_shards_are_reproducible_alone_and_evaluate(checkpoints, tmp_path):
     assert result["n"] == 8 and result["seconds"] == 1.5
     for key in ("fid", "precision", "recall", "accuracy"):
         assert np.isfinite(result[key])
+
+
+# --------------------------------------------------------------------------- classifier families
+
+@pytest.fixture(scope="module")
+def family_checkpoints(tmp_path_factory, checkpoints):
+    """The benchmark's networks plus each off-the-shelf family, trained a few steps and saved
+    under its own role, as the workflow's ``train_model`` rule writes them."""
+    folder = tmp_path_factory.mktemp("families")
+    paths = dict(checkpoints)
+    for role in digits.FAMILY_ROLES:
+        config = digits.TrainConfig(role=role, steps=8, width=8, seed=5, batch_size=32)
+        model, metrics = digits.train(config)
+        assert 0.0 <= metrics["test_accuracy"] <= 1.0 and np.isfinite(metrics["final_loss"])
+        paths[role] = str(folder / f"{role}.pt")
+        digits.save_checkpoint(model, config, metrics, paths[role])
+    return paths
+
+
+def test_family_activations_are_what_softplus_surgery_expects():
+    mlp, vit = digits.DigitsMLP(width=8), digits.DigitsViT(width=8)
+    assert count_relus(mlp) == 2 and count_relus(softplus_surgery(mlp, 3.0)) == 0
+    assert count_relus(vit) == 0 and any(isinstance(m, torch.nn.GELU) for m in vit.modules())
+    assert softplus_surgery(vit, float("inf")) is not vit  # ReLU baseline: a plain copy, no error
+    from offshelf.classifiers.softplus import NoReLUError
+    with pytest.raises(NoReLUError, match=r"network 'DigitsViT' has no nn.ReLU .*activations: GELU.*softplus_beta: inf"):
+        softplus_surgery(vit, 3.0)
+    for name, (role, has_relu) in digits.CLASSIFIER_FAMILIES.items():
+        assert (count_relus(digits.build(role, 8)) > 0) == has_relu, name
+
+
+@pytest.mark.parametrize("network", ["mlp", "vit"])
+def test_family_checkpoint_loads_and_guides_a_tiny_run(family_checkpoints, network):
+    backend = DigitsBackend()
+    beta = 3.0 if network == "mlp" else float("inf")
+    setting = Setting(regime="uncond", network=network, softplus_beta=beta, marginal_temperature=0.5, scale=3)
+    sources = backend.files(setting)
+    role = digits.CLASSIFIER_FAMILIES[network][0]
+    assert sources["offshelf"].role == role and sources["denoiser"].role == "denoiser"
+    files = {key: family_checkpoints[source.role] for key, source in sources.items()}
+    models = backend.load(files, {"respacing": "5"}, setting)
+    assert type(models.offshelf) is type(digits.build(role, 8))
+    model, config, _ = digits.load_checkpoint(files["offshelf"], role)
+    assert config.role == role and not any(p.requires_grad for p in model.parameters())
+    with pytest.raises(ValueError, match=f"holds a '{role}' network, expected 'offshelf'"):
+        backend.load(files, {"respacing": "5"}, Setting())
+
+    guidance = build_guidance(setting, models)
+    x = torch.randn(4, *digits.IMAGE_SHAPE)
+    grad, logits = guidance.gradient(x, torch.arange(4))
+    assert logits.shape == (4, digits.NUM_CLASSES)
+    assert grad.shape == x.shape and torch.isfinite(grad).all() and grad.abs().sum() > 0
+    images, labels = backend.sample(models, setting, [0, 1, 2])
+    assert images.shape == (3, *digits.IMAGE_SHAPE) and torch.isfinite(images).all()
+    unguided, _ = backend.sample(models, Setting(regime="uncond", method="unguided"), [0, 1, 2])
+    assert not torch.equal(images, unguided)  # the family's gradient moved the samples
+
+
+def test_family_settings_are_checked_when_planned():
+    backend = DigitsBackend()
+    assert backend.files(Setting())["offshelf"].role == "offshelf"
+    assert backend.files(Setting(network="mlp"))["offshelf"].role == "offshelf_mlp"
+    with pytest.raises(ValueError, match=r"network 'vit' \(offshelf_vit\) has no ReLU.*softplus_beta: inf"):
+        backend.unsupported(Setting(network="vit", softplus_beta=3))
+    with pytest.raises(ValueError, match="network 'resnet50' is not a digits classifier family; known: 'mlp', 'vit'"):
+        backend.files(Setting(network="resnet50"))
+    assert backend.unsupported(Setting(network="vit")) is None
+
+
+def test_families_train_only_when_a_setting_uses_them():
+    from offshelf.config import load_config
+
+    config = load_config("config/ci.yaml")
+    training = DigitsBackend.training_from_config(config)
+    assert set(digits.FAMILY_ROLES) <= set(training)
+    del config["digits"]["models"]["offshelf_vit"]  # absent: the offshelf budget, a seed of its own
+    derived = DigitsBackend.training_from_config(config)["offshelf_vit"]
+    offshelf = config["digits"]["models"]["offshelf"]
+    assert derived == dict(offshelf, seed=offshelf["seed"] + 200, split_seed=0)
+
+
+def test_config_with_a_family_row_validates_and_softplus_on_vit_is_refused():
+    import copy
+
+    from offshelf.config import ConfigError, read_yaml, validate_config
+    from offshelf.plan import all_settings
+
+    config = read_yaml("config/ci.yaml")
+    config["tables"]["table4"]["rows"].append({"label": "MLP", "base": "resnet", "network": "mlp", "softplus_beta": 3})
+    settings = all_settings(validate_config(copy.deepcopy(config)))
+    mlp = [s for s in settings.values() if s.network == "mlp"]
+    assert mlp and all(DigitsBackend().files(s)["offshelf"].role == "offshelf_mlp" for s in mlp)
+    config["tables"]["table4"]["rows"].append({"label": "ViT", "base": "resnet", "network": "vit", "softplus_beta": 3})
+    with pytest.raises(ConfigError, match=r"tables.*network 'vit' \(offshelf_vit\) has no ReLU"):
+        validate_config(config)
+    config["tables"]["table4"]["rows"][-1]["network"] = "ViT/B"
+    with pytest.raises(ConfigError, match="network"):
+        validate_config(config)
+
+
+def family_workflow_config(tmp_path) -> Path:
+    """config/ci.yaml cut to one table whose rows guide with each classifier family."""
+    import yaml
+
+    from offshelf.config import read_yaml
+
+    config = read_yaml("config/ci.yaml")
+    config.update(results=str(tmp_path / "results"), experiment="families", regimes=["uncond"])
+    config["sampling"].update(num_samples=32, shard_size=32, batch_size=32)
+    # config.yaml is the base of every digits config (merged key by key): each of its tables is
+    # overridden, tables 1-6 by the one ResNet row (one setting, sampled once)
+    resnet = {"title": "ResNet", "calibration": False, "columns": ["fid"], "rows": [{"label": "ResNet", "base": "resnet"}]}
+    config["tables"] = {f"table{i}": dict(resnet) for i in range(1, 7)}
+    config["figures"].update(figure1={"probes": ["offshelf-x0_relu"]}, figure2={"probes": ["offshelf-x0_relu"]})
+    config["tables"]["table7"] = {"title": "Off-the-shelf classifier families", "columns": ["fid", "accuracy"], "rows": [
+        {"label": "ResNet", "base": "resnet"},
+        {"label": "MLP, Softplus beta=3", "base": "resnet", "network": "mlp", "softplus_beta": 3},
+        {"label": "ViT (GELU)", "base": "resnet", "network": "vit"}]}
+    path = tmp_path / "families.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def test_workflow_trains_exactly_the_families_its_settings_use(tmp_path):
+    from workflow_utils import dry_run_jobs, dry_run_outputs
+
+    assert dry_run_jobs("--configfile", "config/ci.yaml", "--config", f"results={tmp_path / 'r'}")["train_model"] == 4
+    config = family_workflow_config(tmp_path)
+    outputs = dry_run_outputs("--configfile", str(config))
+    models = sorted(Path(o).name for o in outputs if "/models/" in o)
+    assert models == ["denoiser.pt", "evaluator.pt", "finetuned.pt", "offshelf.pt", "offshelf_mlp.pt", "offshelf_vit.pt"]
+
+
+@pytest.mark.slow
+def test_workflow_guides_with_each_family_end_to_end(tmp_path):
+    """Train (ci sizes), sample, evaluate and report a row per classifier family."""
+    import json
+
+    from workflow_utils import snakemake
+
+    config = family_workflow_config(tmp_path)
+    snakemake("--configfile", str(config), "--cores", "2", timeout=900)
+    exp = tmp_path / "results" / "families"
+    metrics = {p.stem: json.loads(p.read_text()) for p in (exp / "metrics").glob("*.json")}
+    for network in ("mlp", "vit"):
+        mine = [m for name, m in metrics.items() if name.endswith(f"_{network}")]
+        assert mine and all(np.isfinite(m["fid"]) and m["judge"].startswith("digits evaluation network") for m in mine)
+    _, config_mlp, _ = digits.load_checkpoint(exp / "models" / "offshelf_mlp.pt", "offshelf_mlp")
+    assert config_mlp.seed == 4 and config_mlp.steps == 150
+    report = (exp / "report" / "README.md").read_text()
+    assert "MLP, Softplus beta=3" in report and "ViT (GELU)" in report and "Samples judged by: digits evaluation" in report
+
+
+def test_a_family_has_its_own_calibration_probe():
+    from offshelf.settings import probe_setting
+
+    for network in ("", "mlp", "vit", "convnext_tiny", "clip:ViT-B-32/openai"):
+        setting = Setting(network=network, classifier="combined", switch_step=4)
+        assert probe_setting(setting.probe) == Setting(network=network, classifier="combined", switch_step=4)
+    assert Setting(network="mlp", softplus_beta=3).probe == "offshelf-x0_sp3_net-mlp"
+    assert Setting(softplus_beta=3).probe == "offshelf-x0_sp3"  # default names unchanged
+    assert DigitsBackend().files(probe_setting("offshelf-x0_relu_net-vit"))["offshelf"].role == "offshelf_vit"

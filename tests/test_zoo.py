@@ -109,3 +109,84 @@ def test_unknown_name_lists_valid_ones():
 def test_missing_weights_path_is_a_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         load_classifier("resnet50", weights_path=tmp_path / "resnet50_weight_V2.pth")
+
+
+# --- any torchvision classifier by name, through the registry ------------------------------------
+
+def test_a_torchvision_name_resolves_in_a_fresh_process_and_fetches_offline(tmp_path):
+    """A `fetch_checkpoint` job or `offshelf checkpoints fetch` runs in its own process, where no
+    setting registered the name: `torchvision_<model>` must resolve from the weights enum there."""
+    import subprocess
+    import sys
+
+    weights = tvm.ConvNeXt_Tiny_Weights.DEFAULT
+    filename = weights.url.rsplit("/", 1)[-1]
+    code = ("from offshelf.checkpoints import get; c = get('torchvision_convnext_tiny'); "
+            "print(c.url, c.filename, c.hash_prefix)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [weights.url, filename, filename.rsplit("-", 1)[1].split(".")[0]]
+
+    # an offline fetch in a fresh process verifies the cached file against the enum's hash prefix:
+    # a file of other weights under the published name is refused
+    torch.manual_seed(0)
+    ours = save_torchvision_style(tvm.resnet18().state_dict(), tmp_path, "resnet18")
+    published = tvm.ResNet18_Weights.DEFAULT.url.rsplit("/", 1)[-1]
+    ours.rename(tmp_path / published)
+    fetch = [sys.executable, "-m", "offshelf.checkpoints", "fetch", "torchvision_resnet18", "--offline",
+             "--cache", str(tmp_path)]
+    result = subprocess.run(fetch, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "cached checkpoint 'torchvision_resnet18'" in result.stderr and "is corrupt" in result.stderr
+    assert "f37072fd" in result.stderr
+
+
+def test_which_torchvision_classifiers_softplus_surgery_applies_to():
+    from offshelf.classifiers.softplus import count_relus
+    from offshelf.classifiers.zoo import classifier_has_relu
+
+    assert classifier_has_relu("resnet50") and classifier_has_relu("vgg11")
+    assert not classifier_has_relu("vit_b_16") and not classifier_has_relu("convnext_tiny")
+    assert count_relus(tvm.resnet18()) > 0  # the meta-device answer is the real network's
+
+
+def test_checkpoints_list_says_every_torchvision_classifier_is_known(tmp_path, capsys):
+    from offshelf.checkpoints import main
+
+    assert main(["list", "--cache", str(tmp_path)]) == 0
+    listing = capsys.readouterr().out
+    assert "resnet101_v2" in listing and "torchvision_<model>: any torchvision classification model" in listing
+
+
+def test_a_misspelt_torchvision_name_suggests_the_close_ones():
+    from offshelf.checkpoints import get
+
+    with pytest.raises(CheckpointError, match="unknown classifier 'convnext_tiniy'; did you mean convnext_tiny"):
+        get("torchvision_convnext_tiniy")
+    with pytest.raises(CheckpointError, match="unknown checkpoint 'resnet50_v3'"):
+        get("resnet50_v3")
+
+
+def test_imagenet_setting_selects_a_torchvision_classifier_by_name(tmp_path):
+    from offshelf.backends.adm128 import ADM128Backend
+    from offshelf.backends.base import Pretrained
+    from offshelf.settings import Setting
+
+    backend = ADM128Backend({"imagenet": {"classifier": "resnet101", "device": "cpu"}})
+    assert backend.files(Setting())["offshelf"] == Pretrained("resnet101_v2")
+    assert backend.files(Setting(network="resnet50"))["offshelf"] == Pretrained("resnet50_v2")
+    assert backend.files(Setting(network="resnet18"))["offshelf"] == Pretrained("torchvision_resnet18")
+    with pytest.raises(ValueError, match=r"setting .*_resnet5: off-the-shelf network 'resnet5': .*did you mean resnet50"):
+        backend.files(Setting(network="resnet5"))
+    assert backend.files(Setting(network="convnext_tiny"))["offshelf"] == Pretrained("torchvision_convnext_tiny")
+    with pytest.raises(ValueError, match=r"softplus_beta = 3, but torchvision 'convnext_tiny' has no ReLU"):
+        backend.files(Setting(network="convnext_tiny", softplus_beta=3))
+    backend.files(Setting(network="resnet18", softplus_beta=3))
+
+    torch.manual_seed(0)
+    original = tvm.resnet18().eval()
+    path = save_torchvision_style(original.state_dict(), tmp_path, "resnet18")
+    model = backend.load_offshelf({"offshelf": str(path)}, Setting(network="resnet18"))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), original(x), rtol=0, atol=0)
+    assert backend.load_offshelf({}, Setting(method="unguided")) is None

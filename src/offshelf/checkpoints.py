@@ -166,8 +166,44 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("OFFSHELF_CACHE") or Path.home() / ".cache" / "offshelf")
 
 
+TORCHVISION_PREFIX = "torchvision_"  # + any torchvision classification model: its DEFAULT weights
+
+
+def torchvision_weights(model: str):
+    """torchvision's ``DEFAULT`` weights enum member of classification model ``model``; an unknown
+    name is a :class:`CheckpointError` with the closest valid names."""
+    import difflib
+
+    import torchvision.models as tvm
+
+    valid = tvm.list_models(module=tvm)
+    if model not in valid:
+        close = difflib.get_close_matches(model, valid, n=5, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise CheckpointError(f"unknown classifier {model!r}; {hint}valid torchvision classification models include "
+                              f"resnet50, resnet101, {', '.join(valid[:6])}, ... ({len(valid)} in all: "
+                              f"torchvision.models.list_models(module=torchvision.models))")
+    return tvm.get_model_weights(model).DEFAULT
+
+
+def torchvision_checkpoint(model: str) -> Checkpoint:
+    """Registry entry ``torchvision_<model>`` (URL and hash prefix from torchvision's weights
+    enum, the prefix being the one torch.hub names its files with), registered on first use.
+    :func:`get` resolves such names too, so any process (a ``fetch_checkpoint`` job, ``offshelf
+    checkpoints fetch torchvision_convnext_tiny``) knows every torchvision classifier."""
+    name = TORCHVISION_PREFIX + model
+    if name not in REGISTRY:
+        weights = torchvision_weights(model)
+        filename = weights.url.rsplit("/", 1)[-1]
+        register(Checkpoint(name, weights.url, filename, hash_prefix=hash_prefix_from_filename(filename),
+                            license=TORCHVISION_LICENSE, description=f"torchvision {model} {weights}"))
+    return REGISTRY[name]
+
+
 def get(name: str, registry_file: str | os.PathLike | None = None) -> Checkpoint:
     """Registry entry ``name``, with the overrides of ``registry_file`` applied if one is given."""
+    if name not in REGISTRY and name.startswith(TORCHVISION_PREFIX):
+        torchvision_checkpoint(name.removeprefix(TORCHVISION_PREFIX))
     if name not in REGISTRY:
         raise CheckpointError(f"unknown checkpoint {name!r}; known: {', '.join(sorted(REGISTRY))}")
     if registry_file is not None:
@@ -215,22 +251,18 @@ def load_registry_overrides(path: str | os.PathLike) -> dict[str, Checkpoint]:
     registry's value; ``null`` drops a pin (sha256, size, hash_prefix). ``REGISTRY`` is unchanged:
     overrides act only where they are passed explicitly. Unknown names or keys, bad values, and a
     sha256 contradicting the hash prefix are one-line :class:`CheckpointError` s naming the file."""
-    import yaml
+    from offshelf.yaml_file import YAMLSyntaxError, read_yaml_file
 
     path = Path(path)
     try:
-        text = path.read_text()
+        data = json.loads(path.read_text()) if path.suffix == ".json" else read_yaml_file(path)
     except OSError as e:
         raise CheckpointError(f"registry overrides {path}: cannot read it ({e.strerror})") from None
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except YAMLSyntaxError as e:  # before ValueError: it is one
+        line = f" at line {e.line}" if e.line is not None else ""
+        raise CheckpointError(f"registry overrides {path}: not valid YAML{line} ({e.problem})") from None
     except ValueError as e:
         raise CheckpointError(f"registry overrides {path}: not valid JSON ({e})") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f" at line {mark.line + 1}" if mark is not None else ""
-        raise CheckpointError(f"registry overrides {path}: not valid YAML{line} "
-                              f"({getattr(e, 'problem', None) or e})") from None
     if data is None:  # an empty file overrides nothing
         return {}
     if not isinstance(data, dict):
@@ -572,6 +604,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m offshelf.checkpoi
             for checkpoint in sorted({**REGISTRY, **overrides}.values(), key=lambda c: c.name):
                 cached = "cached" if (cache / checkpoint.filename).is_file() else "-"
                 print(f"{checkpoint.name:34s} {cached:6s} {checkpoint.license:40s} {checkpoint.url}")
+            print(f"{TORCHVISION_PREFIX}<model>: any torchvision classification model by name (its DEFAULT "
+                  f"weights, verified by the hash prefix of its file name), e.g. {TORCHVISION_PREFIX}convnext_tiny")
             return 0
         if args.command == "verify":
             print(fetch(args.name, cache_dir=cache, lock_file=args.lock, local_path=args.path, rehash=True,

@@ -29,6 +29,8 @@ from typing import Any
 
 import yaml
 
+from offshelf.yaml_file import YAMLSyntaxError, read_yaml_file
+
 SCHEMA_RESOURCE = "schemas/config.schema.yaml"  # inside the offshelf package (package data)
 
 
@@ -54,22 +56,12 @@ def schema_text(schema_path: str | Path | None = None) -> str:
 
 def read_yaml(path: str | Path) -> Any:
     """Parse a YAML file; a syntax error is one line naming ``file:line:column``."""
-    path = Path(path)
     try:
-        text = path.read_text()
+        return read_yaml_file(path)
     except OSError as err:
         raise ConfigError(f"{path}: cannot read config file ({err.strerror or err})") from err
-    try:
-        return yaml.safe_load(text)
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        what = err.problem or err.context or "syntax error"
-        if err.context and err.problem and err.context_mark:  # e.g. where an unclosed '[' was opened
-            what += f" ({err.context} at line {err.context_mark.line + 1})"
-        raise ConfigError(f"{where}: not valid YAML: {what}") from err
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    except YAMLSyntaxError as err:
+        raise ConfigError(str(err)) from err
 
 
 # ---------------------------------------------------------------------------------- the checks
@@ -246,7 +238,31 @@ def validate_config(config: dict[str, Any], schema_path: str | Path | None = Non
     check_respacing(config)
     check_labels(config)
     check_paths(config)
+    check_judge(config)
     return config
+
+
+def check_judge(config: dict[str, Any]) -> None:
+    """The evaluation network must not be a classifier that guides any planned setting
+    (offshelf.backends.base.check_judge_is_not_a_guide: same source, file or content)."""
+    from offshelf.backends import create, spec_from_config
+    from offshelf.backends.base import JudgeIsGuideError, Trained, check_judge_is_not_a_guide
+    from offshelf.plan import all_probes, all_settings, pretrained_path
+    from offshelf.settings import probe_setting
+
+    def path_of(source) -> str:  # where the workflow's rules put each file (workflow/rules/common.smk)
+        if isinstance(source, Trained):
+            return f"{config['results']}/{config['experiment']}/models/{source.role}.pt"
+        return pretrained_path(config, source.name)
+
+    settings = list(all_settings(config).values()) + [probe_setting(p) for p in all_probes(config)]
+    try:
+        check_judge_is_not_a_guide(create(spec_from_config(config)), settings, path_of,
+                                   config.get("checkpoints", {}).get("registry"))
+    except JudgeIsGuideError as err:
+        raise ConfigError(f"config: {err}") from None
+    except ValueError as err:  # a setting's files: an unknown network, Softplus on a GELU network
+        raise ConfigError(f"config key 'tables': {err}") from None
 
 
 def check_labels(config: dict[str, Any]) -> None:

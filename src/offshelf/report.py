@@ -58,6 +58,8 @@ def write_report(plan_config: dict, metric_files: list[str], calibration_files: 
     evaluations = {Path(p).stem: json.loads(Path(p).read_text()) for p in metric_files}
     ice = {Path(p).stem: integral_calibration_error(pd.read_csv(p)) for p in calibration_files}
     sections = _intro(plan_config, experiment, comparable)
+    judges = sorted({str(e["judge"]) for e in evaluations.values() if e.get("judge")})  # never a guide: config.check_judge
+    sections += [f"Samples judged by: {'; '.join(judges)}.", ""] if judges else []
     if model_files:
         sections += ["## Networks", "", _model_summary(model_files), ""]
     rows = table_rows(plan_config)

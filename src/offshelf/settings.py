@@ -112,7 +112,7 @@ class Setting:
         if s.cfg_scale != Setting.cfg_scale:
             name += f"_w{fmt(s.cfg_scale)}"
         if s.network:
-            name += f"_{s.network}"
+            name += f"_{network_slug(s.network)}"
         return name + steps
 
     @property
@@ -121,11 +121,34 @@ class Setting:
         input and activation, independent of scale, schedule and regime."""
         beta = "relu" if math.isinf(self.softplus_beta) else f"sp{fmt(self.softplus_beta)}"
         name = f"{self.classifier}-{self.input}_{beta}"
-        return name + (f"_sw{self.switch_step}" if self.classifier == "combined" else "")
+        name += f"_sw{self.switch_step}" if self.classifier == "combined" else ""
+        # the network last, after a marker: its own name may hold "_" (convnext_tiny)
+        return name + (f"{PROBE_NETWORK_MARKER}{network_slug(self.network)}" if self.network else "")
+
+
+PROBE_NETWORK_MARKER = "_net-"
+
+
+def network_slug(network: str) -> str:
+    """A network as a file-name part, reversibly: ``"clip:ViT-B-32/openai"`` -> ``"clip-ViT-B-32--openai"``
+    (torchvision and digits names are file names already)."""
+    if network.startswith("clip:"):
+        return "clip-" + network.removeprefix("clip:").replace("/", "--")
+    return network
+
+
+def network_from_slug(slug: str) -> str:
+    """Inverse of :func:`network_slug`."""
+    if slug.startswith("clip-") and "--" in slug:
+        return "clip:" + slug.removeprefix("clip-").replace("--", "/", 1)
+    return slug
 
 
 def probe_setting(probe: str) -> Setting:
     """Inverse of :attr:`Setting.probe` (enough to rebuild the classifier)."""
+    probe, _, network = probe.partition(PROBE_NETWORK_MARKER)
+    if network:
+        return replace(probe_setting(probe), network=network_from_slug(network))
     parts = probe.split("_")
     classifier, inp = parts[0].split("-")
     beta = math.inf if parts[1] == "relu" else float(parts[1][2:])

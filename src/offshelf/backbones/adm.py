@@ -9,7 +9,8 @@ Numerics follow upstream exactly: sinusoidal timestep embedding ``[cos(t·f_i), 
 Precision: the networks are built and loaded in fp32. ``convert_to_fp16()`` halves the convolutions
 of the input/middle/output blocks (linear layers and norms stay fp32), as upstream
 ``convert_to_fp16`` does; ``build_adm``/``load_adm`` apply it for ``use_fp16`` presets only on
-CUDA. On CPU the networks always run in fp32 (CPU half kernels are slow and not what ADM used).
+CUDA (``on_device``). On CPU the networks run in fp32 (CPU half kernels are slow and not what ADM
+used); the fp16 path itself runs on CPU too and is tested there (tests/test_dtypes.py).
 """
 
 from __future__ import annotations
@@ -563,10 +564,19 @@ def _preset(preset_name: str) -> dict[str, Any]:
     return ADM_PRESETS[preset_name]
 
 
-def _finish(model: nn.Module, device: torch.device, use_fp16: bool | None) -> nn.Module:
+#: Device types on which ``use_fp16`` converts the trunk: guided-diffusion ran fp16 on CUDA only, and
+#: CPU half kernels are slow (tests/test_dtypes.py adds "cpu" to exercise the fp16 path without a GPU).
+FP16_DEVICE_TYPES = ("cuda",)
+
+
+def on_device(model: nn.Module, device: str | torch.device, use_fp16: bool | None = None) -> nn.Module:
+    """``model`` in eval mode on ``device``, its trunk converted to fp16 as guided-diffusion's
+    ``use_fp16`` does (the network's recorded ``use_fp16`` unless overridden) where the device
+    type is in :data:`FP16_DEVICE_TYPES`; elsewhere it stays fp32."""
+    device = torch.device(device)
     model = model.to(device).eval()
     half = model.use_fp16 if use_fp16 is None else use_fp16
-    if half and device.type == "cuda":
+    if half and device.type in FP16_DEVICE_TYPES:
         model.convert_to_fp16()
     return model
 
@@ -578,7 +588,7 @@ def build_adm(preset_name: str, device: str | torch.device = "cpu",
     device = torch.device(device)
     with device:
         model = create_from_flags(_preset(preset_name))
-    return _finish(model, device, use_fp16)
+    return on_device(model, device, use_fp16)
 
 
 def _describe_mismatch(path: str, expected: Mapping[str, torch.Tensor], got: Mapping[str, Any],
@@ -630,4 +640,4 @@ def load_adm(path: str | os.PathLike, preset_name: str, device: str | torch.devi
     # Parameters are fp32 masters (as upstream load_state_dict copies into fp32 modules).
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
-    return _finish(model, device, use_fp16)
+    return on_device(model, device, use_fp16)

@@ -12,6 +12,13 @@ Four networks play the paper's four roles:
                     classifier, the CG baseline).
 * ``evaluator``  -- a separately trained network (other seed and architecture) used only for
                     FID features and class accuracy (Inception's role).
+
+Other off-the-shelf **classifier families**, trained on clean images like ``offshelf`` and
+trained only when a setting asks for them (``network: mlp`` / ``network: vit``):
+
+* ``offshelf_mlp`` -- a ReLU MLP on the flattened pixels (no convolution, no normalisation).
+* ``offshelf_vit`` -- a small vision transformer (2×2 patches, GELU): Softplus surgery does not
+                      apply to it (it has no ReLU), see :data:`CLASSIFIER_FAMILIES`.
 """
 
 from __future__ import annotations
@@ -35,7 +42,15 @@ from offshelf.diffusion import beta_schedule
 NUM_CLASSES = 10
 NULL_LABEL = NUM_CLASSES  # the label-dropout token
 IMAGE_SHAPE = (1, 8, 8)
-ROLES = ("denoiser", "offshelf", "finetuned", "evaluator")
+# Setting.network -> (role of its trained checkpoint, whether its activations are ReLU modules,
+# so that Softplus(β) surgery applies). "" is the default off-the-shelf ResNet.
+CLASSIFIER_FAMILIES: dict[str, tuple[str, bool]] = {
+    "": ("offshelf", True),
+    "mlp": ("offshelf_mlp", True),
+    "vit": ("offshelf_vit", False),
+}
+FAMILY_ROLES = tuple(role for role, _ in CLASSIFIER_FAMILIES.values() if role != "offshelf")
+ROLES = ("denoiser", "offshelf", "finetuned", "evaluator") + FAMILY_ROLES
 
 
 # --------------------------------------------------------------------------- data
@@ -157,6 +172,70 @@ class DigitsResNet(nn.Module):
         return self.fc(self.dropout(self.features(x, t)))
 
 
+class DigitsMLP(nn.Module):
+    """ReLU MLP on the 64 flattened pixels: two hidden layers of ``4 * width`` units. No
+    convolution and no normalisation: a classifier whose inductive bias differs from the ResNet's."""
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+        hidden = 4 * width
+        self.hidden1 = nn.Linear(int(np.prod(IMAGE_SHAPE)), hidden)
+        self.hidden2 = nn.Linear(hidden, hidden)
+        self.relu1, self.relu2 = nn.ReLU(), nn.ReLU()
+        self.fc = nn.Linear(hidden, NUM_CLASSES)
+        self.feature_dim = hidden
+
+    def features(self, x):
+        return self.relu2(self.hidden2(self.relu1(self.hidden1(x.flatten(1)))))
+
+    def forward(self, x):
+        return self.fc(self.features(x))
+
+
+class ViTBlock(nn.Module):
+    """Pre-norm transformer block: self-attention, then a GELU MLP (``nn.GELU`` modules, as
+    timm's and torchvision's ViTs: no ReLU anywhere)."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: int = 2):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim))
+
+    def forward(self, x):
+        h = self.norm1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.mlp(self.norm2(x))
+
+
+class DigitsViT(nn.Module):
+    """Small vision transformer for 8×8: 2×2 patches (16 tokens) of ``width`` channels, a class
+    token, learned position embeddings, ``depth`` blocks; the class token's final norm is the
+    feature vector."""
+
+    def __init__(self, width: int = 32, depth: int = 2, heads: int = 2, patch: int = 2):
+        super().__init__()
+        c, h, w = IMAGE_SHAPE
+        self.patch_embed = nn.Conv2d(c, width, patch, stride=patch)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.pos_embed = nn.Parameter(0.02 * torch.randn(1, 1 + (h // patch) * (w // patch), width))
+        self.blocks = nn.ModuleList(ViTBlock(width, heads) for _ in range(depth))
+        self.norm = nn.LayerNorm(width)
+        self.fc = nn.Linear(width, NUM_CLASSES)
+        self.feature_dim = width
+
+    def features(self, x):
+        tokens = self.patch_embed(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls_token.expand(len(x), -1, -1), tokens], dim=1) + self.pos_embed
+        for block in self.blocks:
+            tokens = block(tokens)
+        return self.norm(tokens[:, 0])
+
+    def forward(self, x):
+        return self.fc(self.features(x))
+
+
 # --------------------------------------------------------------------------- training
 
 @dataclass
@@ -186,6 +265,10 @@ def build(role: str, width: int) -> nn.Module:
         return DigitsResNet(width=width)
     if role == "finetuned":
         return DigitsResNet(width=width, time_conditioned=True)
+    if role == "offshelf_mlp":
+        return DigitsMLP(width=width)
+    if role == "offshelf_vit":
+        return DigitsViT(width=width)
     return DigitsResNet(width=width, dropout=0.2)  # evaluator: other width/seed, dropout
 
 

@@ -25,17 +25,15 @@ ADM_PRESETS = {"denoiser": "adm_imagenet128_cond_diffusion", "finetuned": "adm_i
 def load_adm_network(path: str, preset_or_flags: str | Mapping[str, Any], device: torch.device,
                      fp16: bool) -> torch.nn.Module:
     """An ADM network from an official preset name or explicit guided-diffusion flags, loaded strictly;
-    ``fp16`` converts its convolutions as guided-diffusion's ``use_fp16`` does (CUDA only)."""
+    ``fp16`` converts its convolutions as guided-diffusion's ``use_fp16`` does (on CUDA:
+    ``adm.on_device``)."""
     from offshelf.backbones import adm
 
     if isinstance(preset_or_flags, str):
         return adm.load_adm(path, preset_or_flags, device, use_fp16=fp16).requires_grad_(False)
     model = adm.create_from_flags(dict(preset_or_flags))
     model.load_state_dict(adm.read_state_dict(path), strict=True)
-    model = model.to(device).eval().requires_grad_(False)
-    if fp16 and device.type == "cuda":
-        model.convert_to_fp16()
-    return model
+    return adm.on_device(model, device, use_fp16=fp16).requires_grad_(False)
 
 
 class ADM128Backend(DDPMSampling, ImageNetBackend):

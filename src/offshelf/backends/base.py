@@ -99,6 +99,68 @@ def guidance_for(setting: Setting, offshelf: torch.nn.Module | None, finetuned: 
     return SwitchedGuidance(off_the_shelf(), fine_tuned(), setting.switch_step)
 
 
+class JudgeIsGuideError(ValueError):
+    """The evaluation network is one of the classifiers that guide: FID and accuracy would reward
+    samples for fooling their own judge. The message names both files."""
+
+
+def _describe(source: FileSource) -> str:
+    return f"trained role {source.role!r}" if isinstance(source, Trained) else f"registry file {source.name!r}"
+
+
+def _same_network(guide: FileSource, judge: FileSource, path_of: Callable[[FileSource], str] | None,
+                  registry_file: Any) -> str | None:
+    """Why ``guide`` and ``judge`` are one file (the reason, for the error), or None.
+
+    Identical sources, then identical paths (``path_of``: where the workflow finds a source),
+    then identical content: the registry's sha256 pins of two pretrained files, else, when both
+    files exist with the same size (a cheap stat first: different networks differ in size), their
+    sha256 (offshelf.checkpoints.file_sha256, cached by file identity)."""
+    import os
+
+    if guide == judge:
+        return "the same source"
+    if path_of is None:
+        return None
+    guide_path, judge_path = path_of(guide), path_of(judge)
+    if os.path.realpath(guide_path) == os.path.realpath(judge_path):
+        return f"the same file {guide_path}"
+    from offshelf.checkpoints import file_sha256, get
+
+    if isinstance(guide, Pretrained) and isinstance(judge, Pretrained):
+        pins = [get(source.name, registry_file).sha256 for source in (guide, judge)]
+        if pins[0] is not None and pins[0] == pins[1]:
+            return f"files pinned to the same sha256 {pins[0]} in the checkpoint registry"
+    if (os.path.isfile(guide_path) and os.path.isfile(judge_path)
+            and os.path.getsize(guide_path) == os.path.getsize(judge_path)):
+        digest = file_sha256(guide_path)
+        if digest == file_sha256(judge_path):
+            return f"identical files {guide_path} and {judge_path} (sha256 {digest})"
+    return None
+
+
+def check_judge_is_not_a_guide(backend: "Backend", settings, path_of: Callable[[FileSource], str] | None = None,
+                               registry_file: Any = None) -> None:
+    """Refuse a plan in which the network that judges samples (:meth:`Backend.evaluation_files`)
+    is a classifier that guides one of ``settings`` (:meth:`Backend.guiding_files`): same source,
+    same file, or same content (see :func:`_same_network`).
+    Raises :class:`JudgeIsGuideError` naming the setting and both files."""
+    judges = backend.evaluation_files()
+    seen: set[tuple[FileSource, FileSource]] = set()
+    for setting in settings:
+        for role, guide in backend.guiding_files(setting).items():
+            for judge_role, judge in judges.items():
+                if (guide, judge) in seen:
+                    continue
+                seen.add((guide, judge))
+                reason = _same_network(guide, judge, path_of, registry_file)
+                if reason:
+                    raise JudgeIsGuideError(
+                        f"setting {setting.name}: its guiding classifier {role!r} ({_describe(guide)}) and the "
+                        f"evaluation network {judge_role!r} ({_describe(judge)}) are {reason}; the network that "
+                        f"judges samples must never guide them: give the judge or the guide another file")
+
+
 class UnsupportedError(ValueError):
     """A backend was asked for something it does not do; the message says why."""
 
@@ -141,6 +203,16 @@ class Backend(ABC):
     @abstractmethod
     def files(self, setting: Setting) -> dict[str, FileSource]:
         """Role -> file the networks of ``setting`` are loaded from."""
+
+    def guiding_files(self, setting: Setting) -> dict[str, FileSource]:
+        """The files of :meth:`files` whose networks guide ``setting`` (checked against the judge:
+        :func:`check_judge_is_not_a_guide`): the ``offshelf`` and/or ``finetuned`` role its
+        ``classifier`` names; none for an unguided or CFG setting."""
+        if setting.method != "guided":
+            return {}
+        roles = {"offshelf": ("offshelf",), "finetuned": ("finetuned",), "combined": ("offshelf", "finetuned")}
+        files = self.files(setting)
+        return {role: files[role] for role in roles[setting.classifier] if role in files}
 
     def evaluation_files(self) -> dict[str, FileSource]:
         """Role -> file of the feature extractor and the reference (default: none)."""

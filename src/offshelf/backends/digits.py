@@ -1,9 +1,15 @@
 """The embedded digits benchmark as a backend: four small networks trained by the workflow
 (:mod:`offshelf.backbones.digits`), Algorithm 1 on their DDPM, judged by a separately trained
-evaluation network (Inception's role) against the real training digits."""
+evaluation network (Inception's role) against the real training digits.
+
+A setting's ``network`` picks the off-the-shelf classifier family (``digits.CLASSIFIER_FAMILIES``:
+"" = the ResNet, ``mlp``, ``vit``); each family is its own trained role (``offshelf_mlp``...), so
+the workflow trains it only when some setting names it."""
 
 from __future__ import annotations
 
+import math
+from dataclasses import asdict
 from typing import Any, Mapping
 
 import numpy as np
@@ -30,8 +36,16 @@ class DigitsBackend(DDPMSampling, Backend):
 
     @classmethod
     def training_from_config(cls, config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        """``digits.models`` role -> training params. A classifier family absent from it trains
+        with the ``offshelf`` role's params and a seed of its own (offshelf's + 100·k, k its
+        position in ``digits.FAMILY_ROLES``), so ``network: mlp`` works in any digits config; a
+        family role is trained only when a setting uses it (the workflow's ``trained_roles``)."""
         split_seed = int(config["digits"].get("split_seed", 0))
-        return {role: dict(params, split_seed=split_seed) for role, params in config["digits"]["models"].items()}
+        models = dict(config["digits"]["models"])
+        for k, role in enumerate(digits.FAMILY_ROLES, start=1):
+            if role not in models:
+                models[role] = dict(models["offshelf"], seed=int(models["offshelf"].get("seed", 0)) + 100 * k)
+        return {role: dict(params, split_seed=split_seed) for role, params in models.items()}
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -41,9 +55,36 @@ class DigitsBackend(DDPMSampling, Backend):
     def split_seed(self) -> int:
         return int(self.options.get("split_seed", 0))
 
+    @staticmethod
+    def classifier_role(setting: Setting | None) -> str:
+        """The trained role of a setting's off-the-shelf classifier (``setting.network``'s family).
+
+        Raises a ValueError naming the setting for an unknown family, and for Softplus(β) on a
+        family without ReLU (the ViT: GELU), which would otherwise guide with plain GELU under
+        a Softplus label."""
+        network = setting.network if setting is not None else ""
+        if network not in digits.CLASSIFIER_FAMILIES:
+            known = ", ".join(repr(n) for n in digits.CLASSIFIER_FAMILIES if n)
+            raise ValueError(f"setting {setting.name}: network {network!r} is not a digits classifier family; "
+                             f"known: {known} (or leave it out for the default ResNet)")
+        role, has_relu = digits.CLASSIFIER_FAMILIES[network]
+        if (not has_relu and setting.method == "guided" and setting.classifier != "finetuned"
+                and not math.isinf(setting.softplus_beta)):
+            raise ValueError(f"setting {setting.name}: softplus_beta = {setting.softplus_beta:g}, but network "
+                             f"{network!r} ({role}) has no ReLU (GELU activations), so Softplus surgery does not "
+                             f"apply to it; use softplus_beta: inf with this network")
+        return role
+
     def files(self, setting: Setting) -> dict[str, Trained]:
-        # every setting takes all three networks: one file set, so no setting ever waits on another
-        return {role: Trained(role) for role in GUIDING_ROLES}
+        # every setting takes all three networks: one file set per classifier family, so no
+        # setting ever waits on another family's training
+        files = {role: Trained(role) for role in GUIDING_ROLES}
+        files["offshelf"] = Trained(self.classifier_role(setting))
+        return files
+
+    def unsupported(self, setting: Setting) -> str | None:
+        self.classifier_role(setting)  # an unknown family or Softplus on GELU is an error, not a skipped row
+        return None
 
     def evaluation_files(self) -> dict[str, Trained]:
         return {"evaluator": Trained("evaluator")}
@@ -56,7 +97,7 @@ class DigitsBackend(DDPMSampling, Backend):
 
     def load(self, files: Mapping[str, str], sampling: Mapping[str, Any], setting: Setting | None = None) -> DDPMModels:
         denoiser, cfg, _ = digits.load_checkpoint(files["denoiser"], "denoiser")
-        offshelf, _, _ = digits.load_checkpoint(files["offshelf"], "offshelf")
+        offshelf, _, _ = digits.load_checkpoint(files["offshelf"], self.classifier_role(setting))
         finetuned, _, _ = digits.load_checkpoint(files["finetuned"], "finetuned")
         diffusion = GaussianDiffusion.respaced(cfg.num_train_timesteps, sampling["respacing"], cfg.schedule,
                                                sampling.get("variance", "fixed_large"))
@@ -67,7 +108,11 @@ class DigitsBackend(DDPMSampling, Backend):
         return to_uint8_nhwc(images, "round")
 
     def feature_extractor(self, files: Mapping[str, str]) -> FeatureExtractor:
-        evaluator, _, _ = digits.load_checkpoint(files["evaluator"], "evaluator")
+        evaluator, config, metrics = digits.load_checkpoint(files["evaluator"], "evaluator")
+        # the judge's identity in every metrics file and the report: its architecture and content hash
+        digest = digits.payload_sha256(asdict(config), metrics, evaluator.state_dict())
+        name = (f"digits evaluation network (role evaluator: {type(evaluator).__name__} width {config.width}, "
+                f"seed {config.seed}; sha256 {digest[:12]})")
 
         @torch.no_grad()
         def features(images: np.ndarray) -> np.ndarray:
@@ -77,7 +122,7 @@ class DigitsBackend(DDPMSampling, Backend):
         def logits(images: np.ndarray) -> np.ndarray:
             return evaluator(from_uint8_nhwc(images)).numpy()
 
-        return FeatureExtractor(features, logits, batch_size=512, name="digits evaluation network")
+        return FeatureExtractor(features, logits, batch_size=512, name=name)
 
     def held_out_images(self, count: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The test split of ``split_seed``: every network here trains on the train split only."""

@@ -19,6 +19,7 @@ the Inception's 1008-way head does not use ImageNet's class order.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 import numpy as np
@@ -38,14 +39,17 @@ REFERENCE_HAS_IMAGES = {"ref_imagenet128": True, "ref_imagenet256": True, "ref_i
 
 
 def classifier_checkpoint_name(network: str) -> str:
-    """Registry name of the paper's weights for a torchvision architecture (``resnet101_v2``)."""
-    from offshelf.checkpoints import REGISTRY
+    """Registry name of a torchvision classifier's weights: the paper's V2 file for resnet50 /
+    resnet101 (``resnet101_v2``), else ``torchvision_<network>`` (its DEFAULT weights, registered
+    from torchvision's weights enum). An unknown name is a ValueError with the closest valid ones."""
+    from offshelf.checkpoints import CheckpointError
+    from offshelf.classifiers.zoo import classifier_checkpoint
 
-    name = f"{network}_v2"
-    if name not in REGISTRY:
-        raise ValueError(f"no pinned weights for off-the-shelf network {network!r}; "
-                         f"known: {', '.join(k[:-3] for k in sorted(REGISTRY) if k.endswith('_v2'))}")
-    return name
+    try:
+        return classifier_checkpoint(network).name
+    except CheckpointError as err:
+        raise ValueError(f"off-the-shelf network {network!r}: {err}; or a CLIP zero-shot classifier "
+                         f"'clip:<open_clip model>/<pretrained tag>'") from None
 
 
 class ImageNetBackend(Backend):
@@ -79,27 +83,72 @@ class ImageNetBackend(Backend):
         return device
 
     def network(self, setting: Setting | None) -> str:
-        """The torchvision architecture of a setting's off-the-shelf classifier."""
+        """A setting's off-the-shelf classifier: a torchvision architecture (``resnet101``,
+        ``convnext_tiny``...) or a CLIP zero-shot one (``clip:ViT-B-32/openai``)."""
         return (setting.network if setting is not None and setting.network else
                 self.imagenet.get("classifier", "resnet101"))
 
+    def guides_off_the_shelf(self, setting: Setting | None) -> bool:
+        return setting is not None and setting.method == "guided" and setting.classifier in ("offshelf", "combined")
+
     def files(self, setting: Setting) -> dict[str, Pretrained]:
+        """The denoiser and, when guided, the classifier's file: a torchvision classifier's
+        verified registry file. A CLIP classifier has none here: open_clip fetches and caches its
+        own weights (as for text-to-image, docs/clip.md)."""
         names = {"denoiser": Pretrained(self.denoiser_checkpoint)}
-        if setting.method == "guided" and setting.classifier in ("offshelf", "combined"):
-            names["offshelf"] = Pretrained(classifier_checkpoint_name(self.network(setting)))
+        if self.guides_off_the_shelf(setting):
+            from offshelf.classifiers.clip import parse_clip_network
+
+            self.check_network(setting)  # here too: a subclass's `unsupported` may not call ours
+            network = self.network(setting)
+            if parse_clip_network(network) is None:
+                names["offshelf"] = Pretrained(classifier_checkpoint_name(network))
         return names
 
     def unsupported(self, setting: Setting) -> str | None:
         if setting.method == "guided" and setting.classifier != "offshelf":
             return "this backbone guides with the off-the-shelf classifier only"
+        self.check_network(setting)
         return None
 
+    def check_network(self, setting: Setting) -> None:
+        """A setting's network must name a classifier (ValueError otherwise, naming the setting),
+        and Softplus(β) must have ReLUs to replace: CLIP's ViT towers and torchvision's ViTs,
+        Swins and ConvNeXts are GELU. Checked from configs and meta-device builds: no file read."""
+        if not self.guides_off_the_shelf(setting):
+            return
+        from offshelf.classifiers.clip import clip_has_relu, parse_clip_network
+        from offshelf.classifiers.zoo import classifier_has_relu
+
+        network = self.network(setting)
+        try:
+            clip = parse_clip_network(network)
+            if clip is None:
+                classifier_checkpoint_name(network)
+            smooth = not math.isinf(setting.softplus_beta)
+            if smooth and clip is not None and not clip_has_relu(clip[0]):
+                raise ValueError(f"softplus_beta = {setting.softplus_beta:g}, but CLIP model {clip[0]!r} has no ReLU "
+                                 f"in its image tower (GELU), so Softplus surgery does not apply; use softplus_beta: "
+                                 f"inf with this network (ReLU towers: the RN50 family)")
+            if smooth and clip is None and not classifier_has_relu(network):
+                raise ValueError(f"softplus_beta = {setting.softplus_beta:g}, but torchvision {network!r} has no ReLU "
+                                 f"module, so Softplus surgery does not apply; use softplus_beta: inf with this network")
+        except ValueError as err:
+            raise ValueError(f"setting {setting.name}: {err}") from None
+
     def load_offshelf(self, files: Mapping[str, str], setting: Setting | None) -> torch.nn.Module | None:
+        """The setting's off-the-shelf classifier on the device, or None when it guides with none."""
+        from offshelf.classifiers.clip import load_clip, parse_clip_network, zero_shot_classifier
         from offshelf.classifiers.zoo import load_classifier
 
-        if "offshelf" not in files:
+        if not self.guides_off_the_shelf(setting):
             return None
-        return load_classifier(self.network(setting), weights_path=files["offshelf"]).to(self.device)
+        network = self.network(setting)
+        clip = parse_clip_network(network)
+        if clip is not None:
+            model, tokenizer = load_clip(*clip, cache_dir=self.imagenet.get("clip_cache"), device=self.device)
+            return zero_shot_classifier(model, tokenizer)
+        return load_classifier(network, weights_path=files["offshelf"]).to(self.device)
 
     # ------------------------------------------------------------------ evaluation
 

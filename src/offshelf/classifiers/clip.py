@@ -141,24 +141,41 @@ def _preprocess(model) -> tuple[tuple[int, int], Sequence[float], Sequence[float
 class CLIPPromptClassifier(nn.Module):
     """``images in [−1, 1] (B×3×H×W) → logits (B×K) = s·cos(image, prompt_k)``.
 
-    The text embeddings are computed once. The image path is differentiable: centre crop to a
+    The text embeddings are computed once. With ``templates`` (e.g. ``("a photo of a {}.",)``)
+    each prompt is a class name put into every template, and its embedding is the normalised
+    mean of the templates' normalised embeddings (CLIP's zero-shot prompt ensembling); without,
+    each prompt is encoded as written. The image path is differentiable: centre crop to a
     square (CLIP's resize-shortest-side + centre-crop, for non-square inputs), antialiased
     bicubic resize to the model's input size, ``([-1,1]→[0,1] − mean)/std``, encode.
     """
 
-    def __init__(self, model: nn.Module, tokenizer, prompts: Sequence[str]):
+    def __init__(self, model: nn.Module, tokenizer, prompts: Sequence[str], templates: Sequence[str] | None = None):
         super().__init__()
         self.model = model.eval().requires_grad_(False)
         self.prompts = list(prompts)
-        tokens = tokenize_prompts(tokenizer, self.prompts)
+        self.templates = list(templates) if templates is not None else None
         device = next(model.parameters()).device
-        with torch.no_grad():
-            text = model.encode_text(tokens.to(device)).float()
-        self.register_buffer("text_features", F.normalize(text, dim=-1))
+        if self.templates is None:
+            self.register_buffer("text_features", self._encode(tokenizer, self.prompts, device))
+        else:
+            if isinstance(templates, str) or not self.templates or any("{}" not in t for t in self.templates):
+                raise ValueError(f"templates must be a non-empty list of strings with a '{{}}' for the class name, "
+                                 f"got {templates!r}")
+            per_template = torch.stack([self._encode(tokenizer, [t.format(p) for p in self.prompts], device)
+                                        for t in self.templates])
+            self.register_buffer("text_features", F.normalize(per_template.mean(0), dim=-1))
         self.image_size, mean, std = _preprocess(model)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1).to(device))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1).to(device))
         self.logit_scale = float(model.logit_scale.detach().float().exp())
+
+    def _encode(self, tokenizer, prompts: list[str], device, batch_size: int = 256) -> torch.Tensor:
+        """Unit-norm text embeddings of ``prompts`` (K×D, fp32), in batches (1,000 ImageNet classes)."""
+        tokens = tokenize_prompts(tokenizer, prompts)
+        with torch.no_grad():
+            text = torch.cat([self.model.encode_text(tokens[i:i + batch_size].to(device)).float()
+                              for i in range(0, len(tokens), batch_size)])
+        return F.normalize(text, dim=-1)
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         """Unit-norm CLIP image embeddings (B×D, fp32)."""
@@ -189,3 +206,52 @@ def clip_score(logits_or_cos: torch.Tensor, labels: torch.Tensor, logit_scale: f
     (``logit_scale=1``) or from :class:`CLIPPromptClassifier` logits (its ``logit_scale``)."""
     cos = logits_or_cos.float().gather(1, labels.long().view(-1, 1))[:, 0] / logit_scale
     return 100.0 * cos
+
+
+# --------------------------------------------------------------------------- zero-shot ImageNet
+
+CLIP_NETWORK_PREFIX = "clip:"  # a setting's network "clip:<open_clip model>/<pretrained tag>"
+#: the one prompt template of CLIP's zero-shot ImageNet classifier used here (OpenAI's paper
+#: averages 80; a list of templates can be passed to :func:`zero_shot_classifier`)
+IMAGENET_TEMPLATES = ("a photo of a {}.",)
+
+
+def parse_clip_network(network: str) -> tuple[str, str] | None:
+    """``"clip:ViT-B-32/openai"`` -> ``("ViT-B-32", "openai")``; None for a network that is not
+    a CLIP one; a malformed CLIP name is a ValueError saying the expected form."""
+    if not network.startswith(CLIP_NETWORK_PREFIX):
+        return None
+    model_name, sep, pretrained = network.removeprefix(CLIP_NETWORK_PREFIX).partition("/")
+    if not sep or not model_name or not pretrained or "/" in pretrained:
+        raise ValueError(f"network {network!r}: a CLIP zero-shot classifier is named "
+                         f"'clip:<open_clip model>/<pretrained tag>', e.g. 'clip:ViT-B-32/openai'")
+    return model_name, pretrained
+
+
+def imagenet_class_names() -> list[str]:
+    """ImageNet-1k's class names in label order: torchvision's weights metadata (``categories``),
+    the same list every torchvision classifier's output index follows."""
+    import torchvision.models as tvm
+
+    return list(tvm.ResNet50_Weights.IMAGENET1K_V2.meta["categories"])
+
+
+def zero_shot_classifier(model: nn.Module, tokenizer, class_names: Sequence[str] | None = None,
+                         templates: Sequence[str] = IMAGENET_TEMPLATES) -> CLIPPromptClassifier:
+    """CLIP as an off-the-shelf classifier: logits ``s·cos(E_img(x), E_txt(class k))`` over
+    ``class_names`` (default: ImageNet-1k's, :func:`imagenet_class_names`), each class embedded
+    through ``templates``."""
+    return CLIPPromptClassifier(model, tokenizer, imagenet_class_names() if class_names is None else class_names,
+                                templates=templates)
+
+
+def clip_has_relu(model_name: str) -> bool:
+    """Whether Softplus(β) surgery applies to open_clip model ``model_name``'s image tower:
+    only the ModifiedResNet towers (RN50, RN101, RN50x4...: ``vision_cfg.layers`` a list, no timm
+    tower) use ``nn.ReLU`` modules; ViT and timm towers use GELU. Read from the model config, so
+    it is known when a plan is made, before any weight is loaded."""
+    config = _open_clip().get_model_config(model_name)
+    if config is None:
+        raise ValueError(f"unknown open_clip model {model_name!r}; e.g. 'ViT-B-32', 'RN50'")
+    vision = config.get("vision_cfg", {})
+    return isinstance(vision.get("layers"), (list, tuple)) and not vision.get("timm_model_name")

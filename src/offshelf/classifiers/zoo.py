@@ -13,7 +13,7 @@ would set for pretrained weights (``_pretrained_kwargs``), so it is the same net
 
 from __future__ import annotations
 
-import difflib
+import functools
 import os
 from pathlib import Path
 
@@ -26,11 +26,11 @@ from offshelf.checkpoints import (
     Checkpoint,
     CheckpointError,
     ChecksumError,
-    TORCHVISION_LICENSE,
     fetch,
     file_sha256,
     hash_prefix_from_filename,
-    register,
+    torchvision_checkpoint,
+    torchvision_weights,
 )
 
 # The paper's two classifiers: registry names pinned in offshelf.checkpoints.
@@ -50,31 +50,32 @@ def available_classifiers() -> list[str]:
 
 
 def classifier_weights(name: str) -> tvm.WeightsEnum:
-    """The torchvision weights ``load_classifier(name)`` uses."""
+    """The torchvision weights ``load_classifier(name)`` uses (an unknown name: an error with the
+    closest valid names)."""
     if name in PAPER_WEIGHTS:
         return PAPER_WEIGHTS[name][0]
-    valid = available_classifiers()
-    if name not in valid:
-        close = difflib.get_close_matches(name, valid, n=5, cutoff=0.5)
-        hint = f"did you mean {', '.join(close)}? " if close else ""
-        raise CheckpointError(f"unknown classifier {name!r}; {hint}valid torchvision classification models include "
-                              f"resnet50, resnet101, {', '.join(valid[:6])}, ... ({len(valid)} in all: "
-                              f"torchvision.models.list_models(module=torchvision.models))")
-    return tvm.get_model_weights(name).DEFAULT
+    return torchvision_weights(name)
 
 
 def classifier_checkpoint(name: str) -> Checkpoint:
-    """The registry entry for classifier ``name``, registered on first use for non-paper models."""
+    """The registry entry for classifier ``name``: the paper's pinned file, else
+    ``torchvision_<name>`` (registered on first use, resolvable by name in any process)."""
     if name in PAPER_WEIGHTS:
         return REGISTRY[PAPER_WEIGHTS[name][1]]
+    return torchvision_checkpoint(name)
+
+
+@functools.lru_cache(maxsize=None)
+def classifier_has_relu(name: str) -> bool:
+    """Whether torchvision classifier ``name`` has ``nn.ReLU`` modules, i.e. whether Softplus(β)
+    surgery applies (ResNets, VGG, DenseNet... do; ViT, Swin, ConvNeXt are GELU). Built on the
+    meta device: no weights, no memory, so a plan can ask before any file is loaded."""
+    from offshelf.classifiers.softplus import count_relus
+
     weights = classifier_weights(name)
-    checkpoint_name = f"torchvision_{name}"
-    if checkpoint_name not in REGISTRY:
-        filename = weights.url.rsplit("/", 1)[-1]
-        register(Checkpoint(checkpoint_name, weights.url, filename,
-                            hash_prefix=hash_prefix_from_filename(filename), license=TORCHVISION_LICENSE,
-                            description=f"torchvision {name} {weights}"))
-    return REGISTRY[checkpoint_name]
+    with torch.device("meta"):
+        model = tvm.get_model_builder(name)(weights=None, **_pretrained_kwargs(name, weights))
+    return count_relus(model) > 0
 
 
 def _pretrained_kwargs(name: str, weights: tvm.WeightsEnum) -> dict:
@@ -137,5 +138,5 @@ def load_classifier(name: str, weights_path: str | os.PathLike | None = None,
     return model.eval().requires_grad_(False)
 
 
-__all__ = ["load_classifier", "classifier_weights", "classifier_checkpoint", "available_classifiers",
+__all__ = ["load_classifier", "classifier_weights", "classifier_checkpoint", "classifier_has_relu", "available_classifiers",
            "IMAGENET_MEAN", "IMAGENET_STD", "PAPER_WEIGHTS"]
