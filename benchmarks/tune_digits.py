@@ -43,6 +43,7 @@ def main(argv=None):
     parser.add_argument("--respacing", default="50")
     parser.add_argument("--regime", default="uncond", choices=["cond", "uncond"])
     parser.add_argument("--classifier", default="offshelf", help="the family to tune (digits: offshelf)")
+    parser.add_argument("--network", default="", help="the classifier family (mlp, vit, wide...; default: the ResNet)")
     parser.add_argument("--samples", type=int, default=500, help="samples per grid point and for the tuned setting")
     parser.add_argument("--betas", default="inf,3")
     parser.add_argument("--temperatures", default="0.1,0.2,0.5,1.0")
@@ -60,10 +61,11 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
 
     backend = DigitsBackend()
-    guiding = {r: f"{args.models}/{r}.pt" for r in ("denoiser", "offshelf", "finetuned")}
+    family = Setting(regime=args.regime, network=args.network)
+    guiding = {role: f"{args.models}/{source.role}.pt" for role, source in backend.files(family).items()}
     judging = {"evaluator": f"{args.models}/evaluator.pt"}
     sampling = {"respacing": args.respacing, "variance": "fixed_large"}
-    models = backend.load(guiding, sampling)
+    models = backend.load(guiding, sampling, family)
     extractor = backend.feature_extractor(judging)
     reference = backend.reference_features(judging, extractor, {"reference_split": "train"})
     ref = feature_statistics(reference["features"])
@@ -76,13 +78,13 @@ def main(argv=None):
 
     # --- the tuner
     start = time.perf_counter()
-    spec = TuneSpec(classifier=args.classifier, regime=args.regime,
+    spec = TuneSpec(classifier=args.classifier, network=args.network, regime=args.regime,
                     search={"initial": (1.0, 3.0, 10.0), "low_fidelity": args.low_fidelity,
                             "full_fidelity": args.full_fidelity})
     summary = run_tune(backend, models, spec, out / "tuned", guiding, judging, {"reference_split": "train"}, sampling,
                        args.batch_size, reference_features=reference)
     tune_seconds = time.perf_counter() - start
-    tuned = Setting(regime=args.regime, classifier=args.classifier, softplus_beta=float(summary["chosen"]["softplus_beta"]),
+    tuned = Setting(regime=args.regime, classifier=args.classifier, network=args.network, softplus_beta=float(summary["chosen"]["softplus_beta"]),
                     marginal_temperature=summary["chosen"]["marginal_temperature"], sine_factor=summary["sine_factor"],
                     scale=summary["scale"])
     tuned_fid, tuned_features, _ = fid_of(tuned)
@@ -95,7 +97,7 @@ def main(argv=None):
                                   numbers(args.scales)))
     start = time.perf_counter()
     for beta, tau, gamma, scale in grid:
-        setting = Setting(regime=args.regime, classifier=args.classifier, softplus_beta=beta,
+        setting = Setting(regime=args.regime, classifier=args.classifier, network=args.network, softplus_beta=beta,
                           marginal_temperature=tau, sine_factor=gamma, scale=scale)
         fid, features, seconds = fid_of(setting)
         rows.append(dict(softplus_beta=beta, marginal_temperature=tau, sine_factor=gamma, scale=scale, fid=fid,

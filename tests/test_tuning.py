@@ -266,7 +266,7 @@ def test_snakemake_tune_then_a_row_on_the_tuned_base(tmp_path):
     snakemake("tune", "--cores", "2", "--configfile", str(path), timeout=900)
     folder = tmp_path / "results" / "ci" / "tune" / "offshelf_uncond"
     summary = yaml.safe_load((folder / "summary.json").read_text())
-    assert summary["judge"] == "digits evaluation network" and summary["judge_files"]["evaluator"].endswith("evaluator.pt")
+    assert summary["judge"].startswith("digits evaluation network") and summary["judge_files"]["evaluator"].endswith("evaluator.pt")
     assert summary["chosen"]["marginal_temperature"] in (0.2, 0.5, 1.0) and summary["scale"] in (1.0, 3.0)
     curves = pd.read_csv(folder / "calibration_curves.csv")
     assert len(curves) == 2 * 3 * 10 and np.isfinite(curves[["ece", "nll"]].to_numpy()).all()
@@ -284,4 +284,4 @@ def test_snakemake_tune_then_a_row_on_the_tuned_base(tmp_path):
     metrics = tmp_path / "results" / "ci" / "metrics" / f"{setting.name}.json"
     snakemake(str(metrics), "--cores", "2", "--configfile", str(path), timeout=900)
     result = yaml.safe_load(metrics.read_text())
-    assert result["n"] == 64 and np.isfinite(result["fid"]) and result["judge"] == "digits evaluation network"
+    assert result["n"] == 64 and np.isfinite(result["fid"]) and result["judge"].startswith("digits evaluation network")

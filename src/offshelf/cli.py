@@ -224,12 +224,13 @@ def cmd_tune(args) -> int:
 
     ctx = Context(args)
     search = _pairs(args.search, "--search")
-    spec = TuneSpec.from_config(ctx.config.get("tune"), classifier=args.classifier, regime=args.regime,
+    spec = TuneSpec.from_config(ctx.config.get("tune"), classifier=args.classifier, network=args.network,
+                                regime=args.regime,
                                 criterion=args.criterion, num_images=args.num_images, sine_factor=args.sine_factor,
                                 softplus_betas=_numbers(args.softplus_betas, "--softplus-betas"),
                                 marginal_temperatures=_numbers(args.marginal_temperatures, "--marginal-temperatures"),
                                 search=dict(ctx.config.get("tune", {}).get("search", {}), **search) or None)
-    setting = Setting(regime=spec.regime, classifier=spec.classifier, input=spec.input)
+    setting = Setting(regime=spec.regime, classifier=spec.classifier, input=spec.input, network=spec.network)
     reason = ctx.backend.unsupported(setting)
     if reason:
         raise ArgumentError("--classifier", f"backend {ctx.backend.name!r} cannot guide with {spec.classifier!r}: {reason}")
@@ -343,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "(docs/tuning.md). Options left out come from the config's `tune` section.")
     _common(tune)
     tune.add_argument("--classifier", help="the off-the-shelf classifier to tune (default: offshelf)")
+    tune.add_argument("--network", help="the classifier family (digits: mlp, vit, wide...; default: the backend's)")
     tune.add_argument("--regime", choices=["cond", "uncond"], help="cond or uncond (default: uncond)")
     tune.add_argument("--criterion", choices=["nll", "ece"], help="Stage 1's integral criterion (default: nll)")
     tune.add_argument("--num-images", type=int, help="held-out real images (default 300)")

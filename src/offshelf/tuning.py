@@ -58,6 +58,7 @@ class TuneSpec:
     ``search``: Stage 2's :class:`offshelf.search.SearchSpec` keys (initial scale etc.)."""
 
     classifier: str = "offshelf"
+    network: str = ""  # the classifier family (Setting.network; "" = the backend's default)
     regime: str = "uncond"
     input: str = "x0"
     softplus_betas: tuple[float, ...] = (math.inf, 8.0, 5.0, 4.0, 3.0, 2.0)
@@ -74,7 +75,7 @@ class TuneSpec:
             raise TuneError(f"tune.classifier = {self.classifier!r}: the noise-aware baselines ({', '.join(NOT_TUNABLE)}) "
                             f"have no Softplus or temperature to tune; name an off-the-shelf classifier")
         try:
-            Setting(classifier=self.classifier, input=self.input, regime=self.regime)
+            Setting(classifier=self.classifier, input=self.input, regime=self.regime, network=self.network)
         except ValueError as err:
             raise TuneError(f"tune: {err}") from None
         for key in ("softplus_betas", "marginal_temperatures"):
@@ -108,7 +109,7 @@ class TuneSpec:
     @property
     def folder(self) -> str:
         """Output folder name under ``<experiment>/tune``: the classifier and regime tuned."""
-        return f"{self.classifier}_{self.regime}"
+        return f"{self.classifier}{'_' + self.network if self.network else ''}_{self.regime}"
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any] | None, **overrides) -> "TuneSpec":
@@ -350,7 +351,7 @@ def search_spec(spec: TuneSpec):
 
 def tuned_setting(spec: TuneSpec, stage1: "CalibrationResult", scale: float) -> Setting:
     return Setting(regime=spec.regime, method="guided", classifier=spec.classifier, input=spec.input,
-                   softplus_beta=stage1.chosen["softplus_beta"], joint_temperature=1.0,
+                   network=spec.network, softplus_beta=stage1.chosen["softplus_beta"], joint_temperature=1.0,
                    marginal_temperature=stage1.chosen["marginal_temperature"],
                    sine_factor=stage1.sine["sine_factor"], scale=scale)
 
@@ -358,14 +359,15 @@ def tuned_setting(spec: TuneSpec, stage1: "CalibrationResult", scale: float) -> 
 def tuned_base(name: str, setting: Setting) -> dict[str, dict[str, Any]]:
     """``{name: {...}}``: a ``bases:`` entry (regime is a table's, not a base's)."""
     beta = "inf" if math.isinf(setting.softplus_beta) else float(setting.softplus_beta)
-    return {name: {"method": "guided", "classifier": setting.classifier, "input": setting.input,
+    network = {"network": setting.network} if setting.network else {}
+    return {name: {"method": "guided", "classifier": setting.classifier, **network, "input": setting.input,
                    "softplus_beta": beta, "joint_temperature": float(setting.joint_temperature),
                    "marginal_temperature": float(setting.marginal_temperature),
                    "sine_factor": float(setting.sine_factor), "scale": float(setting.scale)}}
 
 
 def base_name(spec: TuneSpec) -> str:
-    return f"tuned_{spec.classifier}_{spec.regime}"
+    return f"tuned_{spec.folder}".replace("-", "_").replace(".", "_")
 
 
 def check_judge_is_not_a_guide(guiding_files: Mapping[str, str], judging_files: Mapping[str, str]) -> None:
@@ -413,9 +415,13 @@ def guidance_variants(spec: TuneSpec, offshelf_classifier, finetuned=None) -> di
     """β -> the guidance object of the tuned classifier with Softplus(β) (τ is applied to logits later)."""
     from offshelf.backends.base import guidance_for
 
-    return {float(beta): guidance_for(Setting(classifier=spec.classifier, input=spec.input, softplus_beta=float(beta)),
-                                      offshelf_classifier, finetuned)
+    return {float(beta): guidance_for(variant_setting(spec, beta), offshelf_classifier, finetuned)
             for beta in spec.softplus_betas}
+
+
+def variant_setting(spec: TuneSpec, beta: float) -> Setting:
+    return Setting(regime=spec.regime, classifier=spec.classifier, input=spec.input, network=spec.network,
+                   softplus_beta=float(beta))
 
 
 def run_tune(backend, models, spec: TuneSpec, out_dir, guiding_files: Mapping[str, str],
@@ -441,6 +447,11 @@ def run_tune(backend, models, spec: TuneSpec, out_dir, guiding_files: Mapping[st
     if not hasattr(models, "denoiser") or not hasattr(models, "diffusion"):
         raise TuneError(f"backend {backend.name!r}: tuning needs a DDPM-family backend (a denoiser and its "
                         f"respaced diffusion); this one loads {type(models).__name__}")
+    for beta in spec.softplus_betas:  # e.g. Softplus on a family without ReLU: refused, naming the setting
+        reason = backend.unsupported(variant_setting(spec, beta))
+        if reason:
+            raise TuneError(f"tune.softplus_betas: backend {backend.name!r} cannot run "
+                            f"{variant_setting(spec, beta).name}: {reason}")
     images, labels = backend.held_out_images(spec.num_images)
     if len(images) < spec.num_images:
         raise TuneError(f"backend {backend.name!r} has {len(images)} held-out images; tune.num_images = "

@@ -3,7 +3,7 @@
 from offshelf.tuning import TuneSpec
 
 TUNE = TuneSpec.from_config(config.get("tune"))
-TUNE_SETTING = Setting(regime=TUNE.regime, classifier=TUNE.classifier, input=TUNE.input)
+TUNE_SETTING = Setting(regime=TUNE.regime, classifier=TUNE.classifier, input=TUNE.input, network=TUNE.network)
 TUNE_DIR = f"{EXP}/tune/{TUNE.folder}"
 TUNE_OUTPUTS = ["tuned.yaml", "summary.json", "calibration_curves.csv", "calibration_integrals.csv",
                 "optimal_temperatures.csv", "calibration_curves.png", "search_trace.csv"]

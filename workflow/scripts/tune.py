@@ -11,7 +11,7 @@ with job_log(snakemake.log[0], snakemake.threads, snakemake.resources.get("gpu",
     p = snakemake.params
     backend = backends.create(p.backend)
     spec = TuneSpec.from_config(p.tune)
-    setting = Setting(regime=spec.regime, classifier=spec.classifier, input=spec.input)
+    setting = Setting(regime=spec.regime, classifier=spec.classifier, input=spec.input, network=spec.network)
     guiding = {role: snakemake.input[role] for role in p.guiding_roles}
     judging = stages.verified_files({role: snakemake.input[role] for role in p.judging_roles},
                                     backend.evaluation_files(), p.checkpoints)
