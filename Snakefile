@@ -1,6 +1,7 @@
 # offshelf: off-the-shelf classifier guidance, reproduced end to end.
 #   snakemake --cores all                                          # digits benchmark (config.yaml)
 #   snakemake --cores all --configfile config/ci.yaml              # tiny, for tests
+#   snakemake --cores all tune                                     # offshelf tune: the config's `tune` section
 #   snakemake --profile profiles/slurm-gpu --configfile config/imagenet128_ddpm.yaml   # Tables 1-7
 #   (config/imagenet64_edm.yaml: Table 8; config/imagenet256_dit.yaml: Table 9)
 # Rules are thin and never name a backbone: the config's `backbone` picks a backend
@@ -66,6 +67,7 @@ include: "workflow/rules/search.smk"
 include: "workflow/rules/grids.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/text2image.smk"
+include: "workflow/rules/tune.smk"
 
 rule all:
     input:

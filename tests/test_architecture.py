@@ -71,7 +71,7 @@ def test_the_cycle_finder_finds_cycles():
     assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
 
 
-@pytest.mark.parametrize("args", [[], ["sample"], ["calibrate"], ["evaluate"], ["plan"], ["checkpoints"], ["check-config"],
+@pytest.mark.parametrize("args", [[], ["sample"], ["calibrate"], ["evaluate"], ["plan"], ["tune"], ["checkpoints"], ["check-config"],
                                   ["checkpoints", "fetch"], ["checkpoints", "verify"], ["checkpoints", "list"]])
 def test_every_command_answers_help(args):
     proc = subprocess.run([str(OFFSHELF), *args, "--help"], capture_output=True, text=True, timeout=120)

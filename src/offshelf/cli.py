@@ -3,6 +3,7 @@
     offshelf sample     --config config/ci.yaml --setting "regime=uncond,softplus_beta=3,scale=3" --seeds 0:32 --out s.npz
     offshelf calibrate  --config config/ci.yaml --probe offshelf-x0_sp3 --num-samples 64 --out ece.csv
     offshelf evaluate   --config config/ci.yaml --shards s.npz --out metrics.json
+    offshelf tune       --config config.yaml --classifier offshelf --regime uncond --out results/digits/tune/
     offshelf plan       --config config/imagenet128_ddpm.yaml [--seconds-per-denoiser S --seconds-per-classifier S]
     offshelf checkpoints list | fetch NAME... | verify NAME PATH
     offshelf check-config FILE...        # validate workflow configs (YAML errors with file:line)
@@ -205,6 +206,48 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _numbers(text: str | None, argument: str) -> tuple[float, ...] | None:
+    """``3,5,inf`` -> (3.0, 5.0, inf); None stays None (the config's or the default grid)."""
+    if text is None:
+        return None
+    try:
+        return tuple(float("inf") if v.strip() in ("inf", "relu") else float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ArgumentError(argument, f"{text!r} is not a comma-separated list of numbers") from None
+
+
+def cmd_tune(args) -> int:
+    """Stage 1 (calibration grid over β × τ2 on held-out images) and Stage 2 (scale search)."""
+    from offshelf import stages
+    from offshelf.settings import Setting
+    from offshelf.tuning import TuneSpec, run_tune
+
+    ctx = Context(args)
+    search = _pairs(args.search, "--search")
+    spec = TuneSpec.from_config(ctx.config.get("tune"), classifier=args.classifier, network=args.network,
+                                regime=args.regime,
+                                criterion=args.criterion, num_images=args.num_images, sine_factor=args.sine_factor,
+                                softplus_betas=_numbers(args.softplus_betas, "--softplus-betas"),
+                                marginal_temperatures=_numbers(args.marginal_temperatures, "--marginal-temperatures"),
+                                search=dict(ctx.config.get("tune", {}).get("search", {}), **search) or None)
+    setting = Setting(regime=spec.regime, classifier=spec.classifier, input=spec.input, network=spec.network)
+    reason = ctx.backend.unsupported(setting)
+    if reason:
+        raise ArgumentError("--classifier", f"backend {ctx.backend.name!r} cannot guide with {spec.classifier!r}: {reason}")
+    guiding = ctx.files(ctx.backend.files(setting))
+    models = stages.load_models(ctx.backend, guiding, ctx.sampling, setting, ctx.checkpoints)
+    sources = ctx.backend.evaluation_files()
+    judging = stages.verified_files(ctx.files(sources), sources, ctx.checkpoints)
+    summary = run_tune(ctx.backend, models, spec, args.out, guiding, judging, ctx.config.get("evaluation", {}),
+                       ctx.sampling, ctx.batch_size(args), progress=False)
+    print(f"{summary['base']}: softplus_beta={summary['chosen']['softplus_beta']:g} "
+          f"marginal_temperature={summary['chosen']['marginal_temperature']:g} (by integral {spec.criterion}), "
+          f"sine_factor={summary['sine_factor']:g}, scale={summary['scale']:g} (FID {summary['search_fid']:.4g} by "
+          f"{summary['judge']}); {summary['stage1_denoiser_evaluations']:,} + "
+          f"{summary['stage2_denoiser_evaluations']:,} denoiser evaluations -> {Path(args.out) / 'tuned.yaml'}")
+    return 0
+
+
 def cmd_plan(args) -> int:
     """The sampling work of a workflow config, per table and in total; hours given per-evaluation costs."""
     from offshelf.config import load_config
@@ -292,6 +335,27 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", required=True, help="the metrics .json (features and bootstrap replicates go "
                           "beside it, <out stem>.features.npz)")
     evaluate.set_defaults(run=cmd_evaluate)
+
+    tune = commands.add_parser("tune", help="calibrate a classifier (β, τ2 on held-out images), then search the scale",
+                               description="Stage 1: noise held-out real images to every step, denoise to x̂0, and "
+                               "choose Softplus β and the marginal temperature τ2 by integral NLL or ECE over a grid. "
+                               "Stage 2: choose the guidance scale by a multi-fidelity FID search judged by the "
+                               "backend's evaluation network. Writes a bases: entry (tuned.yaml) and the evidence "
+                               "(docs/tuning.md). Options left out come from the config's `tune` section.")
+    _common(tune)
+    tune.add_argument("--classifier", help="the off-the-shelf classifier to tune (default: offshelf)")
+    tune.add_argument("--network", help="the classifier family (digits: mlp, vit, wide...; default: the backend's)")
+    tune.add_argument("--regime", choices=["cond", "uncond"], help="cond or uncond (default: uncond)")
+    tune.add_argument("--criterion", choices=["nll", "ece"], help="Stage 1's integral criterion (default: nll)")
+    tune.add_argument("--num-images", type=int, help="held-out real images (default 300)")
+    tune.add_argument("--softplus-betas", metavar="B,B,...", help="Softplus β grid, inf = ReLU")
+    tune.add_argument("--marginal-temperatures", metavar="T,T,...", help="τ2 grid (τ1 = 1)")
+    tune.add_argument("--sine-factor", type=float, help="γ of Eq. 5 where calibration supports the bump, else 0 (default 0.3)")
+    tune.add_argument("--search", action="append", default=[], metavar="KEY=VALUE",
+                      help="scale search keys: initial=[1,3,10] low_fidelity=100 full_fidelity=500 factor=3 ...")
+    tune.add_argument("--sampling", action="append", default=[], metavar="KEY=VALUE")
+    tune.add_argument("--out", required=True, help="output folder: tuned.yaml and the evidence files")
+    tune.set_defaults(run=cmd_tune)
 
     plan = commands.add_parser("plan", help="sampling work (network evaluations; GPU-hours given costs) per table")
     plan.add_argument("--config", required=True, help="a workflow config")

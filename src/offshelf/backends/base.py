@@ -273,6 +273,12 @@ class Backend(ABC):
         ``evaluation`` is the config's evaluation section."""
         raise UnsupportedError(f"backend {self.name!r} has no reference images")
 
+    def held_out_images(self, count: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Real images in [-1, 1] (float NCHW) and their labels that no network of this backend was
+        trained on (``offshelf tune``'s Stage 1 noises and denoises them); the first ``count``."""
+        raise UnsupportedError(f"backend {self.name!r} has no held-out images (offshelf tune's calibration "
+                               f"stage needs labelled real images no network was trained on)")
+
     def reference(self, files: Mapping[str, str], reference_features: Mapping[str, np.ndarray] | None) -> Reference:
         """What an evaluation compares against (default: the reference features alone)."""
         features = None if reference_features is None else np.asarray(reference_features["features"])

@@ -124,6 +124,11 @@ class DigitsBackend(DDPMSampling, Backend):
 
         return FeatureExtractor(features, logits, batch_size=512, name=name)
 
+    def held_out_images(self, count: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The test split of ``split_seed``: every network here trains on the train split only."""
+        x, y = digits.load_digits_split("test", self.split_seed)
+        return (x, y) if count is None else (x[:count], y[:count])
+
     def reference_features(self, files: Mapping[str, str], extractor: FeatureExtractor,
                            evaluation: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
         """Features of the real digits of ``evaluation.reference_split`` (default ``train``)."""

@@ -1,0 +1,287 @@
+"""offshelf tune (docs/tuning.md): Stage 1 recovers a known temperature on the exact Gaussian
+mixture, bad input stops with a message naming the key, the tuned YAML is a working `bases:`
+entry, and the command answers --help."""
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from offshelf.diffusion import GaussianDiffusion
+from offshelf.guidance import ClassifierGuidance
+from offshelf.tuning import (TuneError, TuneSpec, calibrate, check_judge_is_not_a_guide, nll_optimal_temperature,
+                             search_spec, sine_factor_from_calibration, temperature_scores, tuned_base)
+from test_gaussian_mixture import COVS, MEANS, NUM_TRAIN_STEPS, WEIGHTS, ExactDenoiser, NoisyPosterior
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------
+# Stage 1 on the Gaussian mixture: the closed-form calibrated temperature
+
+class OverconfidentPosterior(NoisyPosterior):
+    """The exact noisy posterior's logits log p_t(k | x_t) + const, multiplied by ``c``: softmax(τ·c·f)
+    is the true posterior exactly at τ = 1/c, at every noise level, so NLL (a proper scoring rule)
+    is minimised there in expectation and the ECE is zero there."""
+
+    def __init__(self, c: float):
+        super().__init__()
+        self.c = c
+
+    def forward(self, x, t):
+        return self.c * super().forward(x, t)
+
+
+def mixture_samples(n: int, seed: int = 0):
+    """Held-out "real images": draws from the clean mixture as [n, 2, 1, 1], labelled by component."""
+    rng = np.random.default_rng(seed)
+    labels = rng.choice(len(WEIGHTS), size=n, p=WEIGHTS)
+    x = np.stack([rng.multivariate_normal(MEANS[k], COVS[k]) for k in labels])
+    return torch.tensor(x, dtype=torch.float32).view(n, 2, 1, 1), torch.tensor(labels)
+
+
+C = 2.0  # overconfident by 2: the calibrated temperature is τ* = 1/C = 0.5
+GRID = tuple(round(0.30 + 0.05 * i, 2) for i in range(9))  # 0.30 … 0.70, spacing 0.05
+
+
+@pytest.fixture(scope="module")
+def mixture_stage1():
+    diffusion = GaussianDiffusion.respaced(NUM_TRAIN_STEPS, "20", "linear", "fixed_small")
+    images, labels = mixture_samples(4000)
+    guidance = ClassifierGuidance(OverconfidentPosterior(C), input="xt", time_conditioned=True)
+    spec = TuneSpec(softplus_betas=(math.inf,), marginal_temperatures=GRID, num_images=4000, batch_size=4000)
+    return calibrate(ExactDenoiser(), diffusion, images, labels, {math.inf: guidance}, spec, conditional=False)
+
+
+def test_stage1_recovers_the_closed_form_temperature_by_nll(mixture_stage1):
+    # Tolerance: one grid step (0.05). The integral NLL is a mean of per-step NLLs each minimised at
+    # 1/C in expectation; 4000 samples put the sampling error well inside a grid step.
+    assert mixture_stage1.by_criterion["nll"]["marginal_temperature"] == pytest.approx(1 / C, abs=0.05 + 1e-9)
+    assert mixture_stage1.by_criterion["nll"]["marginal_temperature_on_edge"] is None
+
+
+def test_stage1_recovers_the_closed_form_temperature_by_ece(mixture_stage1):
+    # ECE is zero at τ* in expectation but binned: two grid steps (0.1).
+    assert mixture_stage1.by_criterion["ece"]["marginal_temperature"] == pytest.approx(1 / C, abs=0.1 + 1e-9)
+
+
+def test_nll_optimal_temperature_per_step_is_one_over_c(mixture_stage1):
+    # The continuous optimum at every step where the posterior is informative (not near-uniform,
+    # where the NLL is flat in τ): within 10 % of 1/C. At the last step the components barely
+    # overlap, every held-out point is classified right and no finite τ minimises the NLL.
+    table = mixture_stage1.optimal_temperatures
+    assert math.isinf(table.loc[table.step == 0, "nll_optimal_temperature"].item())
+    informative = table[(table.t < 0.5) & (table.step > 0)]
+    assert len(informative) >= 8
+    np.testing.assert_allclose(informative.nll_optimal_temperature, 1 / C, rtol=0.10)
+
+
+def test_integral_curves_have_every_step_and_temperature(mixture_stage1):
+    curves = mixture_stage1.curves
+    assert len(curves) == 20 * len(GRID)
+    assert set(curves.step) == set(range(20)) and (curves.t.between(0, 1)).all()
+    # accuracy does not depend on τ > 0; NLL at τ* is below NLL at the overconfident τ = 1 everywhere
+    assert curves.groupby("step").accuracy.nunique().eq(1).all()
+    assert mixture_stage1.denoiser_evaluations == 4000 * 20
+
+
+def test_temperature_scores_against_hand_computation():
+    logits = np.array([[2.0, 0.0], [0.0, 1.0], [3.0, 1.0]])
+    labels = np.array([0, 0, 0])
+    scores = temperature_scores(logits, labels, 0.5, num_bins=10)
+    p = np.exp(0.5 * logits) / np.exp(0.5 * logits).sum(1, keepdims=True)
+    assert scores["nll"] == pytest.approx(-np.log(p[:, 0]).mean())
+    assert scores["accuracy"] == pytest.approx(2 / 3)
+    assert scores["confidence"] == pytest.approx(p.max(1).mean())
+
+
+def test_nll_optimal_temperature_of_a_scaled_bayes_classifier():
+    # labels drawn from softmax(f): the NLL of softmax(τ·3f) is minimised at τ = 1/3
+    rng = np.random.default_rng(1)
+    f = rng.normal(0, 2, size=(20000, 5))
+    p = np.exp(f) / np.exp(f).sum(1, keepdims=True)
+    labels = np.array([rng.choice(5, p=row) for row in p])
+    assert nll_optimal_temperature(3 * f, labels) == pytest.approx(1 / 3, rel=0.03)
+
+
+def test_sine_factor_follows_where_calibration_is_worst():
+    t = np.linspace(0.02, 0.98, 25)
+    mid_bad = pd.DataFrame({"softplus_beta": 3.0, "marginal_temperature": 0.5, "t": t, "step": np.arange(25),
+                            "ece": 0.1 + 0.3 * np.sin(np.pi * t)})
+    ends_bad = mid_bad.assign(ece=0.4 - 0.3 * np.sin(np.pi * t))
+    assert sine_factor_from_calibration(mid_bad, 3.0, 0.5, 0.3)["sine_factor"] == 0.0
+    good = sine_factor_from_calibration(ends_bad, 3.0, 0.5, 0.3)
+    assert good["sine_factor"] == 0.3 and good["ratio"] < 1 and good["worst_t"] in (t[0], t[-1])
+
+
+# ----------------------------------------------------------------------------
+# bad input: one message naming the key
+
+@pytest.mark.parametrize("values, key", [
+    ({"classifier": "nope"}, "classifier"),
+    ({"classifier": "finetuned"}, "tune.classifier"),
+    ({"softplus_betas": (3.0, 0.0)}, "tune.softplus_betas"),
+    ({"marginal_temperatures": (0.5, -1.0)}, "tune.marginal_temperatures"),
+    ({"marginal_temperatures": ()}, "tune.marginal_temperatures"),
+    ({"num_images": 5}, "tune.num_images"),
+    ({"criterion": "accuracy"}, "tune.criterion"),
+])
+def test_bad_tune_values_name_the_key(values, key):
+    with pytest.raises(TuneError, match=key.replace(".", r"\.")):
+        TuneSpec(**values)
+
+
+def test_unknown_tune_key_and_bad_search_key():
+    with pytest.raises(TuneError, match="unknown tune key.*'betas'"):
+        TuneSpec.from_config({"betas": [3]})
+    with pytest.raises(TuneError, match=r"tune\.search\.low_fidelity"):
+        search_spec(TuneSpec(search={"low_fidelity": 0}))
+    with pytest.raises(TuneError, match="tune.search"):
+        search_spec(TuneSpec(search={"initial_scales": [1]}))
+
+
+def test_too_few_held_out_images():
+    diffusion = GaussianDiffusion.respaced(NUM_TRAIN_STEPS, "5", "linear", "fixed_small")
+    images, labels = mixture_samples(10)
+    guidance = ClassifierGuidance(OverconfidentPosterior(1.0), input="xt", time_conditioned=True)
+    with pytest.raises(TuneError, match="10 held-out images"):
+        calibrate(ExactDenoiser(), diffusion, images, labels, {math.inf: guidance}, TuneSpec(), conditional=False)
+
+
+def test_backend_without_held_out_images_says_so():
+    from offshelf.backends import create
+    from offshelf.backends.base import UnsupportedError
+
+    with pytest.raises(UnsupportedError, match="no held-out images"):
+        create({"name": "edm64", "options": {}}).held_out_images(10)
+
+
+def test_digits_held_out_images_are_the_test_split():
+    from offshelf.backbones.digits import load_digits_split
+    from offshelf.backends.digits import DigitsBackend
+
+    x, y = DigitsBackend().held_out_images(50)
+    x_test, y_test = load_digits_split("test", 0)
+    assert torch.equal(x, x_test[:50]) and torch.equal(y, y_test[:50]) and x.min() >= -1 and x.max() <= 1
+
+
+def test_judge_must_not_be_a_guide(tmp_path):
+    files = {"denoiser": str(tmp_path / "d.pt"), "offshelf": str(tmp_path / "c.pt")}
+    check_judge_is_not_a_guide(files, {"evaluator": str(tmp_path / "e.pt")})
+    with pytest.raises(TuneError, match="evaluation network .* also the guiding 'offshelf'"):
+        check_judge_is_not_a_guide(files, {"evaluator": str(tmp_path / "c.pt")})
+
+
+# ----------------------------------------------------------------------------
+# the tuned YAML is a `bases:` entry
+
+def tuned_yaml(tmp_path) -> Path:
+    from offshelf.settings import Setting
+
+    setting = Setting(regime="uncond", softplus_beta=math.inf, marginal_temperature=0.2, sine_factor=0.3, scale=4.5)
+    path = tmp_path / "tuned.yaml"
+    path.write_text(yaml.safe_dump(tuned_base("tuned_offshelf_uncond", setting), sort_keys=False))
+    return path
+
+
+def test_tuned_yaml_round_trips_through_the_plan(tmp_path):
+    from offshelf.config import load_config, validate_config
+    from offshelf.plan import table_rows
+
+    config = load_config(str(REPO / "config" / "ci.yaml"))
+    config["bases"].update(yaml.safe_load(tuned_yaml(tmp_path).read_text()))
+    config["regimes"] = ["uncond"]
+    config["tables"] = {"table1": {"title": "tuned", "columns": ["fid"], "rows": [
+        {"label": "tuned", "base": "tuned_offshelf_uncond", "scale": 4.5}]}}
+    validate_config(config, str(REPO / "src" / "offshelf" / "schemas" / "config.schema.yaml"))
+    (row,) = table_rows(config)
+    (setting,) = row.candidates
+    assert (setting.softplus_beta, setting.marginal_temperature, setting.sine_factor, setting.scale) == \
+           (math.inf, 0.2, 0.3, 4.5)
+    assert setting.name == "uncond_offshelf-x0_relu_tj1_tm0.2_g0.3_s4.5_r1"
+
+
+def test_tuned_yaml_is_a_setting_for_offshelf_sample(tmp_path):
+    """The YAML's entry, as a --setting file, samples a shard with exactly those values."""
+    from conftest import train_tiny_digits
+
+    models = train_tiny_digits(tmp_path, steps=5, batch_size=16)
+    entry = yaml.safe_load(tuned_yaml(tmp_path).read_text())["tuned_offshelf_uncond"]
+    setting_file = tmp_path / "setting.yaml"
+    setting_file.write_text(yaml.safe_dump(dict(entry, regime="uncond")))
+    out = tmp_path / "shard.npz"
+    proc = subprocess.run([sys.executable, "-m", "offshelf.cli", "sample", "--backend", "digits",
+                           *[f"--checkpoint={role}={path}" for role, path in models.items() if role != "evaluator"],
+                           "--sampling", "respacing=5", "--batch-size", "4", "--setting", str(setting_file),
+                           "--seeds", "0:4", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "uncond_offshelf-x0_relu_tj1_tm0.2_g0.3_s4.5_r1: 4 samples" in proc.stdout
+    with np.load(out) as shard:
+        assert shard["arr_0"].shape == (4, 8, 8, 1)
+
+
+# ----------------------------------------------------------------------------
+# the command
+
+def test_tune_help():
+    proc = subprocess.run([sys.executable, "-m", "offshelf.cli", "tune", "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "usage: offshelf tune" in proc.stdout and "--classifier" in proc.stdout
+
+
+def test_tune_unknown_classifier_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "offshelf.cli", "tune", "--backend", "digits", "--classifier", "nope",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "offshelf tune: error:" in proc.stderr and "'nope'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ----------------------------------------------------------------------------
+# the workflow: `snakemake tune`, then a table row on the tuned base
+
+TINY_TUNE = {"regime": "uncond", "num_images": 40, "softplus_betas": ["inf", 3], "marginal_temperatures": [0.2, 0.5, 1.0],
+             "search": {"initial": [1, 3], "low_fidelity": 16, "full_fidelity": 32, "max_extensions": 0,
+                        "refinements": 0, "finalists": 1}}
+
+
+@pytest.mark.slow
+def test_snakemake_tune_then_a_row_on_the_tuned_base(tmp_path):
+    """`snakemake tune` on ci-sized networks, then the evaluation of a table row on the tuned base.
+    (The workflow merges this config over config.yaml, so it targets the one row's metrics file,
+    not `all`: the other tables stay in the config.)"""
+    from offshelf.settings import Setting
+    from workflow_utils import snakemake
+
+    config = yaml.safe_load((REPO / "config" / "ci.yaml").read_text())
+    config.update(tune=TINY_TUNE, regimes=["uncond"], results=str(tmp_path / "results"))
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    snakemake("tune", "--cores", "2", "--configfile", str(path), timeout=900)
+    folder = tmp_path / "results" / "ci" / "tune" / "offshelf_uncond"
+    summary = yaml.safe_load((folder / "summary.json").read_text())
+    assert summary["judge"].startswith("digits evaluation network") and summary["judge_files"]["evaluator"].endswith("evaluator.pt")
+    assert summary["chosen"]["marginal_temperature"] in (0.2, 0.5, 1.0) and summary["scale"] in (1.0, 3.0)
+    curves = pd.read_csv(folder / "calibration_curves.csv")
+    assert len(curves) == 2 * 3 * 10 and np.isfinite(curves[["ece", "nll"]].to_numpy()).all()
+    trace = pd.read_csv(folder / "search_trace.csv")
+    assert list(trace.columns) == ["scale", "num_samples", "value"] and len(trace) == 3  # 2 screened, 1 finalist
+    assert summary["stage2_denoiser_evaluations"] == (16 + 32) * 10
+
+    tuned = yaml.safe_load((folder / "tuned.yaml").read_text())
+    (name,) = tuned
+    config["bases"].update(tuned)
+    config["tables"]["table1"]["rows"] = [{"label": "tuned", "base": name, "scale": tuned[name]["scale"]}]
+    path.write_text(yaml.safe_dump(config))
+    setting = Setting.from_dict(dict(tuned[name], regime="uncond",
+                                     softplus_beta=float(tuned[name]["softplus_beta"])))
+    metrics = tmp_path / "results" / "ci" / "metrics" / f"{setting.name}.json"
+    snakemake(str(metrics), "--cores", "2", "--configfile", str(path), timeout=900)
+    result = yaml.safe_load(metrics.read_text())
+    assert result["n"] == 64 and np.isfinite(result["fid"]) and result["judge"].startswith("digits evaluation network")

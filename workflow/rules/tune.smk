@@ -1,0 +1,34 @@
+# `snakemake tune`: calibrate the config's `tune` classifier on held-out images, then search its
+# guidance scale (offshelf.tuning, docs/tuning.md). Not part of `all`: `make run` is unaffected.
+from offshelf.tuning import TuneSpec
+
+TUNE = TuneSpec.from_config(config.get("tune"))
+TUNE_SETTING = Setting(regime=TUNE.regime, classifier=TUNE.classifier, input=TUNE.input, network=TUNE.network)
+TUNE_DIR = f"{EXP}/tune/{TUNE.folder}"
+TUNE_OUTPUTS = ["tuned.yaml", "summary.json", "calibration_curves.csv", "calibration_integrals.csv",
+                "optimal_temperatures.csv", "calibration_curves.png", "search_trace.csv"]
+
+
+rule tune:
+    input:
+        **setting_files(TUNE_SETTING),
+        **evaluation_files(),
+        **({"reference_features": f"{EXP}/reference/features.npz"} if BACKEND.has_reference_features() else {}),
+    output:
+        **{name.replace(".", "_"): f"{TUNE_DIR}/{name}" for name in TUNE_OUTPUTS},
+    params:
+        tune=canonical(TUNE.to_config()),
+        guiding_roles=sorted(BACKEND.files(TUNE_SETTING)),
+        judging_roles=sorted(BACKEND.evaluation_files()),
+        evaluation=canonical(config["evaluation"]),
+        sampling=sampling_params(config),
+        backend=BACKEND_SPEC,
+        checkpoints=CHECKPOINTS,
+        library=LIBRARY,
+    log:
+        f"{LOGS}/tune/{TUNE.folder}.log",
+    threads: THREADS
+    conda: CONDA_ENV
+    script:
+        "../scripts/tune.py"
+
