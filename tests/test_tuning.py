@@ -198,7 +198,7 @@ def test_tuned_yaml_round_trips_through_the_plan(tmp_path):
     config["bases"].update(yaml.safe_load(tuned_yaml(tmp_path).read_text()))
     config["regimes"] = ["uncond"]
     config["tables"] = {"table1": {"title": "tuned", "columns": ["fid"], "rows": [
-        {"label": "tuned", "base": "tuned_offshelf_uncond", "scale": 4.5}]}}
+        {"label": "tuned", "base": "tuned_offshelf_uncond"}]}}  # the base's tuned scale is pinned, not searched
     validate_config(config, str(REPO / "src" / "offshelf" / "schemas" / "config.schema.yaml"))
     (row,) = table_rows(config)
     (setting,) = row.candidates
@@ -277,7 +277,7 @@ def test_snakemake_tune_then_a_row_on_the_tuned_base(tmp_path):
     tuned = yaml.safe_load((folder / "tuned.yaml").read_text())
     (name,) = tuned
     config["bases"].update(tuned)
-    config["tables"]["table1"]["rows"] = [{"label": "tuned", "base": name, "scale": tuned[name]["scale"]}]
+    config["tables"]["table1"]["rows"] = [{"label": "tuned", "base": name}]
     path.write_text(yaml.safe_dump(config))
     setting = Setting.from_dict(dict(tuned[name], regime="uncond",
                                      softplus_beta=float(tuned[name]["softplus_beta"])))

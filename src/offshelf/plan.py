@@ -180,7 +180,9 @@ def table_rows(config: dict, search_results: Mapping[str, Mapping[str, Any]] | N
                     raise ValueError(f"{table}.num_samples = {num_samples} exceeds sampling.num_samples = "
                                      f"{config['sampling']['num_samples']} (the samples a setting gets)")
                 plan, found = None, None
-                if "scale" in row and setting.method == "guided":  # a row may pin its scale
+                # a row (or its base: a tuned setting from `offshelf tune`) may pin its scale
+                pinned = "scale" in row or "scale" in config.get("bases", {}).get(row.get("base"), {})
+                if pinned and setting.method == "guided":
                     candidates, key = [setting], None
                 elif (plan := search_plan(config, setting, num_samples, f"{table} row {row['label']!r}")):
                     found = (search_results or {}).get(plan.name)
