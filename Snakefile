@@ -13,8 +13,8 @@ import offshelf
 from offshelf import backends
 from offshelf.config import ConfigError, read_yaml, validate_config
 
-from offshelf.plan import (all_evaluations, all_probes, all_settings, cache_dir, canonical, describe_job_counts,
-                           num_shards, pretrained_path, sampling_params, shard_seeds)
+from offshelf.plan import (all_evaluations, all_guided_probes, all_probes, all_settings, cache_dir, canonical,
+                           describe_job_counts, num_shards, pretrained_path, sampling_params, shard_seeds)
 from offshelf.settings import Setting, probe_setting
 
 # config.yaml is the base of digits configs (a --configfile overrides its keys); any other
@@ -42,6 +42,7 @@ BACKEND = backends.create(BACKEND_SPEC)
 SETTINGS = all_settings(config)
 EVALUATIONS = all_evaluations(config)  # metrics file stem -> (setting name, number of samples)
 PROBES = all_probes(config)
+GUIDED_PROBES = all_guided_probes(config)  # guided calibration name -> its guided setting
 LIBRARY = offshelf.__version__  # a param of every job: a library release reruns them
 THREADS = config.get("threads_per_job", 1)
 CHECKPOINTS = canonical(config.get("checkpoints", {}))

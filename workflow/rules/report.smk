@@ -8,13 +8,14 @@ FIGURES = sorted([f for f in ("figure1", "figure2", "figure4") if f in config.ge
 
 rule figure_calibration:
     input:
-        lambda wc: expand(f"{EXP}/calibration/{{probe}}.csv", probe=config["figures"][wc.figure]["probes"]),
+        unpack(lambda wc: figure_calibration_inputs(wc.figure)),
     output:
         report(f"{EXP}/figures/{{figure}}.png", category="Figures"),
     wildcard_constraints:
         figure="figure1|figure2",
     params:
         probes=lambda wc: config["figures"][wc.figure]["probes"],
+        panels=lambda wc: figure_calibration_panels(wc.figure),
         library=LIBRARY,
     log:
         f"{LOGS}/figures/{{figure}}.log",
@@ -66,7 +67,8 @@ rule report:
     input:
         metrics=expand(f"{EXP}/metrics/{{setting}}.json", setting=sorted(EVALUATIONS)),
         features=expand(f"{EXP}/metrics/{{setting}}.features.npz", setting=sorted(EVALUATIONS)),
-        calibration=expand(f"{EXP}/calibration/{{probe}}.csv", probe=PROBES),
+        calibration=expand(f"{EXP}/calibration/{{probe}}.csv", probe=PROBES)
+        + expand(f"{EXP}/calibration/guided/{{setting}}.csv", setting=sorted(GUIDED_PROBES)),
         figures=expand(f"{EXP}/figures/{{figure}}.png", figure=FIGURES),
         models=[f"{EXP}/models/{role}.pt" for role in trained_roles()],
     output:
