@@ -74,8 +74,8 @@ rule report:
     output:
         report=report(f"{EXP}/report/README.md", category="Report"),
     params:
-        plan={k: config[k] for k in ("tables", "bases", "regimes", "scales", "cfg_scales", "sampling", "backbone",
-                                     "imagenet", "backend_options") if k in config},
+        plan={k: config[k] for k in ("tables", "bases", "regimes", "scales", "cfg_scales", "sampling", "calibration",
+                                     "backbone", "imagenet", "backend_options") if k in config},
         experiment=config["experiment"],
         comparable=BACKEND.paper_comparable,
         library=LIBRARY,
