@@ -184,5 +184,6 @@ def calibration_profile(backend: Backend, models, probe: Setting, calibration: M
     samples itself, from the same seeds, so guided and unguided profiles start from the same
     noise and labels (docs/method.md §6)."""
     seeds = list(range(10_000_000, 10_000_000 + calibration["num_samples"]))
-    return backend.calibration_profile(models, probe, seeds, batch_size, calibration.get("num_bins", 15),
-                                       guided=guided)
+    # `guided` goes only where asked: a backend written before guided profiles still runs unguided ones
+    extra = {"guided": True} if guided else {}
+    return backend.calibration_profile(models, probe, seeds, batch_size, calibration.get("num_bins", 15), **extra)
