@@ -14,7 +14,7 @@ import offshelf
 from offshelf import backends
 from offshelf.config import ConfigError, read_yaml, validate_config
 
-from offshelf.plan import (all_evaluations, all_probes, all_searches, all_settings, cache_dir, canonical,
+from offshelf.plan import (all_evaluations, all_guided_probes, all_probes, all_searches, all_settings, cache_dir, canonical,
                            describe_job_counts, lookup_setting, num_shards, parse_evaluation_name, pretrained_path,
                            sampling_params, shard_seeds)
 from offshelf.settings import Setting, probe_setting
@@ -45,6 +45,7 @@ SETTINGS = all_settings(config)  # the tables' fixed settings; a searched row's 
 EVALUATIONS = all_evaluations(config)  # metrics file stem -> (setting name, number of samples)
 SEARCHES = all_searches(config)  # search name -> offshelf.plan.SearchPlan (workflow/rules/search.smk)
 PROBES = all_probes(config)
+GUIDED_PROBES = all_guided_probes(config)  # guided calibration name -> its guided setting
 LIBRARY = offshelf.__version__  # a param of every job: a library release reruns them
 THREADS = config.get("threads_per_job", 1)
 CHECKPOINTS = canonical(config.get("checkpoints", {}))

@@ -1,6 +1,8 @@
 """Expected calibration error by hand, its bin edges, and the per-step recorder as a sampler
 callback (paper Sec. 4.1, Eq. 1)."""
 
+from collections import defaultdict
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -179,3 +181,217 @@ def test_recorder_follows_switched_guidance(setup):
             h.remove()
     assert calls == {"early": STEPS - 3, "late": 3}
     assert len(recorder.table(num_steps=STEPS)) == STEPS
+
+
+# ----------------------------------------------------------------------------
+# Guided calibration (calibration.trajectories: [unguided, guided]; docs/method.md §6)
+
+SEEDS = list(range(10_000_000, 10_000_006))
+
+
+@pytest.fixture(scope="module")
+def digits_models():
+    """Small random digits networks on a 10-step schedule, as a DDPM backend loads them."""
+    from offshelf.backbones.digits import IMAGE_SHAPE, NULL_LABEL, NUM_CLASSES
+    from offshelf.backends.ddpm import DDPMModels
+
+    torch.manual_seed(3)
+    unet = DigitsUNet(channels=16, emb_dim=32).eval().requires_grad_(False)
+    offshelf = DigitsResNet(width=16).eval().requires_grad_(False)
+    finetuned = DigitsResNet(width=16, time_conditioned=True).eval().requires_grad_(False)
+    diffusion = GaussianDiffusion.respaced(1000, str(STEPS), "linear", "fixed_large")
+    return DDPMModels(unet, diffusion, IMAGE_SHAPE, NUM_CLASSES, offshelf, finetuned, NULL_LABEL)
+
+
+def _profile_by_hand(models, trajectory, classify, batch_size, num_bins):
+    """Run the backend's sampler (``sample_batch``) on ``trajectory`` batch by batch, keep every
+    step's x̂0 and x_t, and build the per-step ECE table from ``classify(x_t, x̂0, step)`` logits."""
+    from offshelf.backends.ddpm import sample_batch
+
+    confidence, correct, images = defaultdict(list), defaultdict(list), []
+    for i in range(0, len(SEEDS), batch_size):
+        batch = SEEDS[i:i + batch_size]
+        states = {}
+        x, labels = sample_batch(trajectory, models, batch,
+                                 callback=lambda step, x_t, pred_xstart, **_: states.__setitem__(step, (x_t, pred_xstart)))
+        images.append(x)
+        for step, (x_t, x0) in states.items():
+            with torch.no_grad():
+                conf, pred = torch.softmax(classify(x_t, x0, step), 1).max(1)
+            confidence[step].append(conf.numpy())
+            correct[step].append((pred == labels).numpy())
+    rows = [dict(step=k, ece=expected_calibration_error(np.concatenate(confidence[k]), np.concatenate(correct[k]),
+                                                         num_bins),
+                 accuracy=float(np.concatenate(correct[k]).mean()), confidence=float(np.concatenate(confidence[k]).mean()))
+            for k in sorted(confidence, reverse=True)]
+    return pd.DataFrame(rows), torch.cat(images)
+
+
+def test_guided_profile_measures_the_x0_its_own_guided_sampler_computes(digits_models):
+    """Along guided trajectories the recorder sees exactly the x̂0 of the guided sampler: the
+    profile equals, bitwise, the ECE of the Softplus(3) classifier recomputed on the x̂0 of a plain
+    run of the backend's sampler with the same setting and seeds (two batches, merged)."""
+    from offshelf.backends.digits import DigitsBackend
+    from offshelf.classifiers.softplus import softplus_surgery
+    from offshelf.settings import Setting
+
+    backend = DigitsBackend()
+    design = Setting(regime="uncond", softplus_beta=3, marginal_temperature=0.5, sine_factor=0.3, scale=3)
+    profile = backend.calibration_profile(digits_models, design, SEEDS, batch_size=4, num_bins=5, guided=True)
+    smooth = softplus_surgery(digits_models.offshelf, 3.0)
+    expected, guided_images = _profile_by_hand(digits_models, design, lambda x_t, x0, k: smooth(x0), 4, 5)
+    for column in ("step", "ece", "accuracy", "confidence"):
+        assert profile[column].tolist() == expected[column].tolist(), column
+    assert (profile["n"] == len(SEEDS)).all()
+    # the trajectories are guided ones: the same seeds unguided end elsewhere
+    _, unguided_images = _profile_by_hand(digits_models, Setting(regime="uncond", method="unguided"),
+                                          lambda x_t, x0, k: smooth(x0), 4, 5)
+    assert not torch.equal(guided_images, unguided_images)
+
+
+def test_guided_profile_of_a_time_conditioned_classifier_sees_x_t(digits_models):
+    """The fine-tuned classifier guides on x_t with the timestep; its guided profile is its ECE on
+    the x_t of those guided trajectories."""
+    from offshelf.backends.digits import DigitsBackend
+    from offshelf.settings import Setting
+
+    design = Setting(regime="cond", classifier="finetuned", input="xt", scale=2)
+    profile = DigitsBackend().calibration_profile(digits_models, design, SEEDS, batch_size=6, num_bins=5, guided=True)
+    diffusion = digits_models.diffusion
+    expected, _ = _profile_by_hand(
+        digits_models, design, lambda x_t, x0, k: digits_models.finetuned(x_t, diffusion.model_timesteps(k, len(x_t), "cpu")),
+        6, 5)
+    for column in ("ece", "accuracy", "confidence"):
+        assert profile[column].tolist() == expected[column].tolist(), column
+
+
+def test_unguided_profile_is_untouched_by_guided_calibration(digits_models):
+    """The unguided profile stays what it was: the probe classifier (τ = 1, no surgery for ReLU) on
+    the x̂0 of unguided conditional trajectories, bitwise; the stage ignores the guided keys, a
+    guided run in between leaves it alone, and the job param that reruns it is unchanged."""
+    from offshelf import stages
+    from offshelf.backends.digits import DigitsBackend
+    from offshelf.plan import calibration_params
+    from offshelf.settings import Setting, probe_setting
+
+    backend = DigitsBackend()
+    probe = probe_setting("offshelf-x0_relu")
+    plain = {"num_samples": len(SEEDS), "num_bins": 5}
+    with_guided = dict(plain, trajectories=["unguided", "guided"], guided_scale={"cond": 1, "uncond": 3})
+    before = stages.calibration_profile(backend, digits_models, probe, plain, 4)
+    stages.calibration_profile(backend, digits_models, Setting(regime="cond", scale=1), with_guided, 4, guided=True)
+    after = stages.calibration_profile(backend, digits_models, probe, with_guided, 4)
+    pd.testing.assert_frame_equal(before, after, check_exact=True)
+    expected, _ = _profile_by_hand(digits_models, Setting(regime="cond", method="unguided"),
+                                   lambda x_t, x0, k: digits_models.offshelf(x0), 4, 5)
+    for column in ("step", "ece", "accuracy", "confidence"):
+        assert before[column].tolist() == expected[column].tolist(), column
+    assert calibration_params({"calibration": with_guided}) == calibration_params({"calibration": plain}) \
+        == {"num_bins": 5, "num_samples": len(SEEDS)}
+
+
+def test_guided_profile_needs_a_guided_setting(digits_models):
+    from offshelf.backends.digits import DigitsBackend
+    from offshelf.settings import Setting
+
+    with pytest.raises(ValueError, match="needs a guided setting, got cond_unguided"):
+        DigitsBackend().calibration_profile(digits_models, Setting(method="unguided"), SEEDS, 6, guided=True)
+
+
+# ----------------------------------------------------------------------------
+# The config key and what it plans
+
+@pytest.fixture(scope="module")
+def default_config():
+    import yaml
+
+    from workflow_utils import REPO
+
+    return yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+@pytest.mark.parametrize("calibration, expected", [
+    (dict(trajectories=["unguided", "guidde"]),
+     r"config key 'calibration\.trajectories\.1' = 'guidde'; allowed values: unguided, guided"),
+    (dict(trajectories=[]), r"config key 'calibration\.trajectories' = \[\]"),
+    (dict(trajectories=["guided"]), r"config key 'calibration\.trajectories' = \['guided'\]: must include 'unguided'"),
+    (dict(guided_scale={"cond": 1}), r"config key 'calibration\.guided_scale\.uncond' is missing"),
+    (dict(guided_scale={"cond": 1, "uncond": 3, "conditional": 2}),
+     r"config key 'calibration\.guided_scale': unknown key\(s\) \['conditional'\]; allowed keys: cond, uncond"),
+    (dict(guided_scale={"cond": "one", "uncond": 3}), r"config key 'calibration\.guided_scale\.cond' = 'one'"),
+    (dict(guided_scal={"cond": 1, "uncond": 3}), r"config key 'calibration': unknown key\(s\) \['guided_scal'\]"),
+])
+def test_guided_calibration_key_errors_name_the_key(default_config, calibration, expected):
+    import copy
+
+    from offshelf.config import ConfigError, validate_config
+
+    config = copy.deepcopy(default_config)
+    config["calibration"].update(calibration)
+    if "guided_scal" in calibration:
+        del config["calibration"]["guided_scale"]
+    with pytest.raises(ConfigError, match=expected):
+        validate_config(config)
+
+
+def test_guided_calibration_plan(default_config):
+    """config.yaml measures every probe of Tables 2-4 along its own guided trajectories in each
+    regime, at guided_scale, once per distinct design; the tables' rows and the figures' curves
+    name the same files; without the key (ImageNet configs) nothing guided is planned."""
+    import copy
+
+    from offshelf.config import validate_config
+    from offshelf.plan import all_guided_probes, all_probes, figure_guided_probes, job_counts, table_rows
+
+    validate_config(copy.deepcopy(default_config))
+    guided = all_guided_probes(default_config)
+    scales = default_config["calibration"]["guided_scale"]
+    assert len(guided) == len(all_probes(default_config)) * len(default_config["regimes"])
+    assert {(s.probe, s.regime) for s in guided.values()} == {(p, r) for p in all_probes(default_config)
+                                                             for r in default_config["regimes"]}
+    for name, s in guided.items():
+        assert s.name == name and s.method == "guided" and s.scale == scales[s.regime]
+    rows = [r for r in table_rows(default_config) if r.probe]
+    assert rows and all(r.guided_probe in guided and guided[r.guided_probe].probe == r.probe
+                        and guided[r.guided_probe].regime == r.regime for r in rows)
+    # the row's design, not its best-of-grid scale: τ and γ of the row travel, the scale is guided_scale's
+    row = next(r for r in rows if r.table == "table4" and r.label == "Softplus beta=3" and r.regime == "uncond")
+    assert row.guided_probe == "uncond_offshelf-x0_sp3_tj1_tm1_g0_s3_r1"
+    for settings in figure_guided_probes(default_config, "figure2").values():
+        assert all(s.name in guided for s in settings)
+    assert job_counts(default_config)["calibrate"] == len(all_probes(default_config)) + len(guided)
+
+    unguided_only = copy.deepcopy(default_config)
+    for key in ("trajectories", "guided_scale"):
+        del unguided_only["calibration"][key]
+    validate_config(unguided_only)
+    assert all_guided_probes(unguided_only) == {} and all(r.guided_probe is None for r in table_rows(unguided_only))
+
+
+def test_tables_show_guided_ice_beside_ice(default_config, tmp_path):
+    """A calibration table's CSV frame gets ``ice_guided`` (from the row's guided calibration file)
+    and its Markdown a column right after ``ice`` with the legend; a table without it is unchanged."""
+    from offshelf.figures import calibration_curves
+    from offshelf.plan import table_rows
+    from offshelf.tables import markdown, table_frame
+
+    rows = [r for r in table_rows(default_config) if r.table == "table3"]
+    metrics = {s.name: {"fid": 0.5 + i} for i, r in enumerate(rows) for s in r.candidates}
+    ice = {r.probe: 0.1 for r in rows} | {r.guided_probe: 0.2 + 0.1 * (r.regime == "uncond") for r in rows}
+    frame = table_frame(rows, metrics, ice)
+    assert frame["ice_guided"].tolist() == [0.2 + 0.1 * (r.regime == "uncond") for r in rows]
+    assert frame["guided_probe"].tolist() == [r.guided_probe for r in rows]
+    text = markdown(frame, ["ice", "fid"], "Table 3")
+    header = text.splitlines()[2]
+    assert "| cond ice | cond ice_guided | cond fid | cond scale | uncond ice | uncond ice_guided | uncond fid |" in header
+    assert "| 0.1 | 0.2 |" in text and "| 0.1 | 0.3 |" in text and "`ice_guided`" in text
+    # guided calibration off: the table reads as before
+    plain = markdown(frame.drop(columns=["ice_guided"]), ["ice", "fid"], "Table 3")
+    assert "ice_guided" not in plain and plain.splitlines()[2] == header.replace(" cond ice_guided |", "").replace(
+        " uncond ice_guided |", "")
+
+    # Figures 1-2: one panel per trajectory kind
+    table = pd.DataFrame({"step": [2, 1, 0], "ece": [0.3, 0.2, 0.1]})
+    path = tmp_path / "figure1.png"
+    calibration_curves({"unguided, cond": {"a": table}, "guided, cond (scale 1)": {"a": table * 0.5}}, path, "Fig. 1")
+    assert path.stat().st_size > 1000

@@ -30,7 +30,8 @@ def test_report_has_numbers_for_every_row(ci_run):
         assert len(frame) == len(spec["rows"]) * len(config["regimes"]), table
         for _, row in frame.iterrows():
             assert row["status"] == "ok", f"{table} / {row['row']} / {row['regime']}: {row['status']}"
-            for column in spec.get("columns", ["fid"]):
+            # ci turns guided calibration on: every calibration row has its guided ICE too
+            for column in spec.get("columns", ["fid"]) + (["ice_guided"] if spec.get("calibration") else []):
                 value = row[column]
                 assert isinstance(value, float) and math.isfinite(value), f"{table} / {row['row']}: {column}={value}"
     for figure in ("figure1", "figure2", "figure3", "figure4", "figure5"):

@@ -226,6 +226,7 @@ def validate_config(config: dict[str, Any], schema_path: str | Path | None = Non
         if "search" not in config and regime not in config.get("scales", {}):  # `search` chooses scales instead
             raise ConfigError(f"config key 'scales.{regime}' is missing: regime {regime!r} needs a scale grid "
                               f"(or give a 'search' section)")
+    check_calibration(config)
     try:
         job_counts(config)  # before the rows: a runaway shard count is refused by arithmetic alone
     except TooManyJobsError as err:
@@ -265,6 +266,21 @@ def check_judge(config: dict[str, Any]) -> None:
         raise ConfigError(f"config: {err}") from None
     except ValueError as err:  # a setting's files: an unknown network, Softplus on a GELU network
         raise ConfigError(f"config key 'tables': {err}") from None
+
+
+def check_calibration(config: dict[str, Any]) -> None:
+    """Guided calibration (``calibration.trajectories: [unguided, guided]``) needs a scale for every
+    regime, and comes beside the unguided one (the ``ice`` column and Figures 1-2), never instead."""
+    calibration = config.get("calibration", {})
+    trajectories = calibration.get("trajectories", ["unguided"])
+    if "unguided" not in trajectories:
+        raise ConfigError(f"config key 'calibration.trajectories' = {trajectories!r}: must include 'unguided' "
+                          f"(the ice column and Figures 1-2); 'guided' adds ice_guided beside it")
+    if "guided" in trajectories:
+        for regime in config["regimes"]:
+            if regime not in calibration.get("guided_scale", {}):
+                raise ConfigError(f"config key 'calibration.guided_scale.{regime}' is missing: guided calibration "
+                                  f"of regime {regime!r} needs its scale (e.g. guided_scale: {{cond: 1, uncond: 3}})")
 
 
 def check_labels(config: dict[str, Any]) -> None:

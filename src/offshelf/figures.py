@@ -25,18 +25,28 @@ def save_figure(fig, path) -> None:
         plt.close(fig)
 
 
-def calibration_curves(tables: dict, path, title: str) -> None:
-    """Figures 1 and 2: ECE per sampling step (reverse time runs left to right)."""
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+def calibration_curves(panels: dict, path, title: str) -> None:
+    """Figures 1 and 2: ECE per sampling step (reverse time runs left to right), one panel per
+    trajectory kind (panel title -> {probe: per-step table}: unguided, and guided per regime when
+    measured), a probe keeping its color and line style in every panel."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 3.6), sharey=True, squeeze=False)
     styles = ["-", "--", ":", "-.", (0, (5, 1))]  # curves that coincide over a range stay visible
-    for (label, table), style in zip(tables.items(), styles * len(tables)):
-        ice = table["ece"].mean()
-        ax.plot(table["step"], table["ece"], linestyle=style, label=f"{label} (ICE {ice:.3f})")
-    ax.invert_xaxis()
-    ax.set_xlabel("sampling step t (T → 0)")
-    ax.set_ylabel("ECE")
-    ax.set_title(title)
-    ax.legend(fontsize=7)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (panel, tables) in zip(axes[0], panels.items()):
+        for i, (label, table) in enumerate(tables.items()):
+            ice = table["ece"].mean()
+            ax.plot(table["step"], table["ece"], linestyle=styles[i % len(styles)], color=colors[i % len(colors)],
+                    label=f"{label} (ICE {ice:.3f})")
+        ax.invert_xaxis()
+        ax.set_xlabel("sampling step t (T → 0)")
+        if len(panels) == 1:
+            ax.set_title(title)
+        else:
+            ax.set_title(f"{panel} trajectories", fontsize=9)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("ECE")
+    if len(panels) > 1:
+        fig.suptitle(title)
     save_figure(fig, path)
 
 

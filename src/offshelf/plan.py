@@ -16,7 +16,7 @@ from offshelf.search import (
     Evaluation, SearchSpec, evaluation_from_dict, evaluation_to_dict, format_trace, is_last_round, max_evaluations,
     max_rounds, next_evaluations, result,
 )
-from offshelf.settings import Setting
+from offshelf.settings import Setting, probe_setting
 
 SETTING_KEYS = {f for f in Setting.__dataclass_fields__}
 
@@ -86,6 +86,7 @@ class Row:
     baseline: bool = False  # the row its table's paired differences are taken against
     search: SearchPlan | None = None  # the guidance-scale search that picks the row's scale
     search_result: dict[str, Any] | None = None  # its finished record (search_result_record)
+    guided_probe: str | None = None  # its guided calibration (calibration.trajectories: guided), by setting name
 
 
 def baseline_index(table: str, spec: dict) -> int:
@@ -179,6 +180,7 @@ def table_rows(config: dict, search_results: Mapping[str, Mapping[str, Any]] | N
                 if total is not None and num_samples > total:
                     raise ValueError(f"{table}.num_samples = {num_samples} exceeds sampling.num_samples = "
                                      f"{config['sampling']['num_samples']} (the samples a setting gets)")
+                guided = guided_probe(config, setting).name if probe and guided_calibration(config) else None
                 plan, found = None, None
                 # a row (or its base: a tuned setting from `offshelf tune`) may pin its scale
                 pinned = "scale" in row or "scale" in config.get("bases", {}).get(row.get("base"), {})
@@ -190,7 +192,7 @@ def table_rows(config: dict, search_results: Mapping[str, Mapping[str, Any]] | N
                 else:
                     candidates, key = sweep(config, setting)
                 rows.append(Row(table, row["label"], regime, candidates, probe, dict(row.get("paper", {})), key,
-                                num_samples, unavailable_reason(config, setting), position == base_row, plan, found))
+                                num_samples, unavailable_reason(config, setting), position == base_row, plan, found, guided))
     return rows
 
 
@@ -307,6 +309,56 @@ def all_probes(config: dict) -> list[str]:
     return sorted(probes)
 
 
+def calibration_params(config: dict) -> dict:
+    """The calibration keys a profile's numbers depend on (a calibrate job's param).
+    ``trajectories`` and ``guided_scale`` decide which jobs exist (a guided job's scale travels in
+    its setting), so turning guided calibration on never reruns an unguided job."""
+    return canonical({k: v for k, v in config.get("calibration", {}).items() if k in ("num_samples", "num_bins")})
+
+
+def guided_calibration(config: dict) -> bool:
+    """Whether probes are also measured along guided trajectories (``calibration.trajectories``;
+    default: unguided only)."""
+    return "guided" in config.get("calibration", {}).get("trajectories", ["unguided"])
+
+
+def guided_probe(config: dict, setting: Setting) -> Setting:
+    """The trajectories of ``setting``'s guided calibration: its own design (classifier, input, β,
+    τ1, τ2, γ, recurrent steps, regime) at its regime's ``calibration.guided_scale``, one fixed scale
+    for every row, never the row's best-of-grid scale (docs/method.md §6)."""
+    scales = config.get("calibration", {}).get("guided_scale", {})
+    if setting.regime not in scales:
+        raise ValueError(f"config key 'calibration.guided_scale.{setting.regime}' is missing: guided calibration "
+                         f"of regime {setting.regime!r} needs its scale")
+    return replace(setting, scale=float(scales[setting.regime])).canonical()
+
+
+def figure_guided_probes(config: dict, figure: str) -> dict[str, list[Setting]]:
+    """Regime -> the guided calibrations of a calibration figure's probes, in the figure's order: each
+    probe's classifier with the other knobs at their defaults (τ1 = τ2 = 1, γ = 0, one step), the
+    design of Tables 2-4's rows, so a figure's curve is the same file as the table's ``ice_guided``."""
+    probes = config["figures"][figure]["probes"]
+    return {regime: [guided_probe(config, replace(probe_setting(p), regime=regime)) for p in probes]
+            for regime in config["regimes"]}
+
+
+def all_guided_probes(config: dict) -> dict[str, Setting]:
+    """Every guided calibration the tables and figures need, by setting name (empty unless
+    ``calibration.trajectories`` has ``guided``)."""
+    if not guided_calibration(config):
+        return {}
+    out: dict[str, Setting] = {}
+    for row in table_rows(config):
+        if row.guided_probe and not row.unavailable:
+            out.setdefault(row.guided_probe, guided_probe(config, row.candidates[0]))
+    for figure in ("figure1", "figure2"):
+        if figure in config.get("figures", {}):
+            for settings in figure_guided_probes(config, figure).values():
+                for s in settings:
+                    out.setdefault(s.name, s)
+    return out
+
+
 def shard_seeds(config: dict, shard: int) -> list[int]:
     """Seeds of shard ``shard``: a fixed, contiguous range, independent of every other shard."""
     sampling = config["sampling"]
@@ -404,7 +456,7 @@ def job_counts(config: dict) -> dict[str, int]:
     for setting, n in evaluations.values():
         most[setting] = max(most.get(setting, 0), n)
     sample = sum(num_shards(config, n) for n in most.values())
-    counts = dict(sample=sample, evaluate=len(evaluations), calibrate=len(all_probes(config)))
+    counts = dict(sample=sample, evaluate=len(evaluations), calibrate=len(all_probes(config)) + len(all_guided_probes(config)))
     searches = all_searches(config)
     if searches:
         counts.update({k: 0 for k in SEARCH_COUNTS})

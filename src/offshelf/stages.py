@@ -177,8 +177,13 @@ def evaluate(backend: Backend, files: Mapping[str, str], shard_paths: Sequence[s
     return result
 
 
-def calibration_profile(backend: Backend, models, probe: Setting, calibration: Mapping[str, Any], batch_size: int):
+def calibration_profile(backend: Backend, models, probe: Setting, calibration: Mapping[str, Any], batch_size: int,
+                        guided: bool = False):
     """Per-step ECE of ``probe``'s classifier; its seeds sit far from the sampling seeds
-    (independent trajectories)."""
+    (independent trajectories). ``guided``: along the trajectories ``probe`` (a guided setting)
+    samples itself, from the same seeds, so guided and unguided profiles start from the same
+    noise and labels (docs/method.md §6)."""
     seeds = list(range(10_000_000, 10_000_000 + calibration["num_samples"]))
-    return backend.calibration_profile(models, probe, seeds, batch_size, calibration.get("num_bins", 15))
+    # `guided` goes only where asked: a backend written before guided profiles still runs unguided ones
+    extra = {"guided": True} if guided else {}
+    return backend.calibration_profile(models, probe, seeds, batch_size, calibration.get("num_bins", 15), **extra)

@@ -27,6 +27,9 @@ INTERVAL_METRICS = ("fid", "precision", "recall", "accuracy")
 LEGEND = ("Cells: estimate [95% bootstrap interval] (paired difference row − baseline row, same seeds; "
           "* = its 95% interval excludes 0). The baseline row of each table is marked (baseline). "
           "See docs/statistics.md.")
+GUIDED_ICE_LEGEND = ("`ice` is measured along unguided conditional trajectories; `ice_guided`, of the same classifier "
+                     "along trajectories it guides itself with the row's design at one fixed scale per regime "
+                     "(calibration.guided_scale; docs/method.md §6).")
 
 SEARCH_LEGEND = ("Scale: chosen per row by the guidance-scale search (low-fidelity bracketing, then the "
                  "finalists at the row's full sample count; CSV columns search_trace, search_samples; "
@@ -74,6 +77,9 @@ def table_frame(rows: list[Row], metrics: dict[str, dict], ice: dict[str, float]
         if row.probe is not None:
             record["probe"] = row.probe
             record["ice"] = ice.get(row.probe, math.nan)
+        if row.guided_probe is not None:  # the same classifier along the row's own guided trajectories
+            record["guided_probe"] = row.guided_probe
+            record["ice_guided"] = ice.get(row.guided_probe, math.nan)
         records.append(record)
     return pd.DataFrame(records)
 
@@ -158,6 +164,7 @@ def markdown(frame: pd.DataFrame, columns: list[str], title: str) -> str:
     """One line per paper row: the paper's numbers, then each regime's measured numbers and the
     scale the row's best candidate used."""
     regimes = list(dict.fromkeys(frame["regime"]))
+    columns = with_guided_ice(columns, frame)
     header = ["row"] + [f"paper {_paper_label(c)}" for c in columns if f"paper_{_paper_key(c)}" in frame]
     for regime in regimes:
         header += [f"{regime} {c}" for c in columns] + [f"{regime} scale"]
@@ -183,6 +190,8 @@ def markdown(frame: pd.DataFrame, columns: list[str], title: str) -> str:
         lines += ["", SEARCH_LEGEND]
         if "scale_on_edge" in frame and frame["scale_on_edge"].fillna("").astype(bool).any():
             lines.append(EDGE_LEGEND)
+    if "ice_guided" in columns:
+        lines += ["", GUIDED_ICE_LEGEND]
     lines += provenance_lines(frame)
     return "\n".join(lines) + "\n"
 
@@ -198,6 +207,12 @@ def _scale_cell(r) -> str:
     if "best_scale" in r and not _isnan(r["best_scale"]):
         return _fmt(r["best_scale"])
     return "–"
+def with_guided_ice(columns: list[str], frame: pd.DataFrame) -> list[str]:
+    """``ice_guided`` beside ``ice`` wherever the table measured it (``calibration.trajectories``)."""
+    if "ice" not in columns or "ice_guided" not in frame or frame["ice_guided"].isna().all():
+        return list(columns)
+    at = columns.index("ice") + 1
+    return [*columns[:at], "ice_guided", *columns[at:]]
 
 
 def provenance_lines(frame: pd.DataFrame) -> list[str]:

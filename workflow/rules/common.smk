@@ -31,6 +31,7 @@ def evaluation_files():
 def all_sources():
     """Every file a job of this config reads."""
     settings = list(SETTINGS.values()) + [plan.setting for plan in SEARCHES.values()] + [probe_setting(p) for p in PROBES]
+    settings += list(GUIDED_PROBES.values())
     settings += [FIGURE4_SETTING] if "figure4" in config.get("figures", {}) else []
     sources = [BACKEND.evaluation_files()] + [BACKEND.files(s) for s in settings]
     return {source for files in sources for source in files.values()}

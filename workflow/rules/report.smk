@@ -8,13 +8,14 @@ FIGURES = sorted([f for f in ("figure1", "figure2", "figure4") if f in config.ge
 
 rule figure_calibration:
     input:
-        lambda wc: expand(f"{EXP}/calibration/{{probe}}.csv", probe=config["figures"][wc.figure]["probes"]),
+        unpack(lambda wc: figure_calibration_inputs(wc.figure)),
     output:
         report(f"{EXP}/figures/{{figure}}.png", category="Figures"),
     wildcard_constraints:
         figure="figure1|figure2",
     params:
         probes=lambda wc: config["figures"][wc.figure]["probes"],
+        panels=lambda wc: figure_calibration_panels(wc.figure),
         library=LIBRARY,
     log:
         f"{LOGS}/figures/{{figure}}.log",
@@ -68,7 +69,8 @@ rule report:
         features=expand(f"{EXP}/metrics/{{setting}}.features.npz", setting=sorted(EVALUATIONS)),
         # each guidance-scale search's result: the scale, metrics and features its rows report (search.smk)
         search=search_result_files(),
-        calibration=expand(f"{EXP}/calibration/{{probe}}.csv", probe=PROBES),
+        calibration=expand(f"{EXP}/calibration/{{probe}}.csv", probe=PROBES)
+        + expand(f"{EXP}/calibration/guided/{{setting}}.csv", setting=sorted(GUIDED_PROBES)),
         figures=expand(f"{EXP}/figures/{{figure}}.png", figure=FIGURES),
         models=[f"{EXP}/models/{role}.pt" for role in trained_roles()],
         grids=lambda wc: report_grids(wc, searched=False),
@@ -81,7 +83,7 @@ rule report:
                               subcategory=lambda wc: sample_category(config, wc.table), labels=lambda wc: sample_labels(config, wc.table, wc.row, wc.regime),
                               caption="../report/samples.rst")} if GRIDS is not None else {}),
     params:
-        plan={k: config[k] for k in ("tables", "bases", "regimes", "scales", "search", "cfg_scales", "sampling",
+        plan={k: config[k] for k in ("tables", "bases", "regimes", "scales", "search", "cfg_scales", "sampling", "calibration",
                                      "backbone", "imagenet", "backend_options") if k in config},
         experiment=config["experiment"],
         comparable=BACKEND.paper_comparable,

@@ -254,8 +254,10 @@ class Backend(ABC):
         raise UnsupportedError(f"backend {self.name!r} does not count its network evaluations")
 
     def calibration_profile(self, models: Any, probe: Setting, seeds: list[int], batch_size: int,
-                            num_bins: int = 15):
-        """Per-step ECE of a classifier variant along the reverse process (a pandas table)."""
+                            num_bins: int = 15, guided: bool = False):
+        """Per-step ECE of a classifier variant along the reverse process (a pandas table): along
+        unguided conditional trajectories, or with ``guided`` along those ``probe`` itself samples
+        (its classifier guiding with its design and scale), measured by the guidance that guides."""
         raise UnsupportedError(f"backend {self.name!r} does not profile calibration")
 
     def gradient_trajectories(self, models: Any, base: Setting, marginal_temperatures: dict[str, float],

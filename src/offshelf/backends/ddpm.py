@@ -71,19 +71,29 @@ class DDPMSampling:
         return sample_batch(setting, models, seeds, progress=progress)
 
     def calibration_profile(self, models: DDPMModels, probe: Setting, seeds: list[int], batch_size: int,
-                            num_bins: int = 15):
+                            num_bins: int = 15, guided: bool = False):
         """Per-step ECE of the probe's classifier along *unguided conditional* trajectories: one
-        trajectory distribution for every classifier, so their curves compare (Figures 1 and 2)."""
-        measured = Setting(classifier=probe.classifier, input=probe.input, softplus_beta=probe.softplus_beta,
-                           switch_step=probe.switch_step)
-        evaluator = build_guidance(measured, models)
-        trajectory = Setting(regime="cond", method="unguided")
+        trajectory distribution for every classifier, so their curves compare (Figures 1 and 2).
+
+        ``guided``: along the trajectories ``probe`` samples itself instead (its regime, scale,
+        τ1, τ2, γ): the sampler is :func:`sample_batch`, and the recorder measures the very guidance
+        object that guides it, so it sees each step's x̂0 (or x_t) as the guidance does (§6)."""
+        if guided:
+            if probe.method != "guided":
+                raise ValueError(f"calibration along guided trajectories needs a guided setting, got {probe.name}")
+            evaluator = build_guidance(probe, models)
+            trajectory = probe
+        else:
+            measured = Setting(classifier=probe.classifier, input=probe.input, softplus_beta=probe.softplus_beta,
+                               switch_step=probe.switch_step)
+            evaluator = build_guidance(measured, models)
+            trajectory = Setting(regime="cond", method="unguided")
         merged = None
         for i in range(0, len(seeds), batch_size):
             batch = seeds[i:i + batch_size]
             recorder = CalibrationRecorder(evaluator, draw_labels(batch, models.num_classes).to(models.device),
                                            models.diffusion.model_timesteps)
-            sample_batch(trajectory, models, batch, callback=recorder)
+            sample_batch(trajectory, models, batch, callback=recorder, guidance=evaluator if guided else None)
             if merged is None:
                 merged = recorder
             else:
