@@ -375,7 +375,9 @@ def test_tables_show_guided_ice_beside_ice(default_config, tmp_path):
     from offshelf.plan import table_rows
     from offshelf.tables import markdown, table_frame
 
-    rows = [r for r in table_rows(default_config) if r.table == "table3"]
+    # a scale grid instead of the search, so every row has its candidates before any job ran
+    config = {k: v for k, v in default_config.items() if k != "search"} | {"scales": {"cond": [1], "uncond": [3]}}
+    rows = [r for r in table_rows(config) if r.table == "table3"]
     metrics = {s.name: {"fid": 0.5 + i} for i, r in enumerate(rows) for s in r.candidates}
     ice = {r.probe: 0.1 for r in rows} | {r.guided_probe: 0.2 + 0.1 * (r.regime == "uncond") for r in rows}
     frame = table_frame(rows, metrics, ice)

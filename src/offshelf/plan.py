@@ -350,7 +350,7 @@ def all_guided_probes(config: dict) -> dict[str, Setting]:
     out: dict[str, Setting] = {}
     for row in table_rows(config):
         if row.guided_probe and not row.unavailable:
-            out.setdefault(row.guided_probe, guided_probe(config, row.candidates[0]))
+            out.setdefault(row.guided_probe, guided_probe(config, row.search.setting if row.search else row.candidates[0]))
     for figure in ("figure1", "figure2"):
         if figure in config.get("figures", {}):
             for settings in figure_guided_probes(config, figure).values():

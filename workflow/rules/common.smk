@@ -2,6 +2,7 @@
 import json
 
 from offshelf.backends.base import Pretrained, Trained, UnsupportedError
+from offshelf.plan import calibration_params, figure_guided_probes
 
 
 def source_path(source):
@@ -162,3 +163,24 @@ def reported_setting_names(wildcards, searched):
         elif row.search:
             names.update(row.search.at(scale).name for scale, _ in final_round(row.search.name)[1]["proposals"])
     return sorted(names)
+
+
+# Calibration figures (calibration.smk, report.smk)
+def figure_calibration_inputs(figure):
+    """A calibration figure's CSVs: `unguided` per probe, and `guided_<regime>` per probe when
+    guided calibration is on (the figure's panels, in this order)."""
+    probes = config["figures"][figure]["probes"]
+    inputs = {"unguided": expand(f"{EXP}/calibration/{{probe}}.csv", probe=probes)}
+    if GUIDED_PROBES:
+        for regime, settings in figure_guided_probes(config, figure).items():
+            inputs[f"guided_{regime}"] = [f"{EXP}/calibration/guided/{s.name}.csv" for s in settings]
+    return inputs
+
+
+def figure_calibration_panels(figure):
+    """Input name -> panel title of a calibration figure."""
+    panels = {"unguided": "unguided, cond"}
+    if GUIDED_PROBES:
+        scales = config["calibration"]["guided_scale"]
+        panels.update({f"guided_{r}": f"guided, {r} (scale {scales[r]:g})" for r in config["regimes"]})
+    return panels
