@@ -142,8 +142,9 @@ def test_editing_one_parameter_reruns_exactly_its_jobs(ci_run, tmp_path):
 
 
 def test_killed_sampling_job_loses_only_its_shard(ci_run, tmp_path):
-    """Kill the job writing shard 1 mid-way: shard 0 survives untouched, nothing partial is left,
-    and the rerun redoes only shard 1, bitwise identical to an uninterrupted run."""
+    """Kill the job writing the second shard mid-way: the first survives untouched, nothing partial
+    is left, and the rerun redoes only the killed shard, bitwise identical to an uninterrupted run.
+    Snakemake picks which of two independent shards runs first, so the test follows its choice."""
     results = tmp_path / "results"
     (results / "ci").mkdir(parents=True)
     os.symlink(ci_run / "ci" / "models", results / "ci" / "models")
@@ -155,6 +156,9 @@ def test_killed_sampling_job_loses_only_its_shard(ci_run, tmp_path):
     targets = [str(folder / f"shard{i}.npz") for i in (0, 1)]
     common = ["--configfile", str(cfg), "--config", f"results={results}"]
 
+    def finished():
+        return [i for i in (0, 1) if (folder / f"shard{i}.npz").exists()]
+
     log = tmp_path / "killed_run.log"
     proc = subprocess.Popen([*SNAKEMAKE, *targets, "--cores", "1", *common], cwd=REPO,
                             stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
@@ -164,26 +168,28 @@ def test_killed_sampling_job_loses_only_its_shard(ci_run, tmp_path):
         def sampling_jobs():
             return [pid for pid in descendants(proc.pid) if "sample.py" in cmdline(pid)]
 
-        started = None  # shard 0's job: how long a shard takes, start to file
-        shard0_jobs: set[int] = set()  # its processes, which may linger after writing the file
-        while not (folder / "shard0.npz").exists() and proc.poll() is None and time.time() < deadline:
+        started = None  # the first shard's job: how long a shard takes, start to file
+        first_jobs: set[int] = set()  # its processes, which may linger after writing the file
+        while not finished() and proc.poll() is None and time.time() < deadline:
             running = sampling_jobs()
             if started is None and running:
                 started = time.time()
-            shard0_jobs.update(running)
+            first_jobs.update(running)
             time.sleep(0.1)
-        assert (folder / "shard0.npz").exists() and started, f"shard 0 never finished: {log.read_text()[-3000:]}"
+        assert finished() and started, f"no shard finished: {log.read_text()[-3000:]}"
+        (first,) = finished()
+        second = 1 - first
         duration = time.time() - started
-        shard1_jobs: list[int] = []
-        while not shard1_jobs and proc.poll() is None and time.time() < deadline:
-            shard1_jobs = [pid for pid in sampling_jobs() if pid not in shard0_jobs]
+        second_jobs: list[int] = []
+        while not second_jobs and proc.poll() is None and time.time() < deadline:
+            second_jobs = [pid for pid in sampling_jobs() if pid not in first_jobs]
             time.sleep(0.05)
-        # shard 1 is part-way: same size, same work as shard 0. Capped, because on a loaded machine
-        # shard 0 (cold caches) can take far longer than shard 1, which would then finish unkilled;
-        # a job's interpreter and torch import alone take longer than the cap.
+        # the second shard is part-way: same size, same work as the first. Capped, because on a
+        # loaded machine the first (cold caches) can take far longer than the second, which would
+        # then finish unkilled; a job's interpreter and torch import alone take longer than the cap.
         time.sleep(min(duration / 2, 0.75))
         killed = []
-        for pid in shard1_jobs + [p for p in sampling_jobs() if p not in shard0_jobs and p not in shard1_jobs]:
+        for pid in second_jobs + [p for p in sampling_jobs() if p not in first_jobs and p not in second_jobs]:
             try:
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
@@ -195,22 +201,22 @@ def test_killed_sampling_job_loses_only_its_shard(ci_run, tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode != 0
-    assert not (folder / "shard1.npz").exists()
-    shard0_mtime = (folder / "shard0.npz").stat().st_mtime_ns
+    assert not (folder / f"shard{second}.npz").exists()
+    first_mtime = (folder / f"shard{first}.npz").stat().st_mtime_ns
 
     jobs = dry_run_jobs(*targets, *common)  # targets first: --config takes every word after it
     assert jobs == {"sample": 1}
     snakemake(*targets, "--cores", "1", *common)
-    assert (folder / "shard0.npz").stat().st_mtime_ns == shard0_mtime
+    assert (folder / f"shard{first}.npz").stat().st_mtime_ns == first_mtime
     assert sorted(p.name for p in folder.iterdir()) == ["shard0.npz", "shard1.npz"], "leftovers of the killed job"
 
-    # bitwise: shard 1 alone in a fresh folder equals the resumed one
+    # bitwise: the killed shard alone in a fresh folder equals the resumed one
     fresh = tmp_path / "fresh"
     (fresh / "ci").mkdir(parents=True)
     os.symlink(ci_run / "ci" / "models", fresh / "ci" / "models")
-    snakemake(str(fresh / "ci" / "samples" / "cond_unguided" / "shard1.npz"), "--cores", "1",
-              "--configfile", str(cfg), "--config", f"results={fresh}")
-    with np.load(folder / "shard1.npz") as a, np.load(fresh / "ci" / "samples" / "cond_unguided" / "shard1.npz") as b:
+    fresh_shard = fresh / "ci" / "samples" / "cond_unguided" / f"shard{second}.npz"
+    snakemake(str(fresh_shard), "--cores", "1", "--configfile", str(cfg), "--config", f"results={fresh}")
+    with np.load(folder / f"shard{second}.npz") as a, np.load(fresh_shard) as b:
         assert np.array_equal(a["arr_0"], b["arr_0"]) and np.array_equal(a["arr_1"], b["arr_1"])
 
 
