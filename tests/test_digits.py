@@ -197,12 +197,14 @@ def test_config_with_a_family_row_validates_and_softplus_on_vit_is_refused():
     import copy
 
     from offshelf.config import ConfigError, read_yaml, validate_config
-    from offshelf.plan import all_settings
+    from offshelf.plan import all_searches, all_settings
 
     config = read_yaml("config/ci.yaml")
     config["tables"]["table4"]["rows"].append({"label": "MLP", "base": "resnet", "network": "mlp", "softplus_beta": 3})
-    settings = all_settings(validate_config(copy.deepcopy(config)))
-    mlp = [s for s in settings.values() if s.network == "mlp"]
+    validated = validate_config(copy.deepcopy(config))
+    # a guided row's setting is searched (its scale comes from the search)
+    settings = list(all_settings(validated).values()) + [plan.setting for plan in all_searches(validated).values()]
+    mlp = [s for s in settings if s.network == "mlp"]
     assert mlp and all(DigitsBackend().files(s)["offshelf"].role == "offshelf_mlp" for s in mlp)
     config["tables"]["table4"]["rows"].append({"label": "ViT", "base": "resnet", "network": "vit", "softplus_beta": 3})
     with pytest.raises(ConfigError, match=r"tables.*network 'vit' \(offshelf_vit\) has no ReLU"):

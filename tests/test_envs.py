@@ -53,5 +53,5 @@ def test_conda_env_installs_the_same_pins():
 def test_every_rule_runs_in_the_conda_env():
     for smk in (REPO / "workflow" / "rules").glob("*.smk"):
         text = smk.read_text()
-        rules = re.findall(r"^\s*rule (\w+):", text, flags=re.M)
+        rules = re.findall(r"^\s*(?:rule|checkpoint) (\w+):", text, flags=re.M)
         assert text.count('conda: CONDA_ENV') == len(rules), f"{smk.name}: every rule needs `conda: CONDA_ENV`"
