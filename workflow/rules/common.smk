@@ -87,13 +87,14 @@ def evaluation_inputs(wc):
     return inputs
 
 
-def report_grids(wildcards, searched):
-    """Sample grids (grids.smk) of the settings table rows may report (reported_setting_names,
-    search.smk): those known before any job runs, or (``searched``) the searches' finalists; the
-    report shows the one whose numbers the row reports."""
+def report_grids(wildcards):
+    """Sample grids (grids.smk) of the settings table rows may report, known before any job runs
+    (reported_setting_names); a search's finalists' grids are its result's inputs, so
+    the report needs no input function waiting on a checkpoint (with one, Snakemake's dry run
+    found nothing to do after an edit that starts a new search)."""
     if config.get("grids") is None:
         return []
-    return [f"{EXP}/grids/{name}.png" for name in reported_setting_names(wildcards, searched)]
+    return [f"{EXP}/grids/{name}.png" for name in reported_setting_names(wildcards)]
 
 
 # Figure 4's sample: the paper's uncond, off-the-shelf x̂0 guidance (its Softplus/schedule knobs are
@@ -137,8 +138,11 @@ def final_round(search):
 def search_result_inputs(wc):
     """A search's final round and its finalists' metrics and features (the row reports one of them)."""
     path, record = final_round(wc.search)
-    return {"final": path, "metrics": expand(f"{EXP}/metrics/{{e}}.json", e=record["evaluations"]),
-            "features": expand(f"{EXP}/metrics/{{e}}.features.npz", e=record["evaluations"])}
+    inputs = {"final": path, "metrics": expand(f"{EXP}/metrics/{{e}}.json", e=record["evaluations"]),
+              "features": expand(f"{EXP}/metrics/{{e}}.features.npz", e=record["evaluations"])}
+    if config.get("grids") is not None:  # the finalists' grids: the report shows the chosen one's
+        inputs["grids"] = [f"{EXP}/grids/{parse_evaluation_name(e)[0]}.png" for e in record["evaluations"]]
+    return inputs
 
 
 def search_result_files():
@@ -146,23 +150,13 @@ def search_result_files():
     return expand(f"{EXP}/search/{{search}}/result.json", search=sorted(SEARCHES))
 
 
-def reported_setting_names(wildcards, searched):
-    """For every row the backend can run, the setting(s) its table finally reports. ``searched``
-    False: a pinned or unguided row's setting and every candidate of a grid row (CFG scales,
-    configs without `search`), known before any job runs. ``searched`` True: each searched row's
-    finalists (its chosen scale where `search.finalists` is 1), known once its search has run (a
-    checkpoint). Which finalist or candidate wins is only known from their metrics."""
+def reported_setting_names(wildcards):
+    """For every row the backend can run, the settings its table may report that are known before
+    any job runs: a pinned or unguided row's setting and every candidate of a grid row (CFG
+    scales, configs without `search`). A searched row's candidates are its search's finalists."""
     from offshelf.plan import table_rows
 
-    names = set()
-    for row in table_rows(config):
-        if row.unavailable:
-            continue
-        if not searched:
-            names.update(s.name for s in row.candidates)
-        elif row.search:
-            names.update(row.search.at(scale).name for scale, _ in final_round(row.search.name)[1]["proposals"])
-    return sorted(names)
+    return sorted({s.name for row in table_rows(config) if not row.unavailable for s in row.candidates})
 
 
 # Calibration figures (calibration.smk, report.smk)

@@ -73,9 +73,8 @@ rule report:
         + expand(f"{EXP}/calibration/guided/{{setting}}.csv", setting=sorted(GUIDED_PROBES)),
         figures=expand(f"{EXP}/figures/{{figure}}.png", figure=FIGURES),
         models=[f"{EXP}/models/{role}.pt" for role in trained_roles()],
-        grids=lambda wc: report_grids(wc, searched=False),
-        # separate: a dry run lists the grids above before the searches (checkpoints) have run
-        searched_grids=lambda wc: report_grids(wc, searched=True),
+        # grids of the rows' fixed settings; a searched row's are inputs of its search's result
+        grids=lambda wc: report_grids(wc),
     output:
         report=report(f"{EXP}/report/README.md", category="Report"),
         # each row's grid, copied per table so the HTML report files it under its table

@@ -12,5 +12,5 @@ with job_log(snakemake.log[0]):
                  list(inputs.calibration), list(inputs.figures), snakemake.output.report, snakemake.params.experiment,
                  list(inputs.models), comparable=snakemake.params.comparable,
                  feature_files=list(inputs.features) + [r["features_file"] for r in searched],
-                 search_files=list(inputs.search), grid_files=list(inputs.grids) + list(inputs.searched_grids),
+                 search_files=list(inputs.search), grid_files=list(inputs.grids) + [g for r in searched for g in r.get("grid_files", [])],
                  samples_dir=snakemake.output.get("samples"))

@@ -15,6 +15,7 @@ with job_log(snakemake.log[0]):
     chosen = record["evaluation"]
     record["metrics_file"] = next(p for p in inputs.metrics if Path(p).name == f"{chosen}.json")
     record["features_file"] = next(p for p in inputs.features if Path(p).name == f"{chosen}.features.npz")
+    record["grid_files"] = [p for p in inputs.get("grids", []) if Path(p).stem == record["setting"]]
     print(f"{plan.name}: scale {record['scale']:g} (FID {record['fid']:.4g}, edge {record['on_edge']}), "
           f"{record['samples']} samples: {record['trace_text']}")
     save_json(snakemake.output[0], record)
