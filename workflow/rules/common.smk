@@ -138,10 +138,15 @@ def final_round(search):
 def search_result_inputs(wc):
     """A search's final round and its finalists' metrics and features (the row reports one of them)."""
     path, record = final_round(wc.search)
-    inputs = {"final": path, "metrics": expand(f"{EXP}/metrics/{{e}}.json", e=record["evaluations"]),
-              "features": expand(f"{EXP}/metrics/{{e}}.features.npz", e=record["evaluations"])}
+    # the finalists: the final round's evaluations, and the full-fidelity ones of earlier rounds
+    # (where low fidelity is the full count, the final round proposes nothing new)
+    plan, full = SEARCHES[wc.search], record["spec"]["full_fidelity"]
+    finalists = list(dict.fromkeys(record["evaluations"] + [plan.evaluation(e["scale"], full)
+                                                            for e in record["trace"] if e["num_samples"] == full]))
+    inputs = {"final": path, "metrics": expand(f"{EXP}/metrics/{{e}}.json", e=finalists),
+              "features": expand(f"{EXP}/metrics/{{e}}.features.npz", e=finalists)}
     if config.get("grids") is not None:  # the finalists' grids: the report shows the chosen one's
-        inputs["grids"] = [f"{EXP}/grids/{parse_evaluation_name(e)[0]}.png" for e in record["evaluations"]]
+        inputs["grids"] = [f"{EXP}/grids/{parse_evaluation_name(e)[0]}.png" for e in finalists]
     return inputs
 
 
