@@ -27,6 +27,7 @@ def plugin_config(tmp_path):
     config["search"]["low_fidelity"] = 24  # one shard, as in ci.yaml
     config["calibration"]["num_samples"] = 24
     config["figures"]["figure4"]["label"] = 2  # the toy has 3 classes
+    config["grids"]["classes"] = [0, 1, 2]
     path = tmp_path / "toy.yaml"
     path.write_text(yaml.safe_dump(config))
     return config, path

@@ -46,9 +46,16 @@ class Mixture(nn.Module):
 
 
 class CleanClassifier(Mixture):
-    """The off-the-shelf classifier: the exact posterior of clean images."""
+    """The off-the-shelf classifier: the exact posterior of clean images. Its input passes through
+    x = relu(x) − relu(−x), an identity written with a ReLU module, so the workflow's Softplus(β)
+    surgery has a ReLU to replace and the classifier stays exact: softplus_β(x) − softplus_β(−x) = x."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.relu = nn.ReLU()
 
     def forward(self, x):
+        x = self.relu(x) - self.relu(-x)
         return self.log_joint(x, torch.ones(len(x), device=x.device))
 
 
