@@ -150,6 +150,7 @@ def test_killed_sampling_job_loses_only_its_shard(ci_run, tmp_path):
     os.symlink(ci_run / "ci" / "models", results / "ci" / "models")
     config = yaml.safe_load(CI.read_text())
     config["sampling"].update(num_samples=2048, shard_size=1024, batch_size=256, respacing="500")
+    config["search"]["low_fidelity"] = 1024  # whole shards
     cfg = tmp_path / "kill.yaml"
     cfg.write_text(yaml.safe_dump(config))
     folder = results / "ci" / "samples" / "cond_unguided"
