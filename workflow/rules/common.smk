@@ -87,14 +87,14 @@ def evaluation_inputs(wc):
     return inputs
 
 
-def report_grids(wildcards):
-    """Sample grids (grids.smk) of the settings table rows may report, known before any job runs
-    (reported_setting_names); a search's finalists' grids are its result's inputs, so
-    the report needs no input function waiting on a checkpoint (with one, Snakemake's dry run
-    found nothing to do after an edit that starts a new search)."""
+def report_grids():
+    """Sample grids (grids.smk) of the tables' fixed settings (every candidate a row may report).
+    A search's finalists' grids are inputs of its result instead, so the report needs no input
+    function waiting on a checkpoint (with one, Snakemake's dry run found nothing to do after an
+    edit that starts a new search)."""
     if config.get("grids") is None:
         return []
-    return [f"{EXP}/grids/{name}.png" for name in reported_setting_names(wildcards)]
+    return [f"{EXP}/grids/{name}.png" for name in sorted(SETTINGS)]
 
 
 # Figure 4's sample: the paper's uncond, off-the-shelf x̂0 guidance (its Softplus/schedule knobs are
@@ -153,15 +153,6 @@ def search_result_inputs(wc):
 def search_result_files():
     """Every search's result: the report lists them all outright, so the searches advance side by side."""
     return expand(f"{EXP}/search/{{search}}/result.json", search=sorted(SEARCHES))
-
-
-def reported_setting_names(wildcards):
-    """For every row the backend can run, the settings its table may report that are known before
-    any job runs: a pinned or unguided row's setting and every candidate of a grid row (CFG
-    scales, configs without `search`). A searched row's candidates are its search's finalists."""
-    from offshelf.plan import table_rows
-
-    return sorted({s.name for row in table_rows(config) if not row.unavailable for s in row.candidates})
 
 
 # Calibration figures (calibration.smk, report.smk)

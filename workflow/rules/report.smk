@@ -74,7 +74,7 @@ rule report:
         figures=expand(f"{EXP}/figures/{{figure}}.png", figure=FIGURES),
         models=[f"{EXP}/models/{role}.pt" for role in trained_roles()],
         # grids of the rows' fixed settings; a searched row's are inputs of its search's result
-        grids=lambda wc: report_grids(wc),
+        grids=report_grids(),
     output:
         report=report(f"{EXP}/report/README.md", category="Report"),
         # each row's grid, copied per table so the HTML report files it under its table
