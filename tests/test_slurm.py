@@ -89,7 +89,7 @@ def local_rules() -> set[str]:
     for smk in (REPO / "workflow" / "rules").glob("*.smk"):
         rule = None
         for line in smk.read_text().splitlines():
-            m = re.match(r"^\s*rule (\w+):", line)
+            m = re.match(r"^\s*(?:rule|checkpoint) (\w+):", line)
             if m:
                 rule = m.group(1)
             elif rule and line.strip() == "localrule: True":
