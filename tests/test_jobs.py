@@ -75,3 +75,24 @@ def test_atomic_outputs_are_group_readable(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0600
+
+
+JOB_THREADS = """
+import os, sys
+from offshelf.jobs import job_log
+{before}
+with job_log(None, threads=1):
+    loaded_in_job = "torch" in sys.modules
+    import torch
+    print(loaded_in_job, torch.get_num_threads(), os.environ["OMP_NUM_THREADS"])
+"""
+
+
+@pytest.mark.parametrize("before, loaded", [("", False), ("import torch", True)])
+def test_a_job_gets_its_threads_whether_or_not_it_imported_torch_first(before, loaded):
+    """A job that never needs torch (a search round) does not pay its import; one that imports
+    torch later, or before the job began, still runs on the job's share of cores."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", JOB_THREADS.format(before=before)], env=env,
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == [str(loaded), "1", "1"]  # 1 differs from torch's default on any multi-core machine

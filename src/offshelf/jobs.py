@@ -22,9 +22,7 @@ class job_log:
         self.log_path, self.threads, self.gpus = log_path, max(1, int(threads)), int(gpus or 0)
 
     def __enter__(self):
-        import torch  # here, not at import: `python -m offshelf.jobs resume` must start fast
-
-        torch.set_num_threads(self.threads)
+        pin_cpu_threads(self.threads)
         self._stack = contextlib.ExitStack()
         self._log = None
         if self.gpus > 0:
@@ -47,6 +45,21 @@ class job_log:
             self._log.flush()
         self._stack.close()
         return False
+
+
+# The variables torch's (and numpy's BLAS) thread pools read when they start.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def pin_cpu_threads(threads: int) -> None:
+    """Cap this process's compute threads at ``threads``. A job that has imported torch gets
+    ``torch.set_num_threads``; one that has not (a search round reads and writes JSON) is not made
+    to pay torch's import (seconds, more than the job itself): the environment variables cap whatever
+    pool starts later."""
+    for name in THREAD_VARIABLES:
+        os.environ[name] = str(threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
 
 
 def visible_gpu_count() -> int:
