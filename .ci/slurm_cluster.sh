@@ -9,7 +9,7 @@
 # Run as root on Debian 12. Every subcommand is idempotent. Containers have no
 # systemd and usually no writable cgroups, so the daemons are started directly
 # and the config uses proctrack/linuxproc + task/none; no slurmdbd, so there is
-# no sacct history: MinJobAge=600 keeps finished jobs visible to squeue/scontrol,
+# no sacct history: MinJobAge=7200 keeps finished jobs visible to squeue/scontrol,
 # which is what snakemake-executor-plugin-slurm polls (--slurm-status-command squeue).
 set -euo pipefail
 
@@ -87,12 +87,13 @@ SelectType=select/cons_tres
 # CPUs are consumable; memory is checked against the node but not reserved,
 # so several small jobs can share the CI runner.
 SelectTypeParameters=CR_CPU
-# No slurmdbd: no sacct history. Keep finished jobs in slurmctld for 10 min so
-# squeue/scontrol can report their final state.
+# No slurmdbd: no sacct history. Keep finished jobs in slurmctld for 2 h so
+# squeue/scontrol can report their final state (tests/test_slurm.py checks every job of
+# a CI workflow run, about 20 min on the 2-core runner, after it ends).
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
-MinJobAge=600
+MinJobAge=7200
 ReturnToService=2
 SlurmctldTimeout=60
 SlurmdTimeout=60

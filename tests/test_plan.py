@@ -250,9 +250,10 @@ def test_job_counts_bound_the_searches(config):
     counts = job_counts(config)
     searches = all_searches(config)
     assert counts["searches"] == len(searches) == 38
-    # config.yaml: 3 initial scales + 2 steps past an edge, the finalist topped up: 5 scales, 6 evaluations
+    # config.yaml: 3 initial scales + 2 steps past an edge, the finalist topped up: 5 scales, 6
+    # evaluations; the 5 low-fidelity ones inside the rounds, the finalist's in an evaluate job
     assert [max_evaluations(p.spec) for p in searches.values()] == [(5, 1)] * 38
-    assert counts["search_evaluate"] == 38 * 6 and counts["search_sample"] == 38 * (4 * 1 + 1 * 2)
+    assert counts["search_evaluate"] == 38 * 1 and counts["search_sample"] == 38 * (4 * 1 + 1 * 2)
     assert counts["search_round"] == sum(max_rounds(p.spec) for p in searches.values()) == 38 * 4
     # the fixed settings (unguided, CFG) apart: one evaluation each, every shard
     assert counts["evaluate"] == len(all_settings(config)) and counts["sample"] == counts["settings"] * counts["shards"]

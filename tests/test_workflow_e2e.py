@@ -104,6 +104,34 @@ def test_searched_rows_report_their_search(ci_run):
     assert "guidance-scale search" in (ci_run / "ci" / "report" / "README.md").read_text()
 
 
+def test_search_rounds_rank_scales_by_the_fid_an_evaluate_job_gives(ci_run, tmp_path):
+    """A round evaluates the scales the round before proposed inside its own process: each
+    low-fidelity FID in a trace is what `offshelf evaluate` gives on the same first N samples."""
+    import re
+    import sys
+    from pathlib import Path
+
+    config = yaml.safe_load(CI.read_text())
+    low = config["search"]["low_fidelity"]
+    frame = pd.read_csv(ci_run / "ci" / "report" / "table6.csv")
+    row = frame[frame["search_trace"].notna()].iloc[0]
+    checked = 0
+    for entry in row["search_trace"].split():
+        scale, num_samples, value = re.split("[@:]", entry)
+        if int(num_samples) != low:
+            continue
+        setting = re.sub(r"_s[^_]+_r", f"_s{float(scale):g}_r", row["setting"])
+        out = tmp_path / f"{setting}.json"
+        subprocess.run([str(Path(sys.executable).with_name("offshelf")), "evaluate", "--config", str(CI), "--results", str(ci_run),
+                        "--shards", str(ci_run / "ci" / "samples" / setting / "shard0.npz"),
+                        "--reference", str(ci_run / "ci" / "reference" / "features.npz"),
+                        "--num-samples", str(low), "--out", str(out)], check=True, capture_output=True, text=True)
+        fid = yaml.safe_load(out.read_text())["fid"]
+        assert float(value) == pytest.approx(fid, rel=1e-3), f"{setting}: trace {value}, evaluate {fid}"  # 4 digits kept
+        checked += 1
+    assert checked == 3  # ci.yaml: one initial scale and one step past either edge
+
+
 def test_shards_use_the_adm_evaluator_layout(ci_run):
     shards = sorted((ci_run / "ci" / "samples" / "cond_unguided").glob("shard*.npz"))
     assert len(shards) == 2

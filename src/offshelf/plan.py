@@ -442,7 +442,8 @@ def job_counts(config: dict) -> dict[str, int]:
     downloads, reference features, the report, figures) are not counted: a handful per experiment.
     The guidance-scale searches (``searches`` of them) are counted apart, at their most
     (offshelf.search.max_evaluations / max_rounds: every extension and refinement taken):
-    ``search_sample``, ``search_evaluate`` and ``search_round`` jobs, also in the ``total``.
+    ``search_sample``, ``search_evaluate`` (the finalists' full evaluations; the low-fidelity
+    ones run inside the rounds) and ``search_round`` jobs, also in the ``total``.
 
     Refuses cheaply first: shards are ``ceil(num_samples / shard_size)``, pure arithmetic, so a
     runaway ``shard_size`` is refused before any setting is built; settings are bounded by the
@@ -464,7 +465,7 @@ def job_counts(config: dict) -> dict[str, int]:
             low, full = max_evaluations(plan.spec)  # `low` distinct scales, `full` of them topped up
             counts["search_sample"] += (low - full) * num_shards(config, plan.spec.low_fidelity) \
                 + full * num_shards(config, plan.spec.full_fidelity)
-            counts["search_evaluate"] += low + full
+            counts["search_evaluate"] += full
             counts["search_round"] += max_rounds(plan.spec)
     counts.update(total=sum(counts.values()), settings=len(most), shards=shards)
     if searches:

@@ -73,15 +73,20 @@ def evaluation_of(name):
     return setting_of(setting).name, n or config["sampling"]["num_samples"]
 
 
-def evaluation_shards(wc):
-    setting, n = evaluation_of(wc.setting)
-    return list(range(num_shards(config, n)))
+def shards_of_evaluation(name):
+    """(shard files, their [first seed, count]) an evaluation reads, in seed order."""
+    setting, n = evaluation_of(name)
+    shards = range(num_shards(config, n))
+    return [f"{EXP}/samples/{setting}/shard{i}.npz" for i in shards], [shard_seed_range(i) for i in shards]
 
 
 def evaluation_inputs(wc):
-    setting, n = evaluation_of(wc.setting)
-    inputs = dict(evaluation_files(),
-                  shards=expand(f"{EXP}/samples/{setting}/shard{{shard}}.npz", shard=evaluation_shards(wc)))
+    return dict(judge_inputs(), shards=shards_of_evaluation(wc.setting)[0])
+
+
+def judge_inputs():
+    """The judging network's files and, where the backend keeps them, the real images' features."""
+    inputs = evaluation_files()
     if BACKEND.has_reference_features():
         inputs["reference"] = f"{EXP}/reference/features.npz"
     return inputs
@@ -111,15 +116,35 @@ def denoiser_per_sample(setting):
         return None
 
 
+def round_proposals(search, k):
+    """(round k - 1's file, the evaluations it proposed); raises IncompleteCheckpointException
+    (which Snakemake turns into a dependency) while that round is not made."""
+    previous = checkpoints.search_round.get(search=search, round=k - 1).output[0]
+    with open(previous) as f:
+        return previous, json.load(f)["evaluations"]
+
+
 def search_round_inputs(wc):
-    """Round k reads round k - 1 and the metrics of the evaluations it proposed."""
+    """Round k reads round k - 1, the shards of the evaluations it proposed (round k evaluates
+    them itself) and the judge's files."""
     k = int(wc.round)
     if k == 0:
         return {}
-    previous = checkpoints.search_round.get(search=wc.search, round=k - 1).output[0]
-    with open(previous) as f:
-        proposed = json.load(f)["evaluations"]
-    return {"previous": previous, "metrics": expand(f"{EXP}/metrics/{{e}}.json", e=proposed)}
+    previous, proposed = round_proposals(wc.search, k)
+    shards = [path for e in proposed for path in shards_of_evaluation(e)[0]]
+    return dict(judge_inputs(), previous=previous, shards=list(dict.fromkeys(shards)))
+
+
+def search_round_evaluations(wc):
+    """{evaluation: {shards, seeds, num_samples}} of what round k - 1 proposed (a job param)."""
+    k = int(wc.round)
+    if k == 0:
+        return {}
+    out = {}
+    for e in round_proposals(wc.search, k)[1]:
+        shards, seeds = shards_of_evaluation(e)
+        out[e] = {"shards": shards, "seeds": seeds, "num_samples": evaluation_of(e)[1]}
+    return out
 
 
 def final_round(search):

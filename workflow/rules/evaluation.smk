@@ -32,7 +32,7 @@ rule evaluate:
         features=f"{EXP}/metrics/{{setting}}.features.npz",
     params:
         evaluation=canonical(config["evaluation"]),
-        seeds=lambda wc: [shard_seed_range(s) for s in evaluation_shards(wc)],
+        seeds=lambda wc: shards_of_evaluation(wc.setting)[1],
         backend=BACKEND_SPEC,
         checkpoints=CHECKPOINTS,
         library=LIBRARY,

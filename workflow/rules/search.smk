@@ -1,11 +1,12 @@
 # Guidance-scale search (offshelf.search, docs/statistics.md "Scale search"): each guided row of a
 # config with a `search` section gets its scale from a log-scale bracketing search. One checkpoint
 # per round: round k holds the trace so far and the evaluations the search proposes next; round
-# k + 1 needs their metrics (the ordinary evaluate jobs, `<setting>+n<N>` at low fidelity). A
-# round is a pure function of the one before and its metrics, so a killed run resumes at the
-# first missing round. The round proposing the finalists is `final`; `result.json` (an ordinary
-# rule) reads it and the finalists' metrics, and names the scale, metrics and features the row
-# reports.
+# k + 1 evaluates them itself (their shards are ordinary sample jobs, `<setting>+n<N>` reads the
+# first N samples of a setting), one process per round instead of one evaluate job per scale. A
+# round is a pure function of the one before and its shards, so a killed run resumes at the first
+# missing round. The round proposing the finalists is `final`; `result.json` (an ordinary rule)
+# reads it and the finalists' metrics (ordinary evaluate jobs, with the features the report
+# pairs), and names the scale, metrics and features the row reports.
 # Input functions: common.smk (snakemake --lint keeps functions out of rule files).
 
 checkpoint search_round:
@@ -15,10 +16,14 @@ checkpoint search_round:
         f"{EXP}/search/{{search}}/round{{round}}.json",
     params:
         plan=lambda wc: SEARCHES[wc.search].to_dict(),
+        evaluations=search_round_evaluations,
+        evaluation=canonical(config["evaluation"]),
+        backend=BACKEND_SPEC,
+        checkpoints=CHECKPOINTS,
         library=LIBRARY,
     log:
         f"{LOGS}/search/{{search}}/round{{round}}.log",
-    localrule: True
+    threads: THREADS
     conda: CONDA_ENV
     script:
         "../scripts/search_round.py"

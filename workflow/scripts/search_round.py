@@ -5,12 +5,23 @@ from offshelf.atomic import save_json
 from offshelf.jobs import job_log
 from offshelf.plan import SearchPlan, search_round_record
 
-with job_log(snakemake.log[0]):
-    plan = SearchPlan.from_dict(snakemake.params.plan)
-    inputs = snakemake.input
+with job_log(snakemake.log[0], snakemake.threads, snakemake.resources.get("gpu", 0)):
+    p, inputs = snakemake.params, snakemake.input
+    plan = SearchPlan.from_dict(p.plan)
     previous = json.loads(Path(inputs.previous).read_text()) if "previous" in inputs.keys() else None
-    metrics = {Path(p).name.removesuffix(".json"): json.loads(Path(p).read_text())
-               for p in (inputs.metrics if "metrics" in inputs.keys() else [])}
+    metrics = {}
+    if p.evaluations:  # round 0 proposes the initial scales: nothing to evaluate, torch not needed
+        from offshelf import backends, stages
+
+        backend = backends.create(p.backend)
+        files = stages.verified_files({role: inputs[role] for role in backend.evaluation_files()},
+                                      backend.evaluation_files(), p.checkpoints)
+        # the search ranks scales by their FID alone: no resampled intervals at this fidelity
+        evaluation = dict(p.evaluation, bootstrap=0)
+        for name, e in p.evaluations.items():
+            metrics[name] = stages.evaluate(backend, files, e["shards"], inputs.get("reference"), evaluation,
+                                            e["num_samples"], expected_seeds=e["seeds"])
+            print(f"{name}: FID {metrics[name]['fid']:.4g} on {metrics[name]['n']} samples")
     record = search_round_record(plan, previous, metrics)
     print(f"{plan.name} round {record['round']}: trace {len(record['trace'])} evaluations; next {record['proposals']}")
     save_json(snakemake.output[0], record)
