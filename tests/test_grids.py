@@ -2,7 +2,12 @@
 setting's grid, enlarged tiles, white gutters, empty tiles where a class runs short; and the
 report's Samples section built from them."""
 
+import ast
 import copy
+import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -14,6 +19,7 @@ from offshelf.config import ConfigError, validate_config
 from offshelf.grids import (BACKGROUND, GUTTER, GridConfigError, class_grid, grid_options, read_layout,
                             upscale_factor, write_sample_grid)
 from offshelf.seeding import draw_labels
+from offshelf.shards import ShardFormat
 from offshelf.stages import save_shard
 from workflow_utils import REPO
 
@@ -68,6 +74,47 @@ def test_grid_lines_are_classes_and_tiles_are_their_first_seeds(tmp_path):
             gutters[top:top + size, left:left + size] = False
     assert (grid[gutters] == BACKGROUND).all()
     assert read_layout(out) == layout
+
+
+# What the sample_grid job runs, in a fresh interpreter: the script's own imports, then the grid.
+GRID_JOB = """
+import json, sys
+{script_imports}
+from offshelf.shards import ShardFormat
+import offshelf.grids, offshelf.jobs, offshelf.shards
+paths, ranges, shard_format, out = json.loads(sys.argv[1])
+layout = offshelf.grids.write_sample_grid(ShardFormat.from_param(shard_format), paths, ranges, {{"per_class": 2}}, out, "a")
+print(json.dumps({{"classes": layout["classes"], "torch": "torch" in sys.modules}}))
+"""
+
+
+def test_the_grid_job_does_not_import_torch(tmp_path):
+    """A grid job reads shards and writes a PNG: importing torch would cost it seconds, 44 times a run.
+    Its shard checks get the backend's ShardFormat as a plain param instead of the backend."""
+    paths, ranges = fake_shards(tmp_path, 0)
+    shard_format = ShardFormat.of(DIGITS).param()
+    assert json.loads(json.dumps(shard_format)) == {"name": "digits", "image_shape": [1, 8, 8], "num_classes": 10}
+    assert ShardFormat.from_param(shard_format) == ShardFormat.of(DIGITS) == ShardFormat("digits", (1, 8, 8), 10)
+    script = ast.parse((REPO / "workflow" / "scripts" / "sample_grid.py").read_text())
+    imports = [ast.unparse(node) for node in script.body if isinstance(node, (ast.Import, ast.ImportFrom))]
+    assert any("write_sample_grid" in line for line in imports)
+    assert not any("backends" in line for line in imports), imports  # creating the backend imports torch
+    code = GRID_JOB.format(script_imports="\n".join(imports))
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    out = subprocess.run([sys.executable, "-c", code, json.dumps([paths, ranges, shard_format, str(tmp_path / "a.png")])],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.splitlines()[-1]) == {"classes": list(range(10)), "torch": False}
+    assert read_layout(tmp_path / "a.png")["classes"] == list(range(10))
+
+
+def test_shards_of_another_backend_stop_the_grid(tmp_path):
+    """The ShardFormat checks what the backend itself checked: image shape and classes, naming both."""
+    paths, ranges = fake_shards(tmp_path, 0)
+    with pytest.raises(ValueError, match=r"shard0\.npz: images are 8x8 with 1 channel\(s\).*backend 'rgb' writes HWC \(8, 8, 3\)"):
+        write_sample_grid(ShardFormat("rgb", (3, 8, 8), 10), paths, ranges, {}, tmp_path / "a.png", "a")
+    with pytest.raises(ValueError, match=r"labels span 0\.\.9; backend 'few' has classes 0\.\.4"):
+        write_sample_grid(ShardFormat("few", (1, 8, 8), 5), paths, ranges, {"classes": [0]}, tmp_path / "a.png", "a")
 
 
 def test_two_settings_show_the_same_seeds_per_line(tmp_path):

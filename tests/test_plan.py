@@ -184,9 +184,10 @@ def test_search_rounds_reproduce_the_in_process_search(config):
     rounds, metrics = run_rounds(plan, fid)
     assert [r["round"] for r in rounds] == list(range(len(rounds)))
     low = plan.spec.low_fidelity
-    # low-fidelity evaluations read the first samples (+n<low>), the finalist all 1000 (no suffix)
+    # low-fidelity evaluations read the first samples (+n<low>), the finalist all of the row's (no suffix)
     assert rounds[0]["evaluations"] == [f"uncond_offshelf-x0_sp3_tj1_tm0.5_g0.3_s{s}_r1+n{low}" for s in (3, 10, 30)]
-    assert rounds[-1]["proposals"] and all(n == 1000 for _, n in rounds[-1]["proposals"])
+    full = config["sampling"]["num_samples"]
+    assert low < full and rounds[-1]["proposals"] and all(n == full for _, n in rounds[-1]["proposals"])
     assert not any(r["final"] for r in rounds[:-1])
     record = search_result_record(plan, rounds[-1], metrics, denoiser_per_sample=50)
     expected = run_search(plan.spec, lambda scale, n: fid(scale))
@@ -218,7 +219,7 @@ def test_a_proposed_scale_resolves_to_its_setting(config):
     from offshelf.plan import family_name, lookup_setting
 
     searches = all_searches(config)
-    plan = searches["cond_combined-x0_relu_tj1_tm1_g0_ssearch_r1_sw10"]
+    plan = searches["cond_combined-x0_relu_tj1_tm1_g0_ssearch_r1_sw5"]
     assert plan.family == family_name(plan.setting) == plan.name
     for scale in (0.111, 5.48, 90.0):
         setting = plan.at(scale)
@@ -237,10 +238,10 @@ def test_search_plan_round_trips_through_job_params(config):
 
 
 def test_a_table_evaluating_fewer_samples_searches_at_its_own_count(config):
-    config = dict(config, tables={"table6": dict(config["tables"]["table6"], num_samples=500)})
+    config = dict(config, tables={"table6": dict(config["tables"]["table6"], num_samples=250)})
     plan = table_rows(config)[0].search
-    assert plan.name.endswith("_ssearch_r1+n500") and plan.spec.full_fidelity == 500
-    assert plan.evaluation(3.0, 500).endswith("_s3_r1+n500")
+    assert plan.name.endswith("_ssearch_r1+n250") and plan.spec.full_fidelity == 250
+    assert plan.evaluation(3.0, 250).endswith("_s3_r1+n250")
 
 
 def test_job_counts_bound_the_searches(config):
@@ -279,10 +280,13 @@ def test_searched_rows_report_the_chosen_scale_its_trace_and_an_edge(config):
     assert list(frame["status"]) == ["ok"] * 5
     assert list(frame["scale"]) == [10.0, 270.0, 10.0, 10.0, 10.0]
     assert list(frame["scale_on_edge"]) == ["", "high", "", "", ""]
-    assert frame["search_samples"][0] == 2000 and frame["search_samples"][1] == 3000
-    assert frame["search_denoiser_evaluations"][1] == 3000 * 50
+    # bracketed at once: 3 low-fidelity scales + the finalist's top-up; the edge: 5 scales + top-up
+    low, full = plans[0].spec.low_fidelity, plans[0].spec.full_fidelity
+    assert (low, full) == (250, 500)
+    assert frame["search_samples"][0] == 3 * low + (full - low) and frame["search_samples"][1] == 5 * low + (full - low)
+    assert frame["search_denoiser_evaluations"][1] == (5 * low + (full - low)) * 50
     fid = fid_of(8.0)
-    assert frame["search_trace"][0] == f"3@500:{fid(3):.4g} 10@500:{fid(10):.4g} 30@500:{fid(30):.4g} 10@1000:{fid(10):.4g}"
+    assert frame["search_trace"][0] == f"3@250:{fid(3):.4g} 10@250:{fid(10):.4g} 30@250:{fid(30):.4g} 10@500:{fid(10):.4g}"
     assert frame["fid"][1] == pytest.approx(records[plans[1].name]["fid"])
     text = markdown(frame, ["fid"], "Table 6")
     assert "| 270 (edge) |" in text and "| 10 |" in text and SEARCH_LEGEND in text and EDGE_LEGEND in text

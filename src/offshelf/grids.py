@@ -21,6 +21,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from offshelf.atomic import atomic_write
+from offshelf.shards import HasShardFormat, load_shards
 
 LAYOUT_KEY = "offshelf:grid"
 MIN_TILE = 64  # px: smaller images (the digits' 8x8) are enlarged by an integer factor to at least this
@@ -146,16 +147,15 @@ def read_layout(path: str | os.PathLike) -> dict[str, Any]:
     return json.loads(text)
 
 
-def write_sample_grid(backend, shard_paths: Sequence[str], expected_seeds: Sequence[Sequence[int]],
+def write_sample_grid(shard_format: HasShardFormat, shard_paths: Sequence[str], expected_seeds: Sequence[Sequence[int]],
                       grids: Mapping[str, Any] | None, out_path: str | os.PathLike, setting: str) -> dict[str, Any]:
-    """The grid of one setting from its first shards (checked against the plan's seeds, as the
-    evaluation checks them), written to ``out_path``; returns its layout. Lines with fewer than
-    ``per_class`` samples of their class in these shards keep empty tiles (``missing`` counts them:
-    raise ``grids.shards`` to fill them)."""
-    from offshelf.stages import load_shards
-
-    options = grid_options(grids, backend.num_classes)
-    images, labels, _ = load_shards(backend, shard_paths, expected_seeds)
+    """The grid of one setting from its first shards (checked against the plan's seeds and the
+    backend's ``shard_format``, as the evaluation checks them), written to ``out_path``; returns its
+    layout. Lines with fewer than ``per_class`` samples of their class in these shards keep empty
+    tiles (``missing`` counts them: raise ``grids.shards`` to fill them). ``shard_format``: a
+    :class:`~offshelf.shards.ShardFormat` (or the backend), so the job need not import torch."""
+    options = grid_options(grids, shard_format.num_classes)
+    images, labels, _ = load_shards(shard_format, shard_paths, expected_seeds)
     seeds = np.concatenate([_seeds(p) for p in shard_paths])
     grid, lines = class_grid(images, labels, seeds, options["classes"], options["per_class"])
     layout = {"setting": setting, "classes": options["classes"], "seeds": lines,

@@ -33,6 +33,8 @@ import scipy.special
 import torch
 
 from offshelf.atomic import save_npz
+# Shards are read in offshelf.shards (no torch there); their readers stay importable from here.
+from offshelf.shards import check_images, load_sample_dir, load_samples, open_npz  # noqa: F401
 
 INCEPTION_FILENAME = "inception-2015-12-05.pt"
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
@@ -40,79 +42,6 @@ INCEPTION_MODES = ("legacy_tensorflow", "clean")
 
 # A feature function maps a uint8 NHWC batch (numpy) to a [B, D] array or tensor.
 FeatureFn = Callable[[np.ndarray], "np.ndarray | torch.Tensor"]
-
-
-# ----------------------------------------------------------------------------
-# Sample shards (ADM evaluator layout).
-
-def _check_images(images, where: str, key: str = "arr_0") -> None:
-    if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
-        dtype = getattr(images, "dtype", type(images).__name__)
-        hint = ""
-        if isinstance(images, np.ndarray) and images.dtype.kind == "f" and images.size:
-            low, high = float(np.nanmin(images)), float(np.nanmax(images))
-            hint = f" (values lie in [{low:.3g}, {high:.3g}]"
-            hint += "; looks like [0, 1] floats: store (x * 255).round().clip(0, 255).astype(np.uint8))" if high <= 1.0 else ")"
-        raise ValueError(f"{where}: {key} has dtype {dtype}, expected uint8 NHWC images in [0,255]{hint}")
-    if images.ndim != 4 or images.shape[-1] not in (1, 3):
-        raise ValueError(f"{where}: {key} has shape {tuple(images.shape)}, expected uint8 NHWC images with C in {{1, 3}}")
-
-
-def _open_npz(path: Path, what: str):
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: {what} not found")
-    if not zipfile.is_zipfile(path):
-        raise ValueError(f"{path}: not a readable .npz file (expected a zip archive of .npy arrays)")
-    return np.load(path, allow_pickle=False)
-
-
-def load_samples(path, require_labels: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-    """Read one sample shard: ``arr_0`` uint8 [N, H, W, C] (C in {1, 3}) and ``arr_1`` int [N].
-
-    With ``require_labels=False`` a missing ``arr_1`` returns ``None`` labels (ADM reference
-    batches and unconditional samples carry images only).
-    """
-    path = Path(path)
-    data = _open_npz(path, "sample shard")
-    try:
-        with data:
-            keys = list(data.keys())
-            if "arr_0" not in keys:
-                raise ValueError(f"{path}: missing key arr_0 (uint8 NHWC images); found keys {keys}")
-            images = data["arr_0"]
-            labels = data["arr_1"] if "arr_1" in keys else None
-    except (zipfile.BadZipFile, OSError, EOFError) as error:
-        raise ValueError(f"{path}: not a readable .npz file ({error})") from error
-    _check_images(images, str(path))
-    if labels is None:
-        if require_labels:
-            raise ValueError(f"{path}: missing key arr_1 (integer class labels, one per image); found keys {keys}")
-        return images, None
-    if labels.ndim != 1 or labels.dtype.kind not in "iu":
-        raise ValueError(f"{path}: arr_1 has dtype {labels.dtype} and shape {labels.shape}, expected 1-D integer labels")
-    if len(labels) != len(images):
-        raise ValueError(f"{path}: arr_1 has {len(labels)} labels but arr_0 has {len(images)} images; expected equal lengths")
-    return images, labels.astype(np.int64)
-
-
-def load_sample_dir(folder, pattern: str = "*.npz", require_labels: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-    """Concatenate all shards in ``folder`` in sorted file-name order (shards are seed ranges)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: sample folder not found")
-    paths = sorted(folder.glob(pattern))
-    if not paths:
-        raise ValueError(f"{folder}: no sample shards matching {pattern!r}; expected ADM-layout .npz files (arr_0, arr_1)")
-    images, labels = [], []
-    for path in paths:
-        shard_images, shard_labels = load_samples(path, require_labels=require_labels)
-        if images and shard_images.shape[1:] != images[0].shape[1:]:
-            raise ValueError(f"{path}: images have shape {shard_images.shape[1:]} (HWC), expected {images[0].shape[1:]} like {paths[0].name}")
-        if labels and (shard_labels is None) != (labels[0] is None):
-            raise ValueError(f"{path}: arr_1 present in some shards and missing in others")
-        images.append(shard_images)
-        labels.append(shard_labels)
-    return np.concatenate(images), (None if labels[0] is None else np.concatenate(labels))
 
 
 # ----------------------------------------------------------------------------
@@ -147,7 +76,7 @@ def feature_statistics(features) -> FeatureStats:
 def load_reference_stats(path, expected_dim: int | None = None) -> FeatureStats:
     """Read ``mu`` [D] and ``sigma`` [D, D] (ADM VIRTUAL_*.npz, EDM fid-refs, or save_feature_stats)."""
     path = Path(path)
-    data = _open_npz(path, "reference statistics")
+    data = open_npz(path, "reference statistics")
     try:
         with data:
             keys = list(data.keys())
@@ -334,7 +263,7 @@ def clip_score(image_embeds, text_embeds) -> float:
 
 def extract_features(images: np.ndarray, feature_fn: FeatureFn, batch_size: int = 50) -> np.ndarray:
     """Apply ``feature_fn`` to uint8 NHWC ``images`` in batches; returns [N, D] float32."""
-    _check_images(images, "images", key="array")
+    check_images(images, "images", key="array")
     features = []
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size]
@@ -363,7 +292,7 @@ def cleanfid_feature_fn(model, mode: str, device="cpu", custom_fn_resize=None) -
     device = torch.device(device)
 
     def feature_fn(images: np.ndarray) -> np.ndarray:
-        _check_images(images, "images", key="array")
+        check_images(images, "images", key="array")
         if images.shape[-1] == 1:
             images = np.repeat(images, 3, axis=-1)
         resized = [np.asarray(fn_resize(image)) for image in images]
@@ -425,7 +354,7 @@ def evaluate(samples: np.ndarray, labels, feature_fn: FeatureFn, *, reference_st
     """
     if reference_stats is None and reference_features is None:
         raise ValueError("evaluate needs reference_stats (mu/sigma) or reference_features")
-    _check_images(samples, "samples", key="array")
+    check_images(samples, "samples", key="array")
     if labels is not None and len(labels) != len(samples):
         raise ValueError(f"{len(labels)} labels for {len(samples)} samples; expected equal lengths")
 

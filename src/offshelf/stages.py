@@ -14,6 +14,8 @@ from offshelf.atomic import save_npz
 from offshelf.backends.base import Backend, Pretrained, UnsupportedError
 from offshelf.guidance import NonFiniteError, check_finite
 from offshelf.settings import Setting
+# Shards are written and read in offshelf.shards (no torch there); save_shard stays importable from here.
+from offshelf.shards import load_shards, save_shard, seed_list  # noqa: F401
 
 
 def verified_files(files: Mapping[str, str], sources: Mapping[str, Any],
@@ -58,61 +60,6 @@ def sample_shard(backend: Backend, models, setting: Setting, seeds: Sequence[int
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return np.concatenate(images), np.concatenate(labels).astype(np.int64), time.perf_counter() - start
-
-
-def save_shard(path, images: np.ndarray, labels: np.ndarray, seeds: Sequence[int], seconds: float) -> None:
-    """ADM evaluator layout (``arr_0`` uint8 NHWC, ``arr_1`` labels) plus provenance (seeds, seconds)."""
-    save_npz(path, arr_0=images, arr_1=labels, seeds=np.asarray(seeds, dtype=np.int64), seconds=np.float64(seconds))
-
-
-def load_shards(backend: Backend, shard_paths: Sequence[str], expected_seeds: Sequence[Sequence[int]] | None = None,
-                num_samples: int | None = None) -> tuple[np.ndarray, np.ndarray, float]:
-    """Images and labels of the shards in order, cut to the first ``num_samples``, and the sampling
-    time of the samples kept (a partly used shard counts pro rata).
-
-    Every shard is checked against what the plan says it holds, naming the file on a mismatch: the
-    backend's image shape, the planned seeds (``expected_seeds[i]``: first seed and count, or the
-    full list), and labels within the backend's classes."""
-    from offshelf.metrics import load_samples
-
-    c, h, w = backend.image_shape
-    images, labels, seconds = [], [], 0.0
-    for i, path in enumerate(shard_paths):
-        x, y = load_samples(path)
-        if x.shape[1:] != (h, w, c):
-            raise ValueError(f"{path}: images are {x.shape[1]}x{x.shape[2]} with {x.shape[3]} channel(s) (HWC "
-                             f"{tuple(x.shape[1:])}); backend {backend.name!r} writes HWC {(h, w, c)}")
-        if len(y) and (y.min() < 0 or y.max() >= backend.num_classes):
-            raise ValueError(f"{path}: labels span {y.min()}..{y.max()}; backend {backend.name!r} has classes "
-                             f"0..{backend.num_classes - 1}")
-        with np.load(path) as shard:
-            seeds = shard["seeds"] if "seeds" in shard.files else None
-            shard_seconds = float(shard["seconds"]) if "seconds" in shard.files else float("nan")
-        if expected_seeds is not None:
-            expected = _seed_list(expected_seeds[i])
-            if seeds is None or len(seeds) != len(x) or list(map(int, seeds)) != expected:
-                held = "no seeds" if seeds is None else f"{len(x)} samples with seeds {_describe(seeds)}"
-                raise ValueError(f"{path}: holds {held}; the plan puts {len(expected)} samples with seeds "
-                                 f"{_describe(expected)} in this shard (a shard of another run or config?)")
-        kept = len(x) if num_samples is None else max(0, min(len(x), num_samples - sum(map(len, images))))
-        images.append(x[:kept])
-        labels.append(y[:kept])
-        seconds += shard_seconds * kept / max(len(x), 1)
-    images, labels = np.concatenate(images), np.concatenate(labels)
-    if num_samples is not None and len(images) < num_samples:
-        raise ValueError(f"shards {shard_paths[0]} .. hold {len(images)} samples, {num_samples} requested")
-    return images, labels, seconds
-
-
-def _seed_list(spec: Sequence[int]) -> list[int]:
-    """``[first, count]`` (the workflow's param) or the seeds themselves."""
-    return list(range(int(spec[0]), int(spec[0]) + int(spec[1]))) if len(spec) == 2 else [int(s) for s in spec]
-
-
-def _describe(seeds) -> str:
-    seeds = [int(s) for s in seeds]
-    return "none" if not seeds else f"{seeds[0]}..{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) \
-        else f"{seeds[:4]}..."
 
 
 def reference_features(backend: Backend, files: Mapping[str, str], evaluation: Mapping[str, Any]) -> dict:
@@ -164,7 +111,7 @@ def evaluate(backend: Backend, files: Mapping[str, str], shard_paths: Sequence[s
         per_sample = {"features": arrays["features"], "labels": np.asarray(labels, np.int64),
                       "digest": np.array(result["bootstrap_digest"])}
         if expected_seeds is not None:  # what the report checks before pairing sample i with sample i
-            seeds = np.concatenate([_seed_list(s) for s in expected_seeds])[:len(images)]
+            seeds = np.concatenate([seed_list(s) for s in expected_seeds])[:len(images)]
             per_sample["seeds"] = np.asarray(seeds, np.int64)
         per_sample.update({k: v for k, v in replicates.items() if k not in statistics.METRICS})
         if "correct" in arrays:

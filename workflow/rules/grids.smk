@@ -3,6 +3,7 @@
 # a `grids:` section.
 from offshelf.grids import GridConfigError, grid_options, grid_shards
 from offshelf.report import SAMPLE_PATTERN, sample_category, sample_labels
+from offshelf.shards import ShardFormat
 
 GRIDS = config.get("grids")
 if GRIDS is not None:
@@ -22,7 +23,8 @@ rule sample_grid:
     params:
         grids=canonical(GRIDS or {}),
         seeds=lambda wc: [shard_seed_range(shard) for shard in grid_shards(config, wc.setting)],
-        backend=BACKEND_SPEC,
+        # what the shards must hold, not BACKEND_SPEC: the job then never creates the backend (torch's import)
+        shard_format=canonical(ShardFormat.of(BACKEND).param()),
         library=LIBRARY,
     log:
         f"{LOGS}/grids/{{setting}}.log",

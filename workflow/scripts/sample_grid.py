@@ -1,10 +1,11 @@
-from offshelf import backends
+# No offshelf.backends here: creating the backend imports torch, seconds per grid job for nothing.
 from offshelf.grids import write_sample_grid
 from offshelf.jobs import job_log
+from offshelf.shards import ShardFormat
 
 with job_log(snakemake.log[0]):
     p = snakemake.params
-    layout = write_sample_grid(backends.create(p.backend), list(snakemake.input.shards), p.seeds, p.grids,
+    layout = write_sample_grid(ShardFormat.from_param(p.shard_format), list(snakemake.input.shards), p.seeds, p.grids,
                                snakemake.output[0], snakemake.wildcards.setting)
     print(f"grid of {layout['setting']}: classes {layout['classes']}, seeds per line {layout['seeds']}")
     if layout["missing"]:
