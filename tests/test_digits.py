@@ -91,7 +91,7 @@ def test_guidance_built_from_settings(checkpoints):
 
 def test_shards_are_reproducible_alone_and_evaluate(checkpoints, tmp_path):
     from offshelf.atomic import save_npz
-    from offshelf.stages import evaluate, reference_features, sample_shard, save_shard
+    from offshelf.stages import evaluate, load_judge, reference_features, sample_shard, save_shard
 
     backend = DigitsBackend()
     models = backend.load(checkpoints, {"respacing": "10"})
@@ -108,7 +108,7 @@ def test_shards_are_reproducible_alone_and_evaluate(checkpoints, tmp_path):
     save_shard(shard, both, labels, range(8), 1.5)
     ref = tmp_path / "ref.npz"
     save_npz(ref, **reference_features(backend, checkpoints, {"reference_split": "test"}))
-    result = evaluate(backend, checkpoints, [str(shard)], ref, expected_seeds=[[0, 8]])
+    result = evaluate(backend, load_judge(backend, checkpoints, ref), [str(shard)], expected_seeds=[[0, 8]])
     assert result["n"] == 8 and result["seconds"] == 1.5
     for key in ("fid", "precision", "recall", "accuracy"):
         assert np.isfinite(result[key])

@@ -211,7 +211,8 @@ def test_both_fid_protocols_are_wired_and_named_in_every_metrics_file(tmp_path, 
                                       {"registry": str(registry), "cache": str(tmp_path / "cache")})
         features = tmp_path / f"reference-{protocol}.npz"
         save_npz(features, **stages.reference_features(backend, files, {}))
-        results[protocol] = result = stages.evaluate(backend, files, [str(shard)], str(features), {"nhood_size": 3},
+        judge = stages.load_judge(backend, files, str(features))
+        results[protocol] = result = stages.evaluate(backend, judge, [str(shard)], {"nhood_size": 3},
                                                      expected_seeds=[[0, 6]])
         extractor = {"adm_tf": "inception_cleanfid_legacy_tf", "pytorch_fid": "inception_pytorch_fid"}[protocol]
         assert result["fid_protocol"] == protocol and protocol in result["judge"]

@@ -261,7 +261,8 @@ def test_evaluate_writes_reproducible_intervals_and_replicates(tmp_path):
     save_npz(reference, **stages.reference_features(backend, files, {}))
 
     def run(b, out):
-        return stages.evaluate(backend, files, [str(shard)], str(reference), {"nhood_size": 3, "bootstrap": b},
+        return stages.evaluate(backend, stages.load_judge(backend, files, str(reference)), [str(shard)],
+                               {"nhood_size": 3, "bootstrap": b},
                                expected_seeds=[[0, 48]], features_path=out)
 
     off = run(0, None)

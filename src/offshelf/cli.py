@@ -199,8 +199,9 @@ def cmd_evaluate(args) -> int:
         save_npz(reference, **stages.reference_features(ctx.backend, files, ctx.config.get("evaluation", {})))
     # per-sample features and bootstrap replicates beside the metrics, as the workflow's evaluate job
     # writes them (what a report pairs against a baseline row; docs/statistics.md)
-    result = stages.evaluate(ctx.backend, files, args.shards, reference, ctx.config.get("evaluation", {}),
-                             args.num_samples, features_path=Path(args.out).with_suffix(".features.npz"))
+    result = stages.evaluate(ctx.backend, stages.load_judge(ctx.backend, files, reference), args.shards,
+                             ctx.config.get("evaluation", {}), args.num_samples,
+                             features_path=Path(args.out).with_suffix(".features.npz"))
     save_json(args.out, result)
     print(json.dumps(result, indent=2, sort_keys=True, default=float))
     return 0

@@ -5,13 +5,14 @@ call these, so a shard written by either is the same file."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from offshelf.atomic import save_npz
-from offshelf.backends.base import Backend, Pretrained, UnsupportedError
+from offshelf.backends.base import Backend, FeatureExtractor, Pretrained, Reference, UnsupportedError
 from offshelf.guidance import NonFiniteError, check_finite
 from offshelf.settings import Setting
 # Shards are written and read in offshelf.shards (no torch there); save_shard stays importable from here.
@@ -66,7 +67,33 @@ def reference_features(backend: Backend, files: Mapping[str, str], evaluation: M
     return backend.reference_features(files, backend.feature_extractor(files), evaluation)
 
 
-def evaluate(backend: Backend, files: Mapping[str, str], shard_paths: Sequence[str], reference_features_path=None,
+@dataclass(frozen=True)
+class Judge:
+    """The evaluation network, loaded once, what it compares samples against, and the facts each
+    metrics file records about it: a search round judges every scale it screens with one."""
+
+    extractor: FeatureExtractor
+    reference: Reference
+    provenance: dict[str, Any]
+
+
+def judge_files(backend: Backend, inputs: Mapping[str, str], checkpoints: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """The evaluation network's files among a job's ``inputs``, verified (:func:`verified_files`)."""
+    sources = backend.evaluation_files()
+    return verified_files({role: inputs[role] for role in sources}, sources, checkpoints)
+
+
+def load_judge(backend: Backend, files: Mapping[str, str], reference_features_path=None) -> Judge:
+    """The judge of ``backend`` from its (verified) evaluation files and, where the backend keeps
+    them, the real images' features (:func:`reference_features`)."""
+    reference = None
+    if reference_features_path:
+        with np.load(reference_features_path) as stored:
+            reference = {k: stored[k] for k in stored.files}
+    return Judge(backend.feature_extractor(files), backend.reference(files, reference), backend.provenance(files))
+
+
+def evaluate(backend: Backend, judge: Judge, shard_paths: Sequence[str],
              evaluation: Mapping[str, Any] | None = None, num_samples: int | None = None,
              expected_seeds: Sequence[Sequence[int]] | None = None, features_path=None) -> dict[str, Any]:
     """FID / precision / recall (and accuracy where the extractor has logits) of the shards'
@@ -81,12 +108,7 @@ def evaluate(backend: Backend, files: Mapping[str, str], shard_paths: Sequence[s
 
     evaluation = evaluation or {}
     images, labels, seconds = load_shards(backend, shard_paths, expected_seeds, num_samples)
-    extractor = backend.feature_extractor(files)
-    ref_features = None
-    if reference_features_path:
-        with np.load(reference_features_path) as ref:
-            ref_features = {k: ref[k] for k in ref.files}
-    reference = backend.reference(files, ref_features)
+    extractor, reference = judge.extractor, judge.reference
     arrays: dict[str, np.ndarray] = {}
     nhood_size = evaluation.get("nhood_size", 3)
     result = evaluate_features(images, labels, extractor.features, reference_stats=reference.stats,
@@ -120,7 +142,7 @@ def evaluate(backend: Backend, files: Mapping[str, str], shard_paths: Sequence[s
         save_npz(features_path, **per_sample)
     result["seconds"] = seconds
     result["judge"] = extractor.name
-    result.update(backend.provenance(files))
+    result.update(judge.provenance)
     return result
 
 

@@ -7,10 +7,9 @@ with job_log(snakemake.log[0], snakemake.threads, snakemake.resources.get("gpu",
     p, inputs = snakemake.params, snakemake.input
     backend = backends.create(p.backend)
     setting, num_samples = parse_evaluation_name(snakemake.wildcards.setting)
-    files = stages.verified_files({role: inputs[role] for role in backend.evaluation_files()},
-                                  backend.evaluation_files(), p.checkpoints)
-    result = stages.evaluate(backend, files, list(inputs.shards), inputs.get("reference"), p.evaluation,
-                             num_samples, expected_seeds=p.seeds, features_path=snakemake.output.features)
+    judge = stages.load_judge(backend, stages.judge_files(backend, inputs, p.checkpoints), inputs.get("reference"))
+    result = stages.evaluate(backend, judge, list(inputs.shards), p.evaluation, num_samples,
+                             expected_seeds=p.seeds, features_path=snakemake.output.features)
     result["setting"] = setting
     print(result)
     save_json(snakemake.output.metrics, result)

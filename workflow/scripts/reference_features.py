@@ -5,8 +5,7 @@ from offshelf.jobs import job_log
 with job_log(snakemake.log[0], snakemake.threads, snakemake.resources.get("gpu", 0)):
     p = snakemake.params
     backend = backends.create(p.backend)
-    files = stages.verified_files(dict(snakemake.input), backend.evaluation_files(),
-                                  p.checkpoints)
+    files = stages.judge_files(backend, snakemake.input, p.checkpoints)
     ref = stages.reference_features(backend, files, p.evaluation)
     print(f"reference features: {ref['features'].shape}")
     save_npz(snakemake.output[0], **ref)

@@ -14,13 +14,12 @@ with job_log(snakemake.log[0], snakemake.threads, snakemake.resources.get("gpu",
         from offshelf import backends, stages
 
         backend = backends.create(p.backend)
-        files = stages.verified_files({role: inputs[role] for role in backend.evaluation_files()},
-                                      backend.evaluation_files(), p.checkpoints)
+        judge = stages.load_judge(backend, stages.judge_files(backend, inputs, p.checkpoints), inputs.get("reference"))
         # the search ranks scales by their FID alone: no resampled intervals at this fidelity
         evaluation = dict(p.evaluation, bootstrap=0)
         for name, e in p.evaluations.items():
-            metrics[name] = stages.evaluate(backend, files, e["shards"], inputs.get("reference"), evaluation,
-                                            e["num_samples"], expected_seeds=e["seeds"])
+            metrics[name] = stages.evaluate(backend, judge, e["shards"], evaluation, e["num_samples"],
+                                            expected_seeds=e["seeds"])
             print(f"{name}: FID {metrics[name]['fid']:.4g} on {metrics[name]['n']} samples")
     record = search_round_record(plan, previous, metrics)
     print(f"{plan.name} round {record['round']}: trace {len(record['trace'])} evaluations; next {record['proposals']}")
