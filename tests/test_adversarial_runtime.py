@@ -18,7 +18,7 @@ import torch
 
 from offshelf.backbones import digits
 from offshelf.backends.digits import DigitsBackend
-from offshelf.stages import load_shards, save_shard
+from offshelf.shards import load_shards, save_shard
 from conftest import train_tiny_digits
 
 OFFSHELF = Path(sys.executable).with_name("offshelf")

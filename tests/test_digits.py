@@ -91,7 +91,8 @@ def test_guidance_built_from_settings(checkpoints):
 
 def test_shards_are_reproducible_alone_and_evaluate(checkpoints, tmp_path):
     from offshelf.atomic import save_npz
-    from offshelf.stages import evaluate, load_judge, reference_features, sample_shard, save_shard
+    from offshelf.shards import save_shard
+    from offshelf.stages import evaluate, load_judge, reference_features, sample_shard
 
     backend = DigitsBackend()
     models = backend.load(checkpoints, {"respacing": "10"})

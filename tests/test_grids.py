@@ -19,8 +19,7 @@ from offshelf.config import ConfigError, validate_config
 from offshelf.grids import (BACKGROUND, GUTTER, GridConfigError, class_grid, grid_options, read_layout,
                             upscale_factor, write_sample_grid)
 from offshelf.seeding import draw_labels
-from offshelf.shards import ShardFormat
-from offshelf.stages import save_shard
+from offshelf.shards import ShardFormat, save_shard
 from workflow_utils import REPO
 
 DIGITS = backends.create({"name": "digits", "options": {}})  # 8x8 grey images, 10 classes

@@ -10,6 +10,7 @@ import torch
 from offshelf.config import load_config
 from offshelf.backends.adm128 import ADM128Backend
 from offshelf.backends.base import Pretrained
+from offshelf.shards import save_shard
 from offshelf.stages import sample_shard
 from offshelf.plan import all_evaluations, all_settings, table_rows
 from offshelf.settings import Setting
@@ -201,7 +202,7 @@ def test_both_fid_protocols_are_wired_and_named_in_every_metrics_file(tmp_path, 
     registry = tmp_path / "registry.yaml"
     registry.write_text(yaml.safe_dump({name: {"sha256": digest, "hash_prefix": None} for name, digest in sha.items()}))
     shard = tmp_path / "shard.npz"
-    stages.save_shard(shard, rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8), np.arange(6), range(6), 1.0)
+    save_shard(shard, rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8), np.arange(6), range(6), 1.0)
 
     results = {}
     for protocol in ("adm_tf", "pytorch_fid"):

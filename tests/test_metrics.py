@@ -12,9 +12,9 @@ from PIL import Image
 from offshelf import metrics
 from offshelf.metrics import (
     clip_score, evaluate, extract_features, feature_statistics, fid_from_features,
-    frechet_distance, inception_score, load_reference_stats, load_sample_dir, load_samples,
-    precision_recall, save_feature_stats,
+    frechet_distance, inception_score, load_reference_stats, precision_recall, save_feature_stats,
 )
+from offshelf.shards import load_sample_dir, load_samples
 
 
 def _random_covariance(rng, dim):

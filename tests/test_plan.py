@@ -280,11 +280,9 @@ def test_searched_rows_report_the_chosen_scale_its_trace_and_an_edge(config):
     assert list(frame["status"]) == ["ok"] * 5
     assert list(frame["scale"]) == [10.0, 270.0, 10.0, 10.0, 10.0]
     assert list(frame["scale_on_edge"]) == ["", "high", "", "", ""]
-    # bracketed at once: 3 low-fidelity scales + the finalist's top-up; the edge: 5 scales + top-up
-    low, full = plans[0].spec.low_fidelity, plans[0].spec.full_fidelity
-    assert (low, full) == (250, 500)
-    assert frame["search_samples"][0] == 3 * low + (full - low) and frame["search_samples"][1] == 5 * low + (full - low)
-    assert frame["search_denoiser_evaluations"][1] == (5 * low + (full - low)) * 50
+    # bracketed at once: 3 scales x 250 + the finalist's top-up to 500; the edge: 5 x 250 + 250
+    assert frame["search_samples"][0] == 1000 and frame["search_samples"][1] == 1500
+    assert frame["search_denoiser_evaluations"][1] == 1500 * 50
     fid = fid_of(8.0)
     assert frame["search_trace"][0] == f"3@250:{fid(3):.4g} 10@250:{fid(10):.4g} 30@250:{fid(30):.4g} 10@500:{fid(10):.4g}"
     assert frame["fid"][1] == pytest.approx(records[plans[1].name]["fid"])

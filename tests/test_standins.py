@@ -200,8 +200,8 @@ def test_inception_torchscript_loads_in_both_clean_fid_modes(built):
 
 
 def test_reference_batches_load_and_give_a_real_fid(built):
-    from offshelf.metrics import (extract_features, feature_statistics, inception_feature_fn, load_reference_stats,
-                                  load_samples)
+    from offshelf.metrics import extract_features, feature_statistics, inception_feature_fn, load_reference_stats
+    from offshelf.shards import load_samples
 
     files = built["files"]
     for name, size in (("ref_imagenet128", 128), ("ref_imagenet256", 256)):

@@ -139,6 +139,7 @@ class Context:
 def cmd_sample(args) -> int:
     from offshelf import stages
     from offshelf.images import save_grid
+    from offshelf.shards import save_shard
 
     ctx = Context(args)
     setting, seeds = parse_setting(args.setting), parse_seeds(args.seeds)
@@ -149,7 +150,7 @@ def cmd_sample(args) -> int:
     models = stages.load_models(ctx.backend, files, ctx.sampling, setting, ctx.checkpoints)
     images, labels, seconds = stages.sample_shard(ctx.backend, models, setting, seeds, ctx.batch_size(args),
                                                   progress=True)
-    stages.save_shard(args.out, images, labels, seeds, seconds)
+    save_shard(args.out, images, labels, seeds, seconds)
     grid = Path(args.grid) if args.grid else Path(args.out).with_suffix(".png")
     save_grid(images, grid, scale=max(1, 64 // images.shape[1]))
     print(f"{setting.name}: {len(images)} samples (seeds {seeds[0]}..{seeds[-1]}) in {seconds:.1f} s -> "

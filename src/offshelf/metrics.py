@@ -33,8 +33,7 @@ import scipy.special
 import torch
 
 from offshelf.atomic import save_npz
-# Shards are read in offshelf.shards (no torch there); their readers stay importable from here.
-from offshelf.shards import check_images, load_sample_dir, load_samples, open_npz  # noqa: F401
+from offshelf.shards import check_images, open_npz
 
 INCEPTION_FILENAME = "inception-2015-12-05.pt"
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"

@@ -15,8 +15,7 @@ from offshelf.atomic import save_npz
 from offshelf.backends.base import Backend, FeatureExtractor, Pretrained, Reference, UnsupportedError
 from offshelf.guidance import NonFiniteError, check_finite
 from offshelf.settings import Setting
-# Shards are written and read in offshelf.shards (no torch there); save_shard stays importable from here.
-from offshelf.shards import load_shards, save_shard, seed_list  # noqa: F401
+from offshelf.shards import load_shards, seed_list
 
 
 def verified_files(files: Mapping[str, str], sources: Mapping[str, Any],

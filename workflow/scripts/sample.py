@@ -1,6 +1,7 @@
 from offshelf import backends, stages
 from offshelf.jobs import job_log
 from offshelf.settings import Setting
+from offshelf.shards import save_shard
 
 with job_log(snakemake.log[0], snakemake.threads, snakemake.resources.get("gpu", 0)):
     p = snakemake.params
@@ -12,4 +13,4 @@ with job_log(snakemake.log[0], snakemake.threads, snakemake.resources.get("gpu",
     images, labels, seconds = stages.sample_shard(backend, models, setting, seeds, p.sampling["batch_size"],
                                                   progress=True)
     print(f"{setting.name}: {len(images)} samples (seeds {first}..{first + count - 1}) in {seconds:.1f} s")
-    stages.save_shard(snakemake.output[0], images, labels, seeds, seconds)
+    save_shard(snakemake.output[0], images, labels, seeds, seconds)

@@ -196,7 +196,8 @@ class ImageNetBackend(Backend):
     def reference_features(self, files: Mapping[str, str], extractor: FeatureExtractor,
                            evaluation: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
         """Inception features of the reference batch's images (``arr_0``): precision/recall's real set."""
-        from offshelf.metrics import extract_features, load_samples
+        from offshelf.metrics import extract_features
+        from offshelf.shards import load_samples
 
         images, _ = load_samples(files["reference_stats"], require_labels=False)
         return {"features": extract_features(images, extractor.features, extractor.batch_size)}
