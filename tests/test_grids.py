@@ -221,7 +221,7 @@ def test_a_grid_reads_only_the_leading_shards_it_needs():
     from offshelf.plan import all_searches
 
     searched = next(iter(all_searches(ci).values())).at(3.0).name  # a scale a search proposes
-    assert grid_shards(ci, searched) == list(range(ci["search"]["low_fidelity"] // ci["sampling"]["shard_size"]))
+    assert grid_shards(ci, searched) == [0, 1]  # its grid is made once it is a finalist: sampled in full
     ddpm = load_config(REPO / "config" / "imagenet128_ddpm.yaml")
     for name in all_settings(ddpm):  # 10 of the 10 (ablations) or 50 (Table 7) shards a setting samples
         assert grid_shards(ddpm, name) == list(range(10)), name

@@ -185,7 +185,7 @@ def test_search_rounds_reproduce_the_in_process_search(config):
     assert [r["round"] for r in rounds] == list(range(len(rounds)))
     low = plan.spec.low_fidelity
     # low-fidelity evaluations read the first samples (+n<low>), the finalist all of the row's (no suffix)
-    assert rounds[0]["evaluations"] == [f"uncond_offshelf-x0_sp3_tj1_tm0.5_g0.3_s{s}_r1+n{low}" for s in (3, 10, 30)]
+    assert rounds[0]["evaluations"] == [f"uncond_offshelf-x0_sp3_tj1_tm0.5_g0.3_s{s}_r1+n{low}" for s in (1, 3, 10)]
     full = config["sampling"]["num_samples"]
     assert low < full and rounds[-1]["proposals"] and all(n == full for _, n in rounds[-1]["proposals"])
     assert not any(r["final"] for r in rounds[:-1])
@@ -251,10 +251,11 @@ def test_job_counts_bound_the_searches(config):
     counts = job_counts(config)
     searches = all_searches(config)
     assert counts["searches"] == len(searches) == 38
-    # config.yaml: 3 initial scales + 2 steps past an edge, the finalist topped up: 5 scales, 6
-    # evaluations; the 5 low-fidelity ones inside the rounds, the finalist's in an evaluate job
+    # config.yaml: 3 initial scales + 2 steps past an edge, then the finalist in full: 6 evaluations;
+    # the 5 low-fidelity ones drawn and judged inside the rounds, the finalist's 500 samples in one
+    # sample job (one shard of 500) and an evaluate job
     assert [max_evaluations(p.spec) for p in searches.values()] == [(5, 1)] * 38
-    assert counts["search_evaluate"] == 38 * 1 and counts["search_sample"] == 38 * (4 * 1 + 1 * 2)
+    assert counts["search_evaluate"] == 38 * 1 and counts["search_sample"] == 38 * 1
     assert counts["search_round"] == sum(max_rounds(p.spec) for p in searches.values()) == 38 * 4
     # the fixed settings (unguided, CFG) apart: one evaluation each, every shard
     assert counts["evaluate"] == len(all_settings(config)) and counts["sample"] == counts["settings"] * counts["shards"]
@@ -271,20 +272,20 @@ def test_searched_rows_report_the_chosen_scale_its_trace_and_an_edge(config):
     config = dict(config, tables={"table6": config["tables"]["table6"]}, regimes=["uncond"])
     plans = [row.search for row in table_rows(config)]
     records = {}
-    for plan, optimum in zip(plans, (8.0, 1e5, 8.0, 8.0, 8.0)):
+    for plan, optimum in zip(plans, (2.5, 1e5, 2.5, 2.5, 2.5)):
         rounds, fids = run_rounds(plan, fid_of(optimum))
         records[plan.name] = search_result_record(plan, rounds[-1], fids, denoiser_per_sample=50)
     rows = table_rows(config, records)
     by_setting = {row.candidates[0].name: {"fid": records[row.search.name]["fid"]} for row in rows}
     frame = table_frame(rows, by_setting, {})
     assert list(frame["status"]) == ["ok"] * 5
-    assert list(frame["scale"]) == [10.0, 270.0, 10.0, 10.0, 10.0]
+    assert list(frame["scale"]) == [3.0, 90.0, 3.0, 3.0, 3.0]
     assert list(frame["scale_on_edge"]) == ["", "high", "", "", ""]
-    # bracketed at once: 3 scales x 250 + the finalist's top-up to 500; the edge: 5 x 250 + 250
-    assert frame["search_samples"][0] == 1000 and frame["search_samples"][1] == 1500
-    assert frame["search_denoiser_evaluations"][1] == 1500 * 50
-    fid = fid_of(8.0)
-    assert frame["search_trace"][0] == f"3@250:{fid(3):.4g} 10@250:{fid(10):.4g} 30@250:{fid(30):.4g} 10@500:{fid(10):.4g}"
+    # bracketed at once: 3 scales x 250 + the finalist's 500; the edge: 5 x 250 + 500
+    assert frame["search_samples"][0] == 1250 and frame["search_samples"][1] == 1750
+    assert frame["search_denoiser_evaluations"][1] == 1750 * 50
+    fid = fid_of(2.5)
+    assert frame["search_trace"][0] == f"1@250:{fid(1):.4g} 3@250:{fid(3):.4g} 10@250:{fid(10):.4g} 3@500:{fid(3):.4g}"
     assert frame["fid"][1] == pytest.approx(records[plans[1].name]["fid"])
     text = markdown(frame, ["fid"], "Table 6")
-    assert "| 270 (edge) |" in text and "| 10 |" in text and SEARCH_LEGEND in text and EDGE_LEGEND in text
+    assert "| 90 (edge) |" in text and "| 3 |" in text and SEARCH_LEGEND in text and EDGE_LEGEND in text

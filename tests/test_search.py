@@ -63,16 +63,16 @@ def test_bounds_stop_the_extension():
     assert max(e.scale for e in r.trace) == 20.0
 
 
-def test_samples_spent_counts_each_scale_once_at_its_largest_evaluation():
+def test_samples_spent_counts_every_evaluation():
     r = run_search(SPEC, bowl(4.0))
     low = [e for e in r.trace if e.num_samples == SPEC.low_fidelity]
     full = [e for e in r.trace if e.num_samples == SPEC.full_fidelity]
     assert len(full) == SPEC.finalists and {e.scale for e in full} <= {e.scale for e in low}
-    # the finalists' full evaluations reuse their low-fidelity samples
-    assert r.samples_spent == (len(low) - len(full)) * SPEC.low_fidelity + len(full) * SPEC.full_fidelity
+    # the finalists are drawn anew in full (the workflow screens inside its rounds)
+    assert r.samples_spent == len(low) * SPEC.low_fidelity + len(full) * SPEC.full_fidelity
     assert r.samples_spent == samples_spent(r.trace)
-    # 3 initial + 2 midpoints at 250, 2 finalists topped up to 1000: 3 * 250 + 2 * 1000
-    assert r.samples_spent == 2750
+    # 3 initial + 2 midpoints at 250, 2 finalists at 1000: 5 * 250 + 2 * 1000
+    assert r.samples_spent == 3250
 
 
 def test_finalists_are_chosen_on_full_fidelity():

@@ -73,7 +73,7 @@ def test_report_has_intervals_and_paired_differences(ci_run):
 
 def test_searched_rows_report_their_search(ci_run):
     """Every guided row names the scale its search chose, the search's trace, and the samples it
-    drew: each scale once, at its largest evaluation (the finalist reuses its low-fidelity shard).
+    drew: every evaluation's (the rounds draw the screens, the finalist is drawn in full again).
     ci.yaml: one initial scale, one step past either edge, then the finalist at all 64 samples."""
     import re
 
@@ -91,7 +91,7 @@ def test_searched_rows_report_their_search(ci_run):
             initial = float(search["initial"][row["regime"]][0])
             assert [e.scale for e in trace[:3]] == [initial, canonical_scale(initial / 3), initial * 3]
             assert [e.num_samples for e in trace] == [search["low_fidelity"]] * 3 + [n]
-            assert row["search_samples"] == samples_spent(trace) == 2 * search["low_fidelity"] + n
+            assert row["search_samples"] == samples_spent(trace) == 3 * search["low_fidelity"] + n
             finalist = trace[-1]
             best_low = min(trace[:3], key=lambda e: (e.value, e.scale))
             assert row["scale"] == finalist.scale == best_low.scale
@@ -105,8 +105,10 @@ def test_searched_rows_report_their_search(ci_run):
 
 
 def test_search_rounds_rank_scales_by_the_fid_an_evaluate_job_gives(ci_run, tmp_path):
-    """A round evaluates the scales the round before proposed inside its own process: each
-    low-fidelity FID in a trace is what `offshelf evaluate` gives on the same first N samples."""
+    """A round draws and judges the scales the round before proposed inside its own process. The
+    finalist is then sampled again by ordinary sample jobs, on the same seeds: its low-fidelity FID
+    in the trace is what `offshelf evaluate` gives on the first N samples of those shards (the
+    round's draw and the sample job's agree)."""
     import re
     import sys
     from pathlib import Path
@@ -114,22 +116,19 @@ def test_search_rounds_rank_scales_by_the_fid_an_evaluate_job_gives(ci_run, tmp_
     config = yaml.safe_load(CI.read_text())
     low = config["search"]["low_fidelity"]
     frame = pd.read_csv(ci_run / "ci" / "report" / "table6.csv")
-    row = frame[frame["search_trace"].notna()].iloc[0]
     checked = 0
-    for entry in row["search_trace"].split():
-        scale, num_samples, value = re.split("[@:]", entry)
-        if int(num_samples) != low:
-            continue
-        setting = re.sub(r"_s[^_]+_r", f"_s{float(scale):g}_r", row["setting"])
-        out = tmp_path / f"{setting}.json"
+    for _, row in frame[frame["search_trace"].notna()].iterrows():
+        screened = {float(s): float(v) for s, k, v in (re.split("[@:]", e) for e in row["search_trace"].split())
+                    if int(k) == low}
+        out = tmp_path / f"{row['setting']}.json"
+        shards = sorted((ci_run / "ci" / "samples" / row["setting"]).glob("shard*.npz"))
         subprocess.run([str(Path(sys.executable).with_name("offshelf")), "evaluate", "--config", str(CI), "--results", str(ci_run),
-                        "--shards", str(ci_run / "ci" / "samples" / setting / "shard0.npz"),
-                        "--reference", str(ci_run / "ci" / "reference" / "features.npz"),
+                        "--shards", *map(str, shards), "--reference", str(ci_run / "ci" / "reference" / "features.npz"),
                         "--num-samples", str(low), "--out", str(out)], check=True, capture_output=True, text=True)
         fid = yaml.safe_load(out.read_text())["fid"]
-        assert float(value) == pytest.approx(fid, rel=1e-3), f"{setting}: trace {value}, evaluate {fid}"  # 4 digits kept
+        assert screened[float(row["scale"])] == pytest.approx(fid, rel=1e-3), f"{row['setting']}: trace, evaluate {fid}"  # 4 digits kept
         checked += 1
-    assert checked == 3  # ci.yaml: one initial scale and one step past either edge
+    assert checked == 2 * len(config["regimes"])  # table6's two rows, each regime
 
 
 def test_shards_use_the_adm_evaluator_layout(ci_run):

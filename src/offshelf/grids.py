@@ -60,25 +60,26 @@ def grid_shards(config: Mapping[str, Any], setting: str) -> list[int]:
     from offshelf.plan import all_evaluations, num_shards
 
     sampled = [n for name, n in all_evaluations(config).values() if name == setting]
-    if not sampled and _proposed_by_a_search(config, setting):  # sampled at least at low fidelity
-        sampled = [config["search"]["low_fidelity"]]
+    if not sampled:  # a scale a search proposed: its grid is made once it is a finalist, sampled in full
+        sampled = _finalist_samples(config, setting)
     if not sampled:
         raise ValueError(f"no table row samples setting {setting!r}: it has no grid")
     wanted = (config.get("grids") or {}).get("shards", DEFAULTS["shards"])
     return list(range(min(wanted, num_shards(config, max(sampled)))))
 
 
-def _proposed_by_a_search(config: Mapping[str, Any], setting: str) -> bool:
+def _finalist_samples(config: Mapping[str, Any], setting: str) -> list[int]:
+    """The full-fidelity counts of the searches that may propose ``setting`` (none: [])."""
     from offshelf.plan import all_searches, lookup_setting
 
-    searches = all_searches(config)
-    if not searches:
-        return False
-    try:
-        lookup_setting({}, searches, setting)
-    except ValueError:
-        return False
-    return True
+    counts = []
+    for name, plan in all_searches(config).items():
+        try:
+            lookup_setting({}, {name: plan}, setting)
+        except ValueError:
+            continue
+        counts.append(plan.spec.full_fidelity)
+    return counts
 
 
 def grid_seeds(labels: Sequence[int], seeds: Sequence[int], classes: Sequence[int],

@@ -148,11 +148,6 @@ def search_plan(config: dict, setting: Setting, num_samples: int, where: str) ->
     if low > num_samples:
         raise ValueError(f"config key 'search.low_fidelity' = {low} exceeds the {num_samples} samples {where} "
                          f"reports (its full-fidelity evaluation)")
-    shard_size = config["sampling"]["shard_size"]
-    if low % shard_size:
-        raise ValueError(f"config key 'search.low_fidelity' = {low} is not a multiple of 'sampling.shard_size' = "
-                         f"{shard_size}: a low-fidelity evaluation must read whole shards (the full evaluation "
-                         f"of the same scale reuses them)")
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in search.items()
               if k not in ("initial", "low_fidelity")}
     try:
@@ -367,6 +362,15 @@ def shard_seeds(config: dict, shard: int) -> list[int]:
     return list(range(start, stop))
 
 
+def first_seeds(config: dict, num_samples: int) -> list[int]:
+    """[first seed, count] of a setting's first ``num_samples`` samples: the seeds its leading
+    shards hold (a search round draws exactly these in its own process)."""
+    if num_samples > config["sampling"]["num_samples"]:
+        raise ValueError(f"{num_samples} samples asked of a setting that samples "
+                         f"'sampling.num_samples' = {config['sampling']['num_samples']}")
+    return [config["sampling"].get("seed_offset", 0), int(num_samples)]
+
+
 def num_shards(config: dict, num_samples: int | None = None) -> int:
     """Shards holding the first ``num_samples`` samples (default: all of them)."""
     sampling = config["sampling"]
@@ -442,8 +446,8 @@ def job_counts(config: dict) -> dict[str, int]:
     downloads, reference features, the report, figures) are not counted: a handful per experiment.
     The guidance-scale searches (``searches`` of them) are counted apart, at their most
     (offshelf.search.max_evaluations / max_rounds: every extension and refinement taken):
-    ``search_sample``, ``search_evaluate`` (the finalists' full evaluations; the low-fidelity
-    ones run inside the rounds) and ``search_round`` jobs, also in the ``total``.
+    ``search_sample`` and ``search_evaluate`` (the finalists' full evaluations; the low-fidelity
+    ones are drawn and judged inside the rounds) and ``search_round`` jobs, also in the ``total``.
 
     Refuses cheaply first: shards are ``ceil(num_samples / shard_size)``, pure arithmetic, so a
     runaway ``shard_size`` is refused before any setting is built; settings are bounded by the
@@ -462,9 +466,8 @@ def job_counts(config: dict) -> dict[str, int]:
     if searches:
         counts.update({k: 0 for k in SEARCH_COUNTS})
         for plan in searches.values():
-            low, full = max_evaluations(plan.spec)  # `low` distinct scales, `full` of them topped up
-            counts["search_sample"] += (low - full) * num_shards(config, plan.spec.low_fidelity) \
-                + full * num_shards(config, plan.spec.full_fidelity)
+            full = max_evaluations(plan.spec)[1]  # the low-fidelity ones are drawn inside the rounds
+            counts["search_sample"] += full * num_shards(config, plan.spec.full_fidelity)
             counts["search_evaluate"] += full
             counts["search_round"] += max_rounds(plan.spec)
     counts.update(total=sum(counts.values()), settings=len(most), shards=shards)
@@ -504,7 +507,7 @@ def cost_plan(config: dict, seconds: dict[str, float] | None = None) -> list[dic
             table[s.name] = max(table.get(s.name, 0), row.num_samples or config["sampling"]["num_samples"])
         if row.search:
             low, full = max_evaluations(row.search.spec)
-            table[row.search.name] = (low - full) * row.search.spec.low_fidelity + full * row.search.spec.full_fidelity
+            table[row.search.name] = low * row.search.spec.low_fidelity + full * row.search.spec.full_fidelity
             settings[row.search.name] = row.search.setting  # every scale costs the same per sample
     total: dict[str, int] = {}
     for table in most.values():

@@ -17,8 +17,11 @@ replays the search over the trace and returns what it needs next, so a search in
 any round resumes from its trace alone (the workflow keeps one JSON file per round).
 
 Low- and full-fidelity evaluations of one scale share their seeds (a full evaluation's first
-``low_fidelity`` samples are the low-fidelity ones), so ``samples_spent`` counts each scale once,
-at the most samples drawn for it.
+``low_fidelity`` samples are the low-fidelity ones), so the finalists are compared on the very
+samples they were screened on, plus more. ``samples_spent`` counts every evaluation's samples: the
+workflow draws a screen inside its search round and a finalist in its own sample jobs, so a
+finalist's first ``low_fidelity`` samples are drawn twice (on digits, a process per draw costs more
+than the samples it would save).
 """
 
 from __future__ import annotations
@@ -173,13 +176,9 @@ def next_evaluations(spec: SearchSpec, trace: Sequence[Evaluation]) -> list[tupl
 
 
 def samples_spent(trace: Sequence[Evaluation]) -> int:
-    """Samples drawn for ``trace``: each scale counted once, at the most samples any of its
-    evaluations read (a full-fidelity evaluation reuses the low-fidelity samples of its scale)."""
-    most: dict[float, int] = {}
-    for e in trace:
-        scale = canonical_scale(e.scale)
-        most[scale] = max(most.get(scale, 0), int(e.num_samples))
-    return sum(most.values())
+    """Samples drawn for ``trace``: every evaluation's own (a finalist's full-fidelity evaluation
+    draws its samples anew, see the module's docstring)."""
+    return sum(int(e.num_samples) for e in trace)
 
 
 def result(spec: SearchSpec, trace: Sequence[Evaluation]) -> SearchResult:

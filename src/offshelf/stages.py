@@ -95,18 +95,28 @@ def load_judge(backend: Backend, files: Mapping[str, str], reference_features_pa
 def evaluate(backend: Backend, judge: Judge, shard_paths: Sequence[str],
              evaluation: Mapping[str, Any] | None = None, num_samples: int | None = None,
              expected_seeds: Sequence[Sequence[int]] | None = None, features_path=None) -> dict[str, Any]:
-    """FID / precision / recall (and accuracy where the extractor has logits) of the shards'
-    first ``num_samples`` samples, their summed sampling time, and which network judged them.
+    """:func:`evaluate_samples` of the shards' first ``num_samples`` samples (checked to hold
+    ``expected_seeds``), with their summed sampling time."""
+    images, labels, seconds = load_shards(backend, shard_paths, expected_seeds, num_samples)
+    seeds = None if expected_seeds is None else np.concatenate([seed_list(s) for s in expected_seeds])[:len(images)]
+    return evaluate_samples(judge, images, labels, seconds, evaluation, seeds, features_path,
+                            where=f"shards {shard_paths[0]} ..")
+
+
+def evaluate_samples(judge: Judge, images: np.ndarray, labels: np.ndarray, seconds: float,
+                     evaluation: Mapping[str, Any] | None = None, seeds: Sequence[int] | None = None,
+                     features_path=None, where: str = "samples") -> dict[str, Any]:
+    """FID / precision / recall (and accuracy where the extractor has logits) of uint8 NHWC
+    ``images``, the ``seconds`` it took to sample them, and which network judged them.
 
     With ``evaluation.bootstrap`` = B > 0, each metric also gets its 95 % interval
     (``<metric>_lo``/``_hi``, offshelf.statistics), and ``features_path`` (when given) receives
-    the per-sample features, seeds, correctness and the B replicates of every metric, so a report
-    can pair this setting with another resampled by the same indices."""
+    the per-sample features, ``seeds``, correctness and the B replicates of every metric, so a
+    report can pair this setting with another resampled by the same indices."""
     from offshelf import statistics
     from offshelf.metrics import evaluate as evaluate_features, feature_statistics
 
     evaluation = evaluation or {}
-    images, labels, seconds = load_shards(backend, shard_paths, expected_seeds, num_samples)
     extractor, reference = judge.extractor, judge.reference
     arrays: dict[str, np.ndarray] = {}
     nhood_size = evaluation.get("nhood_size", 3)
@@ -115,7 +125,7 @@ def evaluate(backend: Backend, judge: Judge, shard_paths: Sequence[str],
                                batch_size=extractor.batch_size, nhood_size=nhood_size,
                                device=extractor.device, arrays=arrays)
     if not np.isfinite(result["fid"]):
-        raise NonFiniteError(f"shards {shard_paths[0]} ..: FID is {result['fid']} (non-finite features from "
+        raise NonFiniteError(f"{where}: FID is {result['fid']} (non-finite features from "
                              f"{extractor.name or 'the feature extractor'}); no metrics file is written")
     num_resamples = int(evaluation.get("bootstrap", 0))
     replicates: dict[str, np.ndarray] = {}
@@ -131,8 +141,7 @@ def evaluate(backend: Backend, judge: Judge, shard_paths: Sequence[str],
         # Metric replicates go in as "replicate_<metric>"; per-sample arrays under their own names.
         per_sample = {"features": arrays["features"], "labels": np.asarray(labels, np.int64),
                       "digest": np.array(result["bootstrap_digest"])}
-        if expected_seeds is not None:  # what the report checks before pairing sample i with sample i
-            seeds = np.concatenate([seed_list(s) for s in expected_seeds])[:len(images)]
+        if seeds is not None:  # what the report checks before pairing sample i with sample i
             per_sample["seeds"] = np.asarray(seeds, np.int64)
         per_sample.update({k: v for k, v in replicates.items() if k not in statistics.METRICS})
         if "correct" in arrays:

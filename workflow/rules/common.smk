@@ -2,7 +2,7 @@
 import json
 
 from offshelf.backends.base import Pretrained, Trained, UnsupportedError
-from offshelf.plan import calibration_params, figure_guided_probes
+from offshelf.plan import calibration_params, figure_guided_probes, first_seeds
 
 
 def source_path(source):
@@ -125,25 +125,30 @@ def round_proposals(search, k):
 
 
 def search_round_inputs(wc):
-    """Round k reads round k - 1, the shards of the evaluations it proposed (round k evaluates
-    them itself) and the judge's files."""
+    """Round k reads round k - 1 and what it needs to sample and judge the evaluations round k - 1
+    proposed (round k draws them itself: the networks of the searched setting, the judge's files)."""
     k = int(wc.round)
     if k == 0:
         return {}
-    previous, proposed = round_proposals(wc.search, k)
-    shards = [path for e in proposed for path in shards_of_evaluation(e)[0]]
-    return dict(judge_inputs(), previous=previous, shards=list(dict.fromkeys(shards)))
+    previous, _ = round_proposals(wc.search, k)
+    models = setting_files(SEARCHES[wc.search].setting)  # every scale of a search takes the same files
+    judge = judge_inputs()
+    clash = sorted(role for role in set(models) & set(judge) if models[role] != judge[role])
+    if clash:
+        raise ValueError(f"search {wc.search}: roles {clash} name different files for sampling and judging")
+    return dict(models, **judge, previous=previous)
 
 
 def search_round_evaluations(wc):
-    """{evaluation: {shards, seeds, num_samples}} of what round k - 1 proposed (a job param)."""
+    """{evaluation: {setting, seeds}} of what round k - 1 proposed (a job param): each is the
+    setting's first N samples, the seeds its shards hold, drawn in the round's own process."""
     k = int(wc.round)
     if k == 0:
         return {}
     out = {}
     for e in round_proposals(wc.search, k)[1]:
-        shards, seeds = shards_of_evaluation(e)
-        out[e] = {"shards": shards, "seeds": seeds, "num_samples": evaluation_of(e)[1]}
+        setting, n = evaluation_of(e)
+        out[e] = {"setting": setting_of(setting).to_dict(), "seeds": first_seeds(config, n)}
     return out
 
 

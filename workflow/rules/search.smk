@@ -1,12 +1,12 @@
 # Guidance-scale search (offshelf.search, docs/statistics.md "Scale search"): each guided row of a
 # config with a `search` section gets its scale from a log-scale bracketing search. One checkpoint
 # per round: round k holds the trace so far and the evaluations the search proposes next; round
-# k + 1 evaluates them itself (their shards are ordinary sample jobs, `<setting>+n<N>` reads the
-# first N samples of a setting), one process per round instead of one evaluate job per scale. A
-# round is a pure function of the one before and its shards, so a killed run resumes at the first
-# missing round. The round proposing the finalists is `final`; `result.json` (an ordinary rule)
-# reads it and the finalists' metrics (ordinary evaluate jobs, with the features the report
-# pairs), and names the scale, metrics and features the row reports.
+# k + 1 draws them (a setting's first N samples: the seeds its shards hold, `<setting>+n<N>`) and
+# judges them in its own process, so a round is one process, not a sample job per scale. A round
+# is a pure function of the one before, so a killed run resumes at the first missing round. The
+# round proposing the finalists is `final`; `result.json` (an ordinary rule) reads it and the
+# finalists' full-fidelity metrics (ordinary sample and evaluate jobs, with the features the
+# report pairs), and names the scale, metrics and features the row reports.
 # Input functions: common.smk (snakemake --lint keeps functions out of rule files).
 
 checkpoint search_round:
@@ -18,6 +18,7 @@ checkpoint search_round:
         plan=lambda wc: SEARCHES[wc.search].to_dict(),
         evaluations=search_round_evaluations,
         evaluation=canonical(config["evaluation"]),
+        sampling=sampling_params(config),
         backend=BACKEND_SPEC,
         checkpoints=CHECKPOINTS,
         library=LIBRARY,

@@ -10,17 +10,24 @@ with job_log(snakemake.log[0], snakemake.threads, snakemake.resources.get("gpu",
     plan = SearchPlan.from_dict(p.plan)
     previous = json.loads(Path(inputs.previous).read_text()) if "previous" in inputs.keys() else None
     metrics = {}
-    if p.evaluations:  # round 0 proposes the initial scales: nothing to evaluate, torch not needed
+    if p.evaluations:  # round 0 proposes the initial scales: nothing to draw, torch not needed
         from offshelf import backends, stages
+        from offshelf.settings import Setting
 
         backend = backends.create(p.backend)
+        model_files = {role: inputs[role] for role in backend.files(plan.setting)}
+        models = stages.load_models(backend, model_files, p.sampling, plan.setting, p.checkpoints)
         judge = stages.load_judge(backend, stages.judge_files(backend, inputs, p.checkpoints), inputs.get("reference"))
         # the search ranks scales by their FID alone: no resampled intervals at this fidelity
         evaluation = dict(p.evaluation, bootstrap=0)
         for name, e in p.evaluations.items():
-            metrics[name] = stages.evaluate(backend, judge, e["shards"], evaluation, e["num_samples"],
-                                            expected_seeds=e["seeds"])
-            print(f"{name}: FID {metrics[name]['fid']:.4g} on {metrics[name]['n']} samples")
+            first, count = e["seeds"]
+            seeds = list(range(first, first + count))
+            images, labels, seconds = stages.sample_shard(backend, models, Setting.from_dict(e["setting"]), seeds,
+                                                          p.sampling["batch_size"])
+            metrics[name] = stages.evaluate_samples(judge, images, labels, seconds, evaluation, seeds, where=name)
+            print(f"{name}: FID {metrics[name]['fid']:.4g} on {metrics[name]['n']} samples "
+                  f"(drawn in {seconds:.1f} s)")
     record = search_round_record(plan, previous, metrics)
     print(f"{plan.name} round {record['round']}: trace {len(record['trace'])} evaluations; next {record['proposals']}")
     save_json(snakemake.output[0], record)
