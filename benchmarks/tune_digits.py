@@ -4,7 +4,10 @@ Per classifier family: run the tuner (Stage 1 on held-out digits, Stage 2's scal
 sample a dense grid over β × τ2 × γ × scale with N samples per point (seeds 0 … N−1), and the
 tuned setting with the same N seeds (fresh samples: the search's own FIDs were used to choose it).
 Pass = the tuned FID lies within the 95 % bootstrap interval of the grid's best point (or below
-it) at ≤ 20 % of the grid's sampling compute, counted in denoiser evaluations. Every FID is judged
+it) at ≤ 20 % of the grid's sampling compute, counted in denoiser evaluations. Beside it, the
+paired difference tuned − grid best (same seeds, the same bootstrap indices; its interval is for
+the difference, in which FID's finite-N bias largely cancels): "not worse" when its interval
+reaches 0 or below. Every FID is judged
 by the digits evaluation network, which guides nothing. Prints a Markdown table; writes the grid
 to --out.
 
@@ -40,7 +43,7 @@ def numbers(text: str) -> list[float]:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="results/digits/models")
-    parser.add_argument("--respacing", default="50")
+    parser.add_argument("--respacing", default="25", help="the default config's sampling.respacing")
     parser.add_argument("--regime", default="uncond", choices=["cond", "uncond"])
     parser.add_argument("--classifier", default="offshelf", help="the family to tune (digits: offshelf)")
     parser.add_argument("--network", default="", help="the classifier family (mlp, vit, wide...; default: the ResNet)")
@@ -112,6 +115,10 @@ def main(argv=None):
                                       num_resamples=args.bootstrap)
     interval = statistics.intervals({"fid": best[0]}, replicates)
     within = tuned_fid <= interval["fid_hi"]
+    tuned_replicates = statistics.bootstrap(tuned_features, reference_mu=ref.mu, reference_sigma=ref.sigma,
+                                            num_resamples=args.bootstrap)
+    diff, diff_lo, diff_hi = statistics.paired_difference("fid", tuned_fid, best[0], tuned_replicates["fid"],
+                                                          replicates["fid"])
     cheap = tuned_work <= 0.2 * grid_work
     result = {
         "regime": args.regime, "classifier": args.classifier, "judge": extractor.name, "samples": args.samples,
@@ -119,16 +126,19 @@ def main(argv=None):
         "grid_best_fid_lo": interval["fid_lo"], "grid_best_fid_hi": interval["fid_hi"],
         "tuned": tuned.name, "tuned_fid": tuned_fid, "tuned_denoiser_evaluations": tuned_work,
         "grid_denoiser_evaluations": grid_work, "compute_ratio": tuned_work / grid_work,
-        "pass": bool(within and cheap), "tune_seconds": tune_seconds, "grid_seconds": grid_seconds,
+        "pass": bool(within and cheap), "fid_diff": diff, "fid_diff_lo": diff_lo, "fid_diff_hi": diff_hi,
+        "not_worse_paired": bool(diff_lo <= 0), "tune_seconds": tune_seconds, "grid_seconds": grid_seconds,
         "tuner_summary": summary,
     }
     (out / "result.json").write_text(json.dumps(result, indent=2, default=str))
-    print("| family | regime | tuned setting | tuned FID | grid best | grid best FID [95 %] | denoiser evals tuned / grid | pass |")
-    print("|---|---|---|---|---|---|---|---|")
-    print(f"| {args.classifier} | {args.regime} | {tuned.name} | {tuned_fid:.3f} | {best[2].name} | "
+    print("| family | regime | tuned setting | tuned FID | grid best | grid best FID [95 %] | denoiser evals tuned / grid | pass "
+          "| tuned − best [95 %, paired] | not worse (paired) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(f"| {args.network or args.classifier} | {args.regime} | {tuned.name} | {tuned_fid:.3f} | {best[2].name} | "
           f"{best[0]:.3f} [{interval['fid_lo']:.3f}, {interval['fid_hi']:.3f}] | "
           f"{tuned_work:,} / {grid_work:,} ({100 * tuned_work / grid_work:.1f} %) | "
-          f"{'yes' if result['pass'] else 'no'} |")
+          f"{'yes' if result['pass'] else 'no'} | {diff:+.3f} [{diff_lo:+.3f}, {diff_hi:+.3f}] | "
+          f"{'yes' if result['not_worse_paired'] else 'no'} |")
     print(f"tuner {tune_seconds:.0f} s, grid {grid_seconds:.0f} s ({len(grid)} points × {args.samples} samples)")
 
 
