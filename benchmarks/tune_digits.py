@@ -48,7 +48,9 @@ def main(argv=None):
     parser.add_argument("--classifier", default="offshelf", help="the family to tune (digits: offshelf)")
     parser.add_argument("--network", default="", help="the classifier family (mlp, vit, wide...; default: the ResNet)")
     parser.add_argument("--samples", type=int, default=500, help="samples per grid point and for the tuned setting")
-    parser.add_argument("--betas", default="inf,3")
+    parser.add_argument("--betas", default="inf,3", help="the grid's Softplus β (inf = ReLU)")
+    parser.add_argument("--tune-betas", default="inf,8,5,4,3,2",
+                        help="Stage 1's β candidates (a family without ReLU, e.g. vit: inf)")
     parser.add_argument("--temperatures", default="0.1,0.2,0.5,1.0")
     parser.add_argument("--sine-factors", default="0,0.3")
     parser.add_argument("--scales", default="1,3,10,30")
@@ -82,6 +84,7 @@ def main(argv=None):
     # --- the tuner
     start = time.perf_counter()
     spec = TuneSpec(classifier=args.classifier, network=args.network, regime=args.regime,
+                    softplus_betas=tuple(numbers(args.tune_betas)),
                     search={"initial": (1.0, 3.0, 10.0), "low_fidelity": args.low_fidelity,
                             "full_fidelity": args.full_fidelity})
     summary = run_tune(backend, models, spec, out / "tuned", guiding, judging, {"reference_split": "train"}, sampling,
