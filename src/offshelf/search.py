@@ -21,7 +21,8 @@ Low- and full-fidelity evaluations of one scale share their seeds (a full evalua
 samples they were screened on, plus more. ``samples_spent`` counts every evaluation's samples: the
 workflow draws a screen inside its search round and a finalist in its own sample jobs, so a
 finalist's first ``low_fidelity`` samples are drawn twice (on digits, a process per draw costs more
-than the samples it would save).
+than the samples it would save). An in-process caller that keeps each scale's samples and only
+adds seeds (``offshelf.tuning``) counts what it drew instead.
 """
 
 from __future__ import annotations

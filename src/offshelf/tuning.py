@@ -496,8 +496,9 @@ def run_tune(backend, models, spec: TuneSpec, out_dir, guiding_files: Mapping[st
         "judge": extractor.name, "judge_files": dict(judging_files),
         "stage1_denoiser_evaluations": stage1.denoiser_evaluations,
         "stage1_classifier_forwards": stage1.denoiser_evaluations * len(spec.softplus_betas),
-        "stage2_samples": int(result.samples_spent),
-        "stage2_denoiser_evaluations": int(result.samples_spent) * per_sample,
+        # what the objective drew: a finalist's full evaluation only adds seeds to its screen
+        "stage2_samples": int(objective.samples_drawn()),
+        "stage2_denoiser_evaluations": int(objective.samples_drawn()) * per_sample,
         "trace": format_trace(result.trace),
     }
     save_json(out / "summary.json", _finite_json(summary))
