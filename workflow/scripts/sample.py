@@ -1,16 +1,15 @@
 from offshelf import backends, stages
 from offshelf.jobs import job_log
 from offshelf.settings import Setting
-from offshelf.shards import save_shard
+from offshelf.shards import save_shard, seed_list
 
 with job_log(snakemake.log[0], snakemake.threads, snakemake.resources.get("gpu", 0)):
     p = snakemake.params
     backend = backends.create(p.backend)
     setting = Setting.from_dict(p.setting)
-    first, count = p.seeds
-    seeds = list(range(first, first + count))
+    seeds = seed_list(p.seeds)
     models = stages.load_models(backend, dict(snakemake.input), p.sampling, setting, p.checkpoints)
     images, labels, seconds = stages.sample_shard(backend, models, setting, seeds, p.sampling["batch_size"],
                                                   progress=True)
-    print(f"{setting.name}: {len(images)} samples (seeds {first}..{first + count - 1}) in {seconds:.1f} s")
+    print(f"{setting.name}: {len(images)} samples (seeds {seeds[0]}..{seeds[-1]}) in {seconds:.1f} s")
     save_shard(snakemake.output[0], images, labels, seeds, seconds)

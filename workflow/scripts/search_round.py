@@ -13,6 +13,7 @@ with job_log(snakemake.log[0], snakemake.threads, snakemake.resources.get("gpu",
     if p.evaluations:  # round 0 proposes the initial scales: nothing to draw, torch not needed
         from offshelf import backends, stages
         from offshelf.settings import Setting
+        from offshelf.shards import seed_list
 
         backend = backends.create(p.backend)
         model_files = {role: inputs[role] for role in backend.files(plan.setting)}
@@ -21,8 +22,7 @@ with job_log(snakemake.log[0], snakemake.threads, snakemake.resources.get("gpu",
         # the search ranks scales by their FID alone: no resampled intervals at this fidelity
         evaluation = dict(p.evaluation, bootstrap=0)
         for name, e in p.evaluations.items():
-            first, count = e["seeds"]
-            seeds = list(range(first, first + count))
+            seeds = seed_list(e["seeds"])
             images, labels, seconds = stages.sample_shard(backend, models, Setting.from_dict(e["setting"]), seeds,
                                                           p.sampling["batch_size"])
             metrics[name] = stages.evaluate_samples(judge, images, labels, seconds, evaluation, seeds, where=name)
