@@ -2,6 +2,7 @@
 mixture, bad input stops with a message naming the key, the tuned YAML is a working `bases:`
 entry, and the command answers --help."""
 
+import dataclasses
 import math
 import subprocess
 import sys
@@ -121,6 +122,97 @@ def test_sine_factor_follows_where_calibration_is_worst():
 
 
 # ----------------------------------------------------------------------------
+# β along guided trajectories (docs/tuning.md §2)
+
+class FixedLogits(torch.nn.Module):
+    """A "classifier" whose logits are a fixed function of the input's first pixel (two classes)."""
+
+    def forward(self, x):
+        v = x.flatten(1)[:, :1]
+        return torch.cat([3 * v, -3 * v], dim=1)
+
+
+def test_recorder_judged_by_another_network_scores_agreement():
+    """Correct = the judge's class of x̂0: a judge that agrees everywhere gives accuracy 1 and
+    ECE = 1 − mean confidence; one that always disagrees, accuracy 0 and ECE = mean confidence."""
+    from offshelf.calibration import CalibrationRecorder
+
+    guidance = ClassifierGuidance(FixedLogits(), input="x0")
+    x0 = torch.linspace(-1, 1, 64).view(64, 1, 1, 1)
+    confidence = torch.softmax(FixedLogits()(x0), dim=1).max(dim=1).values.double().mean().item()
+    own = FixedLogits()(x0).argmax(dim=1)
+    for judge, accuracy, ece in ((lambda x: own, 1.0, 1 - confidence), (lambda x: 1 - own, 0.0, confidence)):
+        recorder = CalibrationRecorder(guidance, None, judge=judge)
+        recorder(0, x_t=x0, pred_xstart=x0)
+        row = recorder.table(num_bins=1).iloc[0]
+        assert row["accuracy"] == accuracy and row["ece"] == pytest.approx(ece, abs=1e-6)
+    with pytest.raises(ValueError, match="either fixed labels or a judge"):
+        CalibrationRecorder(guidance, None)
+
+
+def stage1_result(integrals: pd.DataFrame):
+    from offshelf.tuning import CalibrationResult, choose
+
+    t = np.linspace(0.1, 0.9, 5)
+    curves = pd.concat([pd.DataFrame({"softplus_beta": b, "marginal_temperature": tau, "step": np.arange(5), "t": t,
+                                      "ece": 0.4 - 0.3 * np.sin(np.pi * t), "nll": 1.0})
+                        for b, tau in zip(integrals.softplus_beta, integrals.marginal_temperature)])
+    chosen = choose(integrals, "nll")
+    return CalibrationResult(curves, integrals, chosen, {"nll": chosen}, {}, pd.DataFrame(), 0)
+
+
+def test_guided_beta_choice_takes_the_beta_its_own_trajectories_calibrate_best():
+    """β = argmin of the guided integral ECE; τ2 stays that β's held-out choice; γ is re-derived."""
+    from offshelf.tuning import choose_beta_along_guided, temperature_per_beta
+
+    integrals = pd.DataFrame({"softplus_beta": [math.inf, math.inf, 3.0, 3.0, 5.0, 5.0],
+                              "marginal_temperature": [0.2, 0.5, 0.2, 0.5, 0.2, 0.5],
+                              "integral_nll": [1.0, 1.1, 1.3, 1.2, 1.5, 1.4], "integral_ece": 0.1, "accuracy": 0.5})
+    stage1 = stage1_result(integrals)
+    assert stage1.chosen["softplus_beta"] == math.inf  # the held-out NLL alone keeps ReLU
+    temperatures = temperature_per_beta(integrals, "nll")
+    assert temperatures == {3.0: 0.5, 5.0: 0.5, math.inf: 0.2}
+    guided = pd.concat([pd.DataFrame({"softplus_beta": b, "marginal_temperature": tau, "step": [1, 0], "t": [0.5, 0.0],
+                                      "ece": ece, "accuracy": 0.9, "confidence": 0.9, "n": 20})
+                        for (b, tau), ece in zip(temperatures.items(), ([0.2, 0.1], [0.3, 0.3], [0.3, 0.2]))])
+    tuned = choose_beta_along_guided(stage1, guided, TuneSpec())
+    assert tuned.chosen["softplus_beta"] == 3.0 and tuned.chosen["marginal_temperature"] == 0.5
+    assert tuned.chosen["guided_integral_ece"] == pytest.approx(0.15) and tuned.chosen["softplus_beta_on_edge"] == "low"
+    assert tuned.sine["sine_factor"] == 0.3 and len(tuned.guided_integrals) == 3
+
+
+def test_guided_beta_choice_runs_on_digits_and_counts_its_sampling(tmp_path):
+    """run_tune on toy digits networks: each β's guided trajectories are recorded per step, the
+    chosen β is the smallest guided integral ECE, and their sampling is counted; a judge without
+    class logits stops with the key to change."""
+    from conftest import train_tiny_digits
+    from offshelf.backends.digits import DigitsBackend
+    from offshelf.tuning import run_tune
+
+    files = train_tiny_digits(tmp_path, steps=5, batch_size=16)
+    backend = DigitsBackend()
+    guiding = {role: files[role] for role in ("denoiser", "offshelf", "finetuned")}
+    sampling = {"respacing": "4", "variance": "fixed_large"}
+    models = backend.load(guiding, sampling)
+    spec = TuneSpec(regime="uncond", num_images=20, softplus_betas=(math.inf, 3.0), marginal_temperatures=(0.5, 1.0),
+                    guided_samples=20, search={"initial": [1], "low_fidelity": 8, "full_fidelity": 8,
+                                               "max_extensions": 0, "refinements": 0, "finalists": 1})
+    summary = run_tune(backend, models, spec, tmp_path / "tune", guiding, {"evaluator": files["evaluator"]},
+                       sampling=sampling, batch_size=20)
+    guided = pd.read_csv(tmp_path / "tune" / "guided_calibration.csv")
+    assert len(guided) == 2 * 4 and set(guided["n"]) == {20} and np.isfinite(guided["ece"]).all()
+    integrals = guided.groupby("softplus_beta")["ece"].mean()
+    assert float(summary["chosen"]["softplus_beta"]) == float(integrals.idxmin())
+    assert summary["beta_choice"] == "guided" and summary["stage1_guided_denoiser_evaluations"] == 2 * 20 * 4
+
+    judge_features_only = dataclasses.replace(backend.feature_extractor({"evaluator": files["evaluator"]}), logits=None)
+    backend.feature_extractor = lambda judging: judge_features_only
+    with pytest.raises(TuneError, match="tune.beta_choice = guided needs the evaluation network's class logits"):
+        run_tune(backend, models, spec, tmp_path / "blind", guiding, {"evaluator": files["evaluator"]},
+                 sampling=sampling, batch_size=20)
+
+
+# ----------------------------------------------------------------------------
 # bad input: one message naming the key
 
 @pytest.mark.parametrize("values, key", [
@@ -131,6 +223,10 @@ def test_sine_factor_follows_where_calibration_is_worst():
     ({"marginal_temperatures": ()}, "tune.marginal_temperatures"),
     ({"num_images": 5}, "tune.num_images"),
     ({"criterion": "accuracy"}, "tune.criterion"),
+    ({"beta_choice": "fid"}, "tune.beta_choice"),
+    ({"guided_scale": 0.0}, "tune.guided_scale"),
+    ({"guided_scale": math.inf}, "tune.guided_scale"),
+    ({"guided_samples": 5}, "tune.guided_samples"),
 ])
 def test_bad_tune_values_name_the_key(values, key):
     with pytest.raises(TuneError, match=key.replace(".", r"\.")):
@@ -246,7 +342,7 @@ def test_tune_unknown_classifier_is_one_line(tmp_path):
 # ----------------------------------------------------------------------------
 # the workflow: `snakemake tune`, then a table row on the tuned base
 
-TINY_TUNE = {"regime": "uncond", "num_images": 40, "softplus_betas": ["inf", 3], "marginal_temperatures": [0.2, 0.5, 1.0],
+TINY_TUNE = {"regime": "uncond", "num_images": 40, "guided_samples": 20, "softplus_betas": ["inf", 3], "marginal_temperatures": [0.2, 0.5, 1.0],
              "search": {"initial": [1, 3], "low_fidelity": 16, "full_fidelity": 32, "max_extensions": 0,
                         "refinements": 0, "finalists": 1}}
 
@@ -273,6 +369,8 @@ def test_snakemake_tune_then_a_row_on_the_tuned_base(tmp_path):
     trace = pd.read_csv(folder / "search_trace.csv")
     assert list(trace.columns) == ["scale", "num_samples", "value"] and len(trace) == 3  # 2 screened, 1 finalist
     assert summary["stage2_denoiser_evaluations"] == (16 + 32) * 10
+    guided = pd.read_csv(folder / "guided_calibration.csv")  # both β along their own trajectories, every step
+    assert len(guided) == 2 * 10 and summary["stage1_guided_denoiser_evaluations"] == 2 * 20 * 10
 
     tuned = yaml.safe_load((folder / "tuned.yaml").read_text())
     (name,) = tuned

@@ -43,12 +43,20 @@ class CalibrationRecorder:
 
     ``evaluate_with`` defaults to the guidance that drives the sampler; pass another
     ``ClassifierGuidance`` to measure a classifier along someone else's trajectories.
+
+    A prediction is correct when it equals ``labels`` (the class each trajectory was drawn or
+    guided towards) or, given ``judge`` (x̂0 -> class tensor), the class an independent network
+    sees in that very step's x̂0 (``offshelf tune``'s guided β choice, docs/tuning.md §2).
     """
 
-    def __init__(self, evaluate_with, labels: torch.Tensor, model_timesteps=None, temperature: float = 1.0):
+    def __init__(self, evaluate_with, labels: torch.Tensor | None, model_timesteps=None, temperature: float = 1.0,
+                 judge=None):
+        if (labels is None) == (judge is None):
+            raise ValueError("CalibrationRecorder needs either fixed labels or a judge of each step's x̂0, not both")
         self.guidance = evaluate_with
         self.temperature = temperature
         self.labels = labels
+        self.judge = judge
         self.model_timesteps = model_timesteps
         self.confidence: dict[int, list[np.ndarray]] = defaultdict(list)
         self.correct: dict[int, list[np.ndarray]] = defaultdict(list)
@@ -61,7 +69,8 @@ class CalibrationRecorder:
         probs = calibrated_probs(logits, self.temperature)
         conf, pred = probs.max(dim=1)
         self.confidence[step].append(conf.cpu().numpy())
-        self.correct[step].append((pred.cpu() == self.labels.cpu()).numpy())
+        truth = self.labels if self.judge is None else self.judge(pred_xstart)
+        self.correct[step].append((pred.cpu() == truth.cpu()).numpy())
 
     def table(self, num_bins: int = 15, num_steps: int | None = None) -> pd.DataFrame:
         """Tidy per-step table: step, t (= step/T, 1 is pure noise), ece, accuracy, confidence, n."""

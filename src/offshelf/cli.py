@@ -229,6 +229,8 @@ def cmd_tune(args) -> int:
     spec = TuneSpec.from_config(ctx.config.get("tune"), classifier=args.classifier, network=args.network,
                                 regime=args.regime,
                                 criterion=args.criterion, num_images=args.num_images, sine_factor=args.sine_factor,
+                                beta_choice=args.beta_choice, guided_scale=args.guided_scale,
+                                guided_samples=args.guided_samples,
                                 softplus_betas=_numbers(args.softplus_betas, "--softplus-betas"),
                                 marginal_temperatures=_numbers(args.marginal_temperatures, "--marginal-temperatures"),
                                 search=dict(ctx.config.get("tune", {}).get("search", {}), **search) or None)
@@ -243,9 +245,11 @@ def cmd_tune(args) -> int:
     summary = run_tune(ctx.backend, models, spec, args.out, guiding, judging, ctx.config.get("evaluation", {}),
                        ctx.sampling, ctx.batch_size(args), progress=False)
     print(f"{summary['base']}: softplus_beta={summary['chosen']['softplus_beta']:g} "
-          f"marginal_temperature={summary['chosen']['marginal_temperature']:g} (by integral {spec.criterion}), "
+          f"marginal_temperature={summary['chosen']['marginal_temperature']:g} (β by {summary['beta_choice']} "
+          f"calibration, τ2 by integral {spec.criterion}), "
           f"sine_factor={summary['sine_factor']:g}, scale={summary['scale']:g} (FID {summary['search_fid']:.4g} by "
           f"{summary['judge']}); {summary['stage1_denoiser_evaluations']:,} + "
+          f"{summary['stage1_guided_denoiser_evaluations']:,} (β along guided trajectories) + "
           f"{summary['stage2_denoiser_evaluations']:,} denoiser evaluations -> {Path(args.out) / 'tuned.yaml'}")
     return 0
 
@@ -350,6 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--regime", choices=["cond", "uncond"], help="cond or uncond (default: uncond)")
     tune.add_argument("--criterion", choices=["nll", "ece"], help="Stage 1's integral criterion (default: nll)")
     tune.add_argument("--num-images", type=int, help="held-out real images (default 300)")
+    tune.add_argument("--beta-choice", choices=["guided", "unguided"],
+                      help="β by calibration along its own guided trajectories, judged by the evaluation network "
+                           "(guided, default), or by Stage 1's held-out criterion (unguided)")
+    tune.add_argument("--guided-scale", type=float, help="scale of the trajectories that choose β (default 3)")
+    tune.add_argument("--guided-samples", type=int, help="guided trajectories per β (default 200)")
     tune.add_argument("--softplus-betas", metavar="B,B,...", help="Softplus β grid, inf = ReLU")
     tune.add_argument("--marginal-temperatures", metavar="T,T,...", help="τ2 grid (τ1 = 1)")
     tune.add_argument("--sine-factor", type=float, help="γ of Eq. 5 where calibration supports the bump, else 0 (default 0.3)")

@@ -33,6 +33,9 @@ from offshelf.calibration import expected_calibration_error
 from offshelf.settings import Setting, fmt
 
 CRITERIA = ("nll", "ece")
+#: who picks β: calibration along the trajectories each β guides, judged by the evaluation network
+#: (docs/tuning.md §2), or Stage 1's held-out criterion alone
+BETA_CHOICES = ("guided", "unguided")
 #: the noise-aware baselines are not off-the-shelf classifiers: Softplus and τ2 are not theirs to tune
 NOT_TUNABLE = ("finetuned", "combined")
 #: per (β, step), fewer images than this give an ECE dominated by binning noise
@@ -40,6 +43,7 @@ MIN_HELD_OUT = 20
 #: far from sampling (0…), calibration (10,000,000…) and every other stage's seeds
 NOISE_SEED_OFFSET = 30_000_000
 SEARCH_SEED_OFFSET = 40_000_000
+GUIDED_SEED_OFFSET = 50_000_000
 
 
 class TuneError(ValueError):
@@ -53,9 +57,11 @@ class TuneSpec:
     """What to tune and how (the config's ``tune`` section; defaults in docs/tuning.md).
 
     ``softplus_betas`` (inf = ReLU) × ``marginal_temperatures``: Stage 1's grid; ``criterion``: the
-    integral NLL or ECE picks the grid point; ``num_images``: held-out real images (each seen at
-    every step); ``sine_factor``: γ, not derived from calibration (docs/tuning.md §3);
-    ``search``: Stage 2's :class:`offshelf.search.SearchSpec` keys (initial scale etc.)."""
+    integral NLL or ECE picks τ2 (and β, with ``beta_choice: unguided``); ``num_images``: held-out
+    real images (each seen at every step); ``beta_choice: guided`` picks β instead by the integral
+    ECE of each β (at its own τ2) along ``guided_samples`` trajectories it guides at
+    ``guided_scale``, judged by the evaluation network (docs/tuning.md §2); ``sine_factor``: γ, not
+    derived from calibration (§3); ``search``: Stage 2's :class:`offshelf.search.SearchSpec` keys."""
 
     classifier: str = "offshelf"
     network: str = ""  # the classifier family (Setting.network; "" = the backend's default)
@@ -64,6 +70,9 @@ class TuneSpec:
     softplus_betas: tuple[float, ...] = (math.inf, 8.0, 5.0, 4.0, 3.0, 2.0)
     marginal_temperatures: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0)
     criterion: str = "nll"
+    beta_choice: str = "guided"
+    guided_scale: float = 3.0
+    guided_samples: int = 200
     num_images: int = 300
     num_bins: int = 15
     sine_factor: float = 0.3
@@ -90,6 +99,13 @@ class TuneSpec:
             raise TuneError("tune.marginal_temperatures must be finite")
         if self.criterion not in CRITERIA:
             raise TuneError(f"tune.criterion = {self.criterion!r}; expected one of {', '.join(CRITERIA)}")
+        if self.beta_choice not in BETA_CHOICES:
+            raise TuneError(f"tune.beta_choice = {self.beta_choice!r}; expected one of {', '.join(BETA_CHOICES)}")
+        if not (isinstance(self.guided_scale, (int, float)) and 0 < float(self.guided_scale) < math.inf):
+            raise TuneError(f"tune.guided_scale must be a finite number > 0, got {self.guided_scale!r}")
+        if not isinstance(self.guided_samples, int) or self.guided_samples < MIN_HELD_OUT:
+            raise TuneError(f"tune.guided_samples = {self.guided_samples!r}: at least {MIN_HELD_OUT} guided "
+                            f"trajectories are needed for a per-step ECE")
         if self.num_images < MIN_HELD_OUT:
             raise TuneError(f"tune.num_images = {self.num_images}: at least {MIN_HELD_OUT} held-out images are needed "
                             f"for a per-step ECE")
@@ -266,6 +282,7 @@ class CalibrationResult:
     sine: dict[str, Any]  # γ and the evidence behind it (sine_factor_from_calibration)
     optimal_temperatures: pd.DataFrame  # per (β, step): the NLL-optimal τ (continuous)
     denoiser_evaluations: int
+    guided_integrals: pd.DataFrame | None = None  # per β: integral ECE along its guided trajectories
 
 
 def calibrate(denoiser, diffusion, images: torch.Tensor, labels: torch.Tensor, classifiers: Mapping[float, Any],
@@ -297,6 +314,60 @@ def calibrate(denoiser, diffusion, images: torch.Tensor, labels: torch.Tensor, c
     sine = sine_factor_from_calibration(curves, chosen["softplus_beta"], chosen["marginal_temperature"],
                                         spec.sine_factor)
     return CalibrationResult(curves, integrals, chosen, by_criterion, sine, optimal, len(images) * diffusion.num_steps)
+
+
+# --------------------------------------------------------------------------- Stage 1, β along guided trajectories
+
+GUIDED_COLUMNS = ["softplus_beta", "marginal_temperature", "step", "t", "ece", "accuracy", "confidence", "n"]
+
+
+def guided_calibration(models, spec: TuneSpec, temperatures: Mapping[float, float],
+                       judge: Callable[[torch.Tensor], torch.Tensor], batch_size: int) -> pd.DataFrame:
+    """Per (β, step): the ECE of the guide's confidence (softmax f, τ = 1, as every calibration
+    profile) along ``spec.guided_samples`` trajectories that β itself guides (its τ2 from
+    ``temperatures``, γ = ``spec.sine_factor``, s = ``spec.guided_scale``), where a prediction is
+    correct when the judge sees the same class in that step's x̂0. A guide whose confidence runs
+    ahead of what an independent network sees is being fooled by its own gradient: the failure
+    Softplus is meant to fix, which held-out real images never show (docs/tuning.md §2)."""
+    from offshelf.backends.ddpm import build_guidance, sample_batch
+    from offshelf.calibration import CalibrationRecorder
+
+    seeds = list(range(GUIDED_SEED_OFFSET, GUIDED_SEED_OFFSET + spec.guided_samples))
+    tables = []
+    for beta, tau in temperatures.items():
+        setting = replace(variant_setting(spec, beta), method="guided", marginal_temperature=float(tau),
+                          sine_factor=spec.sine_factor, scale=spec.guided_scale)
+        guidance = build_guidance(setting, models)
+        recorder = CalibrationRecorder(guidance, None, models.diffusion.model_timesteps, judge=judge)
+        for i in range(0, len(seeds), batch_size):
+            sample_batch(setting, models, seeds[i:i + batch_size], callback=recorder, guidance=guidance)
+        table = recorder.table(spec.num_bins, models.diffusion.num_steps)
+        if not np.isfinite(table["ece"]).all():
+            raise TuneError(f"non-finite ECE along the trajectories {setting.name} guides")
+        tables.append(table.assign(softplus_beta=float(beta), marginal_temperature=float(tau)))
+    return pd.concat(tables, ignore_index=True)[GUIDED_COLUMNS]
+
+
+def temperature_per_beta(integrals: pd.DataFrame, criterion: str) -> dict[float, float]:
+    """β -> the τ2 whose integral ``criterion`` is smallest for that β (Stage 1's held-out grid)."""
+    column = {"nll": "integral_nll", "ece": "integral_ece"}[criterion]
+    best = integrals.loc[integrals.groupby("softplus_beta")[column].idxmin()]
+    return {float(b): float(t) for b, t in zip(best["softplus_beta"], best["marginal_temperature"])}
+
+
+def choose_beta_along_guided(stage1: "CalibrationResult", guided: pd.DataFrame, spec: TuneSpec) -> "CalibrationResult":
+    """Stage 1 with β replaced by the one of smallest integral ECE along its own guided trajectories
+    (ties: the first in grid order); τ2 stays that β's held-out choice, γ is re-derived for it."""
+    integrals = (guided.groupby(["softplus_beta", "marginal_temperature"], sort=False)
+                 .agg(integral_ece=("ece", "mean"), agreement=("accuracy", "mean")).reset_index())
+    best = integrals.loc[integrals["integral_ece"].idxmin()]
+    beta = float(best["softplus_beta"])
+    chosen = choose(stage1.integrals[stage1.integrals.softplus_beta == beta], spec.criterion)
+    betas = integrals["softplus_beta"]
+    chosen["softplus_beta_on_edge"] = ("low" if beta == betas.min() else "high" if beta == betas.max() else None)
+    chosen["guided_integral_ece"] = float(best["integral_ece"])
+    sine = sine_factor_from_calibration(stage1.curves, beta, chosen["marginal_temperature"], spec.sine_factor)
+    return replace(stage1, chosen=chosen, sine=sine, guided_integrals=integrals)
 
 
 # --------------------------------------------------------------------------- Stage 2
@@ -379,14 +450,17 @@ def check_judge_is_not_a_guide(guiding_files: Mapping[str, str], judging_files: 
                             f" network; a tuner judged by its own guide would reward adversarial samples")
 
 
-def plot_curves(curves: pd.DataFrame, chosen: Mapping[str, float], path: Path) -> None:
-    """Per-step ECE and NLL of every β at the chosen τ2, and of every τ2 at the chosen β."""
+def plot_curves(curves: pd.DataFrame, chosen: Mapping[str, float], path: Path,
+                guided: pd.DataFrame | None = None) -> None:
+    """Per-step ECE and NLL of every β at the chosen τ2, and of every τ2 at the chosen β; with
+    ``guided``, a third column: each β's ECE and judge agreement along its own guided trajectories."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
+    fig, axes = plt.subplots(2, 3 if guided is not None else 2, figsize=(15 if guided is not None else 10, 7),
+                             sharex=True)
     beta, tau = chosen["softplus_beta"], chosen["marginal_temperature"]
     panels = ((curves[curves.marginal_temperature == tau], "softplus_beta", f"τ2 = {fmt(tau)}, by β"),
               (curves[curves.softplus_beta == beta], "marginal_temperature", f"β = {fmt(beta)}, by τ2"))
@@ -401,6 +475,17 @@ def plot_curves(curves: pd.DataFrame, chosen: Mapping[str, float], path: Path) -
             axes[row, col].set_ylabel(metric)
             axes[1, col].set_xlabel("t = k/T (1: pure noise)")
         axes[0, col].legend(fontsize=7, ncol=2)
+    if guided is not None:
+        for value, group in guided.groupby("softplus_beta"):
+            width = 2.5 if value == chosen["softplus_beta"] else 1
+            tau = group["marginal_temperature"].iloc[0]
+            axes[0, 2].plot(group["t"], group["ece"], lw=width, label=f"β={fmt(value)} (τ2={fmt(tau)})")
+            axes[1, 2].plot(group["t"], group["accuracy"], lw=width)
+        axes[0, 2].set_title("along each β's guided trajectories (judge)")
+        axes[0, 2].set_ylabel("ECE vs judge")
+        axes[1, 2].set_ylabel("guide = judge (fraction)")
+        axes[1, 2].set_xlabel("t = k/T (1: pure noise)")
+        axes[0, 2].legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.png")
@@ -462,6 +547,18 @@ def run_tune(backend, models, spec: TuneSpec, out_dir, guiding_files: Mapping[st
                        conditional=spec.regime == "cond")
 
     extractor = backend.feature_extractor(judging_files)
+    guided = None
+    if spec.beta_choice == "guided" and len(spec.softplus_betas) > 1:
+        if extractor.logits is None:
+            raise TuneError(f"tune.beta_choice = guided needs the evaluation network's class logits; backend "
+                            f"{backend.name!r}'s judge has none: set tune.beta_choice: unguided")
+
+        def judge(pred_xstart: torch.Tensor) -> torch.Tensor:
+            return torch.as_tensor(extractor.logits(backend.to_uint8(pred_xstart))).argmax(dim=1)
+
+        guided = guided_calibration(models, spec, temperature_per_beta(stage1.integrals, spec.criterion), judge,
+                                    batch_size)
+        stage1 = choose_beta_along_guided(stage1, guided, spec)
     if reference_features is None:
         reference_features = stages.reference_features(backend, judging_files, evaluation or {})
     ref = backend.reference(judging_files, reference_features).stats
@@ -479,6 +576,7 @@ def run_tune(backend, models, spec: TuneSpec, out_dir, guiding_files: Mapping[st
     # the backend counts its own network evaluations where it knows the sampling section
     per_sample = (backend.work_per_sample(setting, sampling)["denoiser"] if sampling and "respacing" in sampling
                   else models.diffusion.num_steps)
+    guided_samples = 0 if guided is None else len(spec.softplus_betas) * spec.guided_samples
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     name = base_name(spec)
@@ -486,16 +584,23 @@ def run_tune(backend, models, spec: TuneSpec, out_dir, guiding_files: Mapping[st
     save_csv(out / "calibration_curves.csv", stage1.curves)
     save_csv(out / "calibration_integrals.csv", stage1.integrals)
     save_csv(out / "optimal_temperatures.csv", stage1.optimal_temperatures)
+    save_csv(out / "guided_calibration.csv", guided if guided is not None else pd.DataFrame(columns=GUIDED_COLUMNS))
     save_csv(out / "search_trace.csv", pd.DataFrame([evaluation_to_dict(e) for e in result.trace]))
-    plot_curves(stage1.curves, stage1.chosen, out / "calibration_curves.png")
+    plot_curves(stage1.curves, stage1.chosen, out / "calibration_curves.png", guided)
     summary = {
         "base": name, "setting": setting.name, "regime": spec.regime, "classifier": spec.classifier,
         "criterion": spec.criterion, "chosen": stage1.chosen, "by_criterion": stage1.by_criterion,
+        "beta_choice": spec.beta_choice if guided is not None else "unguided",
+        "guided_integrals": ([] if stage1.guided_integrals is None
+                             else stage1.guided_integrals.to_dict(orient="records")),
         "sine_factor": setting.sine_factor, "sine_evidence": stage1.sine, "held_out_images": len(images),
         "scale": result.scale, "search_fid": result.value, "scale_on_edge": result.on_edge,
         "judge": extractor.name, "judge_files": dict(judging_files),
         "stage1_denoiser_evaluations": stage1.denoiser_evaluations,
         "stage1_classifier_forwards": stage1.denoiser_evaluations * len(spec.softplus_betas),
+        # β along guided trajectories: sampling, so counted as such (one denoiser call per step)
+        "stage1_guided_samples": guided_samples,
+        "stage1_guided_denoiser_evaluations": guided_samples * models.diffusion.num_steps,
         # what the objective drew: a finalist's full evaluation only adds seeds to its screen
         "stage2_samples": int(objective.samples_drawn()),
         "stage2_denoiser_evaluations": int(objective.samples_drawn()) * per_sample,

@@ -6,7 +6,8 @@ TUNE = TuneSpec.from_config(config.get("tune"))
 TUNE_SETTING = Setting(regime=TUNE.regime, classifier=TUNE.classifier, input=TUNE.input, network=TUNE.network)
 TUNE_DIR = f"{EXP}/tune/{TUNE.folder}"
 TUNE_OUTPUTS = ["tuned.yaml", "summary.json", "calibration_curves.csv", "calibration_integrals.csv",
-                "optimal_temperatures.csv", "calibration_curves.png", "search_trace.csv"]
+                "optimal_temperatures.csv", "guided_calibration.csv", "calibration_curves.png", "search_trace.csv"]
+TUNE_EVIDENCE = ["calibration_curves.png", "guided_calibration.csv", "calibration_integrals.csv", "search_trace.csv"]
 
 
 rule tune:
@@ -15,7 +16,9 @@ rule tune:
         **evaluation_files(),
         **({"reference_features": f"{EXP}/reference/features.npz"} if BACKEND.has_reference_features() else {}),
     output:
-        **{name.replace(".", "_"): f"{TUNE_DIR}/{name}" for name in TUNE_OUTPUTS},
+        # the evidence in `snakemake tune --report`: both stages' curves and the scale search's trace
+        **{name.replace(".", "_"): (report(f"{TUNE_DIR}/{name}", category="Tuning") if name in TUNE_EVIDENCE
+                                    else f"{TUNE_DIR}/{name}") for name in TUNE_OUTPUTS},
     params:
         tune=canonical(TUNE.to_config()),
         guiding_roles=sorted(BACKEND.files(TUNE_SETTING)),
