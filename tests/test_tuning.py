@@ -240,6 +240,8 @@ def test_unknown_tune_key_and_bad_search_key():
         search_spec(TuneSpec(search={"low_fidelity": 0}))
     with pytest.raises(TuneError, match="tune.search"):
         search_spec(TuneSpec(search={"initial_scales": [1]}))
+    with pytest.raises(TuneError, match=r"tune\.search\.initial = '1,3': expected a list"):
+        search_spec(TuneSpec(search={"initial": "1,3"}))
 
 
 def test_too_few_held_out_images():

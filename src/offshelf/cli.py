@@ -342,9 +342,12 @@ def build_parser() -> argparse.ArgumentParser:
                           "beside it, <out stem>.features.npz)")
     evaluate.set_defaults(run=cmd_evaluate)
 
-    tune = commands.add_parser("tune", help="calibrate a classifier (β, τ2 on held-out images), then search the scale",
+    tune = commands.add_parser("tune", help="calibrate a classifier (τ2 on held-out images, β along the "
+                               "trajectories it guides), then search the scale",
                                description="Stage 1: noise held-out real images to every step, denoise to x̂0, and "
-                               "choose Softplus β and the marginal temperature τ2 by integral NLL or ECE over a grid. "
+                               "choose the marginal temperature τ2 of every Softplus β by integral NLL or ECE over a "
+                               "grid; choose β by calibration along the trajectories each β guides, judged by the "
+                               "evaluation network (--beta-choice unguided: by the held-out criterion too). "
                                "Stage 2: choose the guidance scale by a multi-fidelity FID search judged by the "
                                "backend's evaluation network. Writes a bases: entry (tuned.yaml) and the evidence "
                                "(docs/tuning.md). Options left out come from the config's `tune` section.")

@@ -6,9 +6,11 @@ q(x_k | x0) and denoised once by the backbone to x̂0, exactly as Algorithm 1's 
 (:meth:`GaussianDiffusion.q_sample`, the sampler's own network call and
 :meth:`GaussianDiffusion.p_mean_variance`). Every Softplus(β) variant of the classifier gives
 logits f on the input guidance would see (x̂0 or x_k). For every marginal temperature τ2 the
-predictive distribution ``softmax(τ2·f)`` is scored per step by ECE and NLL, and β, τ2 are chosen
-by the integral (mean over steps) of one of them. Why ``softmax(τ2·f)`` is the distribution that
-Eq. 4's τ2 calibrates: docs/tuning.md §1.
+predictive distribution ``softmax(τ2·f)`` is scored per step by ECE and NLL, and each β gets the
+τ2 of smallest integral (mean over steps) of one of them. Why ``softmax(τ2·f)`` is the
+distribution that Eq. 4's τ2 calibrates: docs/tuning.md §1. β is chosen by calibration along the
+trajectories each β guides, against what the evaluation network sees in their x̂0
+(:func:`guided_calibration`, docs/tuning.md §2), or by the held-out criterion too.
 
 Stage 2 (little sampling). The scale of that setting is chosen by a multi-fidelity search
 (:mod:`offshelf.search`) whose objective is the FID of a few samples, judged by the backend's
@@ -411,6 +413,9 @@ def search_spec(spec: TuneSpec):
     values = dict(SEARCH_DEFAULTS, **dict(spec.search))
     for key in ("initial", "bounds"):
         if key in values:
+            if not isinstance(values[key], (list, tuple)):
+                raise TuneError(f"tune.search.{key} = {values[key]!r}: expected a list of scales "
+                                f"(on the command line: --search '{key}=[1, 3]')")
             values[key] = tuple(values[key])
     try:
         return SearchSpec(**values)
