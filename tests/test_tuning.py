@@ -256,7 +256,7 @@ def test_backend_without_held_out_images_says_so():
     from offshelf.backends import create
     from offshelf.backends.base import UnsupportedError
 
-    with pytest.raises(UnsupportedError, match="no held-out images"):
+    with pytest.raises(UnsupportedError, match=r"config key 'imagenet\.held_out' is not set"):
         create({"name": "edm64", "options": {}}).held_out_images(10)
 
 

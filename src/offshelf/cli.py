@@ -4,6 +4,7 @@
     offshelf calibrate  --config config/ci.yaml --probe offshelf-x0_sp3 --num-samples 64 --out ece.csv
     offshelf evaluate   --config config/ci.yaml --shards s.npz --out metrics.json
     offshelf tune       --config config.yaml --classifier offshelf --regime uncond --out results/digits/tune/
+    offshelf held-out   --folder imagenet/val --resolution 128 --out held_out_128.npz   # tune's images on ImageNet
     offshelf plan       --config config/imagenet128_ddpm.yaml [--seconds-per-denoiser S --seconds-per-classifier S]
     offshelf checkpoints list | fetch NAME... | verify NAME PATH
     offshelf check-config FILE...        # validate workflow configs (YAML errors with file:line)
@@ -310,6 +311,19 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, help="default: the config's sampling.batch_size")
 
 
+def cmd_held_out(args) -> int:
+    """ImageNet validation images, preprocessed as the backbones' training data, for offshelf tune."""
+    from offshelf.held_out import images_from_folder, save_held_out
+
+    if args.resolution < 1 or args.count < 1:
+        raise ArgumentError("--resolution" if args.resolution < 1 else "--count", "must be >= 1")
+    images, labels = images_from_folder(args.folder, args.resolution, args.count)
+    save_held_out(args.out, images, labels)
+    print(f"{len(images)} images of {len(set(labels.tolist()))} classes at {args.resolution}x{args.resolution} -> "
+          f"{args.out} (config: imagenet.held_out: {args.out})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0],
                                      epilog="Run `offshelf COMMAND --help` for each command's options.")
@@ -370,6 +384,17 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--sampling", action="append", default=[], metavar="KEY=VALUE")
     tune.add_argument("--out", required=True, help="output folder: tuned.yaml and the evidence files")
     tune.set_defaults(run=cmd_tune)
+
+    held_out = commands.add_parser("held-out", help="labelled ImageNet validation images for offshelf tune (.npz)",
+                                   description="Read an ImageFolder tree (one folder per class: ImageNet's 1000 synset "
+                                   "folders; the class index is the sorted position), take --count images round-robin "
+                                   "over the classes, center-crop them as guided-diffusion's training data "
+                                   "(center_crop_arr) and write arr_0/arr_1; point imagenet.held_out at the file.")
+    held_out.add_argument("--folder", required=True, help="the ImageNet validation folder, one subfolder per class")
+    held_out.add_argument("--resolution", type=int, required=True, help="the backbone's (adm128: 128)")
+    held_out.add_argument("--count", type=int, default=1000, help="images (default 1000: one per class)")
+    held_out.add_argument("--out", required=True, help="the .npz to write")
+    held_out.set_defaults(run=cmd_held_out)
 
     plan = commands.add_parser("plan", help="sampling work (network evaluations; GPU-hours given costs) per table")
     plan.add_argument("--config", required=True, help="a workflow config")

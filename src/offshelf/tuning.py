@@ -359,7 +359,7 @@ def temperature_per_beta(integrals: pd.DataFrame, criterion: str) -> dict[float,
 
 def choose_beta_along_guided(stage1: "CalibrationResult", guided: pd.DataFrame, spec: TuneSpec) -> "CalibrationResult":
     """Stage 1 with β replaced by the one of smallest integral ECE along its own guided trajectories
-    (ties: the first in grid order); τ2 stays that β's held-out choice, γ is re-derived for it."""
+    (ties: the smaller β); τ2 stays that β's held-out choice, γ is re-derived for it."""
     integrals = (guided.groupby(["softplus_beta", "marginal_temperature"], sort=False)
                  .agg(integral_ece=("ece", "mean"), agreement=("accuracy", "mean")).reset_index())
     best = integrals.loc[integrals["integral_ece"].idxmin()]
@@ -534,9 +534,11 @@ def run_tune(backend, models, spec: TuneSpec, out_dir, guiding_files: Mapping[st
 
     check_judge_is_not_a_guide(guiding_files, judging_files)
     search = search_spec(spec)  # a bad search key stops here, before Stage 1's work
-    if not hasattr(models, "denoiser") or not hasattr(models, "diffusion"):
-        raise TuneError(f"backend {backend.name!r}: tuning needs a DDPM-family backend (a denoiser and its "
-                        f"respaced diffusion); this one loads {type(models).__name__}")
+    from offshelf.backends.ddpm import DDPMModels
+
+    if not isinstance(models, DDPMModels):  # EDM (σ, not respaced steps), DiT (latent: x̂0 is the VAE's)
+        raise TuneError(f"backend {backend.name!r}: tuning needs a pixel-space DDPM-family backend (a denoiser and "
+                        f"its respaced diffusion); this one loads {type(models).__name__}")
     for beta in spec.softplus_betas:  # e.g. Softplus on a family without ReLU: refused, naming the setting
         reason = backend.unsupported(variant_setting(spec, beta))
         if reason:

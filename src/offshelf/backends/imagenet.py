@@ -202,6 +202,20 @@ class ImageNetBackend(Backend):
         images, _ = load_samples(files["reference_stats"], require_labels=False)
         return {"features": extract_features(images, extractor.features, extractor.batch_size)}
 
+    def held_out_images(self, count: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The labelled file ``imagenet.held_out`` names (ImageNet validation images, which no
+        network here trained on, built by ``offshelf held-out``; :mod:`offshelf.held_out`)."""
+        from offshelf.backends.base import UnsupportedError
+        from offshelf.held_out import load_held_out
+
+        path = self.imagenet.get("held_out")
+        if not path:
+            raise UnsupportedError("config key 'imagenet.held_out' is not set: offshelf tune's calibration stage needs "
+                                   "labelled ImageNet validation images; build the file with `offshelf held-out "
+                                   f"--folder <ImageNet val> --resolution {self.image_shape[1]} --out FILE`")
+        x, y = load_held_out(path, self.image_shape, self.num_classes, "imagenet.held_out")
+        return (x, y) if count is None else (x[:count], y[:count])
+
     def reference(self, files: Mapping[str, str], reference_features: Mapping[str, np.ndarray] | None) -> Reference:
         from offshelf.metrics import load_reference_stats
 
