@@ -153,3 +153,53 @@ def test_text2image_rehearsal(tmp_path, standins_dir, base_url):
     timings = pd.read_csv(out / "timings.csv")
     assert list(timings["schedule"]) == [r["name"] for r in t2i["runs"]] and (timings["wall_s"] > 0).all()
     assert (out / "clip_score_vs_step.png").stat().st_size > 1000
+
+
+def test_tune_rehearsal_adm128(tmp_path, standins_dir, base_url):
+    """`snakemake tune` on ADM-128's stand-ins with a torchvision classifier by name (resnet50,
+    fetched and verified through the registry): held-out images built by `offshelf held-out` from
+    an ImageFolder tree, Stage 1 on them, Stage 2 judged by Inception; the guided β choice is
+    refused naming its key (Inception's head is not in ImageNet's class order)."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    from PIL import Image
+
+    config_path = configs.rehearsal_config("imagenet128_ddpm", tmp_path, base_url, standins_dir)
+    cfg = yaml.safe_load(config_path.read_text())
+    resolution = int(cfg["imagenet"]["adm_flags"]["denoiser"]["image_size"])
+    rng = np.random.default_rng(0)
+    for k in range(1000):
+        folder = tmp_path / "val" / f"n{k:08d}"
+        folder.mkdir(parents=True)
+        if k % 50 == 0:  # 20 classes with one image each
+            Image.fromarray(rng.integers(0, 256, (resolution + 9, resolution + 3, 3), np.uint8)).save(folder / "a.png")
+    held_out = tmp_path / "held_out.npz"
+    subprocess.run([sys.executable, "-m", "offshelf.cli", "held-out", "--folder", str(tmp_path / "val"),
+                    "--resolution", str(resolution), "--count", "20", "--out", str(held_out)], check=True, timeout=300)
+    cfg["imagenet"]["held_out"] = str(held_out)
+    cfg["tune"] = {"regime": "cond", "network": "resnet50", "beta_choice": "unguided", "num_images": 20,
+                   "softplus_betas": ["inf", 3], "marginal_temperatures": [0.5, 1.0], "batch_size": 10,
+                   "search": {"initial": [1], "low_fidelity": 4, "full_fidelity": 4, "max_extensions": 0,
+                              "refinements": 0, "finalists": 1}}
+    config_path.write_text(yaml.safe_dump(cfg, sort_keys=False, width=200))
+    _run("tune adm128", "tune", "--configfile", str(config_path))
+
+    _assert_downloaded(tmp_path / "cache", {"adm_imagenet128_cond_diffusion", "resnet50_v2",
+                                            "inception_cleanfid_legacy_tf", "ref_imagenet128"}, standins_dir, base_url)
+    folder = Path(cfg["results"]) / cfg["experiment"] / "tune" / "offshelf_resnet50_cond"
+    summary = json.loads((folder / "summary.json").read_text())
+    steps = int(cfg["sampling"]["respacing"])
+    assert summary["beta_choice"] == "unguided" and summary["judge"].startswith("Inception")
+    assert summary["held_out_images"] == 20 and summary["stage1_denoiser_evaluations"] == 20 * steps
+    assert summary["stage1_guided_denoiser_evaluations"] == 0 and summary["stage2_denoiser_evaluations"] == 4 * steps
+    (entry,) = yaml.safe_load((folder / "tuned.yaml").read_text()).values()
+    assert entry["network"] == "resnet50" and entry["scale"] == 1.0
+    curves = pd.read_csv(folder / "calibration_curves.csv")
+    assert len(curves) == 2 * 2 * steps and curves[["ece", "nll"]].notna().all().all()
+
+    proc = subprocess.run([sys.executable, "-m", "offshelf.cli", "tune", "--config", str(config_path),
+                           "--beta-choice", "guided", "--out", str(tmp_path / "guided")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and "tune.beta_choice = guided needs the evaluation network's class logits" in proc.stderr
