@@ -373,6 +373,11 @@ def test_snakemake_tune_then_a_row_on_the_tuned_base(tmp_path):
     assert summary["stage2_denoiser_evaluations"] == (16 + 32) * 10
     guided = pd.read_csv(folder / "guided_calibration.csv")  # both β along their own trajectories, every step
     assert len(guided) == 2 * 10 and summary["stage1_guided_denoiser_evaluations"] == 2 * 20 * 10
+    html = tmp_path / "tune.html"  # the evidence in the report
+    snakemake("tune", "--configfile", str(path), "--report", str(html), timeout=900)
+    text = html.read_text(errors="replace")
+    assert all(name in text for name in ("Tuning", "calibration_curves.png", "guided_calibration.csv",
+                                         "search_trace.csv"))
 
     tuned = yaml.safe_load((folder / "tuned.yaml").read_text())
     (name,) = tuned
