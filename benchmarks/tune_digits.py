@@ -118,27 +118,25 @@ def main(argv=None):
     grid_seconds = time.perf_counter() - start
     grid_work = len(grid) * args.samples * per_sample
 
-    replicates = statistics.bootstrap(best[1], reference_mu=ref.mu, reference_sigma=ref.sigma,
-                                      num_resamples=args.bootstrap)
-    interval = statistics.intervals({"fid": best[0]}, replicates)
+    def compare(best_fid, best_features, tuned_fid, tuned_features):
+        """The grid best's 95 % interval and the paired difference tuned − best (same bootstrap indices)."""
+        best_replicates = statistics.bootstrap(best_features, reference_mu=ref.mu, reference_sigma=ref.sigma,
+                                               num_resamples=args.bootstrap)
+        tuned_replicates = statistics.bootstrap(tuned_features, reference_mu=ref.mu, reference_sigma=ref.sigma,
+                                                num_resamples=args.bootstrap)
+        return (statistics.intervals({"fid": best_fid}, best_replicates),
+                statistics.paired_difference("fid", tuned_fid, best_fid, tuned_replicates["fid"],
+                                             best_replicates["fid"]))
+
+    interval, (diff, diff_lo, diff_hi) = compare(best[0], best[1], tuned_fid, tuned_features)
     within = tuned_fid <= interval["fid_hi"]
-    tuned_replicates = statistics.bootstrap(tuned_features, reference_mu=ref.mu, reference_sigma=ref.sigma,
-                                            num_resamples=args.bootstrap)
-    diff, diff_lo, diff_hi = statistics.paired_difference("fid", tuned_fid, best[0], tuned_replicates["fid"],
-                                                          replicates["fid"])
     cheap = tuned_work <= 0.2 * grid_work
 
     # out of sample: the grid best was chosen on seeds 0 … N−1 (the minimum of many noisy values,
     # biased low there); the grid best and the tuned setting again on seeds N … 2N−1, which chose nothing
     best_fresh, best_fresh_features, _ = fid_of(best[2], args.samples)
     tuned_fresh, tuned_fresh_features, _ = fid_of(tuned, args.samples)
-    fresh_replicates = statistics.bootstrap(best_fresh_features, reference_mu=ref.mu, reference_sigma=ref.sigma,
-                                            num_resamples=args.bootstrap)
-    fresh_interval = statistics.intervals({"fid": best_fresh}, fresh_replicates)
-    tuned_fresh_replicates = statistics.bootstrap(tuned_fresh_features, reference_mu=ref.mu,
-                                                  reference_sigma=ref.sigma, num_resamples=args.bootstrap)
-    fresh_diff = statistics.paired_difference("fid", tuned_fresh, best_fresh, tuned_fresh_replicates["fid"],
-                                              fresh_replicates["fid"])
+    fresh_interval, fresh_diff = compare(best_fresh, best_fresh_features, tuned_fresh, tuned_fresh_features)
     result = {
         "regime": args.regime, "classifier": args.classifier, "judge": extractor.name, "samples": args.samples,
         "grid_points": len(grid), "grid_best": best[2].name, "grid_best_fid": best[0],

@@ -35,6 +35,8 @@ from offshelf.calibration import expected_calibration_error
 from offshelf.settings import Setting, fmt
 
 CRITERIA = ("nll", "ece")
+#: the integrals table's column each criterion minimises
+CRITERION_COLUMNS = {"nll": "integral_nll", "ece": "integral_ece"}
 #: who picks β: calibration along the trajectories each β guides, judged by the evaluation network
 #: (docs/tuning.md §2), or Stage 1's held-out criterion alone
 BETA_CHOICES = ("guided", "unguided")
@@ -241,7 +243,7 @@ def integral_scores(curves: pd.DataFrame) -> pd.DataFrame:
 
 def choose(integrals: pd.DataFrame, criterion: str) -> dict[str, float]:
     """The grid point with the smallest integral ``criterion``; ties go to the first in grid order."""
-    column = {"nll": "integral_nll", "ece": "integral_ece"}[criterion]
+    column = CRITERION_COLUMNS[criterion]
     best = integrals.loc[integrals[column].idxmin()]
     edges = {key: ("low" if best[key] == integrals[key].min() else "high" if best[key] == integrals[key].max() else None)
              for key in ("softplus_beta", "marginal_temperature")}
@@ -323,27 +325,22 @@ def calibrate(denoiser, diffusion, images: torch.Tensor, labels: torch.Tensor, c
 GUIDED_COLUMNS = ["softplus_beta", "marginal_temperature", "step", "t", "ece", "accuracy", "confidence", "n"]
 
 
-def guided_calibration(models, spec: TuneSpec, temperatures: Mapping[float, float],
+def guided_calibration(backend, models, spec: TuneSpec, temperatures: Mapping[float, float],
                        judge: Callable[[torch.Tensor], torch.Tensor], batch_size: int) -> pd.DataFrame:
     """Per (β, step): the ECE of the guide's confidence (softmax f, τ = 1, as every calibration
     profile) along ``spec.guided_samples`` trajectories that β itself guides (its τ2 from
     ``temperatures``, γ = ``spec.sine_factor``, s = ``spec.guided_scale``), where a prediction is
-    correct when the judge sees the same class in that step's x̂0. A guide whose confidence runs
-    ahead of what an independent network sees is being fooled by its own gradient: the failure
-    Softplus is meant to fix, which held-out real images never show (docs/tuning.md §2)."""
-    from offshelf.backends.ddpm import build_guidance, sample_batch
-    from offshelf.calibration import CalibrationRecorder
-
+    correct when the judge sees the same class in that step's x̂0: the backend's guided
+    calibration profile, judged. A guide whose confidence runs ahead of what an independent
+    network sees is being fooled by its own gradient: the failure Softplus is meant to fix, which
+    held-out real images never show (docs/tuning.md §2)."""
     seeds = list(range(GUIDED_SEED_OFFSET, GUIDED_SEED_OFFSET + spec.guided_samples))
     tables = []
     for beta, tau in temperatures.items():
         setting = replace(variant_setting(spec, beta), method="guided", marginal_temperature=float(tau),
                           sine_factor=spec.sine_factor, scale=spec.guided_scale)
-        guidance = build_guidance(setting, models)
-        recorder = CalibrationRecorder(guidance, None, models.diffusion.model_timesteps, judge=judge)
-        for i in range(0, len(seeds), batch_size):
-            sample_batch(setting, models, seeds[i:i + batch_size], callback=recorder, guidance=guidance)
-        table = recorder.table(spec.num_bins, models.diffusion.num_steps)
+        table = backend.calibration_profile(models, setting, seeds, batch_size, spec.num_bins, guided=True,
+                                            judge=judge)
         if not np.isfinite(table["ece"]).all():
             raise TuneError(f"non-finite ECE along the trajectories {setting.name} guides")
         tables.append(table.assign(softplus_beta=float(beta), marginal_temperature=float(tau)))
@@ -352,7 +349,7 @@ def guided_calibration(models, spec: TuneSpec, temperatures: Mapping[float, floa
 
 def temperature_per_beta(integrals: pd.DataFrame, criterion: str) -> dict[float, float]:
     """β -> the τ2 whose integral ``criterion`` is smallest for that β (Stage 1's held-out grid)."""
-    column = {"nll": "integral_nll", "ece": "integral_ece"}[criterion]
+    column = CRITERION_COLUMNS[criterion]
     best = integrals.loc[integrals.groupby("softplus_beta")[column].idxmin()]
     return {float(b): float(t) for b, t in zip(best["softplus_beta"], best["marginal_temperature"])}
 
@@ -563,8 +560,8 @@ def run_tune(backend, models, spec: TuneSpec, out_dir, guiding_files: Mapping[st
         def judge(pred_xstart: torch.Tensor) -> torch.Tensor:
             return torch.as_tensor(extractor.logits(backend.to_uint8(pred_xstart))).argmax(dim=1)
 
-        guided = guided_calibration(models, spec, temperature_per_beta(stage1.integrals, spec.criterion), judge,
-                                    batch_size)
+        guided = guided_calibration(backend, models, spec, temperature_per_beta(stage1.integrals, spec.criterion),
+                                    judge, batch_size)
         stage1 = choose_beta_along_guided(stage1, guided, spec)
     if reference_features is None:
         reference_features = stages.reference_features(backend, judging_files, evaluation or {})
@@ -605,9 +602,9 @@ def run_tune(backend, models, spec: TuneSpec, out_dir, guiding_files: Mapping[st
         "judge": extractor.name, "judge_files": dict(judging_files),
         "stage1_denoiser_evaluations": stage1.denoiser_evaluations,
         "stage1_classifier_forwards": stage1.denoiser_evaluations * len(spec.softplus_betas),
-        # β along guided trajectories: sampling, so counted as such (one denoiser call per step)
+        # β along guided trajectories: sampling, counted as Stage 2's samples are
         "stage1_guided_samples": guided_samples,
-        "stage1_guided_denoiser_evaluations": guided_samples * models.diffusion.num_steps,
+        "stage1_guided_denoiser_evaluations": guided_samples * per_sample,
         # what the objective drew: a finalist's full evaluation only adds seeds to its screen
         "stage2_samples": int(objective.samples_drawn()),
         "stage2_denoiser_evaluations": int(objective.samples_drawn()) * per_sample,

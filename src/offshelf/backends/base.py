@@ -254,10 +254,12 @@ class Backend(ABC):
         raise UnsupportedError(f"backend {self.name!r} does not count its network evaluations")
 
     def calibration_profile(self, models: Any, probe: Setting, seeds: list[int], batch_size: int,
-                            num_bins: int = 15, guided: bool = False):
+                            num_bins: int = 15, guided: bool = False, judge=None):
         """Per-step ECE of a classifier variant along the reverse process (a pandas table): along
         unguided conditional trajectories, or with ``guided`` along those ``probe`` itself samples
-        (its classifier guiding with its design and scale), measured by the guidance that guides."""
+        (its classifier guiding with its design and scale), measured by the guidance that guides.
+        A prediction is correct when it is the trajectory's label or, given ``judge`` (x̂0 ->
+        classes), the class that network sees in the step's x̂0 (``CalibrationRecorder``)."""
         raise UnsupportedError(f"backend {self.name!r} does not profile calibration")
 
     def gradient_trajectories(self, models: Any, base: Setting, marginal_temperatures: dict[str, float],

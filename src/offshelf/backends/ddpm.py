@@ -71,13 +71,14 @@ class DDPMSampling:
         return sample_batch(setting, models, seeds, progress=progress)
 
     def calibration_profile(self, models: DDPMModels, probe: Setting, seeds: list[int], batch_size: int,
-                            num_bins: int = 15, guided: bool = False):
+                            num_bins: int = 15, guided: bool = False, judge=None):
         """Per-step ECE of the probe's classifier along *unguided conditional* trajectories: one
         trajectory distribution for every classifier, so their curves compare (Figures 1 and 2).
 
         ``guided``: along the trajectories ``probe`` samples itself instead (its regime, scale,
         τ1, τ2, γ): the sampler is :func:`sample_batch`, and the recorder measures the very guidance
-        object that guides it, so it sees each step's x̂0 (or x_t) as the guidance does (§6)."""
+        object that guides it, so it sees each step's x̂0 (or x_t) as the guidance does (§6).
+        ``judge``: correct = the class it sees in the step's x̂0, not the trajectory's label."""
         if guided:
             if probe.method != "guided":
                 raise ValueError(f"calibration along guided trajectories needs a guided setting, got {probe.name}")
@@ -91,8 +92,8 @@ class DDPMSampling:
         merged = None
         for i in range(0, len(seeds), batch_size):
             batch = seeds[i:i + batch_size]
-            recorder = CalibrationRecorder(evaluator, draw_labels(batch, models.num_classes).to(models.device),
-                                           models.diffusion.model_timesteps)
+            labels = None if judge is not None else draw_labels(batch, models.num_classes).to(models.device)
+            recorder = CalibrationRecorder(evaluator, labels, models.diffusion.model_timesteps, judge=judge)
             sample_batch(trajectory, models, batch, callback=recorder, guidance=evaluator if guided else None)
             if merged is None:
                 merged = recorder
