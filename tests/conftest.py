@@ -12,6 +12,18 @@ REFERENCE_DIR = Path(os.environ.get("OFFSHELF_REFERENCE_DIR")
                      or Path(__file__).resolve().parents[2] / "shared" / "reference")
 
 
+WORKFLOW_TESTS = Path(__file__).resolve().parent / "workflow"
+
+
+def pytest_collection_modifyitems(items):
+    """Every test that starts Snakemake lives in tests/workflow/ and is slow (run with -m slow),
+    unless it is a rehearsal or needs the SLURM cluster, which have their own markers."""
+    for item in items:
+        if WORKFLOW_TESTS in Path(str(item.fspath)).resolve().parents and not (
+                item.get_closest_marker("rehearsal") or item.get_closest_marker("slurm")):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def reference_dir() -> Path:
     """The golden fixtures produced by the original implementations (../shared/reference)."""
@@ -23,7 +35,8 @@ def reference_dir() -> Path:
 @pytest.fixture(scope="session")
 def ci_run(tmp_path_factory) -> Path:
     """The whole ci workflow (config/ci.yaml) run for real, once per session: the results folder
-    that the end-to-end tests (test_workflow_e2e.py, test_report_html.py) read."""
+    that the end-to-end tests (tests/workflow: test_workflow_e2e.py, test_report_html.py, and
+    test_slurm.py, which compares the cluster's outputs with it) read."""
     import time
 
     from workflow_utils import REPO, snakemake

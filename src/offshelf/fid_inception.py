@@ -16,7 +16,7 @@ Input pipeline, as pytorch-fid's ``get_activations`` + ``InceptionV3.forward`` d
 2x − 1 → blocks up to the final adaptive average pool → the 2048-d pool3 vector. The resize
 comes *before* the [-1, 1] scaling (it is linear, so the order changes nothing but round-off).
 
-Written from the architecture, not copied; ``tests/test_metrics.py`` checks it against a
+Written from the architecture, not copied; ``tests/unit/test_metrics.py`` checks it against a
 line-by-line transcription of pytorch-fid's forward on torchvision building blocks.
 """
 

@@ -10,7 +10,7 @@ Precision: the networks are built and loaded in fp32. ``convert_to_fp16()`` halv
 of the input/middle/output blocks (linear layers and norms stay fp32), as upstream
 ``convert_to_fp16`` does; ``build_adm``/``load_adm`` apply it for ``use_fp16`` presets only on
 CUDA (``on_device``). On CPU the networks run in fp32 (CPU half kernels are slow and not what ADM
-used); the fp16 path itself runs on CPU too and is tested there (tests/test_dtypes.py).
+used); the fp16 path itself runs on CPU too and is tested there (tests/unit/test_precision.py).
 """
 
 from __future__ import annotations
@@ -565,7 +565,7 @@ def _preset(preset_name: str) -> dict[str, Any]:
 
 
 #: Device types on which ``use_fp16`` converts the trunk: guided-diffusion ran fp16 on CUDA only, and
-#: CPU half kernels are slow (tests/test_dtypes.py adds "cpu" to exercise the fp16 path without a GPU).
+#: CPU half kernels are slow (tests/unit/test_precision.py adds "cpu" to exercise the fp16 path without a GPU).
 FP16_DEVICE_TYPES = ("cuda",)
 
 

@@ -81,7 +81,7 @@ def _per_sample_norm(x: torch.Tensor) -> torch.Tensor:
 
 
 #: Loss scale of the backward pass through an fp16 decoder. The gradient reaching the decoder's
-#: output is small per pixel and its fp16 copy underflows (tests/test_dtypes.py: cosine 0.87 with the
+#: output is small per pixel and its fp16 copy underflows (tests/unit/test_precision.py: cosine 0.87 with the
 #: fp32 gradient unscaled, 1.0000 scaled), as in mixed-precision training. A power of two, so
 #: scaling and unscaling are exact; an overflow would be caught as a non-finite gradient.
 FP16_DECODER_LOSS_SCALE = 2.0 ** 10

@@ -1,7 +1,7 @@
 """Issue 11 through the real entry point: every config an adversarial user might write is refused
 by `snakemake` (a dry run on config/ci.yaml plus an overlay) before any job, in one line naming
 the key or the file, with nothing written to the results folder; a failed job's log says why; a
-killed Snakemake is recovered by the documented command. Case numbers are the issue's."""
+killed Snakemake is recovered by the documented command."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def one_line(out: str, pattern: str) -> str:
     ("scales: {uncond: [3, 1.0e+300]}\n", r"'scales\.uncond\.1' = 1e\+300: .*maximum of 1000000"),
     ("cfg_scales: [2, 1.0e+300]\n", r"'cfg_scales\.1' = 1e\+300"),
 ])
-def test_case1_non_finite_and_absurd_numbers_are_refused(tmp_path, overlay, key):
+def test_non_finite_and_absurd_numbers_are_refused(tmp_path, overlay, key):
     one_line(refused(tmp_path, overlay), key)
 
 
@@ -70,7 +70,7 @@ def test_case1_non_finite_and_absurd_numbers_are_refused(tmp_path, overlay, key)
 
 
 @pytest.mark.parametrize("experiment", ["..", "../escaped", ".hidden", "-rf", "a/b"])
-def test_case2_experiment_must_be_a_plain_folder_name(tmp_path, experiment):
+def test_experiment_must_be_a_plain_folder_name(tmp_path, experiment):
     out = refused(tmp_path, {"experiment": experiment})
     one_line(out, r"config key 'experiment' = .*expected a plain folder name")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["overlay.yaml"]  # nothing beside results either
@@ -81,7 +81,7 @@ def test_case2_experiment_must_be_a_plain_folder_name(tmp_path, experiment):
     ("/", r"config key 'results' = '/' is the filesystem root"),
     ("/tmp/..", r"config key 'results' = '/tmp/\.\.' is the filesystem root"),
 ])
-def test_case2_results_is_never_the_filesystem_root(tmp_path, results, expected):
+def test_results_is_never_the_filesystem_root(tmp_path, results, expected):
     # the overlay (not --config) sets results: refused() points --config results at tmp
     cfg = tmp_path / "root.yaml"
     cfg.write_text(yaml.safe_dump({"results": results}))
@@ -91,7 +91,7 @@ def test_case2_results_is_never_the_filesystem_root(tmp_path, results, expected)
     one_line(out, expected)
 
 
-def test_case2_results_that_is_a_file_is_refused_before_any_job(tmp_path):
+def test_results_that_is_a_file_is_refused_before_any_job(tmp_path):
     results = tmp_path / "results"
     results.write_text("not a folder\n")
     proc = snakemake("-n", "--configfile", str(CI), "--config", f"results={results}", check=False)
@@ -101,7 +101,7 @@ def test_case2_results_that_is_a_file_is_refused_before_any_job(tmp_path):
     assert results.read_text() == "not a folder\n"
 
 
-def test_case2_experiment_folder_linked_outside_results_is_refused(tmp_path):
+def test_experiment_folder_linked_outside_results_is_refused(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     results = tmp_path / "results"
@@ -123,11 +123,11 @@ def test_case2_experiment_folder_linked_outside_results_is_refused(tmp_path):
     ("1001", r"'sampling\.respacing' = '1001': not possible with the 1000-step schedule of backbone 'digits'"),
     ("ddim999", r"'sampling\.respacing' = 'ddim999': not possible"),
 ])
-def test_case6_respacing_beyond_the_schedule_is_refused(tmp_path, respacing, expected):
+def test_respacing_beyond_the_schedule_is_refused(tmp_path, respacing, expected):
     one_line(refused(tmp_path, {"sampling": {"respacing": respacing}}), expected)
 
 
-def test_case6_unknown_backbone_is_named_before_anything_else(tmp_path):
+def test_unknown_backbone_is_named_before_anything_else(tmp_path):
     # Before: "'imagenet' is a required property", about a section the user never meant to write.
     out = refused(tmp_path, {"backbone": "digitz"})
     line = one_line(out, r"config key 'backbone' = 'digitz': expected one of digits, adm128, edm64, dit256")
@@ -136,7 +136,7 @@ def test_case6_unknown_backbone_is_named_before_anything_else(tmp_path):
     one_line(out, r"config key 'backbone' = 'nosuchpkg\.backends:Mine': cannot import module 'nosuchpkg\.backends'")
 
 
-def test_case6_yaml_syntax_error_names_the_file_and_line(tmp_path):
+def test_yaml_syntax_error_names_the_file_and_line(tmp_path):
     # config.yaml, read by the Snakefile itself (a user's first run): offshelf's loader reads it
     # first, so Snakemake stops with file:line. (Snakemake reads config.yaml from its working
     # directory: a broken copy in tmp_path, next to nothing else.)
@@ -163,7 +163,7 @@ def test_case6_yaml_syntax_error_names_the_file_and_line(tmp_path):
 # ------------------------------------------------------------------ case 6: failed job logs say why
 
 
-def test_case6_failed_job_log_holds_the_traceback(tmp_path):
+def test_failed_job_log_holds_the_traceback(tmp_path):
     """A real job failure: the sample job loads a corrupt model. Snakemake sends the user to the
     job's log, so the log (not only Snakemake's stderr) must hold the traceback and the error."""
     results = tmp_path / "results"
@@ -189,7 +189,7 @@ def test_case6_failed_job_log_holds_the_traceback(tmp_path):
 # ------------------------------------------------------------------ case 7: recovery after a kill
 
 
-def test_case7_documented_recovery_after_a_killed_snakemake(tmp_path):
+def test_documented_recovery_after_a_killed_snakemake(tmp_path):
     """SIGKILL a real run mid-job: a plain rerun stops with Snakemake's LockException; the command
     docs/scaling.md gives (`python -m offshelf.jobs resume <same args>`) refuses while Snakemake
     still runs, and after the kill unlocks and completes the run."""
@@ -237,7 +237,7 @@ def test_case7_documented_recovery_after_a_killed_snakemake(tmp_path):
 # ------------------------------------------------------------------ case 8: bounded job count
 
 
-def test_case8_the_plan_states_its_job_count(tmp_path):
+def test_the_plan_states_its_job_count(tmp_path):
     proc = snakemake("-n", "--configfile", str(CI), "--config", f"results={tmp_path / 'results'}")
     config = yaml.safe_load(CI.read_text())
     m = re.search(r"^offshelf: (\d+) jobs planned \((\d+) sample: (\d+) settings x up to (\d+) shards", proc.stderr,
@@ -252,7 +252,7 @@ def test_case8_the_plan_states_its_job_count(tmp_path):
     {"num_samples": 2000, "shard_size": 1},      # 20 settings x 2000 shards: counted exactly
     {"num_samples": 10**9, "shard_size": 1},     # the shards alone exceed the bound: arithmetic only
 ])
-def test_case8_too_many_jobs_are_refused_naming_the_keys(tmp_path, sampling):
+def test_too_many_jobs_are_refused_naming_the_keys(tmp_path, sampling):
     start = time.perf_counter()
     out = refused(tmp_path, {"sampling": {**sampling, "batch_size": 1}})
     line = one_line(out, r"config keys 'sampling\.num_samples' = \d+ / 'sampling\.shard_size' = 1 plan \d+ jobs")
@@ -260,7 +260,7 @@ def test_case8_too_many_jobs_are_refused_naming_the_keys(tmp_path, sampling):
     assert time.perf_counter() - start < 30  # refused before Snakemake builds a DAG of them
 
 
-def test_case8_max_jobs_raises_the_bound_explicitly():
+def test_max_jobs_raises_the_bound_explicitly():
     from offshelf.config import ConfigError, validate_config
 
     config = yaml.safe_load(CI.read_text())
@@ -269,3 +269,12 @@ def test_case8_max_jobs_raises_the_bound_explicitly():
         validate_config(config)
     config["max_jobs"] = 50_000
     validate_config(config)
+
+
+def test_snakemake_stops_before_any_job(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sampling: {respacing: '50', num_samples: 10, shard_size: 5, batch_size: 5, seeds: 3}\n")
+    proc = snakemake("-n", "--configfile", str(bad), check=False)
+    assert proc.returncode != 0
+    assert "unknown key(s) ['seeds']" in proc.stdout + proc.stderr
+    assert "Job stats" not in proc.stdout

@@ -288,7 +288,7 @@ def test_load_clip_from_a_local_weight_file(clip_parts, classifier, tmp_path):
 def test_shipped_config_is_valid_and_typos_name_the_key(tmp_path, clip_parts):
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "config" / "clip_text2image.yaml"
+    path = Path(__file__).resolve().parents[2] / "config" / "clip_text2image.yaml"
     cfg = load_config(path)
     assert cfg["clip"]["model"] == "ViT-L-14-336-quickgelu" and cfg["clip"]["pretrained"] == "openai"
     assert {"Van Gogh style cat", "ice frog"} <= set(cfg["prompts"])
@@ -305,7 +305,7 @@ def test_cli_names_the_missing_checkpoint_and_its_url(tmp_path):
 
     from offshelf.text2image import main
 
-    text = (Path(__file__).resolve().parents[1] / "config" / "clip_text2image.yaml").read_text()
+    text = (Path(__file__).resolve().parents[2] / "config" / "clip_text2image.yaml").read_text()
     config = tmp_path / "t2i.yaml"
     config.write_text(text.replace("checkpoints/adm/256x256_diffusion_uncond.pt", str(tmp_path / "absent.pt")))
     with pytest.raises(FileNotFoundError, match=r"absent.pt does not exist; download it from https://openaipublic"):

@@ -14,7 +14,7 @@ from offshelf.backends.digits import DigitsBackend
 from offshelf.config import ConfigError, read_yaml, validate_config
 from offshelf.settings import Setting
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def imagenet_config(tmp_path, local: dict) -> dict:

@@ -6,7 +6,7 @@ architecture) and torchvision's ResNet-101 with Softplus(β=3) surgery, both ran
 through ``ddpm_sample``. Proves the full-size networks fit the sampler's interfaces (learned-range
 output channels, class conditioning, 1000-way classifier on the 128×128 x̂0), that guidance stays
 finite and actually moves the sample, and records the cost: wall time and peak RSS
-(``pytest -m slow -s tests/test_real_size_smoke.py`` prints them).
+(``pytest -m slow -s tests/workflow/test_real_size_smoke.py`` prints them).
 """
 
 import resource

@@ -2,7 +2,7 @@
 
 (a) Equivalence: a DDPMScheduler on ADM's respaced timesteps with the wrapper reproduces
     offshelf's Algorithm 1 (``ddpm_step``) step by step, noise included.
-(b) Analytic: the exact-score Gaussian mixture of tests/test_gaussian_mixture.py as a diffusers
+(b) Analytic: the exact-score Gaussian mixture of tests/unit/test_guidance_analytic.py as a diffusers
     model in every prediction_type; guided by the exact noisy posterior at scale 1 every scheduler
     samples the target component, and at scales 0.5 and 2 it does not. The paper's x̂0 input with
     the clean posterior lands every scheduler on the target component.
@@ -28,7 +28,7 @@ from offshelf.integrations.diffusers import (GuidedModel, SchedulerGuidance, fro
                                              scale_model_input, to_x0_eps)
 from offshelf.samplers.ddpm import DDPMGuidanceConfig, ddpm_step  # noqa: E402
 from offshelf.seeding import StackedRandomGenerator  # noqa: E402
-from test_gaussian_mixture import (BASE_ALPHAS_CUMPROD, COVS, MEANS, CleanPosterior, MixtureTensors,  # noqa: E402
+from test_guidance_analytic import (BASE_ALPHAS_CUMPROD, COVS, MEANS, CleanPosterior, MixtureTensors,  # noqa: E402
                                    _nearest_component)
 
 

@@ -9,7 +9,7 @@ import yaml
 from offshelf.config import validate_config
 from offshelf.plan import all_probes, all_searches, all_settings, num_shards, parse_evaluation_name, shard_seeds, table_rows
 from offshelf.settings import Setting, probe_setting
-from workflow_utils import REPO, dry_run_jobs
+from workflow_utils import REPO
 
 
 @pytest.fixture(scope="module")
@@ -85,15 +85,6 @@ def test_shards_are_disjoint_fixed_seed_ranges(config):
     n = num_shards(config)
     seeds = [s for i in range(n) for s in shard_seeds(config, i)]
     assert seeds == list(range(config["sampling"]["num_samples"]))
-
-
-def test_dry_run_lists_every_stage(tmp_path):
-    jobs = dry_run_jobs("--config", f"results={tmp_path}")
-    for rule in ("train_model", "calibrate", "sample", "reference_features", "evaluate", "search_round",
-                 "search_result", "figure_calibration", "figure_analytic", "figure_gradients", "sample_grid", "report",
-                 "all"):
-        assert jobs.get(rule, 0) >= 1, f"stage {rule} missing from the dry run: {jobs}"
-    assert jobs["train_model"] == 4
 
 
 def test_job_params_do_not_depend_on_key_order():

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.rehearsal
 HANG_GUARD_S = 1800
 
 # Registry names each config's fetch_checkpoint jobs must download (the dry run's counts in
-# tests/test_imagenet_workflow.py: 6, 4 and 4 fetches).
+# tests/unit/test_backends_imagenet.py: 6, 4 and 4 fetches).
 FETCHED = {
     "imagenet128_ddpm": {"adm_imagenet128_cond_diffusion", "adm_imagenet128_classifier", "resnet101_v2",
                          "resnet50_v2", "inception_cleanfid_legacy_tf", "ref_imagenet128"},

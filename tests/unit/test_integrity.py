@@ -67,7 +67,7 @@ def blob_checkpoint(monkeypatch, data: bytes) -> Checkpoint:
 
 # ----------------------------------------------------------------------------- case 3
 
-def test_case3_corruption_with_restored_mtime_is_never_served(tmp_path, monkeypatch, hash_calls):
+def test_corruption_with_restored_mtime_is_never_served(tmp_path, monkeypatch, hash_calls):
     data = bytes(range(256)) * 64
     blob_checkpoint(monkeypatch, data)
     cache = tmp_path / "cache"
@@ -97,7 +97,7 @@ def test_case3_corruption_with_restored_mtime_is_never_served(tmp_path, monkeypa
     assert len(hash_calls) == 3 and path.read_bytes() == bytes(corrupt)
 
 
-def test_case3_cached_file_is_rehashed_by_fetch_even_with_a_matching_record(tmp_path, monkeypatch, hash_calls):
+def test_cached_file_is_rehashed_by_fetch_even_with_a_matching_record(tmp_path, monkeypatch, hash_calls):
     """Bit rot moves no timestamp: fetch of a cached file reads it in full every time."""
     data = b"weights" * 1000
     blob_checkpoint(monkeypatch, data)
@@ -110,7 +110,7 @@ def test_case3_cached_file_is_rehashed_by_fetch_even_with_a_matching_record(tmp_
     assert len(hash_calls) == 3
 
 
-def test_case3_local_file_in_read_only_folder_is_verified_and_nothing_written_there(tmp_path, monkeypatch):
+def test_local_file_in_read_only_folder_is_verified_and_nothing_written_there(tmp_path, monkeypatch):
     data = b"user weights" * 500
     checkpoint = blob_checkpoint(monkeypatch, data)
     folder = tmp_path / "my_models"
@@ -132,7 +132,7 @@ def test_case3_local_file_in_read_only_folder_is_verified_and_nothing_written_th
     assert json.loads(record.read_text())["path"] == str(local.resolve())
 
 
-def test_case3_unchanged_file_is_not_rehashed_and_any_stat_change_rehashes(tmp_path, monkeypatch, hash_calls):
+def test_unchanged_file_is_not_rehashed_and_any_stat_change_rehashes(tmp_path, monkeypatch, hash_calls):
     data = b"x" * 10_000
     blob_checkpoint(monkeypatch, data)
     local = tmp_path / "blob.bin"
@@ -256,7 +256,7 @@ def _data_region(path: Path) -> tuple[str, int, int]:
     return info.filename, info.header_offset + 30 + name_length + extra_length, info.file_size
 
 
-def test_case5_flipped_bytes_in_a_digits_checkpoint_are_refused(digits_checkpoint):
+def test_flipped_bytes_in_a_digits_checkpoint_are_refused(digits_checkpoint):
     path, model = digits_checkpoint
     member, offset, length = _data_region(path)
     assert length >= 4096
@@ -276,7 +276,7 @@ def test_case5_flipped_bytes_in_a_digits_checkpoint_are_refused(digits_checkpoin
     assert "\n" not in message and str(path) in message and "corrupt" in message and payload["sha256"] in message
 
 
-def test_case5_checkpoint_records_the_sha256_of_its_content(digits_checkpoint):
+def test_checkpoint_records_the_sha256_of_its_content(digits_checkpoint):
     path, model = digits_checkpoint
     payload = torch.load(path, map_location="cpu", weights_only=True)
     assert payload["format"] == "offshelf-digits-v2"
@@ -286,7 +286,7 @@ def test_case5_checkpoint_records_the_sha256_of_its_content(digits_checkpoint):
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
 
 
-def test_case6_unknown_config_keys_are_one_line_naming_file_and_keys(digits_checkpoint):
+def test_unknown_config_keys_are_one_line_naming_file_and_keys(digits_checkpoint):
     path, _ = digits_checkpoint
     payload = torch.load(path, map_location="cpu", weights_only=True)
     config = {**payload["config"], "dropout": 0.1, "attention": True}  # a newer offshelf's checkpoint
@@ -299,7 +299,7 @@ def test_case6_unknown_config_keys_are_one_line_naming_file_and_keys(digits_chec
     assert "\n" not in message and str(path) in message and "'attention', 'dropout'" in message
 
 
-def test_case5_old_checkpoint_without_checksum_is_refused_with_how_to_retrain(digits_checkpoint):
+def test_old_checkpoint_without_checksum_is_refused_with_how_to_retrain(digits_checkpoint):
     path, _ = digits_checkpoint
     payload = torch.load(path, map_location="cpu", weights_only=True)
     del payload["sha256"]
@@ -326,7 +326,7 @@ for _ in range(rounds):
 """
 
 
-def test_case9_concurrent_writers_of_one_target_never_trip_each_other(tmp_path):
+def test_concurrent_writers_of_one_target_never_trip_each_other(tmp_path):
     target = tmp_path / "shard0.npz"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(offshelf.__file__).parents[1]),
                                                          os.environ.get("PYTHONPATH", "")])}

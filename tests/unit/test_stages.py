@@ -51,7 +51,7 @@ def sample(files, tmp_path, setting=GUIDED):
 
 
 @pytest.mark.parametrize("role, tensor", [("denoiser", "denoiser output"), ("offshelf", "classifier logits")])
-def test_case1_nan_in_a_network_stops_sampling_naming_setting_step_and_tensor(models, tmp_path, role, tensor):
+def test_nan_in_a_network_stops_sampling_naming_setting_step_and_tensor(models, tmp_path, role, tensor):
     proc, out = sample(poisoned(models, tmp_path, role), tmp_path)
     assert proc.returncode == 2, proc.stderr
     message = proc.stderr.strip().splitlines()[-1]  # above it: only the progress bar
@@ -61,13 +61,13 @@ def test_case1_nan_in_a_network_stops_sampling_naming_setting_step_and_tensor(mo
     assert not out.exists() and not out.with_suffix(".png").exists()
 
 
-def test_case1_an_overflowing_scale_stops_at_the_guided_mean(models, tmp_path):
+def test_an_overflowing_scale_stops_at_the_guided_mean(models, tmp_path):
     proc, out = sample(models, tmp_path, GUIDED.replace("scale=3", "scale=1e300"))
     assert proc.returncode == 2 and "guided mean" in proc.stderr and "step 4" in proc.stderr, proc.stderr
     assert not out.exists()
 
 
-def test_case1_a_healthy_run_still_writes(models, tmp_path):
+def test_a_healthy_run_still_writes(models, tmp_path):
     proc, out = sample(models, tmp_path)
     assert proc.returncode == 0, proc.stderr
     with np.load(out) as shard:
@@ -92,14 +92,14 @@ def digits_shard(path, n=32, first=0, labels=None, size=8, channels=1):
     (lambda p: digits_shard(p, labels=np.full(32, 99)), [[0, 32]], "labels span 99..99"),
     (lambda p: digits_shard(p, labels=np.full(32, -1)), [[0, 32]], "labels span -1..-1"),
 ])
-def test_case4_foreign_shards_are_refused_naming_the_file(tmp_path, make, expected, message):
+def test_foreign_shards_are_refused_naming_the_file(tmp_path, make, expected, message):
     path = make(tmp_path / "shard0.npz")
     with pytest.raises(ValueError) as err:
         load_shards(DigitsBackend(), [path], expected)
     assert str(err.value).startswith(path) and message in str(err.value), str(err.value)
 
 
-def test_case6_mixed_sizes_name_the_odd_file(tmp_path):
+def test_mixed_sizes_name_the_odd_file(tmp_path):
     good = digits_shard(tmp_path / "shard0.npz")
     odd = write(tmp_path / "shard1.npz", np.zeros((32, 16, 16, 1)), np.zeros(32, int), range(32, 64))
     with pytest.raises(ValueError, match=f"^{odd}: images are 16x16"):
@@ -108,7 +108,7 @@ def test_case6_mixed_sizes_name_the_odd_file(tmp_path):
     assert images.shape == (32, 8, 8, 1) and labels.tolist() == [i % 10 for i in range(32)]
 
 
-def test_case6_offshelf_evaluate_names_a_foreign_shard(models, tmp_path):
+def test_offshelf_evaluate_names_a_foreign_shard(models, tmp_path):
     odd = digits_shard(tmp_path / "odd.npz", channels=3)
     proc = subprocess.run([str(OFFSHELF), "evaluate", "--backend", "digits", "--checkpoint",
                            f"evaluator={models['evaluator']}", "--shards", odd, "--out", str(tmp_path / "m.json")],
@@ -118,7 +118,7 @@ def test_case6_offshelf_evaluate_names_a_foreign_shard(models, tmp_path):
     assert not (tmp_path / "m.json").exists()
 
 
-def test_case1_a_broken_candidate_cannot_win_the_grid():
+def test_a_broken_candidate_cannot_win_the_grid():
     """Best-of-grid would otherwise pick a finite scale and hide the broken one."""
     from offshelf.plan import Row
     from offshelf.settings import Setting
