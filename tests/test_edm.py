@@ -166,6 +166,22 @@ def test_stochastic_sampler_matches_nvlabs(tiny_net):
     assert (churn_sample(tiny_net, ref, Float32ChurnGenerator) - ref["out"]).abs().max() > 1e-3
 
 
+def test_edm_backend_churn_rows_give_nvlabs_images(tiny_net):
+    """A config row's S_churn, S_min, S_max, S_noise reach the sampler: edm64's sample job for
+    the golden's seeds gives generate.py's stochastic images and labels."""
+    from offshelf.backends.edm64 import EDM64Backend, EDMModels
+    from offshelf.settings import Setting
+
+    ref = torch.load(CHURN_GOLDEN, weights_only=True)
+    kwargs = dict(ref["sampler_kwargs"])
+    setting = Setting(method="unguided", **kwargs)
+    backend = EDM64Backend({"imagenet": {"device": "cpu"}})
+    assert backend.unsupported(setting) is None
+    images, labels = backend.sample(EDMModels(tiny_net, None, torch.device("cpu")), setting, ref["seeds"])
+    assert labels.tolist() == ref["class_labels"].argmax(1).tolist()
+    torch.testing.assert_close(images, ref["out"], rtol=0, atol=1e-5)
+
+
 def test_noise_is_drawn_in_the_tensors_dtype():
     """float32 draws (latents, DDPM and DiT noise) are the float32 stream itself; float64 is its own."""
     x32, x64 = torch.zeros(2, 3, 4, 4), torch.zeros(2, 3, 4, 4, dtype=torch.float64)
