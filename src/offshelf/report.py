@@ -171,8 +171,11 @@ def _samples_section(table: str, frame: pd.DataFrame, plan_config: dict, grids: 
 
 
 def table_heading(table: str) -> str:
-    """``table9`` -> ``Table 9``; ``table9_sweep`` (a table beside Table 9) -> ``Table 9 (sweep)``."""
+    """``table9`` -> ``Table 9``; ``table9_sweep`` (a table beside Table 9) -> ``Table 9 (sweep)``;
+    ``tableC1`` (an appendix table) -> ``Table C.1``."""
     number, _, extra = table.removeprefix("table").partition("_")
+    if number[:1].isalpha():
+        number = f"{number[0]}.{number[1:]}"
     return f"Table {number}" + (f" ({extra.replace('_', ' ')})" if extra else "")
 
 

@@ -39,6 +39,11 @@ class Setting:
     config's default). A guided setting keeps ``cfg_scale`` (DiT: guidance on top of CFG).
     Each of these three enters the name only when it differs from its default, so existing
     names never change.
+    ``S_churn``, ``S_min``, ``S_max``, ``S_noise``: EDM's stochastic sampler (NVlabs' names and
+    meaning; only the edm64 backend takes them). ``S_churn = 0`` is the deterministic sampler;
+    then the other three change no sample and are reset in the name. Neither the name nor
+    :meth:`to_dict` (a sample job's params) carries them at their defaults: settings without
+    churn keep their names and jobs.
     """
 
     regime: str = "cond"
@@ -55,6 +60,10 @@ class Setting:
     switch_step: int = 50
     num_steps: int = 0
     network: str = ""
+    S_churn: float = 0.0
+    S_min: float = 0.0
+    S_max: float = math.inf
+    S_noise: float = 1.0
 
     def __post_init__(self):
         for name, allowed in (("regime", REGIMES), ("method", METHODS), ("classifier", CLASSIFIERS), ("input", INPUTS)):
@@ -64,6 +73,11 @@ class Setting:
             raise ValueError(f"setting key 'softplus_beta' must be > 0 (inf for ReLU), got {self.softplus_beta}")
         if self.num_steps < 0:
             raise ValueError(f"setting key 'num_steps' must be >= 0 (0: the backbone's default), got {self.num_steps}")
+        if self.S_churn < 0 or self.S_min < 0 or not self.S_noise > 0:
+            raise ValueError(f"setting: EDM's churn needs S_churn >= 0, S_min >= 0, S_noise > 0; got "
+                             f"S_churn={self.S_churn}, S_min={self.S_min}, S_noise={self.S_noise}")
+        if self.S_min > self.S_max:
+            raise ValueError(f"setting: S_min ({self.S_min}) above S_max ({self.S_max}) churns no step")
         if self.recurrent_steps < 1:
             raise ValueError(f"setting key 'recurrent_steps' must be >= 1, got {self.recurrent_steps}")
         if self.method == "guided" and self.classifier == "finetuned" and self.input != "xt":
@@ -86,20 +100,34 @@ class Setting:
         return cls(**clean)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        values = asdict(self)
+        for key in CHURN_KEYS:  # at their defaults they are absent: older jobs' params stay as they were
+            if values[key] == getattr(Setting, key):
+                values.pop(key)
+        return values
+
+    def churn(self) -> dict[str, float]:
+        """EDM's churn keyword arguments (``edm_sample``'s), the sampler's defaults when S_churn = 0."""
+        s = self.canonical()
+        return {key: getattr(s, key) for key in CHURN_KEYS}
 
     def canonical(self) -> "Setting":
         """Reset the knobs this method ignores, so equal experiments share one name."""
+        churn = {key: getattr(self, key) for key in CHURN_KEYS} if self.S_churn else {}
         if self.method == "unguided":
-            return Setting(regime=self.regime, method="unguided", num_steps=self.num_steps)
+            return Setting(regime=self.regime, method="unguided", num_steps=self.num_steps, **churn)
         if self.method == "cfg":
-            return Setting(regime=self.regime, method="cfg", cfg_scale=self.cfg_scale, num_steps=self.num_steps)
-        return self if self.classifier == "combined" else replace(self, switch_step=Setting.switch_step)
+            return Setting(regime=self.regime, method="cfg", cfg_scale=self.cfg_scale, num_steps=self.num_steps,
+                           **churn)
+        s = self if churn else replace(self, **{key: getattr(Setting, key) for key in CHURN_KEYS})
+        return s if s.classifier == "combined" else replace(s, switch_step=Setting.switch_step)
 
     @property
     def name(self) -> str:
         s = self.canonical()
         steps = f"_n{s.num_steps}" if s.num_steps else ""
+        if s.S_churn:
+            steps = f"_churn{fmt(s.S_churn)}-{fmt(s.S_min)}-{fmt(s.S_max)}-{fmt(s.S_noise)}" + steps
         if s.method == "unguided":
             return f"{s.regime}_unguided{steps}"
         if s.method == "cfg":
@@ -127,6 +155,7 @@ class Setting:
 
 
 PROBE_NETWORK_MARKER = "_net-"
+CHURN_KEYS = ("S_churn", "S_min", "S_max", "S_noise")
 
 
 def network_slug(network: str) -> str:

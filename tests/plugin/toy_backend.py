@@ -96,7 +96,7 @@ class ToyMixtureBackend(DDPMSampling, Backend):
         return {}
 
     def unsupported(self, setting):
-        return "no label-dropout model" if setting.method == "cfg" else None
+        return "no label-dropout model" if setting.method == "cfg" else self.churn_unsupported(setting)
 
     def load(self, files, sampling, setting=None) -> DDPMModels:
         std = self.options["std"]

@@ -5,6 +5,7 @@ import math
 import os
 import pickle
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -130,6 +131,67 @@ def test_heun_sampler_matches_nvlabs(reference_dir, tiny_net):
                      sigma_min=ref["sigma_min"], sigma_max=ref["sigma_max"], rho=ref["rho"])
     assert out.dtype == torch.float64
     torch.testing.assert_close(out, ref["out"], rtol=0, atol=1e-6)
+
+
+
+CHURN_GOLDEN = Path(__file__).parent / "fixtures" / "edm_churn_golden.pt"
+
+
+class Float32ChurnGenerator(StackedRandomGenerator):
+    """The old draw: churn noise in float32, cast to the float64 trajectory."""
+
+    def randn_like(self, x):
+        return self.randn(x.shape[1:], dtype=torch.float32).to(x.dtype)
+
+
+def churn_sample(net, ref, rng_class):
+    """edm64's draws for one batch: latent, then class, then the sampler's churn noise, per seed."""
+    rng = rng_class(ref["seeds"], seed_bits=32)
+    latents = rng.randn((net.img_channels, net.img_resolution, net.img_resolution))
+    labels = rng.randint(net.label_dim)
+    assert torch.equal(latents, ref["latents"]) and torch.equal(labels, ref["class_labels"].argmax(1))
+    return edm_sample(net, latents, torch.nn.functional.one_hot(labels, net.label_dim).float(), rng=rng,
+                      **ref["sampler_kwargs"])
+
+
+def test_stochastic_sampler_matches_nvlabs(tiny_net):
+    """NVlabs' own edm_sampler with ImageNet-64's churn (S_churn 40, S_min 0.05, S_max 50,
+    S_noise 1.003, 18 steps) from generate.py's generator (tests/fixtures/make_edm_churn_golden.py):
+    the same seeds give the same images. The churn noise must be drawn in float64 like
+    generate.py's randn_like; the float32 draw cast up gives other images (max |Δ| ≈ 3.1 here)."""
+    ref = torch.load(CHURN_GOLDEN, weights_only=True)
+    out = churn_sample(tiny_net, ref, StackedRandomGenerator)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, ref["out"], rtol=0, atol=1e-5)
+    assert (churn_sample(tiny_net, ref, Float32ChurnGenerator) - ref["out"]).abs().max() > 1e-3
+
+
+def test_edm_backend_churn_rows_give_nvlabs_images(tiny_net):
+    """A config row's S_churn, S_min, S_max, S_noise reach the sampler: edm64's sample job for
+    the golden's seeds gives generate.py's stochastic images and labels."""
+    from offshelf.backends.edm64 import EDM64Backend, EDMModels
+    from offshelf.settings import Setting
+
+    ref = torch.load(CHURN_GOLDEN, weights_only=True)
+    kwargs = dict(ref["sampler_kwargs"])
+    setting = Setting(method="unguided", **kwargs)
+    backend = EDM64Backend({"imagenet": {"device": "cpu"}})
+    assert backend.unsupported(setting) is None
+    images, labels = backend.sample(EDMModels(tiny_net, None, torch.device("cpu")), setting, ref["seeds"])
+    assert labels.tolist() == ref["class_labels"].argmax(1).tolist()
+    torch.testing.assert_close(images, ref["out"], rtol=0, atol=1e-5)
+
+
+def test_noise_is_drawn_in_the_tensors_dtype():
+    """float32 draws (latents, DDPM and DiT noise) are the float32 stream itself; float64 is its own."""
+    x32, x64 = torch.zeros(2, 3, 4, 4), torch.zeros(2, 3, 4, 4, dtype=torch.float64)
+    plain = torch.stack([torch.randn((3, 4, 4), generator=torch.Generator().manual_seed(s)) for s in (5, 6)])
+    assert torch.equal(StackedRandomGenerator([5, 6]).randn((3, 4, 4)), plain)
+    assert torch.equal(StackedRandomGenerator([5, 6]).randn_like(x32), plain)
+    wide = StackedRandomGenerator([5, 6]).randn_like(x64)
+    assert wide.dtype == torch.float64
+    assert torch.equal(wide[1], torch.randn((3, 4, 4), generator=torch.Generator().manual_seed(6), dtype=torch.float64))
+    assert not torch.allclose(wide, plain.double(), atol=1e-3)
 
 
 def test_time_grid(tiny_net):

@@ -41,9 +41,15 @@ def test_edm_rows_carry_steps_and_scales():
     names = sorted(all_settings(config))
     assert "cond_unguided_n10" in names and "cond_unguided_n36" in names
     guided = {s.num_steps: s for s in all_settings(config).values() if s.method == "guided"}
-    assert {n: s.scale for n, s in guided.items()} == {10: 0.004, 18: 0.004, 36: 0.0018}
+    assert {n: s.scale for n, s in guided.items()} == {10: 0.004, 18: 0.004, 36: 0.0018, 256: 0.001}
     assert all((s.softplus_beta, s.marginal_temperature, s.sine_factor, s.input) == (5.0, 0.0, 0.3, "xt")
                for s in guided.values())
+    # Table C.1: EDM's stochastic sampler (NVlabs' ImageNet-64 churn) for both rows, Table 8 none
+    churn = {(s.method, s.num_steps): s.churn() for s in all_settings(config).values()}
+    edm_sde = {"S_churn": 40.0, "S_min": 0.05, "S_max": 50.0, "S_noise": 1.003}
+    assert {k for k, c in churn.items() if c["S_churn"]} == {("unguided", 256), ("guided", 256)}
+    assert churn[("unguided", 256)] == churn[("guided", 256)] == edm_sde
+    assert "cond_unguided_churn40-0.05-50-1.003_n256" in names
 
 
 def test_dit_sweeps_scale_and_gamma_on_10k_samples():
@@ -61,6 +67,7 @@ def test_dit_sweeps_scale_and_gamma_on_10k_samples():
     title = config["tables"]["table9_sweep"]["title"]
     assert "not legible" in title and "picks" in title
     assert table_heading("table9_sweep") == "Table 9 (sweep)" and table_heading("table9") == "Table 9"
+    assert table_heading("tableC1") == "Table C.1"  # the paper's appendix tables
     # Table 9's guided row is one point of the grid, evaluated on all 50k samples
     (guided,) = [r for r in table_rows(config) if r.table == "table9" and r.label == "DiT ResNet101 guided"]
     assert (guided.candidates[0].scale, guided.candidates[0].sine_factor) in grid and guided.num_samples == 50_000
@@ -132,6 +139,8 @@ def test_adm_backend_names_bad_input(tiny_files):
     with pytest.raises(ValueError, match="does not match|unknown"):  # the official preset does not fit the tiny file
         ADM128Backend({"imagenet": {"device": "cpu"}}).load({"denoiser": tiny_files["denoiser"]}, {"respacing": "3"})
     assert tiny_adm().unsupported(Setting(method="cfg")) == "needs a CFG-trained model"
+    # EDM's churn on a DDPM sampler: reported, not run deterministic under a stochastic name
+    assert "S_churn" in tiny_adm().unsupported(Setting(method="unguided", S_churn=40))
 
 
 def test_adm_writes_uint8_as_guided_diffusion_truncating():

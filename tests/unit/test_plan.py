@@ -27,6 +27,28 @@ def test_names_are_stable_and_parameter_derived():
     assert Setting(switch_step=10).name == Setting().name
 
 
+def test_churn_names_only_stochastic_settings():
+    """EDM's churn enters a name (and a sample job's params) only when S_churn > 0: deterministic
+    settings keep their names and params; a changed churn value is another setting."""
+    churn = dict(S_churn=40, S_min=0.05, S_max=50, S_noise=1.003)
+    sde = Setting(method="unguided", num_steps=256, **churn)
+    assert sde.name == "cond_unguided_churn40-0.05-50-1.003_n256"
+    assert Setting(method="guided", input="xt", num_steps=256, **churn).name.endswith("_churn40-0.05-50-1.003_n256")
+    assert Setting(method="unguided", num_steps=256, **{**churn, "S_noise": 1.007}).name != sde.name
+    assert sde.churn() == {"S_churn": 40.0, "S_min": 0.05, "S_max": 50.0, "S_noise": 1.003}
+    # S_churn 0: the other three change no sample, so no name, no param, the sampler's defaults
+    ode = Setting(method="unguided", num_steps=18, S_min=0.05, S_max=50, S_noise=1.003)
+    assert ode.name == Setting(method="unguided", num_steps=18).name == "cond_unguided_n18"
+    assert ode.churn() == {"S_churn": 0.0, "S_min": 0.0, "S_max": math.inf, "S_noise": 1.0}
+    assert not {"S_churn", "S_min", "S_max", "S_noise"} & set(Setting(num_steps=18).to_dict())
+    for s in (sde, ode, Setting(method="cfg", S_churn=3)):
+        assert Setting.from_dict(s.to_dict()) == s
+    with pytest.raises(ValueError, match="S_churn >= 0"):
+        Setting(S_churn=-1)
+    with pytest.raises(ValueError, match="S_min .* above S_max"):
+        Setting(S_churn=40, S_min=50, S_max=0.05)
+
+
 def test_setting_from_dict_casts_numpy_and_rejects_unknown_keys():
     np = pytest.importorskip("numpy")
     s = Setting.from_dict({"softplus_beta": np.float64(3.0), "recurrent_steps": np.int64(2)})
@@ -121,7 +143,8 @@ def test_table5_is_planned_at_sine_factor_0_3(path):
 
 def test_cost_plan_counts_network_evaluations_by_hand():
     """Algorithm 1 at 250 steps: 250 denoiser calls and, guided, 250 classifier gradients per sample;
-    r recurrent passes at every step but the last; EDM's Heun: 2N − 1 calls and N gradients."""
+    r recurrent passes at every step but the last; EDM's Heun: 2N − 1 calls and N gradients (churn
+    adds none: Table C.1's 256 stochastic steps count as 256 deterministic ones)."""
     from offshelf.config import load_config
     from offshelf.plan import cost_plan
 
@@ -132,7 +155,7 @@ def test_cost_plan_counts_network_evaluations_by_hand():
     assert ddpm["table7"]["denoiser"] == 4 * 50_000 * 250 and ddpm["table7"]["classifier"] == 3 * 50_000 * 250
     edm = cost_plan(load_config(REPO / "config" / "imagenet64_edm.yaml"), {"denoiser": 0.01, "classifier": 0.02})
     total = edm[-1]
-    per_n = {n: (2 * n - 1, n) for n in (10, 18, 36)}  # guided and unguided rows per step count
+    per_n = {n: (2 * n - 1, n) for n in (10, 18, 36, 256)}  # guided and unguided rows per step count
     assert total["denoiser"] == sum(2 * 50_000 * d for d, _ in per_n.values())
     assert total["classifier"] == sum(50_000 * g for _, g in per_n.values())
     assert total["hours"] == pytest.approx((total["denoiser"] * 0.01 + total["classifier"] * 0.02) / 3600)

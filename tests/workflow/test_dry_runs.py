@@ -14,7 +14,7 @@ EXPECTED_JOBS = {
     "imagenet128_ddpm": {"fetch_checkpoint": 6, "figure_analytic": 1, "calibrate": 8, "reference_features": 1,
                          "sample": 380, "evaluate": 23, "figure_calibration": 2, "sample_grid": 22, "report": 1,
                          "all": 1},
-    "imagenet64_edm": {"fetch_checkpoint": 4, "sample": 300, "evaluate": 6, "sample_grid": 6, "report": 1, "all": 1},
+    "imagenet64_edm": {"fetch_checkpoint": 4, "sample": 400, "evaluate": 8, "sample_grid": 8, "report": 1, "all": 1},
     # imagenet256_dit: Table 9's two 50k rows (100 shards) plus table9_sweep's scale x gamma grid, 4 x 5
     # settings of 10 shards each, one of which, (1.0, 0.3), is Table 9's guided row: 100 + 19 x 10 = 290
     # sample jobs; 2 + 20 evaluations

@@ -60,7 +60,7 @@ class ADM128Backend(DDPMSampling, ImageNetBackend):
     def unsupported(self, setting: Setting) -> str | None:
         if setting.method == "cfg":
             return "needs a CFG-trained model"
-        return None
+        return self.churn_unsupported(setting)
 
     def load(self, files: Mapping[str, str], sampling: Mapping[str, Any], setting: Setting | None = None) -> DDPMModels:
         device, arch = self.device, self.architectures

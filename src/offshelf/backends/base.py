@@ -178,6 +178,8 @@ class Backend(ABC):
     paper_comparable: ClassVar[bool] = False
     #: length of the discrete schedule ``sampling.respacing`` respaces (None: the family takes none)
     num_train_timesteps: ClassVar[int | None] = None
+    #: whether its sampler takes EDM's stochastic churn (``Setting.S_churn`` > 0)
+    takes_churn: ClassVar[bool] = False
 
     def __init__(self, options: Mapping[str, Any] | None = None):
         self.options: dict[str, Any] = dict(options or {})
@@ -220,6 +222,13 @@ class Backend(ABC):
 
     def unsupported(self, setting: Setting) -> str | None:
         """Why this family cannot run ``setting`` (the report prints it), or None."""
+        return self.churn_unsupported(setting)
+
+    def churn_unsupported(self, setting: Setting) -> str | None:
+        """A row with S_churn > 0 on a sampler without churn is reported, not silently run
+        deterministic under a stochastic name (every ``unsupported`` override returns this)."""
+        if setting.S_churn and not self.takes_churn:
+            return "S_churn is EDM's stochastic sampler (edm64); this backbone's sampler has no churn"
         return None
 
     def has_reference_features(self) -> bool:

@@ -84,7 +84,7 @@ class DigitsBackend(DDPMSampling, Backend):
 
     def unsupported(self, setting: Setting) -> str | None:
         self.classifier_role(setting)  # an unknown family or Softplus on GELU is an error, not a skipped row
-        return None
+        return self.churn_unsupported(setting)
 
     def evaluation_files(self) -> dict[str, Trained]:
         return {"evaluator": Trained("evaluator")}

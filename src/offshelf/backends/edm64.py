@@ -1,5 +1,6 @@
-"""EDM ImageNet 64×64 (ADM architecture trained with EDM's preconditioning): the deterministic
-Heun sampler with Algorithm 2. ``Setting.num_steps`` is N (18 when 0), ``Setting.scale`` is w."""
+"""EDM ImageNet 64×64 (ADM architecture trained with EDM's preconditioning): the Heun sampler
+with Algorithm 2. ``Setting.num_steps`` is N (18 when 0), ``Setting.scale`` is w; ``S_churn`` > 0
+(with ``S_min``, ``S_max``, ``S_noise``) makes it EDM's stochastic sampler (Table C.1)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ class EDM64Backend(ImageNetBackend):
     name = "edm64"
     denoiser_checkpoint = "edm_imagenet64_cond"
     default_reference = "ref_imagenet64_edm"
+    takes_churn = True
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -61,7 +63,7 @@ class EDM64Backend(ImageNetBackend):
         guidance = guidance_for(setting, models.offshelf)  # input x_t (unsupported() refuses x0)
         x = edm_sample(net, latents, one_hot, num_steps=setting.num_steps or 18, guidance=guidance,
                        scale=setting.scale if guidance is not None else 0.0, sine_factor=setting.sine_factor,
-                       rng=rng, progress=progress)
+                       rng=rng, progress=progress, **setting.churn())
         return x, labels
 
     def work_per_sample(self, setting: Setting, sampling) -> dict[str, int]:

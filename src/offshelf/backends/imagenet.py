@@ -109,7 +109,7 @@ class ImageNetBackend(Backend):
         if setting.method == "guided" and setting.classifier != "offshelf":
             return "this backbone guides with the off-the-shelf classifier only"
         self.check_network(setting)
-        return None
+        return self.churn_unsupported(setting)
 
     def check_network(self, setting: Setting) -> None:
         """A setting's network must name a classifier (ValueError otherwise, naming the setting),
