@@ -6,8 +6,10 @@ from __future__ import annotations
 import ast
 import inspect
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 import offshelf
 from offshelf import guidance as guidance_module
@@ -74,8 +76,6 @@ def test_guidance_is_the_one_value_object():
 
 
 def test_a_field_the_family_cannot_honour_is_refused_by_name():
-    import torch
-
     classifier = ClassifierGuidance(lambda x: x.flatten(1)[:, :3], input="xt")
     latents = torch.zeros(1, 1, 2, 2)
     net = None  # refused before the network is touched
@@ -170,3 +170,93 @@ def test_no_module_imports_another_modules_private_names():
     offenders = [hit for path in sorted(SRC.rglob("*.py"))
                  for hit in private_imports(path.read_text(), _module_name(path), path.name == "__init__.py")]
     assert offenders == []
+
+
+# --- the contract in use: stub networks, one step of each family --------------------------------
+
+class _StubEDM:
+    sigma_min, sigma_max = 0.002, 80.0
+
+    def round_sigma(self, sigma):
+        return sigma
+
+    def __call__(self, x, sigma, class_labels):
+        return 0.5 * x
+
+
+class _StubDiT:
+    null_label = 10
+
+    def __call__(self, z, t, y):
+        return 0.1 * torch.cat([z, z], dim=1) + 0.01 * y.view(-1, 1, 1, 1)
+
+
+class _StubVAE(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(()))
+
+    def decode(self, z):
+        return SimpleNamespace(sample=self.weight * z[:, :3])
+
+
+def _linear_classifier():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(3))
+
+
+def _run_each_sampler(guided: bool, **fields):
+    """One short run per family with the shared keywords only; returns sampler -> callback records."""
+    from offshelf.diffusion import GaussianDiffusion
+    from offshelf.seeding import StackedRandomGenerator
+
+    records = {}
+    y = torch.tensor([0, 2])
+    for name in ("ddpm", "edm", "dit"):
+        records[name] = []
+        callback = lambda **kw: records[name].append(kw)  # noqa: E731
+        if name == "ddpm":
+            net = lambda x, t, y_: 0.1 * x  # noqa: E731
+            g = Guidance(ClassifierGuidance(_linear_classifier()), **fields) if guided else None
+            ddpm.ddpm_sample(net, StackedRandomGenerator([0, 1]), GaussianDiffusion.respaced(1000, "3", "linear",
+                             "fixed_large"), guidance=g, callback=callback, progress=False, shape=(1, 4, 4), y=y)
+        elif name == "edm":
+            g = Guidance(ClassifierGuidance(_linear_classifier(), input="xt"), **fields) if guided else None
+            latents = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+            edm.edm_sample(_StubEDM(), latents, 3, guidance=g, callback=callback, progress=False,
+                           y=torch.eye(3)[y])
+        else:
+            g = Guidance(ClassifierGuidance(_linear_classifier()), **fields) if guided else None
+            dit.dit_sample(_StubDiT(), StackedRandomGenerator([0, 1]), dit.dit_diffusion("3"), guidance=g,
+                           callback=callback, progress=False, vae=_StubVAE(), latent_shape=(4, 4, 4), y=y)
+    return records
+
+
+def test_every_callback_sees_the_shared_keys():
+    for guided in (False, True):
+        for name, record in _run_each_sampler(guided, scale=0.5, sine_factor=0.3).items():
+            assert len(record) == 3, name
+            for info in record:
+                assert {"step", "x_t", "pred_xstart", "grad", "logits"} <= set(info), name
+                assert (info["grad"] is None) == (not guided), name
+    # step indices are each algorithm's own: DDPM/DiT count spaced steps down, EDM counts up
+    steps = {name: [info["step"] for info in record] for name, record in _run_each_sampler(False).items()}
+    assert steps == {"ddpm": [2, 1, 0], "edm": [0, 1, 2], "dit": [2, 1, 0]}
+
+
+@pytest.mark.parametrize("sampler, field, value", [
+    ("ddpm", "schedule", "sine"),
+    ("dit", "through_denoiser", True),
+    ("dit", "sigma_max_mode", "official"),
+])
+def test_ddpm_and_dit_refuse_what_they_cannot_honour(sampler, field, value):
+    with pytest.raises(ValueError, match=rf"{sampler}_sample cannot honour Guidance\.{field}="):
+        _run_each_sampler(True, **{field: value}) if sampler == "ddpm" else _only_dit(**{field: value})
+
+
+def _only_dit(**fields):
+    from offshelf.seeding import StackedRandomGenerator
+
+    dit.dit_sample(_StubDiT(), StackedRandomGenerator([0, 1]), dit.dit_diffusion("3"),
+                   guidance=Guidance(ClassifierGuidance(_linear_classifier()), **fields), vae=_StubVAE(),
+                   latent_shape=(4, 4, 4), y=torch.tensor([0, 2]))
