@@ -40,14 +40,14 @@ import torch
 
 from offshelf.classifiers.softplus import softplus_surgery
 from offshelf.diffusion import GaussianDiffusion
-from offshelf.guidance import ClassifierGuidance
-from offshelf.samplers.ddpm import DDPMGuidanceConfig, _model_output, ddpm_step
+from offshelf.guidance import ClassifierGuidance, Guidance
+from offshelf.samplers.ddpm import ddpm_step, model_output
 from offshelf.seeding import StackedRandomGenerator
 
 SOFTPLUS_BETA = 3.0
 JOINT_TEMPERATURE = 1.0
 MARGINAL_TEMPERATURE = 0.5
-GUIDANCE_CONFIG = DDPMGuidanceConfig(scale=1.0, sine_factor=0.3)
+SCALE, SINE_FACTOR = 1.0, 0.3
 
 
 def build_digits(device):
@@ -83,19 +83,19 @@ def measure(arch: str, batch: int, repeats: int, warmup: int, device: str, recur
     model, classifier, diffusion, shape, num_classes = ARCHS[arch](device)
     model = model.to(device).eval().requires_grad_(False)
     classifier = softplus_surgery(classifier, SOFTPLUS_BETA).to(device).eval().requires_grad_(False)
-    guidance = ClassifierGuidance(classifier, JOINT_TEMPERATURE, MARGINAL_TEMPERATURE, input="x0")
+    classifier_guidance = ClassifierGuidance(classifier, JOINT_TEMPERATURE, MARGINAL_TEMPERATURE, input="x0")
 
     rng = StackedRandomGenerator(range(batch), device)
     x = rng.randn(shape)
     y = torch.arange(batch, device=device) % num_classes
+    guidance = Guidance(classifier_guidance, scale=SCALE, sine_factor=SINE_FACTOR, label=y)
     k = diffusion.num_steps // 2  # mid-trajectory: the sine bump is near its peak and noise is added
     with torch.no_grad():
-        x0 = diffusion.p_mean_variance(_model_output(model, diffusion, x, k, y, None, None), x, k).pred_xstart
+        x0 = diffusion.p_mean_variance(model_output(model, diffusion, x, k, y), x, k).pred_xstart
 
     def step(x_in, with_guidance):
-        x_prev, info, _ = ddpm_step(model, diffusion, x_in, k, rng, y=y, target=y,
-                                    guidance=guidance if with_guidance else None, config=GUIDANCE_CONFIG,
-                                    sigma_max=0.0)
+        x_prev, info, _ = ddpm_step(model, diffusion, x_in, k, rng, y=y,
+                                    guidance=guidance if with_guidance else None, sigma_max=0.0)
         return x_prev, info
 
     def recurrent_step(passes):
@@ -109,13 +109,13 @@ def measure(arch: str, batch: int, repeats: int, warmup: int, device: str, recur
 
     def forward_only():
         with torch.no_grad():
-            return _model_output(model, diffusion, x, k, y, None, None)
+            return model_output(model, diffusion, x, k, y)
 
     cases = {
         "denoiser_forward": forward_only,
         "unguided_step": lambda: step(x, False),
         "guided_step": lambda: step(x, True),
-        "classifier_grad": lambda: guidance.gradient(x0, y),
+        "classifier_grad": lambda: classifier_guidance.gradient(x0, y),
     }
     cases.update({f"recurrent_{r}": (lambda r=r: recurrent_step(r)) for r in recurrent if r > 1})
 
@@ -161,7 +161,7 @@ def measure(arch: str, batch: int, repeats: int, warmup: int, device: str, recur
         classifier_params=sum(p.numel() for p in classifier.parameters()),
         step_index=k, num_steps=diffusion.num_steps, variance_type=diffusion.variance_type,
         softplus_beta=SOFTPLUS_BETA, joint_temperature=JOINT_TEMPERATURE, marginal_temperature=MARGINAL_TEMPERATURE,
-        scale=GUIDANCE_CONFIG.scale, sine_factor=GUIDANCE_CONFIG.sine_factor,
+        scale=SCALE, sine_factor=SINE_FACTOR,
         recurrent_method="r x ddpm_step with diffusion.renoise between passes (ddpm_sample's inner loop); "
                          "r=1 is the guided step itself",
         median_s=median, median_cpu_s=median_cpu, wall_s=wall, cpu_s=cpu,

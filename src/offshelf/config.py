@@ -91,16 +91,16 @@ def check_backbone(config: dict[str, Any]) -> None:
         raise ConfigError(str(err)) from err
 
 
-def check_finite(value: Any, path: tuple = ()) -> None:
+def check_config_values_finite(value: Any, path: tuple = ()) -> None:
     """Refuse NaN and ±inf anywhere in the config, naming the key path. A non-finite number is
     never a meaningful setting: a NaN or infinite scale samples black images that still score a
     finite FID. ReLU is ``softplus_beta: inf`` written as a string ('inf' or 'relu')."""
     if isinstance(value, dict):
         for k, v in value.items():
-            check_finite(v, (*path, k))
+            check_config_values_finite(v, (*path, k))
     elif isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
-            check_finite(v, (*path, i))
+            check_config_values_finite(v, (*path, i))
     elif isinstance(value, float) and not math.isfinite(value):
         hint = ("; for ReLU write the string 'inf' or 'relu' (quoted)"
                 if path and path[-1] == "softplus_beta" and value > 0 else "; expected a finite number")
@@ -211,7 +211,7 @@ def validate_config(config: dict[str, Any], schema_path: str | Path | None = Non
     if not isinstance(config, dict):
         raise ConfigError(f"config: expected a mapping of config keys at the top level, got {type(config).__name__}")
     check_backbone(config)
-    check_finite(config)
+    check_config_values_finite(config)
     schema = yaml.safe_load(schema_text(schema_path))
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(list(e.absolute_path)), str(e.absolute_path)))

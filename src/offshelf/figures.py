@@ -83,9 +83,9 @@ def guidance_schedules(betas: np.ndarray, sine_factors, path) -> None:
     steps = np.arange(num_steps)
     sigma_max = float(betas.max())
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    for gamma in sine_factors:
-        weight = betas + np.maximum(gamma * np.sin(math.pi * steps / num_steps), 0) * sigma_max
-        ax.plot(steps, weight, label=f"γ = {gamma:g}" + (" (original)" if gamma == 0 else ""))
+    for sine_factor in sine_factors:
+        weight = betas + np.maximum(sine_factor * np.sin(math.pi * steps / num_steps), 0) * sigma_max
+        ax.plot(steps, weight, label=f"γ = {sine_factor:g}" + (" (original)" if sine_factor == 0 else ""))
     ax.invert_xaxis()
     ax.set_xlabel("sampling step t (T → 0)")
     ax.set_ylabel("guidance weight")

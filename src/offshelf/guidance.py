@@ -11,6 +11,8 @@ The pieces a sampler combines:
 * the schedules: :func:`adm_guidance_weight` (DDPM, Eq. 5: ``Σ_t + γ·sin(πt/T)·Σ_max``),
   :func:`edm_step_size` (Algorithm 2: linear decay plus the same sine bump) and
   :func:`dit_guidance_weight` (Algorithm 3).
+* :class:`Guidance` -- the one value carrying every sampler's guidance knobs;
+  :func:`cfg_combine` -- the one classifier-free combination ``ε_u + w·(ε_c − ε_u)``.
 * :func:`check_finite` -- samplers stop at the first NaN or inf instead of writing black images.
 """
 
@@ -151,36 +153,110 @@ def guidance_at(guidance, step: int) -> ClassifierGuidance:
     return guidance.at(step) if isinstance(guidance, SwitchedGuidance) else guidance
 
 
-def sine_bump(step: int, num_steps: int, gamma: float) -> float:
-    """``max(γ·sin(π·t/T), 0)``: the added schedule term of Eq. 5 before scaling by Σ_max."""
-    return max(gamma * math.sin(math.pi * step / num_steps), 0.0)
+SigmaMaxMode = Literal["official", "first_beta"]
+DiTSchedule = Literal["adm", "sine"]
+
+
+@dataclass(frozen=True, eq=False)
+class Guidance:
+    """Every classifier-guidance knob of every sampler, in one value: pass it as ``guidance=`` to
+    :func:`~offshelf.samplers.ddpm.ddpm_sample`, :func:`~offshelf.samplers.edm.edm_sample` or
+    :func:`~offshelf.samplers.dit.dit_sample` (``guidance=None``: unguided).
+
+    * ``classifier`` -- the :class:`ClassifierGuidance` (or :class:`SwitchedGuidance`) giving
+      ``∇ log p̃(y | u)``.
+    * ``scale`` -- s: the official ``classifier_scale`` (DDPM), w of Algorithm 2 (EDM), the weight
+      of the normalised gradient (DiT).
+    * ``sine_factor`` -- γ of Eq. 5's sine bump ``max(γ·sin(πk/T), 0)`` (all three algorithms).
+    * ``sigma_max_mode`` -- Σ_max of Eq. 5: ``'official'`` (DDPM's default: running max of
+      Σ[0,0,0,0] along the trajectory, as the official code) or ``'first_beta'`` (β of the first
+      step, batch-independent; DiT's only and default mode); ``None``: the family's default.
+    * ``schedule`` -- DiT's weight s_k: ``'adm'`` (Eq. 5, the default) or ``'sine'``; DDPM's
+      weight is Eq. 5 (``'adm'``); ``None``: the family's default.
+    * ``through_denoiser`` -- DDPM only: backpropagate through the network and the x̂0 formula.
+    * ``label`` -- the target class per sample; ``None``: the sampler's class condition
+      (DDPM/DiT ``y``, EDM ``argmax(y)``).
+
+    A sampler refuses (ValueError naming the field) a value it cannot honour: see :meth:`require`.
+    """
+
+    classifier: "ClassifierGuidance | SwitchedGuidance"
+    scale: float = 1.0
+    sine_factor: float = 0.0
+    sigma_max_mode: SigmaMaxMode | None = None
+    schedule: DiTSchedule | None = None
+    through_denoiser: bool = False
+    label: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if self.sigma_max_mode not in (None, "official", "first_beta"):
+            raise ValueError(f"Guidance.sigma_max_mode must be 'official', 'first_beta' or None, "
+                             f"got {self.sigma_max_mode!r}")
+        if self.schedule not in (None, "adm", "sine"):
+            raise ValueError(f"Guidance.schedule must be 'adm', 'sine' or None, got {self.schedule!r}")
+
+    def require(self, sampler: str, **supported: tuple) -> None:
+        """Raise a ValueError naming the first field whose value is not in ``supported[field]``:
+        ``guidance.require("edm_sample", through_denoiser=(False,))``."""
+        for name, values in supported.items():
+            value = getattr(self, name)
+            if not any(value is v or value == v for v in values):
+                raise ValueError(f"{sampler} cannot honour Guidance.{name}={value!r} "
+                                 f"(supported: {', '.join(repr(v) for v in values)})")
+
+    def at(self, step: int) -> ClassifierGuidance:
+        """The classifier guiding at spaced step ``step`` (``SwitchedGuidance`` switches)."""
+        return guidance_at(self.classifier, step)
+
+
+@dataclass
+class CFGOutput:
+    """One classifier-free-guided evaluation: ``output = [ε_cfg, rest of the conditional output]``
+    for p_mean_variance, and the pieces guidance needs."""
+
+    output: torch.Tensor
+    eps_uncond: torch.Tensor | None  # ε_u on the CFG channels
+    delta: torch.Tensor | None  # Δε = ε_c − ε_u on the CFG channels
+
+
+def cfg_combine(cond: torch.Tensor, uncond: torch.Tensor, cfg_scale: float, cfg_channels: int) -> CFGOutput:
+    """The classifier-free combination ``ε_u + w·(ε_c − ε_u)`` on channels ``[:cfg_channels]``; the
+    remaining channels (further ε channels, variance channels) from the conditional branch. The one
+    CFG formula of Algorithm 1 (all ε channels) and Algorithm 3 (DiT's ``forward_with_cfg``)."""
+    eps_u, delta = uncond[:, :cfg_channels], cond[:, :cfg_channels] - uncond[:, :cfg_channels]
+    output = torch.cat([eps_u + cfg_scale * delta, cond[:, cfg_channels:]], dim=1)
+    return CFGOutput(output, eps_u, delta)
+
+
+def sine_bump(step: int, num_steps: int, sine_factor: float) -> float:
+    """``max(γ·sin(π·t/T), 0)``, γ = ``sine_factor``: the added schedule term of Eq. 5 before scaling by Σ_max."""
+    return max(sine_factor * math.sin(math.pi * step / num_steps), 0.0)
 
 
 def adm_guidance_weight(variance: torch.Tensor, step: int, num_steps: int, sigma_max: float,
-                        gamma: float) -> torch.Tensor:
+                        sine_factor: float) -> torch.Tensor:
     """Eq. 5 as the official DDPM code computes it: ``Σ_t + max(γ·sin(πt/T)·Σ_max, 0)``.
 
     ``variance`` is the per-pixel (learned or fixed) posterior variance Σ_t; ``sigma_max`` the
     running max of the reference variance along this trajectory; ``step`` the spaced index
     t ∈ {T−1..0}.
     """
-    return variance + sine_bump(step, num_steps, gamma) * sigma_max
+    return variance + sine_bump(step, num_steps, sine_factor) * sigma_max
 
 
-def edm_step_size(step: int, num_steps: int, scale: float, gamma: float) -> float:
-    """Algorithm 2's step size w_i: ``max(w·(N+1−i)/(N+1), 1e−5) + sin(πi/N)·w·γ``, ``w = scale``."""
+def edm_step_size(step: int, num_steps: int, scale: float, sine_factor: float) -> float:
+    """Algorithm 2's step size w_i: ``max(w·(N+1−i)/(N+1), 1e−5) + sin(πi/N)·w·γ``, ``w = scale``,
+    γ = ``sine_factor``."""
     linear = max(scale * (num_steps + 1 - step) / (num_steps + 1), 1e-5)
-    return linear + math.sin(math.pi * step / num_steps) * scale * gamma
+    return linear + math.sin(math.pi * step / num_steps) * scale * sine_factor
 
 
-DiTSchedule = Literal["adm", "sine"]
-
-
-def dit_guidance_weight(schedule: DiTSchedule, scale: float, gamma: float, step: int, num_steps: int,
+def dit_guidance_weight(schedule: DiTSchedule, scale: float, sine_factor: float, step: int, num_steps: int,
                         variance: torch.Tensor, sigma_max: float) -> torch.Tensor | float:
     """Algorithm 3's weight s_k of the normalised gradient: ``scale·(1 + max(γ·sin(πk/T), 0))``
-    (``sine``, a scalar) or ``scale·(Σ_k + max(γ·sin(πk/T), 0)·Σ_max)`` (``adm``: Eq. 5, per pixel)."""
-    bump = sine_bump(step, num_steps, gamma)
+    (``sine``, a scalar) or ``scale·(Σ_k + max(γ·sin(πk/T), 0)·Σ_max)`` (``adm``: Eq. 5, per pixel),
+    γ = ``sine_factor``."""
+    bump = sine_bump(step, num_steps, sine_factor)
     if schedule == "sine":
         return scale * (1.0 + bump)
     if schedule == "adm":

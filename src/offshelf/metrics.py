@@ -168,7 +168,7 @@ def fid_from_features(features_a, features_b) -> float:
 # ----------------------------------------------------------------------------
 # Improved precision and recall (Kynkäänniemi et al. 2019), ADM evaluator semantics.
 
-def _squared_distances(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def squared_distances(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """||u_i - v_j||² via the norm expansion, clamped at 0 (as ADM's _batch_pairwise_distances)."""
     return ((u * u).sum(1)[:, None] - 2 * (u @ v.T) + (v * v).sum(1)[None, :]).clamp_min_(0)
 
@@ -184,7 +184,7 @@ def manifold_radii(features, nhood_size: int = 3, batch_size: int = 1000, device
         raise ValueError(f"need more than k={nhood_size} feature vectors for k-NN radii, got {len(features)}")
     radii = []
     for start in range(0, len(features), batch_size):
-        distances = _squared_distances(features[start:start + batch_size], features)
+        distances = squared_distances(features[start:start + batch_size], features)
         radii.append(distances.kthvalue(nhood_size + 1, dim=1).values)
     return torch.cat(radii)
 
@@ -208,7 +208,7 @@ def precision_recall(reference_features, sample_features, nhood_size: int = 3, b
     reference_in_samples = torch.zeros(len(reference), dtype=torch.bool, device=reference.device)
     for start in range(0, len(reference), batch_size):
         stop = start + batch_size
-        distances = _squared_distances(reference[start:stop], samples)  # [batch, n_samples]
+        distances = squared_distances(reference[start:stop], samples)  # [batch, n_samples]
         sample_in_reference |= (distances <= reference_radii[start:stop, None]).any(dim=0)
         reference_in_samples[start:stop] = (distances <= sample_radii[None, :]).any(dim=1)
     return sample_in_reference.float().mean().item(), reference_in_samples.float().mean().item()

@@ -106,21 +106,21 @@ def mean_replicates(values: np.ndarray, indices: np.ndarray) -> np.ndarray:
 def in_reference_manifold(features, reference_features, nhood_size: int = 3, device=None) -> np.ndarray:
     """Per sample: inside some reference point's k-NN ball (precision = its mean; the reference
     radii are fixed, so precision is a mean of independent per-sample indicators)."""
-    from offshelf.metrics import _squared_distances, manifold_radii
+    from offshelf.metrics import manifold_radii, squared_distances
 
     ref = torch.as_tensor(np.asarray(reference_features), dtype=torch.float32, device=device)
     x = torch.as_tensor(np.asarray(features), dtype=torch.float32, device=device)
     radii = manifold_radii(ref, nhood_size, device=device)
     inside = torch.zeros(len(x), dtype=torch.bool, device=ref.device)
     for start in range(0, len(ref), 1000):
-        inside |= (_squared_distances(ref[start:start + 1000], x) <= radii[start:start + 1000, None]).any(dim=0)
+        inside |= (squared_distances(ref[start:start + 1000], x) <= radii[start:start + 1000, None]).any(dim=0)
     return inside.cpu().numpy()
 
 
 def recall_replicates(features, reference_features, halves: np.ndarray, nhood_size: int = 3, device=None) -> np.ndarray:
     """Recall of each half-sample ``features[halves[b]]``: its k-NN radii recomputed within the half,
     then the fraction of reference points inside some ball (ADM's definition, closed balls)."""
-    from offshelf.metrics import _squared_distances, manifold_radii
+    from offshelf.metrics import manifold_radii, squared_distances
 
     ref = torch.as_tensor(np.asarray(reference_features), dtype=torch.float32, device=device)
     x = torch.as_tensor(np.asarray(features), dtype=torch.float32, device=device)
@@ -133,11 +133,11 @@ def recall_replicates(features, reference_features, halves: np.ndarray, nhood_si
         #   the first ~2(k+1) neighbours, so a list of `width` is searched (whole matrix if not);
         # * the reference points inside sample i's ball are a prefix of its reference list sorted by
         #   distance, of length searchsorted(radius): the union is a scatter of those prefixes.
-        within = _squared_distances(x, x)
+        within = squared_distances(x, x)
         width = min(n, max(64, 16 * (nhood_size + 1)))
         near, order = within.sort(dim=1)
         near, order = near[:, :width].contiguous(), order[:, :width].contiguous()
-        to_ref, ref_order = _squared_distances(x, ref).sort(dim=1)                 # [N, M] each
+        to_ref, ref_order = squared_distances(x, ref).sort(dim=1)                 # [N, M] each
         for b, idx in enumerate(torch.as_tensor(halves, device=ref.device)):
             member = torch.zeros(n, dtype=torch.bool, device=ref.device)
             member[idx] = True
@@ -158,7 +158,7 @@ def recall_replicates(features, reference_features, halves: np.ndarray, nhood_si
     for b, idx in enumerate(torch.as_tensor(halves, device=ref.device)):
         half = x[idx]
         radii = manifold_radii(half, nhood_size, device=device)
-        covered = torch.cat([(_squared_distances(ref[s:s + 1000], half) <= radii[None, :]).any(dim=1)
+        covered = torch.cat([(squared_distances(ref[s:s + 1000], half) <= radii[None, :]).any(dim=1)
                              for s in range(0, len(ref), 1000)])
         out[b] = covered.float().mean().item()
     return out

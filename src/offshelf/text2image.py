@@ -30,8 +30,8 @@ from offshelf.atomic import save_csv
 from offshelf.images import to_uint8_nhwc
 from offshelf.classifiers.clip import CLIPPromptClassifier, clip_score, load_clip
 from offshelf.diffusion import GaussianDiffusion
-from offshelf.guidance import ClassifierGuidance
-from offshelf.samplers.ddpm import DDPMGuidanceConfig, ddpm_sample
+from offshelf.guidance import ClassifierGuidance, Guidance
+from offshelf.samplers.ddpm import ddpm_sample
 from offshelf.seeding import StackedRandomGenerator
 
 SCORE_COLUMNS = ["schedule", "prompt", "seed", "step", "iteration", "clip_score"]
@@ -74,7 +74,6 @@ def generate(model, diffusion: GaussianDiffusion, clip_classifier: CLIPPromptCla
     all_labels = torch.arange(len(prompts), device=device).repeat_interleave(n_per_prompt)
     batch_size = batch_size or len(all_seeds)
     guidance = clip_guidance(clip_classifier)
-    config = DDPMGuidanceConfig(scale=scale, sine_factor=sine_factor)
     T = diffusion.num_steps
     images, rows = [], []
     for start in range(0, len(all_seeds), batch_size):
@@ -87,9 +86,9 @@ def generate(model, diffusion: GaussianDiffusion, clip_classifier: CLIPPromptCla
                         for k, seed, score in zip(labels.tolist(), batch_seeds, scores))
 
         rng = StackedRandomGenerator(batch_seeds, device)
-        images.append(ddpm_sample(model, diffusion, rng, (3, image_size, image_size), y=None, guidance=guidance,
-                                  config=config, recurrent_steps=recurrent_steps, guidance_label=labels,
-                                  callback=record, progress=progress))
+        guided = Guidance(guidance, scale=scale, sine_factor=sine_factor, label=labels)
+        images.append(ddpm_sample(model, rng, diffusion, guidance=guided, callback=record, progress=progress,
+                                  shape=(3, image_size, image_size), y=None, recurrent_steps=recurrent_steps))
     return torch.cat(images), pd.DataFrame(rows, columns=SCORE_COLUMNS)
 
 

@@ -163,7 +163,7 @@ def denoised_steps(denoiser, diffusion, images: torch.Tensor, seeds: Sequence[in
     the image's seed), and x̂0 as Algorithm 1's step computes it: the sampler's network call
     (``y``: the class condition, None for the unconditional regime) and
     :meth:`~offshelf.diffusion.GaussianDiffusion.p_mean_variance` (clamped x̂0)."""
-    from offshelf.samplers.ddpm import _model_output
+    from offshelf.samplers.ddpm import model_output
     from offshelf.seeding import StackedRandomGenerator
 
     rng = StackedRandomGenerator(seeds, images.device)
@@ -171,7 +171,7 @@ def denoised_steps(denoiser, diffusion, images: torch.Tensor, seeds: Sequence[in
         noise = rng.randn_like(images)
         x_t = diffusion.q_sample(images, torch.full((len(images),), k, dtype=torch.long, device=images.device), noise)
         with torch.no_grad():
-            output = _model_output(denoiser, diffusion, x_t, k, y, None, None)
+            output = model_output(denoiser, diffusion, x_t, k, y)
             out = diffusion.p_mean_variance(output, x_t, k, clip_denoised)
         yield DenoisedStep(k, x_t, out.pred_xstart, diffusion.model_timesteps(k, len(images), images.device))
 

@@ -12,7 +12,7 @@ diffusers = pytest.importorskip("diffusers")
 
 from offshelf.backbones.dit import (DiTDenoiser, diffusers_to_original, load_dit, load_dit_original,  # noqa: E402
                                     load_vae, match_original_dit, original_to_diffusers)
-from offshelf.guidance import ClassifierGuidance, calibrated_log_prob  # noqa: E402
+from offshelf.guidance import ClassifierGuidance, Guidance, calibrated_log_prob  # noqa: E402
 from offshelf.samplers.dit import cfg_denoise, decode, dit_diffusion, dit_sample, dit_step  # noqa: E402
 from offshelf.seeding import StackedRandomGenerator  # noqa: E402
 
@@ -169,9 +169,10 @@ def test_sampling_with_and_without_guidance(parts, schedule):
     y = torch.tensor([2, 7])
     guidance = ClassifierGuidance(tiny_classifier(), joint_temperature=1.0, marginal_temperature=0.5)
     steps = []
-    base = dit_sample(model, vae, diffusion, StackedRandomGenerator([0, 1]), LATENT, y)
-    guided = dit_sample(model, vae, diffusion, StackedRandomGenerator([0, 1]), LATENT, y, guidance=guidance,
-                        scale=0.5, sine_factor=0.3, schedule=schedule, callback=lambda **kw: steps.append(kw))
+    base = dit_sample(model, StackedRandomGenerator([0, 1]), diffusion, vae=vae, latent_shape=LATENT, y=y)
+    guided = dit_sample(model, StackedRandomGenerator([0, 1]), diffusion,
+                        guidance=Guidance(guidance, scale=0.5, sine_factor=0.3, schedule=schedule),
+                        callback=lambda **kw: steps.append(kw), vae=vae, latent_shape=LATENT, y=y)
     for img in (base, guided):
         assert img.shape == (2, 3, 16, 16) and torch.isfinite(img).all() and img.abs().max() <= 1
     assert (guided - base).abs().max() > 1e-4
@@ -195,8 +196,8 @@ def test_guided_step_raises_target_logit(parts):
     noise = torch.zeros_like(z)
     k = 6
     plain_prev, plain = dit_step(model, vae, diffusion, z, k, y, noise)
-    guided_prev, guided = dit_step(model, vae, diffusion, z, k, y, noise, guidance=guidance, target=target,
-                                   scale=1e-3, schedule="sine")
+    guided_prev, guided = dit_step(model, vae, diffusion, z, k, y, noise, guidance=Guidance(
+        guidance, scale=1e-3, sine_factor=0.3, schedule="sine", label=target))
     torch.testing.assert_close(plain["pred_xstart"], guided["pred_xstart"])
     assert not torch.equal(plain_prev, guided_prev)
     # only the CFG channels move
@@ -216,8 +217,8 @@ def test_guided_step_raises_target_logit(parts):
     torch.testing.assert_close(gain, predicted, rtol=0.05, atol=1e-7)
     # the calibrated log-prob (τ2 > 0) also rises under its own guidance
     calibrated = ClassifierGuidance(classifier, joint_temperature=1.0, marginal_temperature=0.5)
-    _, info = dit_step(model, vae, diffusion, z, k, y, noise, guidance=calibrated, target=target,
-                       scale=1e-3, schedule="sine")
+    _, info = dit_step(model, vae, diffusion, z, k, y, noise, guidance=Guidance(
+        calibrated, scale=1e-3, sine_factor=0.3, schedule="sine", label=target))
     with torch.no_grad():
         lp = lambda x0: calibrated_log_prob(classifier(decode(vae, x0)), target, 1.0, 0.5)  # noqa: E731
         assert (lp(info["guided_xstart"]) > lp(info["pred_xstart"])).all()
@@ -227,8 +228,9 @@ def test_sampling_is_deterministic_per_seed(parts):
     model, vae = parts
     diffusion = dit_diffusion("5")
     guidance = ClassifierGuidance(tiny_classifier(), joint_temperature=1.0, marginal_temperature=0.5)
-    run = lambda seeds, y: dit_sample(model, vae, diffusion, StackedRandomGenerator(seeds), LATENT,  # noqa: E731
-                                      torch.tensor(y), guidance=guidance, return_latents=True)
+    run = lambda seeds, y: dit_sample(model, StackedRandomGenerator(seeds), diffusion,  # noqa: E731
+                                      guidance=Guidance(guidance, sine_factor=0.3), vae=vae,
+                                      latent_shape=LATENT, y=torch.tensor(y), return_latents=True)
     a_img, a_z = run([11, 12], [3, 5])
     b_img, b_z = run([11, 12], [3, 5])
     assert torch.equal(a_img, b_img) and torch.equal(a_z, b_z)

@@ -13,7 +13,7 @@ from torch import nn
 
 from offshelf.backbones.edm import (IMAGENET64_COND_ADM_KWARGS, EDMPrecond, UnsafePickleError,
                                     load_edm_pickle)
-from offshelf.guidance import ClassifierGuidance, edm_step_size
+from offshelf.guidance import ClassifierGuidance, Guidance, SwitchedGuidance, edm_step_size
 from offshelf.samplers.edm import edm_sample, guidance_displacement, time_steps
 from offshelf.seeding import StackedRandomGenerator
 
@@ -127,7 +127,7 @@ def test_pickle_loader_names_a_missing_key(tmp_path):
 
 def test_heun_sampler_matches_nvlabs(reference_dir, tiny_net):
     ref = torch.load(reference_dir / "edm_tiny_heun10_golden.pt", weights_only=True)
-    out = edm_sample(tiny_net, ref["latents"], ref["class_labels"], num_steps=ref["num_steps"],
+    out = edm_sample(tiny_net, ref["latents"], ref["num_steps"], y=ref["class_labels"],
                      sigma_min=ref["sigma_min"], sigma_max=ref["sigma_max"], rho=ref["rho"])
     assert out.dtype == torch.float64
     torch.testing.assert_close(out, ref["out"], rtol=0, atol=1e-6)
@@ -215,8 +215,8 @@ def test_guided_displacement_has_relative_rms(golden, tiny_net):
     guidance = ClassifierGuidance(tiny_classifier(), joint_temperature=1.0, marginal_temperature=0.0, input="xt")
     seen = []
     latents = torch.randn([3, 3, 16, 16], generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    edm_sample(tiny_net, latents, golden["class_labels"], num_steps=5, guidance=guidance, scale=0.004,
-               sine_factor=0.3, callback=lambda **kw: seen.append(kw))
+    edm_sample(tiny_net, latents, 5, guidance=Guidance(guidance, scale=0.004, sine_factor=0.3),
+               callback=lambda **kw: seen.append(kw), y=golden["class_labels"])
     assert len(seen) == 5
     for info in seen:
         w_i = edm_step_size(info["step"], 5, 0.004, 0.3)
@@ -259,10 +259,10 @@ def test_guidance_input_normalisation():
 def test_guided_sampling_is_deterministic_and_moves_samples(golden, tiny_net):
     guidance = ClassifierGuidance(tiny_classifier(), marginal_temperature=0.0, input="xt")
     latents = torch.randn([3, 3, 16, 16], generator=torch.Generator().manual_seed(4), dtype=torch.float64)
-    kwargs = dict(num_steps=4, scale=0.004, sine_factor=0.3)
-    plain = edm_sample(tiny_net, latents, golden["class_labels"], num_steps=4)
-    a = edm_sample(tiny_net, latents, golden["class_labels"], guidance=guidance, **kwargs)
-    b = edm_sample(tiny_net, latents, golden["class_labels"], guidance=guidance, **kwargs)
+    guided = Guidance(guidance, scale=0.004, sine_factor=0.3)
+    plain = edm_sample(tiny_net, latents, 4, y=golden["class_labels"])
+    a = edm_sample(tiny_net, latents, 4, guidance=guided, y=golden["class_labels"])
+    b = edm_sample(tiny_net, latents, 4, guidance=guided, y=golden["class_labels"])
     assert torch.equal(a, b)
     assert (a - plain).abs().max() > 1e-4
 
@@ -270,11 +270,18 @@ def test_guided_sampling_is_deterministic_and_moves_samples(golden, tiny_net):
 def test_sampler_rejects_bad_guidance_setup(golden, tiny_net):
     latents = torch.zeros([3, 3, 16, 16], dtype=torch.float64)
     with pytest.raises(ValueError, match="input='xt'"):
-        edm_sample(tiny_net, latents, golden["class_labels"], guidance=ClassifierGuidance(tiny_classifier()))
-    with pytest.raises(ValueError, match="class_labels"):
-        edm_sample(tiny_net, latents, None, guidance=ClassifierGuidance(tiny_classifier(), input="xt"))
+        edm_sample(tiny_net, latents, guidance=Guidance(ClassifierGuidance(tiny_classifier())),
+                   y=golden["class_labels"])
+    with pytest.raises(ValueError, match="needs y"):
+        edm_sample(tiny_net, latents, guidance=Guidance(ClassifierGuidance(tiny_classifier(), input="xt")))
+    with pytest.raises(ValueError, match="edm_sample cannot honour Guidance.through_denoiser=True"):
+        edm_sample(tiny_net, latents, y=golden["class_labels"],
+                   guidance=Guidance(ClassifierGuidance(tiny_classifier(), input="xt"), through_denoiser=True))
+    with pytest.raises(ValueError, match="Guidance.classifier=SwitchedGuidance"):
+        xt = ClassifierGuidance(tiny_classifier(), input="xt")
+        edm_sample(tiny_net, latents, y=golden["class_labels"], guidance=Guidance(SwitchedGuidance(xt, xt, 2)))
     with pytest.raises(ValueError, match="rng"):
-        edm_sample(tiny_net, latents, golden["class_labels"], S_churn=40)
+        edm_sample(tiny_net, latents, y=golden["class_labels"], S_churn=40)
 
 
 def test_churn_noise_is_per_sample(golden, tiny_net):
@@ -282,11 +289,11 @@ def test_churn_noise_is_per_sample(golden, tiny_net):
     latents = torch.randn([3, 3, 16, 16], generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     y = golden["class_labels"]
     kwargs = dict(num_steps=4, S_churn=40, S_min=0.05, S_max=50, S_noise=1.003)
-    batch = edm_sample(tiny_net, latents, y, rng=StackedRandomGenerator([10, 11, 12]), **kwargs)
-    alone = edm_sample(tiny_net, latents[1:2], y[1:2], rng=StackedRandomGenerator([11]), **kwargs)
+    batch = edm_sample(tiny_net, latents, y=y, rng=StackedRandomGenerator([10, 11, 12]), **kwargs)
+    alone = edm_sample(tiny_net, latents[1:2], y=y[1:2], rng=StackedRandomGenerator([11]), **kwargs)
     # fp32 convolutions differ slightly with batch size; the noise itself is identical
     torch.testing.assert_close(alone[0], batch[1], rtol=1e-4, atol=1e-4)
-    deterministic = edm_sample(tiny_net, latents, y, num_steps=4)
+    deterministic = edm_sample(tiny_net, latents, 4, y=y)
     assert (batch - deterministic).abs().max() > 1e-3
 
 
@@ -333,7 +340,7 @@ def test_edm_backend_draws_labels_and_latents_as_generate_py(tiny_net, splits):
     images, labels = torch.cat([x for x, _ in ours]), torch.cat([y for _, y in ours])
     assert labels.tolist() == official_labels.argmax(1).tolist()
     # the official image of each seed: its latent and one-hot through the same Heun sampler
-    expected = edm_sample(tiny_net, official_latents, official_labels, num_steps=3)
+    expected = edm_sample(tiny_net, official_latents, 3, y=official_labels)
     # (float32 round-off of other batch sizes: ~2e-5; another latent or class moves pixels by O(0.1))
     torch.testing.assert_close(images, expected, rtol=0, atol=1e-4)
     # the old draw (a separate generator per label) gives other classes for these seeds

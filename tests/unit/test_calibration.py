@@ -11,7 +11,7 @@ import torch
 from offshelf.backbones.digits import DigitsResNet, DigitsUNet
 from offshelf.calibration import CalibrationRecorder, expected_calibration_error, integral_calibration_error
 from offshelf.diffusion import GaussianDiffusion
-from offshelf.guidance import ClassifierGuidance, SwitchedGuidance
+from offshelf.guidance import ClassifierGuidance, Guidance, SwitchedGuidance
 from offshelf.samplers.ddpm import ddpm_sample
 from offshelf.seeding import StackedRandomGenerator
 
@@ -106,8 +106,9 @@ def setup():
 
 
 def _sample(unet, diffusion, guidance, callback):
-    return ddpm_sample(unet, diffusion, StackedRandomGenerator(range(len(LABELS))), (1, 8, 8), y=LABELS,
-                       guidance=guidance, callback=callback)
+    return ddpm_sample(unet, StackedRandomGenerator(range(len(LABELS))), diffusion,
+                       guidance=None if guidance is None else Guidance(guidance), callback=callback,
+                       shape=(1, 8, 8), y=LABELS)
 
 
 def test_recorder_one_row_per_step(setup):

@@ -15,7 +15,8 @@ open_clip = pytest.importorskip("open_clip", reason="CLIP guidance needs open-cl
 from offshelf.classifiers.clip import (CLIPPromptClassifier, build_random_clip, check_quick_gelu,  # noqa: E402
                                        load_clip, tokenize_prompts)
 from offshelf.diffusion import GaussianDiffusion  # noqa: E402
-from offshelf.samplers.ddpm import DDPMGuidanceConfig, ddpm_sample  # noqa: E402
+from offshelf.guidance import Guidance  # noqa: E402
+from offshelf.samplers.ddpm import ddpm_sample  # noqa: E402
 from offshelf.seeding import StackedRandomGenerator  # noqa: E402
 from offshelf.text2image import (SCORE_COLUMNS, clip_guidance, generate, load_config, plot_clip_scores,  # noqa: E402
                                  save_grid)
@@ -78,9 +79,9 @@ def trace_sample(denoiser, diffusion, classifier, scale, sine_factor):
     def record(step, x_t, pred_xstart, grad, logits):
         trace[step] = dict(x_t=x_t, pred_xstart=pred_xstart, grad=grad)
 
-    final = ddpm_sample(denoiser, diffusion, StackedRandomGenerator(SEEDS), SHAPE, guidance=clip_guidance(classifier),
-                        guidance_label=LABELS, config=DDPMGuidanceConfig(scale=scale, sine_factor=sine_factor),
-                        callback=record)
+    guidance = Guidance(clip_guidance(classifier), scale=scale, sine_factor=sine_factor, label=LABELS)
+    final = ddpm_sample(denoiser, StackedRandomGenerator(SEEDS), diffusion, guidance=guidance, callback=record,
+                        shape=SHAPE)
     trace[-1] = dict(x_t=final)
     return trace
 
@@ -196,18 +197,18 @@ def effective_weight(denoiser, diffusion, trace, k, scale):
 
 def test_sine_schedule_boosts_the_weight_mid_trajectory(denoiser, diffusion, classifier):
     """Eq. 5: w_t = Σ_t (linear, γ = 0) vs Σ_t + γ·sin(πt/T)·Σ_max (sine), Σ_max the running max."""
-    scale, gamma, T = 3.0, 0.3, diffusion.num_steps
+    scale, sine_factor, T = 3.0, 0.3, diffusion.num_steps
     linear = trace_sample(denoiser, diffusion, classifier, scale, 0.0)
-    sine = trace_sample(denoiser, diffusion, classifier, scale, gamma)
+    sine = trace_sample(denoiser, diffusion, classifier, scale, sine_factor)
     sigma_max = float(diffusion.betas[T - 1])  # fixed_large: Σ_t = β_t, largest at the first step
     for k in (T // 2, T - 1, 1):
         w_linear = effective_weight(denoiser, diffusion, linear, k, scale)
         w_sine = effective_weight(denoiser, diffusion, sine, k, scale)
         assert w_linear == pytest.approx(diffusion.betas[k], rel=1e-4)
-        assert w_sine == pytest.approx(diffusion.betas[k] + gamma * math.sin(math.pi * k / T) * sigma_max, rel=1e-4)
+        assert w_sine == pytest.approx(diffusion.betas[k] + sine_factor * math.sin(math.pi * k / T) * sigma_max, rel=1e-4)
         assert w_sine > w_linear
     k = T // 2
-    assert effective_weight(denoiser, diffusion, sine, k, scale) - diffusion.betas[k] == pytest.approx(gamma * sigma_max, rel=1e-4)
+    assert effective_weight(denoiser, diffusion, sine, k, scale) - diffusion.betas[k] == pytest.approx(sine_factor * sigma_max, rel=1e-4)
 
 
 def test_generate_scores_grid_and_plot(denoiser, diffusion, classifier, tmp_path):

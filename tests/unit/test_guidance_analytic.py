@@ -17,8 +17,8 @@ from scipy.stats import multivariate_normal
 from torch import nn
 
 from offshelf.diffusion import GaussianDiffusion, beta_schedule
-from offshelf.guidance import ClassifierGuidance
-from offshelf.samplers.ddpm import DDPMGuidanceConfig, ddpm_sample
+from offshelf.guidance import ClassifierGuidance, Guidance
+from offshelf.samplers.ddpm import ddpm_sample
 from offshelf.seeding import StackedRandomGenerator
 
 WEIGHTS = np.array([0.5, 0.3, 0.2])
@@ -173,11 +173,11 @@ def _sample(labels=None, variance_type="fixed_small", marginal_temperature=1.0):
     diffusion = GaussianDiffusion.respaced(NUM_TRAIN_STEPS, "250", "linear", variance_type)
     guidance = None
     if labels is not None:
-        guidance = ClassifierGuidance(NoisyPosterior(), 1.0, marginal_temperature, input="xt", time_conditioned=True)
-    x = ddpm_sample(ExactDenoiser(), diffusion, StackedRandomGenerator(range(NUM_SAMPLES)), (2, 1, 1),
-                    y=None, guidance=guidance, guidance_label=labels,
-                    config=DDPMGuidanceConfig(scale=1.0, sine_factor=0.0, sigma_max="first_beta"),
-                    clip_denoised=False)
+        guidance = Guidance(ClassifierGuidance(NoisyPosterior(), 1.0, marginal_temperature, input="xt",
+                                               time_conditioned=True),
+                            scale=1.0, sine_factor=0.0, sigma_max_mode="first_beta", label=labels)
+    x = ddpm_sample(ExactDenoiser(), StackedRandomGenerator(range(NUM_SAMPLES)), diffusion, guidance=guidance,
+                    shape=(2, 1, 1), y=None, clip_denoised=False)
     return x.view(-1, 2).double().numpy()
 
 

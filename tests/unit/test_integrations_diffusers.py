@@ -23,10 +23,10 @@ diffusers = pytest.importorskip("diffusers")
 from diffusers.models.unets.unet_2d import UNet2DOutput  # noqa: E402
 
 from offshelf.diffusion import GaussianDiffusion  # noqa: E402
-from offshelf.guidance import ClassifierGuidance, NonFiniteError  # noqa: E402
+from offshelf.guidance import ClassifierGuidance, Guidance, NonFiniteError  # noqa: E402
 from offshelf.integrations.diffusers import (GuidedModel, SchedulerGuidance, from_x0_eps, noise_levels,  # noqa: E402
                                              scale_model_input, to_x0_eps)
-from offshelf.samplers.ddpm import DDPMGuidanceConfig, ddpm_step  # noqa: E402
+from offshelf.samplers.ddpm import ddpm_step  # noqa: E402
 from offshelf.seeding import StackedRandomGenerator  # noqa: E402
 from test_guidance_analytic import (BASE_ALPHAS_CUMPROD, COVS, MEANS, CleanPosterior, MixtureTensors,  # noqa: E402
                                    _nearest_component)
@@ -63,15 +63,15 @@ def test_ddpm_scheduler_reproduces_algorithm_1(variance_type, clip):
     scheduler = diffusers.DDPMScheduler(variance_type=variance_type, clip_sample=False)
     scheduler.set_timesteps(timesteps=diffusion.timestep_map[::-1])
     guidance = ClassifierGuidance(tiny_classifier(), joint_temperature=1.0, marginal_temperature=0.5)
-    wrapped = GuidedModel(unet, SchedulerGuidance(scheduler, guidance, scale=1.0, sine_factor=0.3, clip_denoised=clip))
-    config = DDPMGuidanceConfig(scale=1.0, sine_factor=0.3, sigma_max="first_beta")
     seeds, y = range(4), torch.tensor([0, 1, 2, 3])
+    wrapped = GuidedModel(unet, SchedulerGuidance(scheduler, guidance, scale=1.0, sine_factor=0.3, clip_denoised=clip))
+    offshelf_guidance = Guidance(guidance, scale=1.0, sine_factor=0.3, sigma_max_mode="first_beta", label=y)
     rng_offshelf, rng_diffusers = StackedRandomGenerator(seeds), StackedRandomGenerator(seeds)
     x_offshelf = x_diffusers = StackedRandomGenerator(seeds).randn((3, 8, 8))
     moved = []
     for k in range(diffusion.num_steps - 1, -1, -1):
         x_offshelf, info, _ = ddpm_step(lambda x, t, _y: unet(x, t).sample, diffusion, x_offshelf, k, rng_offshelf,
-                                        y=None, target=y, guidance=guidance, config=config,
+                                        y=None, guidance=offshelf_guidance,
                                         sigma_max=float(diffusion.betas[-1]), clip_denoised=clip)
         t = scheduler.timesteps[diffusion.num_steps - 1 - k]
         out = wrapped(x_diffusers, t, guidance_label=y).sample
@@ -88,6 +88,7 @@ def test_wrapper_without_guidance_strength_returns_the_models_prediction():
     scheduler = diffusers.DDIMScheduler(prediction_type="v_prediction", clip_sample=False)
     scheduler.set_timesteps(10)
     x = torch.randn(2, 3, 8, 8)
+    seeds, y = range(4), torch.tensor([0, 1, 2, 3])
     wrapped = GuidedModel(unet, SchedulerGuidance(scheduler, ClassifierGuidance(tiny_classifier()), scale=0.0))
     t = scheduler.timesteps[3]
     torch.testing.assert_close(wrapped(x, t, guidance_label=torch.tensor([1, 2])).sample, unet(x, t).sample,

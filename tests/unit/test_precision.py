@@ -33,7 +33,7 @@ from torch import nn
 from offshelf.backbones import adm
 from offshelf.backends.adm128 import ADM128Backend
 from offshelf.classifiers.softplus import softplus_surgery
-from offshelf.guidance import ClassifierGuidance, calibrated_log_prob
+from offshelf.guidance import ClassifierGuidance, Guidance, calibrated_log_prob
 from offshelf.settings import Setting
 
 UNET_FLAGS = dict(image_size=32, num_channels=32, num_res_blocks=1, channel_mult="1,2", attention_resolutions="16",
@@ -317,10 +317,11 @@ def test_guided_dit_sampling_through_a_low_precision_decoder(dit_folders, dtype)
     # direction is compared (measured cosine 0.9945 for bf16, 0.99999 for fp16)
     assert cosine(got, want) > 0.98
     diffusion, labels = dit_diffusion("10"), torch.tensor([2, 7])
-    images32 = dit_sample(model32, vae32, diffusion, StackedRandomGenerator([0, 1]), LATENT, labels,
-                          guidance=guidance, scale=0.5)
-    images = dit_sample(model, vae, diffusion, StackedRandomGenerator([0, 1]), LATENT, labels,
-                        guidance=guidance, scale=0.5)
+    guided = Guidance(guidance, scale=0.5, sine_factor=0.3)
+    images32 = dit_sample(model32, StackedRandomGenerator([0, 1]), diffusion, guidance=guided, vae=vae32,
+                          latent_shape=LATENT, y=labels)
+    images = dit_sample(model, StackedRandomGenerator([0, 1]), diffusion, guidance=guided, vae=vae,
+                        latent_shape=LATENT, y=labels)
     assert images.dtype == torch.float32 and torch.isfinite(images).all() and images.abs().max() <= 1
     assert 0 < float((images - images32).abs().mean()) < LOW_PRECISION[dtype][2]
 
@@ -337,8 +338,9 @@ def test_fp16_decoder_gradient_is_loss_scaled_and_fp32_is_untouched(dit_folders)
     (model32, vae32), (_, vae16) = dit_parts(dit_folders, torch.float32), dit_parts(dit_folders, torch.float16)
     guidance = ClassifierGuidance(tiny_classifier(), joint_temperature=1.0, marginal_temperature=0.5)
     labels, steps = torch.tensor([2, 7]), []
-    dit_sample(model32, vae32, dit_diffusion("10"), StackedRandomGenerator([0, 1]), LATENT, labels, guidance=guidance,
-               scale=0.5, callback=lambda **kw: steps.append(kw))
+    dit_sample(model32, StackedRandomGenerator([0, 1]), dit_diffusion("10"),
+               guidance=Guidance(guidance, scale=0.5, sine_factor=0.3), callback=lambda **kw: steps.append(kw),
+               vae=vae32, latent_shape=LATENT, y=labels)
     x0 = steps[0]["pred_xstart"]  # the first (noisiest) step
 
     def unscaled(vae):

@@ -3,6 +3,7 @@ per-sample determinism, network-call bookkeeping (recurrence, CFG, switched guid
 guided update reproduced by hand from the callback's record."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,8 +11,8 @@ import torch
 
 from offshelf.backbones.digits import NULL_LABEL, DigitsResNet, DigitsUNet
 from offshelf.diffusion import GaussianDiffusion, beta_schedule, space_timesteps
-from offshelf.guidance import ClassifierGuidance, SwitchedGuidance, calibrated_log_prob
-from offshelf.samplers.ddpm import DDPMGuidanceConfig, ddpm_sample
+from offshelf.guidance import ClassifierGuidance, Guidance, SwitchedGuidance, calibrated_log_prob
+from offshelf.samplers.ddpm import ddpm_sample
 from offshelf.seeding import StackedRandomGenerator
 
 SHAPE = (1, 8, 8)
@@ -119,18 +120,18 @@ def _record_calls(module):
 
 
 def _run(model, diffusion, seeds=range(8), labels=LABELS, **kwargs):
-    return ddpm_sample(model, diffusion, StackedRandomGenerator(seeds), SHAPE, y=labels, **kwargs)
+    return ddpm_sample(model, StackedRandomGenerator(seeds), diffusion, shape=SHAPE, y=labels, **kwargs)
 
 
 def test_sharded_sampling_is_bitwise_identical(unet, diffusion):
-    guidance = ClassifierGuidance(_classifier(1), 1.0, 0.5)
-    config = DDPMGuidanceConfig(scale=2.0, sine_factor=0.3, sigma_max="official")
-    full = _run(unet, diffusion, range(8), LABELS, guidance=guidance, config=config)
-    first = _run(unet, diffusion, range(4), LABELS[:4], guidance=guidance, config=config)
-    second = _run(unet, diffusion, range(4, 8), LABELS[4:], guidance=guidance, config=config)
+    guidance = Guidance(ClassifierGuidance(_classifier(1), 1.0, 0.5), scale=2.0, sine_factor=0.3,
+                        sigma_max_mode="official")
+    full = _run(unet, diffusion, range(8), LABELS, guidance=guidance)
+    first = _run(unet, diffusion, range(4), LABELS[:4], guidance=guidance)
+    second = _run(unet, diffusion, range(4, 8), LABELS[4:], guidance=guidance)
     assert torch.equal(full, torch.cat([first, second]))
     assert torch.isfinite(full).all()
-    assert not torch.equal(full, _run(unet, diffusion, range(8, 16), LABELS, guidance=guidance, config=config))
+    assert not torch.equal(full, _run(unet, diffusion, range(8, 16), LABELS, guidance=guidance))
 
 
 def test_unguided_sampling_calls_model_once_per_step_with_original_timesteps(unet, diffusion):
@@ -196,10 +197,10 @@ def test_guided_update_is_algorithm_1(unet, diffusion):
     """Replay every step from the callback record: x_{k−1} = μ + (Σ + max(γ sin(πk/T), 0)·Σ_max)·s·g
     + 1[k>0]·sqrt(Σ)·z, with z the sample's own stream and Σ_max the running max of Σ[0,0,0,0]."""
     classifier = _classifier(1)
-    guidance = ClassifierGuidance(classifier, 1.0, 0.5)
-    config = DDPMGuidanceConfig(scale=2.0, sine_factor=0.3, sigma_max="official")
+    guidance = Guidance(ClassifierGuidance(classifier, 1.0, 0.5), scale=2.0, sine_factor=0.3,
+                        sigma_max_mode="official")
     record = []
-    final = _run(unet, diffusion, guidance=guidance, config=config,
+    final = _run(unet, diffusion, guidance=guidance,
                  callback=lambda **info: record.append(info))
     rng = StackedRandomGenerator(range(8))
     x = rng.randn(SHAPE)
@@ -223,8 +224,7 @@ def test_guided_update_is_algorithm_1(unet, diffusion):
     torch.testing.assert_close(final, x, atol=1e-5, rtol=1e-5)
     # fixed_large: Σ grows with k, so the running max is the first step's β, i.e. 'first_beta'.
     assert sigma_max == pytest.approx(float(diffusion.betas[-1]), rel=1e-6)
-    first_beta = _run(unet, diffusion, guidance=guidance,
-                      config=DDPMGuidanceConfig(scale=2.0, sine_factor=0.3, sigma_max="first_beta"))
+    first_beta = _run(unet, diffusion, guidance=replace(guidance, sigma_max_mode="first_beta"))
     torch.testing.assert_close(first_beta, final, atol=1e-5, rtol=1e-5)
 
 
@@ -234,8 +234,7 @@ def test_through_denoiser_gradient_is_the_chain_rule(unet, diffusion):
     grads = {}
     for through in (False, True):
         record = []
-        _run(unet, diffusion, guidance=guidance, clip_denoised=False,
-             config=DDPMGuidanceConfig(scale=1.0, through_denoiser=through),
+        _run(unet, diffusion, guidance=Guidance(guidance, scale=1.0, through_denoiser=through), clip_denoised=False,
              callback=lambda step, grad, **_: record.append(grad))
         grads[through] = record
     assert len(grads[True]) == STEPS
@@ -261,7 +260,7 @@ def test_switched_guidance_uses_early_then_late_classifier(unet, diffusion):
     switch = 4
     guidance = SwitchedGuidance(ClassifierGuidance(early), ClassifierGuidance(late), switch_step=switch)
     try:
-        _run(unet, diffusion, guidance=guidance, callback=lambda step, **_: events.append(step))
+        _run(unet, diffusion, guidance=Guidance(guidance), callback=lambda step, **_: events.append(step))
     finally:
         for h in handles:
             h.remove()
@@ -275,7 +274,7 @@ def test_guidance_label_overrides_y_and_is_required(unet, diffusion):
     classifier = _classifier(5)
     target = torch.full_like(LABELS, 9)
     record = []
-    _run(unet, diffusion, guidance=ClassifierGuidance(classifier), guidance_label=target,
+    _run(unet, diffusion, guidance=Guidance(ClassifierGuidance(classifier), label=target),
          callback=lambda **info: record.append(info))
     for info in record[:: STEPS // 3]:
         x0 = info["pred_xstart"].clone().requires_grad_(True)
@@ -284,5 +283,5 @@ def test_guidance_label_overrides_y_and_is_required(unet, diffusion):
         torch.testing.assert_close(info["grad"], toward_9)
         assert not torch.allclose(info["grad"], toward_y)
     with pytest.raises(ValueError, match="guidance needs a target label"):
-        ddpm_sample(unet, diffusion, StackedRandomGenerator(range(2)), SHAPE, y=None,
-                    guidance=ClassifierGuidance(classifier))
+        ddpm_sample(unet, StackedRandomGenerator(range(2)), diffusion, shape=SHAPE, y=None,
+                    guidance=Guidance(ClassifierGuidance(classifier)))

@@ -19,8 +19,8 @@ from torch import nn
 from offshelf.backbones.adm import build_adm
 from offshelf.classifiers.softplus import count_relus, softplus_surgery
 from offshelf.diffusion import GaussianDiffusion
-from offshelf.guidance import ClassifierGuidance
-from offshelf.samplers.ddpm import DDPMGuidanceConfig, ddpm_sample
+from offshelf.guidance import ClassifierGuidance, Guidance
+from offshelf.samplers.ddpm import ddpm_sample
 from offshelf.seeding import StackedRandomGenerator
 
 SHAPE = (3, 128, 128)
@@ -52,17 +52,17 @@ def test_adm128_resnet101_two_guided_steps():
 
     diffusion = GaussianDiffusion.respaced(1000, "2", "linear", "learned_range")
     assert diffusion.num_steps == 2 and diffusion.timestep_map == [0, 999]
-    guidance = ClassifierGuidance(classifier, joint_temperature=1.0, marginal_temperature=0.5, input="x0")
-    config = DDPMGuidanceConfig(scale=1.0, sine_factor=0.3)
+    guidance = Guidance(ClassifierGuidance(classifier, joint_temperature=1.0, marginal_temperature=0.5, input="x0"),
+                        scale=1.0, sine_factor=0.3)
     y = torch.tensor([LABEL])
 
     # unguided first: it pays the one-time costs (allocator growth, first-call kernel setup), so
     # the guided run's time is the steady cost of two guided steps
-    unguided = ddpm_sample(model, diffusion, StackedRandomGenerator(SEEDS), SHAPE, y=y)
+    unguided = ddpm_sample(model, StackedRandomGenerator(SEEDS), diffusion, shape=SHAPE, y=y)
     sampled = time.perf_counter()
     grads = []
-    guided = ddpm_sample(model, diffusion, StackedRandomGenerator(SEEDS), SHAPE, y=y, guidance=guidance,
-                         config=config, callback=lambda grad, **_: grads.append(grad))
+    guided = ddpm_sample(model, StackedRandomGenerator(SEEDS), diffusion, guidance=guidance,
+                         callback=lambda grad, **_: grads.append(grad), shape=SHAPE, y=y)
     done = time.perf_counter()
 
     assert guided.shape == unguided.shape == (1, *SHAPE)

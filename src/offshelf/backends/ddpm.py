@@ -12,7 +12,8 @@ import torch
 from offshelf.backends.base import guidance_for
 from offshelf.calibration import CalibrationRecorder
 from offshelf.diffusion import GaussianDiffusion
-from offshelf.samplers.ddpm import DDPMGuidanceConfig, ddpm_sample
+from offshelf.guidance import Guidance
+from offshelf.samplers.ddpm import ddpm_sample
 from offshelf.seeding import StackedRandomGenerator, draw_labels
 from offshelf.settings import Setting
 
@@ -45,10 +46,11 @@ def sample_batch(setting: Setting, models: DDPMModels, seeds: list[int], callbac
     guidance = build_guidance(setting, models) if guidance is None else guidance
     y = labels if (setting.regime == "cond" or setting.method == "cfg") else None
     cfg_scale = setting.cfg_scale if setting.method == "cfg" else None
-    config = DDPMGuidanceConfig(scale=setting.scale, sine_factor=setting.sine_factor)
-    x = ddpm_sample(models.denoiser, models.diffusion, rng, models.image_shape, y=y, guidance=guidance,
-                    config=config, recurrent_steps=setting.recurrent_steps, cfg_scale=cfg_scale,
-                    null_label=models.null_label, guidance_label=labels, callback=callback, progress=progress)
+    if guidance is not None:
+        guidance = Guidance(guidance, scale=setting.scale, sine_factor=setting.sine_factor, label=labels)
+    x = ddpm_sample(models.denoiser, rng, models.diffusion, guidance=guidance, callback=callback, progress=progress,
+                    shape=models.image_shape, y=y, recurrent_steps=setting.recurrent_steps, cfg_scale=cfg_scale,
+                    null_label=models.null_label)
     return x, labels
 
 
@@ -117,11 +119,11 @@ class DDPMSampling:
                     record[step] = (pred_xstart[0, 0].cpu().numpy(), grad[0, 0].cpu().numpy())
 
             labels = torch.tensor([label], device=models.device)
-            ddpm_sample(models.denoiser, models.diffusion, StackedRandomGenerator([seed], models.device),
-                        models.image_shape, y=labels if setting.regime == "cond" else None,
-                        guidance=build_guidance(setting, models),
-                        config=DDPMGuidanceConfig(scale=setting.scale, sine_factor=setting.sine_factor),
-                        guidance_label=labels, callback=callback)
+            guidance = Guidance(build_guidance(setting, models), scale=setting.scale,
+                                sine_factor=setting.sine_factor, label=labels)
+            ddpm_sample(models.denoiser, StackedRandomGenerator([seed], models.device), models.diffusion,
+                        guidance=guidance, callback=callback, shape=models.image_shape,
+                        y=labels if setting.regime == "cond" else None)
             panels[f"{name} x̂0"] = [record[s][0] for s in steps]
             panels[f"{name} gradient"] = [record[s][1] for s in steps]
         return panels

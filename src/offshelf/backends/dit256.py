@@ -13,6 +13,7 @@ from offshelf.backends.base import guidance_for
 from offshelf.backends.imagenet import ImageNetBackend
 from offshelf.diffusion import GaussianDiffusion
 from offshelf.images import to_uint8_nhwc
+from offshelf.guidance import Guidance
 from offshelf.samplers.dit import dit_diffusion, dit_sample
 from offshelf.seeding import StackedRandomGenerator, draw_labels
 from offshelf.settings import Setting
@@ -63,9 +64,11 @@ class DiT256Backend(ImageNetBackend):
         rng = StackedRandomGenerator(seeds, models.device)
         guidance = guidance_for(setting, models.offshelf)  # input x̂0 (unsupported() refuses x_t)
         cfg_scale = 1.0 if setting.method == "unguided" else setting.cfg_scale
-        x = dit_sample(models.denoiser, models.vae, models.diffusion, rng, models.latent_shape, labels,
-                       cfg_scale=cfg_scale, guidance=guidance, scale=setting.scale, sine_factor=setting.sine_factor,
-                       schedule=models.schedule, progress=progress)
+        if guidance is not None:
+            guidance = Guidance(guidance, scale=setting.scale, sine_factor=setting.sine_factor,
+                                schedule=models.schedule)
+        x = dit_sample(models.denoiser, rng, models.diffusion, guidance=guidance, progress=progress, vae=models.vae,
+                       latent_shape=models.latent_shape, y=labels, cfg_scale=cfg_scale)
         return x, labels
 
     def work_per_sample(self, setting: Setting, sampling) -> dict[str, int]:

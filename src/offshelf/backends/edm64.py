@@ -13,6 +13,7 @@ import torch
 from offshelf.backends.base import guidance_for
 from offshelf.backends.imagenet import ImageNetBackend
 from offshelf.images import to_uint8_nhwc
+from offshelf.guidance import Guidance
 from offshelf.samplers.edm import edm_sample
 from offshelf.seeding import StackedRandomGenerator
 from offshelf.settings import Setting
@@ -61,9 +62,10 @@ class EDM64Backend(ImageNetBackend):
         # generate.py: torch.eye(label_dim)[labels], i.e. a float32 one-hot
         one_hot = torch.nn.functional.one_hot(labels, net.label_dim).float()
         guidance = guidance_for(setting, models.offshelf)  # input x_t (unsupported() refuses x0)
-        x = edm_sample(net, latents, one_hot, num_steps=setting.num_steps or 18, guidance=guidance,
-                       scale=setting.scale if guidance is not None else 0.0, sine_factor=setting.sine_factor,
-                       rng=rng, progress=progress, **setting.churn())
+        if guidance is not None:
+            guidance = Guidance(guidance, scale=setting.scale, sine_factor=setting.sine_factor)
+        x = edm_sample(net, latents, setting.num_steps or 18, guidance=guidance, progress=progress, y=one_hot,
+                       rng=rng, **setting.churn())
         return x, labels
 
     def work_per_sample(self, setting: Setting, sampling) -> dict[str, int]:

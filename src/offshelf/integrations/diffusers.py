@@ -29,7 +29,7 @@ denoiser. κ comes from one of two schedules:
   posterior-mean coefficient c1 = β·√ᾱ_next/(1−ᾱ) on x̂0. κ = s·(Σ + max(γ·sin(πk/N), 0)·Σ_max)/c1
   moves the DDPM posterior mean by exactly s·(Σ + bump)·g, Algorithm 1's μ' = μ + (Σ+bump)·s·g:
   with ``DDPMScheduler`` the wrapper reproduces ``offshelf.samplers.ddpm.ddpm_step``. Σ_max is β
-  of the first sampling step (the DDPM sampler's ``sigma_max="first_beta"``): a wrapper sees one
+  of the first sampling step (the DDPM sampler's ``Guidance(sigma_max_mode="first_beta")``): a wrapper sees one
   call at a time and must not tie a sample to its batch.
 * ``"score"``: a score increment λ = s·(1 + max(γ·sin(πk/N), 0)), i.e. ε' = ε − √(1−ᾱ)·λ·g
   (score = −ε/√(1−ᾱ)): with an exact noisy classifier and s = 1, γ = 0 every scheduler samples

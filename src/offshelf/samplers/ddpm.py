@@ -16,40 +16,22 @@ step is re-noised back to x_k and repeated, r passes in total (paper Table 1).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable
 
 import torch
 
 from offshelf.diffusion import GaussianDiffusion
-from offshelf.guidance import adm_guidance_weight, calibrated_gradient, check_finite, guidance_at
+from offshelf.guidance import Guidance, adm_guidance_weight, calibrated_gradient, cfg_combine, check_finite
 from offshelf.seeding import StackedRandomGenerator
-
-SigmaMaxMode = Literal["official", "first_beta"]
-
-
-@dataclass
-class DDPMGuidanceConfig:
-    """How the guidance gradient enters the mean. ``scale`` is the official
-    ``classifier_scale``; ``sine_factor`` is γ of Eq. 5. ``sigma_max='official'`` tracks the
-    running max of one scalar of Σ (batch element 0, channel 0, pixel 0) as the official code
-    does; ``'first_beta'`` uses β of the first step, a batch-independent near-equivalent.
-    ``through_denoiser`` backpropagates through the network and the x̂0 formula to x_k
-    (the expensive variant, for comparison)."""
-
-    scale: float = 1.0
-    sine_factor: float = 0.0
-    sigma_max: SigmaMaxMode = "official"
-    through_denoiser: bool = False
-
 
 StepCallback = Callable[..., None]
 
 
-def _model_output(model, diffusion: GaussianDiffusion, x: torch.Tensor, k: int, y: torch.Tensor | None,
-                  cfg_scale: float | None, null_label: int | None) -> torch.Tensor:
-    """One network evaluation; with ``cfg_scale`` the classifier-free combination
-    ε_u + w·(ε_c − ε_u), keeping the conditional variance channels."""
+def model_output(model, diffusion: GaussianDiffusion, x: torch.Tensor, k: int, y: torch.Tensor | None,
+                 cfg_scale: float | None = None, null_label: int | None = None) -> torch.Tensor:
+    """Algorithm 1's network evaluation at spaced step k: ``model(x_k, τ_k, y)``; with ``cfg_scale``
+    the classifier-free combination ε_u + w·(ε_c − ε_u) (:func:`~offshelf.guidance.cfg_combine`
+    on all ε channels), keeping the conditional variance channels."""
     t = diffusion.model_timesteps(k, x.shape[0], x.device)
     if cfg_scale is None:
         return model(x, t, y)
@@ -57,33 +39,35 @@ def _model_output(model, diffusion: GaussianDiffusion, x: torch.Tensor, k: int, 
         raise ValueError("classifier-free guidance needs the model's null label")
     both = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, null_label)]))
     cond, uncond = both.chunk(2)
-    c = x.shape[1]
-    eps = uncond[:, :c] + cfg_scale * (cond[:, :c] - uncond[:, :c])
-    return torch.cat([eps, cond[:, c:]], dim=1)
+    return cfg_combine(cond, uncond, cfg_scale, x.shape[1]).output
 
 
-def ddpm_sample(model, diffusion: GaussianDiffusion, rng: StackedRandomGenerator, shape: tuple[int, ...],
-                y: torch.Tensor | None = None, guidance=None, config: DDPMGuidanceConfig | None = None,
-                recurrent_steps: int = 1, cfg_scale: float | None = None, null_label: int | None = None,
-                guidance_label: torch.Tensor | None = None, clip_denoised: bool = True,
-                callback: StepCallback | None = None, progress: bool = False) -> torch.Tensor:
-    """Sample ``len(rng)`` images of ``shape`` (C, H, W) with Algorithm 1.
+def ddpm_sample(model, rng: StackedRandomGenerator, diffusion: GaussianDiffusion, *,
+                guidance: Guidance | None = None, callback: StepCallback | None = None, progress: bool = False,
+                shape: tuple[int, ...], y: torch.Tensor | None = None, recurrent_steps: int = 1,
+                cfg_scale: float | None = None, null_label: int | None = None,
+                clip_denoised: bool = True) -> torch.Tensor:
+    """Sample ``len(rng)`` images of ``shape`` (C, H, W) with Algorithm 1 (module docstring).
 
     ``model(x, t, y)`` is the denoiser (ε, plus variance channels for learned-range models);
-    ``y`` its class condition (None for an unconditional model); ``guidance`` an optional
-    :class:`~offshelf.guidance.ClassifierGuidance` or ``SwitchedGuidance`` guiding toward
-    ``guidance_label`` (default ``y``). ``callback(step=k, x_t=, pred_xstart=, grad=, logits=)``
-    sees every step, for calibration and gradient figures. A NaN or inf in the network output,
-    the logits or the gradient raises :class:`~offshelf.guidance.NonFiniteError` naming the step.
+    ``rng`` draws x_T and every step's noise per sample; ``diffusion`` the (respaced) schedule;
+    ``y`` the class condition (None for an unconditional model). ``guidance``: a
+    :class:`~offshelf.guidance.Guidance` (scale s, sine_factor γ, Σ_max mode, through_denoiser)
+    guiding toward ``guidance.label`` (default ``y``); its ``schedule`` must be ``'adm'`` or None.
+    ``cfg_scale`` (with the model's ``null_label``): classifier-free guidance. ``recurrent_steps``:
+    r passes per step. ``callback(step=k, x_t=, pred_xstart=, grad=, logits=)`` sees every step,
+    for calibration and gradient figures. A NaN or inf in the network output, the logits or the
+    gradient raises :class:`~offshelf.guidance.NonFiniteError` naming the step.
     """
     if recurrent_steps < 1:
         raise ValueError(f"recurrent_steps must be >= 1, got {recurrent_steps}")
-    config = config or DDPMGuidanceConfig()
-    target = guidance_label if guidance_label is not None else y
-    if guidance is not None and target is None:
-        raise ValueError("guidance needs a target label: pass y or guidance_label")
+    if guidance is not None:
+        guidance.require("ddpm_sample", schedule=(None, "adm"))
+        if guidance.label is None and y is None:
+            raise ValueError("guidance needs a target label: pass y or Guidance(label=)")
     # Σ_max: the official running max starts at 0; 'first_beta' fixes it to β of the first step.
-    sigma_max = float(diffusion.betas[-1]) if config.sigma_max == "first_beta" else 0.0
+    first_beta = guidance is not None and guidance.sigma_max_mode == "first_beta"
+    sigma_max = float(diffusion.betas[-1]) if first_beta else 0.0
     steps = range(diffusion.num_steps - 1, -1, -1)
     if progress:
         from tqdm.auto import tqdm
@@ -93,9 +77,8 @@ def ddpm_sample(model, diffusion: GaussianDiffusion, rng: StackedRandomGenerator
     for k in steps:
         x_cur = x_next
         for r in range(recurrent_steps):
-            x_next, info, sigma_max = ddpm_step(model, diffusion, x_cur, k, rng, y=y, target=target,
-                                                guidance=guidance, config=config, sigma_max=sigma_max,
-                                                cfg_scale=cfg_scale, null_label=null_label,
+            x_next, info, sigma_max = ddpm_step(model, diffusion, x_cur, k, rng, y=y, guidance=guidance,
+                                                sigma_max=sigma_max, cfg_scale=cfg_scale, null_label=null_label,
                                                 clip_denoised=clip_denoised)
             if r + 1 == recurrent_steps or k == 0:
                 break
@@ -107,21 +90,23 @@ def ddpm_sample(model, diffusion: GaussianDiffusion, rng: StackedRandomGenerator
 
 
 def ddpm_step(model, diffusion: GaussianDiffusion, x_cur: torch.Tensor, k: int, rng: StackedRandomGenerator, *,
-              y: torch.Tensor | None, target: torch.Tensor | None, guidance, config: DDPMGuidanceConfig,
-              sigma_max: float, cfg_scale: float | None = None, null_label: int | None = None,
+              y: torch.Tensor | None = None, guidance: Guidance | None = None, sigma_max: float = 0.0,
+              cfg_scale: float | None = None, null_label: int | None = None,
               clip_denoised: bool = True) -> tuple[torch.Tensor, dict, float]:
     """One step x_k → x_{k−1} of Algorithm 1. Returns ``(x_{k−1}, info, Σ_max)``; ``info`` holds
-    ``pred_xstart``, ``grad`` and ``logits`` for callbacks."""
+    ``pred_xstart``, ``grad`` and ``logits`` for callbacks. ``sigma_max`` is Σ_max so far (the
+    running max with ``sigma_max_mode`` 'official' or None, else held fixed)."""
     t = diffusion.model_timesteps(k, x_cur.shape[0], x_cur.device)
-    g = guidance_at(guidance, k) if guidance is not None else None
+    g = guidance.at(k) if guidance is not None else None
+    target = (guidance.label if guidance.label is not None else y) if guidance is not None else None
     grad = logits = None
 
     def posterior(x_in):  # (ε, v) = model(x_k, τ_k, y); x̂0 clamped; μ, Σ of q(x_{k−1} | x̂0, x_k)
-        output = _model_output(model, diffusion, x_in, k, y, cfg_scale, null_label)
+        output = model_output(model, diffusion, x_in, k, y, cfg_scale, null_label)
         check_finite("denoiser output", output, k)
         return diffusion.p_mean_variance(output, x_in, k, clip_denoised)
 
-    if g is not None and config.through_denoiser:
+    if g is not None and guidance.through_denoiser:
         # g = ∇_{x_k} log p̃(y | u(x_k)): backprop through the classifier, the x̂0 formula and the network.
         kept = {}
 
@@ -144,10 +129,10 @@ def ddpm_step(model, diffusion: GaussianDiffusion, x_cur: torch.Tensor, k: int, 
         check_finite("classifier logits", logits, k)
         check_finite("guidance gradient", grad, k)
         # Eq. 5: μ' = μ + (Σ_k + max(γ·sin(πk/T)·Σ_max, 0)) ⊙ s·g, Σ_max a running max of Σ[0,0,0,0].
-        if config.sigma_max == "official":
+        if guidance.sigma_max_mode in (None, "official"):
             sigma_max = max(sigma_max, float(out.variance[0, 0, 0, 0]))
-        weight = adm_guidance_weight(out.variance, k, diffusion.num_steps, sigma_max, config.sine_factor)
-        mean = mean + weight * (config.scale * grad)
+        weight = adm_guidance_weight(out.variance, k, diffusion.num_steps, sigma_max, guidance.sine_factor)
+        mean = mean + weight * (guidance.scale * grad)
         check_finite("guided mean", mean, k)
     # x_{k−1} = μ' + 1[k>0]·sqrt(Σ_k)·z
     noise = rng.randn_like(x_cur)
@@ -159,3 +144,6 @@ def _detach(out):
     for name in ("mean", "variance", "log_variance", "pred_xstart", "eps"):
         setattr(out, name, getattr(out, name).detach())
     return out
+
+
+__all__ = ["ddpm_sample", "ddpm_step", "model_output"]

@@ -34,40 +34,30 @@ for DiT are not published in legible form [UNCONFIRMED]. Finally x = clamp(D(z_0
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Callable
 
 import torch
 
 from offshelf.backbones.dit import LATENT_SCALE
 from offshelf.diffusion import GaussianDiffusion
-from offshelf.guidance import DiTSchedule, calibrated_gradient, check_finite, dit_guidance_weight, guidance_at
+from offshelf.guidance import (CFGOutput, Guidance, calibrated_gradient, cfg_combine, check_finite,
+                               dit_guidance_weight)
 from offshelf.seeding import StackedRandomGenerator
 
 
 
-@dataclass
-class CFGOutput:
-    """One classifier-free-guided evaluation: ``output = [ε_cfg, v]`` for p_mean_variance,
-    and the pieces guidance needs."""
-
-    output: torch.Tensor
-    eps_uncond: torch.Tensor  # ε_u on the CFG channels
-    delta: torch.Tensor  # Δε = ε_c − ε_u on the CFG channels
-
-
 def cfg_denoise(model, z: torch.Tensor, t: torch.Tensor, y: torch.Tensor, null_label: int,
                 cfg_scale: float, cfg_channels: int = 3) -> CFGOutput:
-    """DiT's ``forward_with_cfg``: ε_u + w·(ε_c − ε_u) on channels ``[:cfg_channels]``; the
-    remaining ε channels and the variance channels from the conditional branch."""
+    """DiT's ``forward_with_cfg``: one batched call on (y, ∅), then
+    :func:`~offshelf.guidance.cfg_combine`: ε_u + w·(ε_c − ε_u) on channels ``[:cfg_channels]``;
+    the remaining ε channels and the variance channels from the conditional branch."""
     c = z.shape[1]
     if not 0 < cfg_channels <= c:
         raise ValueError(f"cfg_channels must be in 1..{c}, got {cfg_channels}")
     both = model(torch.cat([z, z]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, null_label)]))
     cond, uncond = both.chunk(2)
-    eps_u, delta = uncond[:, :cfg_channels], cond[:, :cfg_channels] - uncond[:, :cfg_channels]
-    output = torch.cat([eps_u + cfg_scale * delta, cond[:, cfg_channels:]], dim=1)
-    return CFGOutput(output, eps_u, delta)
+    return cfg_combine(cond, uncond, cfg_scale, cfg_channels)
 
 
 def decode(vae, z: torch.Tensor, latent_scale: float = LATENT_SCALE) -> torch.Tensor:
@@ -120,11 +110,12 @@ def decoder_gradient(guidance, vae, x0: torch.Tensor, target: torch.Tensor, t: t
 
 
 def dit_step(model, vae, diffusion: GaussianDiffusion, z: torch.Tensor, k: int, y: torch.Tensor,
-             noise: torch.Tensor, cfg_scale: float = 1.5, guidance=None, target: torch.Tensor | None = None,
-             scale: float = 1.0, sine_factor: float = 0.3, schedule: DiTSchedule = "adm", cfg_channels: int = 3,
-             sigma_max: float | None = None, latent_scale: float = LATENT_SCALE) -> tuple[torch.Tensor, dict]:
-    """One reverse step z_k → z_{k−1} (module docstring). Returns ``(z_prev, info)`` with
-    ``info``: pred_xstart (ẑ0 from ε_cfg), guided_xstart (from ε̃), grad (ĝ), logits, weight."""
+             noise: torch.Tensor, *, guidance: Guidance | None = None, cfg_scale: float = 1.5,
+             cfg_channels: int = 3, sigma_max: float | None = None,
+             latent_scale: float = LATENT_SCALE) -> tuple[torch.Tensor, dict]:
+    """One reverse step z_k → z_{k−1} (module docstring). ``sigma_max``: Σ_max (default β of the
+    first step). Returns ``(z_prev, info)`` with ``info``: pred_xstart (ẑ0 from ε_cfg),
+    guided_xstart (from ε̃), grad (ĝ), logits, weight."""
     t = diffusion.model_timesteps(k, z.shape[0], z.device)
     null_label = getattr(model, "null_label", None)
     if null_label is None:
@@ -138,15 +129,15 @@ def dit_step(model, vae, diffusion: GaussianDiffusion, z: torch.Tensor, k: int, 
         out = diffusion.p_mean_variance(cfg.output, z, k, clip_denoised=False)
     info = dict(pred_xstart=out.pred_xstart, guided_xstart=out.pred_xstart, grad=None, logits=None, weight=None)
     if guidance is not None:
-        g = guidance_at(guidance, k)
-        grad, logits = decoder_gradient(g, vae, out.pred_xstart, y if target is None else target, t, latent_scale)
+        target = y if guidance.label is None else guidance.label
+        grad, logits = decoder_gradient(guidance.at(k), vae, out.pred_xstart, target, t, latent_scale)
         check_finite("classifier logits", logits, k)
         check_finite("guidance gradient", grad, k)
         grad = grad[:, :cfg_channels]
         grad = grad * _per_sample_norm(cfg.delta) / _per_sample_norm(grad).clamp_min(1e-12)
         sigma_max = float(diffusion.betas[-1]) if sigma_max is None else sigma_max
-        weight = dit_guidance_weight(schedule, scale, sine_factor, k, diffusion.num_steps,
-                                     out.variance[:, :cfg_channels], sigma_max)
+        weight = dit_guidance_weight(guidance.schedule or "adm", guidance.scale, guidance.sine_factor, k,
+                                     diffusion.num_steps, out.variance[:, :cfg_channels], sigma_max)
         eps = cfg.eps_uncond + cfg_scale * (cfg.delta - weight * grad)
         guided = torch.cat([eps, cfg.output[:, cfg_channels:]], dim=1)
         out = diffusion.p_mean_variance(guided, z, k, clip_denoised=False)
@@ -155,17 +146,22 @@ def dit_step(model, vae, diffusion: GaussianDiffusion, z: torch.Tensor, k: int, 
     return z_prev.detach(), info
 
 
-def dit_sample(model, vae, diffusion: GaussianDiffusion, rng: StackedRandomGenerator,
-               latent_shape: tuple[int, int, int], y: torch.Tensor, cfg_scale: float = 1.5, guidance=None,
-               scale: float = 1.0, sine_factor: float = 0.3, schedule: DiTSchedule = "adm", cfg_channels: int = 3,
-               guidance_label: torch.Tensor | None = None, latent_scale: float = LATENT_SCALE,
-               callback: Callable[..., None] | None = None, progress: bool = False,
+def dit_sample(model, rng: StackedRandomGenerator, diffusion: GaussianDiffusion, *,
+               guidance: Guidance | None = None, callback: Callable[..., None] | None = None,
+               progress: bool = False, vae, latent_shape: tuple[int, int, int], y: torch.Tensor,
+               cfg_scale: float = 1.5, cfg_channels: int = 3, latent_scale: float = LATENT_SCALE,
                return_latents: bool = False):
-    """Sample ``len(rng)`` images with DiT (``model`` a :class:`~offshelf.backbones.dit.DiTDenoiser`),
-    decoded to [−1, 1]. ``guidance``: a ``ClassifierGuidance`` (or ``SwitchedGuidance``) on the
-    decoded x̂0, toward ``guidance_label`` (default ``y``); ``None`` gives the DiT baseline.
-    ``callback(step=k, x_t=z_k, pred_xstart=, guided_xstart=, grad=, logits=, weight=)`` sees
-    every step. With ``return_latents`` returns ``(images, z_0)``."""
+    """Sample ``len(rng)`` images with DiT (``model`` a :class:`~offshelf.backbones.dit.DiTDenoiser`,
+    ``vae`` its decoder), latents of ``latent_shape`` drawn from ``rng``, on the respaced
+    ``diffusion``; decoded to [−1, 1]. ``y``: the class per seed; ``cfg_scale`` w of CFG.
+    ``guidance``: a :class:`~offshelf.guidance.Guidance` whose classifier (``ClassifierGuidance``
+    or ``SwitchedGuidance``) sees the decoded x̂0, toward ``guidance.label`` (default ``y``), with
+    weight ``schedule`` ('adm' by default, or 'sine'), ``scale`` and ``sine_factor``; Σ_max is β
+    of the first step (``sigma_max_mode`` None or 'first_beta'; ``through_denoiser`` is refused).
+    ``None`` gives the DiT baseline. ``callback(step=k, x_t=z_k, pred_xstart=, guided_xstart=,
+    grad=, logits=, weight=)`` sees every step. With ``return_latents`` returns ``(images, z_0)``."""
+    if guidance is not None:
+        guidance.require("dit_sample", sigma_max_mode=(None, "first_beta"), through_denoiser=(False,))
     if len(latent_shape) != 3:
         raise ValueError(f"latent_shape must be (C, h, w), got {latent_shape}")
     if diffusion.variance_type != "learned_range":
@@ -174,15 +170,17 @@ def dit_sample(model, vae, diffusion: GaussianDiffusion, rng: StackedRandomGener
     y = torch.as_tensor(y, device=z.device).long()
     if y.shape != (len(rng),):
         raise ValueError(f"y must hold one label per seed ({len(rng)}), got shape {tuple(y.shape)}")
-    target = y if guidance_label is None else torch.as_tensor(guidance_label, device=z.device).long()
+    if guidance is not None and guidance.label is not None:
+        guidance = replace(guidance, label=torch.as_tensor(guidance.label, device=z.device).long())
     sigma_max = float(diffusion.betas[-1])
     steps = range(diffusion.num_steps - 1, -1, -1)
     if progress:
         from tqdm.auto import tqdm
         steps = tqdm(steps, desc="dit", leave=False)
     for k in steps:
-        z_prev, info = dit_step(model, vae, diffusion, z, k, y, rng.randn_like(z), cfg_scale, guidance, target,
-                                scale, sine_factor, schedule, cfg_channels, sigma_max, latent_scale)
+        z_prev, info = dit_step(model, vae, diffusion, z, k, y, rng.randn_like(z), guidance=guidance,
+                                cfg_scale=cfg_scale, cfg_channels=cfg_channels, sigma_max=sigma_max,
+                                latent_scale=latent_scale)
         if callback is not None:
             callback(step=k, x_t=z, **info)
         z = z_prev

@@ -26,7 +26,7 @@ from typing import Callable
 
 import torch
 
-from offshelf.guidance import check_finite, edm_step_size
+from offshelf.guidance import Guidance, SwitchedGuidance, check_finite, edm_step_size
 from offshelf.seeding import StackedRandomGenerator
 
 StepCallback = Callable[..., None]
@@ -62,32 +62,42 @@ def guidance_displacement(guidance, x_cur: torch.Tensor, y: torch.Tensor, step_s
     return g, u, g_raw, logits
 
 
-def edm_sample(net, latents: torch.Tensor, class_labels: torch.Tensor | None, num_steps: int = 18,
-               sigma_min: float = 0.002, sigma_max: float = 80, rho: float = 7, guidance=None,
-               scale: float = 0.0, sine_factor: float = 0.0, S_churn: float = 0, S_min: float = 0,
-               S_max: float = float("inf"), S_noise: float = 1, rng: StackedRandomGenerator | None = None,
-               callback: StepCallback | None = None, progress: bool = False) -> torch.Tensor:
+def edm_sample(net, latents: torch.Tensor, num_steps: int = 18, *, guidance: Guidance | None = None,
+               callback: StepCallback | None = None, progress: bool = False, y: torch.Tensor | None = None,
+               sigma_min: float = 0.002, sigma_max: float = 80, rho: float = 7, S_churn: float = 0,
+               S_min: float = 0, S_max: float = float("inf"), S_noise: float = 1,
+               rng: StackedRandomGenerator | None = None) -> torch.Tensor:
     """Sample from ``net`` (an :class:`~offshelf.backbones.edm.EDMPrecond`) starting at
-    ``latents ~ N(0, I)`` scaled by t_0; returns float64 images in about [-1, 1].
+    ``latents ~ N(0, I)`` scaled by t_0, on the ``num_steps``-point time grid (module docstring,
+    knobs named as NVlabs' ``edm_sampler``); returns float64 images in about [-1, 1].
 
-    ``class_labels`` are the one-hot conditions; ``guidance`` an optional
-    :class:`~offshelf.guidance.ClassifierGuidance` with ``input="xt"`` guiding toward their argmax
-    with step size ``edm_step_size(i, N, scale, sine_factor)`` (``scale`` is w of Algorithm 2). ``S_churn > 0`` adds EDM's
+    ``y`` are the one-hot class conditions (NVlabs' ``class_labels``); ``guidance`` an optional
+    :class:`~offshelf.guidance.Guidance` whose classifier has ``input="xt"``, guiding toward
+    ``guidance.label`` (default ``argmax(y)``) with step size
+    ``edm_step_size(i, N, guidance.scale, guidance.sine_factor)`` (``scale`` is w of Algorithm 2);
+    Σ_max modes, a DiT schedule and ``through_denoiser`` are refused. ``S_churn > 0`` adds EDM's
     stochastic churn, drawn from ``rng``; when ``rng`` is given its noise is drawn every step as
     the official script does, even if multiplied by zero. ``callback(step=i, sigma=, x_t=,
     pred_xstart=, grad=, logits=, guidance_input=, displacement=)`` sees every step.
     """
     if guidance is not None:
-        if getattr(guidance, "input", "xt") != "xt":
+        guidance.require("edm_sample", sigma_max_mode=(None,), schedule=(None,), through_denoiser=(False,))
+        if isinstance(guidance.classifier, SwitchedGuidance):  # its switch_step counts DDPM's steps down
+            raise ValueError("edm_sample cannot honour Guidance.classifier=SwitchedGuidance (a step switch "
+                             "counted on DDPM's spaced steps); pass one ClassifierGuidance")
+        if getattr(guidance.classifier, "input", "xt") != "xt":
             raise ValueError(f"EDM guidance (Algorithm 2) feeds the classifier the noisy sample: "
-                             f"use ClassifierGuidance(input='xt'), got input={guidance.input!r}")
-        if class_labels is None:
-            raise ValueError("classifier guidance needs class_labels (one-hot) to pick the target class")
+                             f"use ClassifierGuidance(input='xt'), got input={guidance.classifier.input!r}")
+        if y is None and guidance.label is None:
+            raise ValueError("classifier guidance needs y (one-hot) or Guidance(label=) to pick the target class")
     if S_churn > 0 and rng is None:
         raise ValueError("S_churn > 0 needs rng (a StackedRandomGenerator) for the churn noise")
     if rng is not None and len(rng) != latents.shape[0]:
         raise ValueError(f"rng has {len(rng)} generators for a batch of {latents.shape[0]}")
-    target = class_labels.argmax(dim=1) if guidance is not None else None
+    class_labels = y
+    target = None
+    if guidance is not None:
+        target = guidance.label if guidance.label is not None else class_labels.argmax(dim=1)
 
     t_steps = time_steps(net, num_steps, sigma_min, sigma_max, rho, device=latents.device)
     x_next = latents.to(torch.float64) * t_steps[0]
@@ -100,8 +110,8 @@ def edm_sample(net, latents: torch.Tensor, class_labels: torch.Tensor | None, nu
 
         g = u = g_raw = logits = None
         if guidance is not None:
-            w_i = edm_step_size(i, num_steps, scale, sine_factor)
-            g, u, g_raw, logits = guidance_displacement(guidance, x_cur, target, w_i)
+            w_i = edm_step_size(i, num_steps, guidance.scale, guidance.sine_factor)
+            g, u, g_raw, logits = guidance_displacement(guidance.classifier, x_cur, target, w_i)
             check_finite("classifier logits", logits, i)
             check_finite("guidance gradient", g, i)
 
