@@ -134,7 +134,7 @@ def test_heun_sampler_matches_nvlabs(reference_dir, tiny_net):
 
 
 
-CHURN_GOLDEN = Path(__file__).parent / "fixtures" / "edm_churn_golden.pt"
+CHURN_GOLDEN = Path(__file__).parents[1] / "fixtures" / "edm_churn_golden.pt"
 
 
 class Float32ChurnGenerator(StackedRandomGenerator):
@@ -150,8 +150,9 @@ def churn_sample(net, ref, rng_class):
     latents = rng.randn((net.img_channels, net.img_resolution, net.img_resolution))
     labels = rng.randint(net.label_dim)
     assert torch.equal(latents, ref["latents"]) and torch.equal(labels, ref["class_labels"].argmax(1))
-    return edm_sample(net, latents, torch.nn.functional.one_hot(labels, net.label_dim).float(), rng=rng,
-                      **ref["sampler_kwargs"])
+    kwargs = dict(ref["sampler_kwargs"])
+    return edm_sample(net, latents, kwargs.pop("num_steps"), y=torch.nn.functional.one_hot(labels, net.label_dim).float(),
+                      rng=rng, **kwargs)
 
 
 def test_stochastic_sampler_matches_nvlabs(tiny_net):
