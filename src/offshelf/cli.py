@@ -185,6 +185,7 @@ def cmd_calibrate(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from offshelf import stages
+    from offshelf.backends.capabilities import Capability
     from offshelf.atomic import save_json
 
     ctx = Context(args)
@@ -194,7 +195,7 @@ def cmd_evaluate(args) -> int:
     sources = ctx.backend.evaluation_files()
     files = stages.verified_files(ctx.files(sources), sources, ctx.checkpoints)
     reference = args.reference
-    if reference is None and ctx.backend.has_reference_features():
+    if reference is None and Capability.REFERENCE_FEATURES in ctx.backend.capabilities:
         from offshelf.atomic import save_npz
 
         reference = str(Path(args.out).with_suffix(".reference.npz"))
@@ -223,9 +224,11 @@ def cmd_tune(args) -> int:
     """Stage 1 (calibration grid over β × τ2 on held-out images) and Stage 2 (scale search)."""
     from offshelf import stages
     from offshelf.settings import Setting
+    from offshelf.backends.capabilities import Capability, require
     from offshelf.tuning import TuneSpec, run_tune
 
     ctx = Context(args)
+    require(ctx.backend, Capability.TUNING, "offshelf tune")  # before any file is read
     search = _pairs(args.search, "--search")
     spec = TuneSpec.from_config(ctx.config.get("tune"), classifier=args.classifier, network=args.network,
                                 regime=args.regime,

@@ -167,9 +167,12 @@ def check_respacing(config: dict[str, Any]) -> None:
     respacing = config.get("sampling", {}).get("respacing")
     from offshelf.backends import resolve
 
-    steps = None if respacing is None else resolve(config["backbone"]).num_train_timesteps
-    if steps is None:
+    from offshelf.backends.capabilities import Capability
+
+    cls = resolve(config["backbone"])
+    if respacing is None or Capability.RESPACING not in cls.capabilities:
         return
+    steps = cls.num_train_timesteps
     from offshelf.diffusion import space_timesteps
 
     sections = [] if respacing.startswith("ddim") else [int(c) for c in respacing.split(",")]
@@ -241,15 +244,47 @@ def validate_config(config: dict[str, Any], schema_path: str | Path | None = Non
     check_respacing(config)
     check_labels(config)
     check_paths(config)
+    check_capabilities(config)
     check_judge(config)
     return config
 
 
+def check_capabilities(config: dict[str, Any]) -> None:
+    """What the config asks of its backend must be among the capabilities the backend class
+    declares (``capabilities``; nothing is called): one line naming the backbone, the capability
+    and the config key that needs it."""
+    from offshelf.backends import create, spec_from_config
+    from offshelf.backends.base import Trained
+    from offshelf.backends.capabilities import Capability, UnsupportedError, require
+    from offshelf.plan import all_probes, all_settings
+
+    backend = create(spec_from_config(config))
+    needs: list[tuple[Capability, str]] = []
+    figures = config.get("figures", {})
+    if all_probes(config):
+        needs.append((Capability.CALIBRATION, "calibration probes (the ice column, figures.figure1/figure2)"))
+    if "figure4" in figures:
+        needs.append((Capability.GRADIENTS, "figures.figure4"))
+    try:
+        sources = [backend.evaluation_files()] + [backend.files(s) for s in all_settings(config).values()]
+    except ValueError:
+        sources = [backend.evaluation_files()]  # a setting's own error is check_judge's to report
+    trained = sorted({s.role for files in sources for s in files.values() if isinstance(s, Trained)})
+    if trained:
+        needs.append((Capability.TRAINING, f"its trained roles {trained}"))
+    for capability, key in needs:
+        try:
+            require(backend, capability, key)
+        except UnsupportedError as err:
+            raise ConfigError(f"config key 'backbone' = {config['backbone']!r}: {err}") from None
+
+
 def check_judge(config: dict[str, Any]) -> None:
     """The evaluation network must not be a classifier that guides any planned setting
-    (offshelf.backends.base.check_judge_is_not_a_guide: same source, file or content)."""
+    (offshelf.judge.check_judge_is_not_a_guide: same source, file or content)."""
     from offshelf.backends import create, spec_from_config
-    from offshelf.backends.base import JudgeIsGuideError, Trained, check_judge_is_not_a_guide
+    from offshelf.backends.base import Trained
+    from offshelf.judge import JudgeIsGuideError, check_judge_is_not_a_guide
     from offshelf.plan import all_probes, all_settings, pretrained_path
     from offshelf.settings import probe_setting
 

@@ -17,6 +17,7 @@ import torch
 
 from offshelf.backbones import digits
 from offshelf.backends.base import Backend, FeatureExtractor, Trained
+from offshelf.backends.capabilities import Capability
 from offshelf.backends.ddpm import DDPMModels, DDPMSampling
 from offshelf.diffusion import GaussianDiffusion
 from offshelf.images import from_uint8_nhwc, to_uint8_nhwc
@@ -29,6 +30,8 @@ class DigitsBackend(DDPMSampling, Backend):
     num_train_timesteps = digits.TrainConfig.num_train_timesteps
     name = "digits"
     num_classes = digits.NUM_CLASSES
+    capabilities = DDPMSampling.capabilities | {Capability.TRAINING, Capability.TUNING,
+                                                Capability.REFERENCE_FEATURES, Capability.RESPACING}
 
     @classmethod
     def options_from_config(cls, config: Mapping[str, Any]) -> dict[str, Any]:
