@@ -207,6 +207,40 @@ def check_paths(config: dict[str, Any]) -> None:
                               f"outside the results folder {root}")
 
 
+def backend_schema(cls: type) -> dict[str, Any]:
+    """A backend class's part of the config schema (``config_schema``: a mapping, or a YAML file
+    beside the module of the class that sets it), as ``{"properties": ..., "$defs": ...}``."""
+    fragment = cls.config_schema
+    if fragment is None:
+        return {}
+    if isinstance(fragment, str):
+        owner = next(k for k in cls.__mro__ if "config_schema" in vars(k))
+        package = sys.modules[owner.__module__].__spec__.parent
+        fragment = yaml.safe_load(resources.files(package).joinpath(fragment).read_text())
+    unknown = set(fragment) - {"properties", "$defs"}
+    if unknown:
+        raise ConfigError(f"backend {cls.name!r}: config_schema keys {sorted(unknown)}; expected properties, $defs")
+    return dict(fragment)
+
+
+def with_backend_schema(schema: dict[str, Any], backbone: str) -> dict[str, Any]:
+    """The main schema with the backend's own sections (:func:`backend_schema`) in place of their
+    placeholders; its ``$defs`` beside the main ones (a clash is an error, not an override)."""
+    from offshelf.backends import resolve
+
+    fragment = backend_schema(resolve(backbone))
+    taken = [key for key in fragment.get("properties", {})
+             if key in schema["properties"] and not set(schema["properties"][key]) <= {"type", "description"}]
+    if taken:  # a backend owns its own section (a placeholder in the main schema), never a shared one
+        raise ConfigError(f"backbone {backbone!r}: its config_schema redefines the shared config keys {taken}")
+    out = dict(schema, properties=dict(schema["properties"], **fragment.get("properties", {})))
+    clash = set(fragment.get("$defs", {})) & set(schema.get("$defs", {}))
+    if clash:
+        raise ConfigError(f"backbone {backbone!r}: its config_schema redefines $defs {sorted(clash)} of the main schema")
+    out["$defs"] = dict(schema.get("$defs", {}), **fragment.get("$defs", {}))
+    return out
+
+
 def validate_config(config: dict[str, Any], schema_path: str | Path | None = None) -> dict[str, Any]:
     """Validate ``config`` (see the module docstring for the order of the checks)."""
     import jsonschema
@@ -215,7 +249,7 @@ def validate_config(config: dict[str, Any], schema_path: str | Path | None = Non
         raise ConfigError(f"config: expected a mapping of config keys at the top level, got {type(config).__name__}")
     check_backbone(config)
     check_finite(config)
-    schema = yaml.safe_load(schema_text(schema_path))
+    schema = with_backend_schema(yaml.safe_load(schema_text(schema_path)), config["backbone"])
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(list(e.absolute_path)), str(e.absolute_path)))
     if errors:

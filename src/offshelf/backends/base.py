@@ -92,6 +92,10 @@ class Backend(ABC):
     num_classes: ClassVar[int] = 0
     #: the optional capabilities it implements (:class:`~offshelf.backends.capabilities.Capability`)
     capabilities: ClassVar[frozenset[Capability]] = frozenset()
+    #: its part of the config schema: a mapping with ``properties`` (its config section) and
+    #: ``$defs``, or the name of such a YAML file beside the module that sets it; merged into the
+    #: main schema by :func:`offshelf.config.validate_config` (None: no section of its own)
+    config_schema: ClassVar[str | Mapping[str, Any] | None] = None
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

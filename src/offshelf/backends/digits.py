@@ -32,6 +32,7 @@ class DigitsBackend(DDPMSampling, Backend):
     num_classes = digits.NUM_CLASSES
     capabilities = DDPMSampling.capabilities | {Capability.TRAINING, Capability.TUNING,
                                                 Capability.REFERENCE_FEATURES, Capability.RESPACING}
+    config_schema = "schemas/digits.schema.yaml"  # the `digits:` section
 
     @classmethod
     def options_from_config(cls, config: Mapping[str, Any]) -> dict[str, Any]:

@@ -58,6 +58,7 @@ class ImageNetBackend(Backend):
 
     num_classes = NUM_CLASSES
     capabilities = frozenset({Capability.PAPER_COMPARABLE, Capability.REFERENCE_FEATURES, Capability.PROVENANCE})
+    config_schema = "schemas/imagenet.schema.yaml"  # the `imagenet:` section
     #: registry name of the diffusion network
     denoiser_checkpoint: str = ""
     #: registry name of the reference batch used by default (``imagenet.reference`` overrides)
