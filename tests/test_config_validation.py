@@ -222,3 +222,6 @@ def test_a_config_asking_for_an_undeclared_capability_is_one_line(default_config
         validate_config(config)
     del config["figures"]["figure4"]
     validate_config(config)
+    monkeypatch.setattr(cls, "capabilities", cls.capabilities - {Capability.GRADIENTS, Capability.TUNING})
+    with pytest.raises(ConfigError, match=r"does not declare capability 'tuning' \(the tune section needs it\)"):
+        validate_config(dict(config, tune={}))

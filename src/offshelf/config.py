@@ -299,6 +299,8 @@ def check_capabilities(config: dict[str, Any]) -> None:
         needs.append((Capability.CALIBRATION, "calibration probes (the ice column, figures.figure1/figure2)"))
     if "figure4" in figures:
         needs.append((Capability.GRADIENTS, "figures.figure4"))
+    if "tune" in config:
+        needs.append((Capability.TUNING, "the tune section"))
     try:
         sources = [backend.evaluation_files()] + [backend.files(s) for s in all_settings(config).values()]
     except ValueError:
