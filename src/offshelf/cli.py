@@ -142,9 +142,11 @@ def cmd_sample(args) -> int:
     from offshelf.images import save_grid
     from offshelf.shards import save_shard
 
+    from offshelf.backends.capabilities import unavailable
+
     ctx = Context(args)
     setting, seeds = parse_setting(args.setting), parse_seeds(args.seeds)
-    reason = ctx.backend.unsupported(setting)
+    reason = unavailable(ctx.backend, setting)
     if reason:
         raise ArgumentError("--setting", f"backend {ctx.backend.name!r} cannot run {setting.name}: {reason}")
     files = ctx.files(ctx.backend.files(setting))
@@ -185,6 +187,7 @@ def cmd_calibrate(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from offshelf import stages
+    from offshelf.backends.capabilities import Capability
     from offshelf.atomic import save_json
 
     ctx = Context(args)
@@ -194,7 +197,7 @@ def cmd_evaluate(args) -> int:
     sources = ctx.backend.evaluation_files()
     files = stages.verified_files(ctx.files(sources), sources, ctx.checkpoints)
     reference = args.reference
-    if reference is None and ctx.backend.has_reference_features():
+    if reference is None and Capability.REFERENCE_FEATURES in ctx.backend.capabilities:
         from offshelf.atomic import save_npz
 
         reference = str(Path(args.out).with_suffix(".reference.npz"))
@@ -223,9 +226,11 @@ def cmd_tune(args) -> int:
     """Stage 1 (calibration grid over β × τ2 on held-out images) and Stage 2 (scale search)."""
     from offshelf import stages
     from offshelf.settings import Setting
+    from offshelf.backends.capabilities import Capability, require, unavailable
     from offshelf.tuning import TuneSpec, run_tune
 
     ctx = Context(args)
+    require(ctx.backend, Capability.TUNING, "offshelf tune")  # before any file is read
     search = _pairs(args.search, "--search")
     spec = TuneSpec.from_config(ctx.config.get("tune"), classifier=args.classifier, network=args.network,
                                 regime=args.regime,
@@ -236,7 +241,7 @@ def cmd_tune(args) -> int:
                                 marginal_temperatures=_numbers(args.marginal_temperatures, "--marginal-temperatures"),
                                 search=dict(ctx.config.get("tune", {}).get("search", {}), **search) or None)
     setting = Setting(regime=spec.regime, classifier=spec.classifier, input=spec.input, network=spec.network)
-    reason = ctx.backend.unsupported(setting)
+    reason = unavailable(ctx.backend, setting)
     if reason:
         raise ArgumentError("--classifier", f"backend {ctx.backend.name!r} cannot guide with {spec.classifier!r}: {reason}")
     guiding = ctx.files(ctx.backend.files(setting))
@@ -424,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except Exception as err:  # one line naming the argument or the file, never a traceback into torch
-        from offshelf.backends.base import UnsupportedError
+        from offshelf.backends.capabilities import UnsupportedError
         from offshelf.checkpoints import CheckpointError
         from offshelf.config import ConfigError
         from offshelf.guidance import NonFiniteError

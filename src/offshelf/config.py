@@ -167,9 +167,12 @@ def check_respacing(config: dict[str, Any]) -> None:
     respacing = config.get("sampling", {}).get("respacing")
     from offshelf.backends import resolve
 
-    steps = None if respacing is None else resolve(config["backbone"]).num_train_timesteps
-    if steps is None:
+    from offshelf.backends.capabilities import Capability
+
+    cls = resolve(config["backbone"])
+    if respacing is None or Capability.RESPACING not in cls.capabilities:
         return
+    steps = cls.num_train_timesteps
     from offshelf.diffusion import space_timesteps
 
     sections = [] if respacing.startswith("ddim") else [int(c) for c in respacing.split(",")]
@@ -204,6 +207,40 @@ def check_paths(config: dict[str, Any]) -> None:
                               f"outside the results folder {root}")
 
 
+def backend_schema(cls: type) -> dict[str, Any]:
+    """A backend class's part of the config schema (``config_schema``: a mapping, or a YAML file
+    beside the module of the class that sets it), as ``{"properties": ..., "$defs": ...}``."""
+    fragment = cls.config_schema
+    if fragment is None:
+        return {}
+    if isinstance(fragment, str):
+        owner = next(k for k in cls.__mro__ if "config_schema" in vars(k))
+        package = sys.modules[owner.__module__].__spec__.parent
+        fragment = yaml.safe_load(resources.files(package).joinpath(fragment).read_text())
+    unknown = set(fragment) - {"properties", "$defs"}
+    if unknown:
+        raise ConfigError(f"backend {cls.name!r}: config_schema keys {sorted(unknown)}; expected properties, $defs")
+    return dict(fragment)
+
+
+def with_backend_schema(schema: dict[str, Any], backbone: str) -> dict[str, Any]:
+    """The main schema with the backend's own sections (:func:`backend_schema`) in place of their
+    placeholders; its ``$defs`` beside the main ones (a clash is an error, not an override)."""
+    from offshelf.backends import resolve
+
+    fragment = backend_schema(resolve(backbone))
+    taken = [key for key in fragment.get("properties", {})
+             if key in schema["properties"] and not set(schema["properties"][key]) <= {"type", "description"}]
+    if taken:  # a backend owns its own section (a placeholder in the main schema), never a shared one
+        raise ConfigError(f"backbone {backbone!r}: its config_schema redefines the shared config keys {taken}")
+    out = dict(schema, properties=dict(schema["properties"], **fragment.get("properties", {})))
+    clash = set(fragment.get("$defs", {})) & set(schema.get("$defs", {}))
+    if clash:
+        raise ConfigError(f"backbone {backbone!r}: its config_schema redefines $defs {sorted(clash)} of the main schema")
+    out["$defs"] = dict(schema.get("$defs", {}), **fragment.get("$defs", {}))
+    return out
+
+
 def validate_config(config: dict[str, Any], schema_path: str | Path | None = None) -> dict[str, Any]:
     """Validate ``config`` (see the module docstring for the order of the checks)."""
     import jsonschema
@@ -212,7 +249,7 @@ def validate_config(config: dict[str, Any], schema_path: str | Path | None = Non
         raise ConfigError(f"config: expected a mapping of config keys at the top level, got {type(config).__name__}")
     check_backbone(config)
     check_config_values_finite(config)
-    schema = yaml.safe_load(schema_text(schema_path))
+    schema = with_backend_schema(yaml.safe_load(schema_text(schema_path)), config["backbone"])
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(list(e.absolute_path)), str(e.absolute_path)))
     if errors:
@@ -241,15 +278,49 @@ def validate_config(config: dict[str, Any], schema_path: str | Path | None = Non
     check_respacing(config)
     check_labels(config)
     check_paths(config)
+    check_capabilities(config)
     check_judge(config)
     return config
 
 
+def check_capabilities(config: dict[str, Any]) -> None:
+    """What the config asks of its backend must be among the capabilities the backend class
+    declares (``capabilities``; nothing is called): one line naming the backbone, the capability
+    and the config key that needs it."""
+    from offshelf.backends import create, spec_from_config
+    from offshelf.backends.base import Trained
+    from offshelf.backends.capabilities import Capability, UnsupportedError, require
+    from offshelf.plan import all_probes, all_settings
+
+    backend = create(spec_from_config(config))
+    needs: list[tuple[Capability, str]] = []
+    figures = config.get("figures", {})
+    if all_probes(config):
+        needs.append((Capability.CALIBRATION, "calibration probes (the ice column, figures.figure1/figure2)"))
+    if "figure4" in figures:
+        needs.append((Capability.GRADIENTS, "figures.figure4"))
+    if "tune" in config:
+        needs.append((Capability.TUNING, "the tune section"))
+    try:
+        sources = [backend.evaluation_files()] + [backend.files(s) for s in all_settings(config).values()]
+    except ValueError:
+        sources = [backend.evaluation_files()]  # a setting's own error is check_judge's to report
+    trained = sorted({s.role for files in sources for s in files.values() if isinstance(s, Trained)})
+    if trained:
+        needs.append((Capability.TRAINING, f"its trained roles {trained}"))
+    for capability, key in needs:
+        try:
+            require(backend, capability, key)
+        except UnsupportedError as err:
+            raise ConfigError(f"config key 'backbone' = {config['backbone']!r}: {err}") from None
+
+
 def check_judge(config: dict[str, Any]) -> None:
     """The evaluation network must not be a classifier that guides any planned setting
-    (offshelf.backends.base.check_judge_is_not_a_guide: same source, file or content)."""
+    (offshelf.judge.check_judge_is_not_a_guide: same source, file or content)."""
     from offshelf.backends import create, spec_from_config
-    from offshelf.backends.base import JudgeIsGuideError, Trained, check_judge_is_not_a_guide
+    from offshelf.backends.base import Trained
+    from offshelf.judge import JudgeIsGuideError, check_judge_is_not_a_guide
     from offshelf.plan import all_probes, all_settings, pretrained_path
     from offshelf.settings import probe_setting
 

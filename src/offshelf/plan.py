@@ -102,8 +102,9 @@ def baseline_index(table: str, spec: dict) -> int:
 def unavailable_reason(config: dict, setting: Setting) -> str | None:
     """Why the config's backend cannot run a row's setting (reported, not sampled), or None."""
     from offshelf.backends import create, spec_from_config
+    from offshelf.backends.capabilities import unavailable
 
-    return create(spec_from_config(config)).unsupported(setting)
+    return unavailable(create(spec_from_config(config)), setting)
 
 
 def row_setting(config: dict, row: dict, regime: str) -> Setting:
@@ -495,8 +496,10 @@ def cost_plan(config: dict, seconds: dict[str, float] | None = None) -> list[dic
     size you run), the hours: Σ count × seconds / 3600. Evaluation is not counted. A searched row
     counts its search at its most (every extension and refinement taken; offshelf.search)."""
     from offshelf.backends import create, spec_from_config
+    from offshelf.backends.capabilities import Capability, require
 
     backend = create(spec_from_config(config))
+    require(backend, Capability.COST, "a cost plan")  # declared, not found out by calling
     most: dict[str, dict[str, int]] = {}  # table -> setting (or search) -> most samples it reads
     settings = all_settings(config)
     for row in table_rows(config):

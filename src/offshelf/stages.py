@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from offshelf.atomic import save_npz
-from offshelf.backends.base import Backend, FeatureExtractor, Pretrained, Reference, UnsupportedError
+from offshelf.backends.base import Backend, FeatureExtractor, Pretrained, Reference
+from offshelf.backends.capabilities import Capability, UnsupportedError, require, unavailable
 from offshelf.guidance import NonFiniteError, check_finite
 from offshelf.settings import Setting
 from offshelf.shards import load_shards, seed_list
@@ -42,7 +43,7 @@ def sample_shard(backend: Backend, models, setting: Setting, seeds: Sequence[int
     """uint8 NHWC images, labels and the wall seconds of one shard (``seeds``, in batches).
 
     A NaN or inf anywhere stops the shard with the setting's name: nothing is returned to write."""
-    reason = backend.unsupported(setting)
+    reason = unavailable(backend, setting)
     if reason:
         raise UnsupportedError(f"backend {backend.name!r} cannot run setting {setting.name}: {reason}")
     seeds = [int(s) for s in seeds]
@@ -63,6 +64,7 @@ def sample_shard(backend: Backend, models, setting: Setting, seeds: Sequence[int
 
 
 def reference_features(backend: Backend, files: Mapping[str, str], evaluation: Mapping[str, Any]) -> dict:
+    require(backend, Capability.REFERENCE_FEATURES, "real-image features for precision/recall")
     return backend.reference_features(files, backend.feature_extractor(files), evaluation)
 
 
@@ -89,7 +91,8 @@ def load_judge(backend: Backend, files: Mapping[str, str], reference_features_pa
     if reference_features_path:
         with np.load(reference_features_path) as stored:
             reference = {k: stored[k] for k in stored.files}
-    return Judge(backend.feature_extractor(files), backend.reference(files, reference), backend.provenance(files))
+    provenance = backend.provenance(files) if Capability.PROVENANCE in backend.capabilities else {}
+    return Judge(backend.feature_extractor(files), backend.reference(files, reference), provenance)
 
 
 def evaluate(backend: Backend, judge: Judge, shard_paths: Sequence[str],
@@ -160,6 +163,7 @@ def calibration_profile(backend: Backend, models, probe: Setting, calibration: M
     (independent trajectories). ``guided``: along the trajectories ``probe`` (a guided setting)
     samples itself, from the same seeds, so guided and unguided profiles start from the same
     noise and labels (docs/method.md §6)."""
+    require(backend, Capability.CALIBRATION, "a calibration profile")
     seeds = list(range(10_000_000, 10_000_000 + calibration["num_samples"]))
     # `guided` goes only where asked: a backend written before guided profiles still runs unguided ones
     extra = {"guided": True} if guided else {}

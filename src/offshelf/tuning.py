@@ -443,15 +443,6 @@ def base_name(spec: TuneSpec) -> str:
     return f"tuned_{spec.folder}".replace("-", "_").replace(".", "_")
 
 
-def check_judge_is_not_a_guide(guiding_files: Mapping[str, str], judging_files: Mapping[str, str]) -> None:
-    """Judge ≠ guide: no file that guides (or denoises) may also be the evaluation network."""
-    guiding = {str(Path(p).resolve()): role for role, p in guiding_files.items()}
-    for role, path in judging_files.items():
-        if str(Path(path).resolve()) in guiding:
-            raise TuneError(f"the evaluation network ({role}: {path}) is also the guiding {guiding[str(Path(path).resolve())]!r}"
-                            f" network; a tuner judged by its own guide would reward adversarial samples")
-
-
 def plot_curves(curves: pd.DataFrame, chosen: Mapping[str, float], path: Path,
                 guided: pd.DataFrame | None = None) -> None:
     """Per-step ECE and NLL of every β at the chosen τ2, and of every τ2 at the chosen β; with
@@ -500,7 +491,7 @@ def plot_curves(curves: pd.DataFrame, chosen: Mapping[str, float], path: Path,
 
 def guidance_variants(spec: TuneSpec, offshelf_classifier, finetuned=None) -> dict[float, Any]:
     """β -> the guidance object of the tuned classifier with Softplus(β) (τ is applied to logits later)."""
-    from offshelf.backends.base import guidance_for
+    from offshelf.backends.guides import guidance_for
 
     return {float(beta): guidance_for(variant_setting(spec, beta), offshelf_classifier, finetuned)
             for beta in spec.softplus_betas}
@@ -527,20 +518,31 @@ def run_tune(backend, models, spec: TuneSpec, out_dir, guiding_files: Mapping[st
     from offshelf import stages
     from offshelf.atomic import save_csv, save_json
     from offshelf.metrics import feature_statistics
+    from offshelf.backends.capabilities import Capability, UnsupportedError, require, unavailable
+    from offshelf.judge import JudgeIsGuideError, check_judge_is_not_a_guide, paths_by_source
     from offshelf.search import evaluation_to_dict, format_trace, run_search
 
-    check_judge_is_not_a_guide(guiding_files, judging_files)
+    try:
+        require(backend, Capability.TUNING, "offshelf tune")
+    except UnsupportedError as err:
+        raise TuneError(str(err)) from None
     search = search_spec(spec)  # a bad search key stops here, before Stage 1's work
+    for beta in spec.softplus_betas:  # e.g. Softplus on a family without ReLU: refused, naming the setting
+        reason = unavailable(backend, variant_setting(spec, beta))
+        if reason:
+            raise TuneError(f"tune.softplus_betas: backend {backend.name!r} cannot run "
+                            f"{variant_setting(spec, beta).name}: {reason}")
+    variants = [variant_setting(spec, beta) for beta in spec.softplus_betas]
+    try:  # judge ≠ guide: the one check config validation runs too (offshelf.judge)
+        check_judge_is_not_a_guide(backend, variants, paths_by_source(backend, variants, dict(guiding_files),
+                                                                       dict(judging_files)))
+    except JudgeIsGuideError as err:
+        raise TuneError(f"{err}; a tuner judged by its own guide would reward adversarial samples") from None
     from offshelf.backends.ddpm import DDPMModels
 
     if not isinstance(models, DDPMModels):  # EDM (σ, not respaced steps), DiT (latent: x̂0 is the VAE's)
         raise TuneError(f"backend {backend.name!r}: tuning needs a pixel-space DDPM-family backend (a denoiser and "
                         f"its respaced diffusion); this one loads {type(models).__name__}")
-    for beta in spec.softplus_betas:  # e.g. Softplus on a family without ReLU: refused, naming the setting
-        reason = backend.unsupported(variant_setting(spec, beta))
-        if reason:
-            raise TuneError(f"tune.softplus_betas: backend {backend.name!r} cannot run "
-                            f"{variant_setting(spec, beta).name}: {reason}")
     images, labels = backend.held_out_images(spec.num_images)
     if len(images) < spec.num_images:
         raise TuneError(f"backend {backend.name!r} has {len(images)} held-out images; tune.num_images = "

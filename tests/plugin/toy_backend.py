@@ -1,6 +1,7 @@
 """A third-party backend, written outside ``src/offshelf`` as a user would: an exactly solvable
 diffusion family. Each class k is an isotropic Gaussian N(μ_k, s²·I) of 1×4×4 "images", so the
 noised data, its score and both classifiers (clean and noise-aware) are closed-form. No files.
+Samples are judged by a network that guides none of them (:class:`NearestMeanJudge`: judge ≠ guide).
 
 Named in a config by import path: ``backbone: "toy_backend:ToyMixtureBackend"``.
 """
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from offshelf.backends.base import Backend, FeatureExtractor
+from offshelf.backends.capabilities import Capability
 from offshelf.backends.ddpm import DDPMModels, DDPMSampling
 from offshelf.diffusion import GaussianDiffusion, beta_schedule
 from offshelf.images import from_uint8_nhwc, to_uint8_nhwc
@@ -79,10 +81,25 @@ class ExactDenoiser(Mixture):
         return (-(1 - ab).sqrt() * score).float().view_as(x)
 
 
+class NearestMeanJudge(nn.Module):
+    """The judge: −‖x − μ_k‖² per class on the raw pixels, a template matcher that is neither
+    guiding classifier (no ReLU, no noise model, no Softplus surgery can touch it). With equal
+    isotropic class variances its argmax is the Bayes classifier's, so accuracy stays meaningful."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.register_buffer("means", class_means(num_classes).float())
+
+    def forward(self, x):
+        return -(x.flatten(1)[:, None] - self.means[None]).pow(2).sum(-1)
+
+
 class ToyMixtureBackend(DDPMSampling, Backend):
     name = "toy-mixture"
     num_classes = 3
     num_train_timesteps = STEPS
+    # Algorithm 1's calibration, Figure 4, cost and analytic figures (DDPMSampling), plus its own
+    capabilities = DDPMSampling.capabilities | {Capability.REFERENCE_FEATURES, Capability.RESPACING}
 
     @classmethod
     def options_from_config(cls, config: Mapping[str, Any]) -> dict[str, Any]:
@@ -96,7 +113,7 @@ class ToyMixtureBackend(DDPMSampling, Backend):
         return {}
 
     def unsupported(self, setting):
-        return "no label-dropout model" if setting.method == "cfg" else self.churn_unsupported(setting)
+        return "no label-dropout model" if setting.method == "cfg" else None
 
     def load(self, files, sampling, setting=None) -> DDPMModels:
         std = self.options["std"]
@@ -109,9 +126,9 @@ class ToyMixtureBackend(DDPMSampling, Backend):
         return to_uint8_nhwc(images, "round")
 
     def feature_extractor(self, files) -> FeatureExtractor:
-        judge = CleanClassifier(self.num_classes, self.options["std"])
+        judge = NearestMeanJudge(self.num_classes)  # never one of the guides (CleanClassifier, NoisyClassifier)
         return FeatureExtractor(lambda u8: from_uint8_nhwc(u8).flatten(1).numpy(),
-                                lambda u8: judge(from_uint8_nhwc(u8)).detach().numpy(), name="exact posterior")
+                                lambda u8: judge(from_uint8_nhwc(u8)).detach().numpy(), name="nearest class mean")
 
     def reference_features(self, files, extractor, evaluation=None):
         gen = torch.Generator().manual_seed(0)

@@ -177,7 +177,9 @@ def test_edm_backend_churn_rows_give_nvlabs_images(tiny_net):
     kwargs = dict(ref["sampler_kwargs"])
     setting = Setting(method="unguided", **kwargs)
     backend = EDM64Backend({"imagenet": {"device": "cpu"}})
-    assert backend.unsupported(setting) is None
+    from offshelf.backends.capabilities import unavailable
+
+    assert unavailable(backend, setting) is None
     images, labels = backend.sample(EDMModels(tiny_net, None, torch.device("cpu")), setting, ref["seeds"])
     assert labels.tolist() == ref["class_labels"].argmax(1).tolist()
     torch.testing.assert_close(images, ref["out"], rtol=0, atol=1e-5)

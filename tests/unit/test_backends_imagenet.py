@@ -138,9 +138,11 @@ def test_adm_backend_names_bad_input(tiny_files):
         resolve("adm64")
     with pytest.raises(ValueError, match="does not match|unknown"):  # the official preset does not fit the tiny file
         ADM128Backend({"imagenet": {"device": "cpu"}}).load({"denoiser": tiny_files["denoiser"]}, {"respacing": "3"})
-    assert tiny_adm().unsupported(Setting(method="cfg")) == "needs a CFG-trained model"
+    from offshelf.backends.capabilities import unavailable
+
+    assert unavailable(tiny_adm(), Setting(method="cfg")) == "needs a CFG-trained model"
     # EDM's churn on a DDPM sampler: reported, not run deterministic under a stochastic name
-    assert "S_churn" in tiny_adm().unsupported(Setting(method="unguided", S_churn=40))
+    assert "S_churn" in unavailable(tiny_adm(), Setting(method="unguided", S_churn=40))
 
 
 def test_adm_writes_uint8_as_guided_diffusion_truncating():

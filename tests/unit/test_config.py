@@ -165,3 +165,56 @@ def test_paths_resolve_inside_results(default_config, tmp_path, monkeypatch):
     (tmp_path / "results" / "logs" / "digits").write_text("")
     with pytest.raises(ConfigError, match=r"config key 'results' = 'results': results/logs/digits exists and is not a folder"):
         validate_config(config)
+
+
+# ---------------------------------------------------------------- each backend owns its section (issue 22)
+
+
+def test_each_backend_owns_its_config_section():
+    """The main schema holds a placeholder for `digits:` / `imagenet:`; the keys are the backend's
+    (``config_schema``, a YAML file beside its module), merged in for that backbone only."""
+    from offshelf.backends import BACKENDS, resolve
+    from offshelf.config import backend_schema, schema_text
+
+    main = yaml.safe_load(schema_text())
+    assert set(main["properties"]["digits"]) <= {"type", "description"} and "train" not in main["$defs"]
+    sections = {name: set(backend_schema(resolve(name)).get("properties", {})) for name in BACKENDS}
+    assert sections == {"digits": {"digits"}, "adm128": {"imagenet"}, "edm64": {"imagenet"}, "dit256": {"imagenet"}}
+    assert "train" in backend_schema(resolve("digits"))["$defs"]
+
+
+def test_a_backend_schema_may_not_redefine_a_shared_key(default_config, third_party, monkeypatch):
+    from offshelf.backends import resolve
+
+    config = {k: v for k, v in copy.deepcopy(default_config).items() if k != "digits"}
+    config.update(backbone=third_party, backend_options={"std": 0.2})
+    config["figures"]["figure4"]["label"] = 2
+    cls = resolve(third_party)
+    monkeypatch.setattr(cls, "config_schema", {"properties": {"backend_options": {
+        "type": "object", "additionalProperties": False, "properties": {"std": {"type": "number"}}}}})
+    validate_config(config)
+    with pytest.raises(ConfigError, match=r"^config key 'backend_options': unknown key\(s\) \['mean'\]"):
+        validate_config(dict(config, backend_options={"mean": 1}))
+    monkeypatch.setattr(cls, "config_schema", {"properties": {"sampling": {"type": "object"}}})
+    with pytest.raises(ConfigError, match=r"redefines the shared config keys \['sampling'\]"):
+        validate_config(config)
+
+
+def test_a_config_asking_for_an_undeclared_capability_is_one_line(default_config, third_party, monkeypatch):
+    from offshelf.backends import resolve
+    from offshelf.backends.capabilities import Capability
+
+    config = {k: v for k, v in copy.deepcopy(default_config).items() if k != "digits"}
+    config.update(backbone=third_party, backend_options={})
+    config["figures"]["figure4"]["label"] = 2
+    cls = resolve(third_party)
+    monkeypatch.setattr(cls, "capabilities", cls.capabilities - {Capability.GRADIENTS})
+    with pytest.raises(ConfigError, match=r"^config key 'backbone' = 'my_backend_for_config_tests:Mine': backend "
+                                          r"'toy-mixture' does not declare capability 'gradient_trajectories' "
+                                          r"\(figures\.figure4 needs it\)"):
+        validate_config(config)
+    del config["figures"]["figure4"]
+    validate_config(config)
+    monkeypatch.setattr(cls, "capabilities", cls.capabilities - {Capability.GRADIENTS, Capability.TUNING})
+    with pytest.raises(ConfigError, match=r"does not declare capability 'tuning' \(the tune section needs it\)"):
+        validate_config(dict(config, tune={}))

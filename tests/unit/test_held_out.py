@@ -57,7 +57,7 @@ def test_folder_errors_name_the_folder_or_file(tmp_path):
 
 def test_cli_file_is_what_the_adm_backend_reads(tmp_path):
     from offshelf.backends import create
-    from offshelf.backends.base import UnsupportedError
+    from offshelf.backends.capabilities import UnsupportedError
 
     root = image_folder(tmp_path / "val", {0: 1, 7: 2})
     out = tmp_path / "held_out_128.npz"

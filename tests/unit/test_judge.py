@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from offshelf.backends.base import JudgeIsGuideError, Pretrained, Trained, check_judge_is_not_a_guide
+from offshelf.backends.base import Pretrained, Trained
+from offshelf.judge import JudgeIsGuideError, check_judge_is_not_a_guide
 from offshelf.backends.digits import DigitsBackend
 from offshelf.config import ConfigError, read_yaml, validate_config
 from offshelf.settings import Setting

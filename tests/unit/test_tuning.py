@@ -16,7 +16,8 @@ import yaml
 
 from offshelf.diffusion import GaussianDiffusion
 from offshelf.guidance import ClassifierGuidance
-from offshelf.tuning import (TuneError, TuneSpec, calibrate, check_judge_is_not_a_guide, nll_optimal_temperature,
+from offshelf.settings import Setting
+from offshelf.tuning import (TuneError, TuneSpec, calibrate, nll_optimal_temperature, run_tune,
                              search_spec, sine_factor_from_calibration, temperature_scores, tuned_base)
 from test_guidance_analytic import COVS, MEANS, NUM_TRAIN_STEPS, WEIGHTS, ExactDenoiser, NoisyPosterior
 
@@ -254,10 +255,14 @@ def test_too_few_held_out_images():
 
 def test_backend_without_held_out_images_says_so():
     from offshelf.backends import create
-    from offshelf.backends.base import UnsupportedError
+    from offshelf.backends.capabilities import UnsupportedError
 
     with pytest.raises(UnsupportedError, match=r"config key 'imagenet\.held_out' is not set"):
-        create({"name": "edm64", "options": {}}).held_out_images(10)
+        create({"name": "adm128", "options": {}}).held_out_images(10)
+    edm = create({"name": "edm64", "options": {}})  # not a pixel DDPM: it does not declare tuning
+    assert "tuning" not in edm.capabilities and not hasattr(edm, "held_out_images")
+    with pytest.raises(TuneError, match=r"^backend 'edm64' does not declare capability 'tuning'"):
+        run_tune(edm, None, TuneSpec(), ".", {}, {})
 
 
 def test_digits_held_out_images_are_the_test_split():
@@ -270,10 +275,19 @@ def test_digits_held_out_images_are_the_test_split():
 
 
 def test_judge_must_not_be_a_guide(tmp_path):
-    files = {"denoiser": str(tmp_path / "d.pt"), "offshelf": str(tmp_path / "c.pt")}
-    check_judge_is_not_a_guide(files, {"evaluator": str(tmp_path / "e.pt")})
-    with pytest.raises(TuneError, match="evaluation network .* also the guiding 'offshelf'"):
-        check_judge_is_not_a_guide(files, {"evaluator": str(tmp_path / "c.pt")})
+    """run_tune's judge check is offshelf.judge's, on the job's files: the same path refused."""
+    from offshelf.backends.digits import DigitsBackend
+    from offshelf.judge import JudgeIsGuideError, check_judge_is_not_a_guide, paths_by_source
+
+    backend, settings = DigitsBackend(), [Setting(regime="uncond")]
+    files = {"denoiser": str(tmp_path / "d.pt"), "offshelf": str(tmp_path / "c.pt"), "finetuned": str(tmp_path / "f.pt")}
+    check_judge_is_not_a_guide(backend, settings, paths_by_source(backend, settings, files,
+                                                                  {"evaluator": str(tmp_path / "e.pt")}))
+    with pytest.raises(JudgeIsGuideError, match=r"guiding classifier 'offshelf' .* the same file .*c\.pt"):
+        check_judge_is_not_a_guide(backend, settings, paths_by_source(backend, settings, files,
+                                                                      {"evaluator": str(tmp_path / "c.pt")}))
+    with pytest.raises(TuneError, match=r"guiding classifier 'offshelf'.*adversarial"):
+        run_tune(backend, None, TuneSpec(regime="uncond"), tmp_path, files, {"evaluator": str(tmp_path / "c.pt")})
 
 
 # ----------------------------------------------------------------------------

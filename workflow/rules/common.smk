@@ -1,7 +1,8 @@
 # Input and params functions of the rules: which files a job reads, from the backend's answer.
 import json
 
-from offshelf.backends.base import Pretrained, Trained, UnsupportedError
+from offshelf.backends.base import Pretrained, Trained
+from offshelf.backends.capabilities import Capability
 from offshelf.plan import calibration_params, figure_guided_probes, first_seeds
 
 
@@ -41,7 +42,7 @@ def all_sources():
 def trained_roles():
     """Roles the workflow trains, in the config's order."""
     needed = {s.role for s in all_sources() if isinstance(s, Trained)}
-    return [role for role in BACKEND.training_from_config(config) if role in needed]
+    return [role for role in TRAINING if role in needed]
 
 
 def fetched_files():
@@ -87,7 +88,7 @@ def evaluation_inputs(wc):
 def judge_inputs():
     """The judging network's files and, where the backend keeps them, the real images' features."""
     inputs = evaluation_files()
-    if BACKEND.has_reference_features():
+    if Capability.REFERENCE_FEATURES in BACKEND.capabilities:
         inputs["reference"] = f"{EXP}/reference/features.npz"
     return inputs
 
@@ -110,10 +111,9 @@ FIGURE4_SETTING = Setting(regime="uncond", classifier="offshelf", input="x0", so
 # Guidance-scale search (search.smk)
 def denoiser_per_sample(setting):
     """Denoiser evaluations one sample of ``setting`` costs, where the backend counts them."""
-    try:
-        return BACKEND.work_per_sample(setting, config["sampling"])["denoiser"]
-    except UnsupportedError:
+    if Capability.COST not in BACKEND.capabilities:
         return None
+    return BACKEND.work_per_sample(setting, config["sampling"])["denoiser"]
 
 
 def round_proposals(search, k):

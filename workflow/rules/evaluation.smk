@@ -1,7 +1,7 @@
 # Features of the real reference images once; FID / precision / recall (/ accuracy where the
 # judging network classifies) per evaluation (a setting's first N samples).
 
-if BACKEND.has_reference_features():
+if Capability.REFERENCE_FEATURES in BACKEND.capabilities:
 
     rule reference_features:
         input:

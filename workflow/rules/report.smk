@@ -3,7 +3,7 @@
 # Figures a config asks for (calibration curves, the gradient panel) and the analytic figures
 # (Gaussian mixture, DDPM guidance schedules) of the backend's family.
 FIGURES = sorted([f for f in ("figure1", "figure2", "figure4") if f in config.get("figures", {})]
-                 + list(BACKEND.analytic_figures))
+                 + list(BACKEND.analytic_figures if Capability.ANALYTIC_FIGURES in BACKEND.capabilities else ()))
 
 
 rule figure_calibration:
@@ -85,7 +85,7 @@ rule report:
         plan={k: config[k] for k in ("tables", "bases", "regimes", "scales", "search", "cfg_scales", "sampling", "calibration",
                                      "backbone", "imagenet", "backend_options") if k in config},
         experiment=config["experiment"],
-        comparable=BACKEND.paper_comparable,
+        comparable=Capability.PAPER_COMPARABLE in BACKEND.capabilities,
         library=LIBRARY,
     log:
         f"{LOGS}/report.log",

@@ -14,7 +14,7 @@ rule tune:
     input:
         **setting_files(TUNE_SETTING),
         **evaluation_files(),
-        **({"reference_features": f"{EXP}/reference/features.npz"} if BACKEND.has_reference_features() else {}),
+        **({"reference_features": f"{EXP}/reference/features.npz"} if Capability.REFERENCE_FEATURES in BACKEND.capabilities else {}),
     output:
         # the evidence in `snakemake tune --report`: both stages' curves and the scale search's trace
         **{name.replace(".", "_"): (report(f"{TUNE_DIR}/{name}", category="Tuning") if name in TUNE_EVIDENCE

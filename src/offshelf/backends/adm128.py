@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from offshelf.backends.base import Pretrained
+from offshelf.backends.capabilities import Capability, UnsupportedError
 from offshelf.backends.ddpm import DDPMModels, DDPMSampling
 from offshelf.backends.imagenet import ImageNetBackend
 from offshelf.diffusion import GaussianDiffusion
@@ -41,6 +42,7 @@ class ADM128Backend(DDPMSampling, ImageNetBackend):
     name = "adm128"
     denoiser_checkpoint = ADM_PRESETS["denoiser"]
     default_reference = "ref_imagenet128"
+    capabilities = ImageNetBackend.capabilities | DDPMSampling.capabilities | {Capability.TUNING, Capability.RESPACING}
 
     @property
     def architectures(self) -> dict[str, str | dict]:
@@ -60,7 +62,7 @@ class ADM128Backend(DDPMSampling, ImageNetBackend):
     def unsupported(self, setting: Setting) -> str | None:
         if setting.method == "cfg":
             return "needs a CFG-trained model"
-        return self.churn_unsupported(setting)
+        return None
 
     def load(self, files: Mapping[str, str], sampling: Mapping[str, Any], setting: Setting | None = None) -> DDPMModels:
         device, arch = self.device, self.architectures
@@ -76,3 +78,16 @@ class ADM128Backend(DDPMSampling, ImageNetBackend):
 
     def to_uint8(self, images: torch.Tensor) -> np.ndarray:
         return to_uint8_nhwc(images, "adm")
+
+    def held_out_images(self, count: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The labelled file ``imagenet.held_out`` names (ImageNet validation images, which no
+        network here trained on, built by ``offshelf held-out``; :mod:`offshelf.held_out`)."""
+        from offshelf.held_out import load_held_out
+
+        path = self.imagenet.get("held_out")
+        if not path:
+            raise UnsupportedError("config key 'imagenet.held_out' is not set: offshelf tune's calibration stage needs "
+                                   "labelled ImageNet validation images; build the file with `offshelf held-out "
+                                   f"--folder <ImageNet val> --resolution {self.image_shape[1]} --out FILE`")
+        x, y = load_held_out(path, self.image_shape, self.num_classes, "imagenet.held_out")
+        return (x, y) if count is None else (x[:count], y[:count])

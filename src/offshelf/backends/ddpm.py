@@ -9,7 +9,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from offshelf.backends.base import guidance_for
+from offshelf.backends.capabilities import Capability
+from offshelf.backends.guides import guidance_for
 from offshelf.calibration import CalibrationRecorder
 from offshelf.diffusion import GaussianDiffusion
 from offshelf.guidance import Guidance
@@ -57,6 +58,9 @@ def sample_batch(setting: Setting, models: DDPMModels, seeds: list[int], callbac
 class DDPMSampling:
     """Backend methods of the DDPM family (mixed into :class:`~offshelf.backends.base.Backend`)."""
 
+    #: what the mixin brings; a backend using it adds these to its own ``capabilities``
+    capabilities = frozenset({Capability.CALIBRATION, Capability.GRADIENTS, Capability.COST,
+                              Capability.ANALYTIC_FIGURES})
     analytic_figures = ("figure3", "figure5")
 
     def work_per_sample(self, setting: Setting, sampling) -> dict[str, int]:

@@ -17,6 +17,7 @@ import torch
 
 from offshelf.backbones import digits
 from offshelf.backends.base import Backend, FeatureExtractor, Trained
+from offshelf.backends.capabilities import Capability
 from offshelf.backends.ddpm import DDPMModels, DDPMSampling
 from offshelf.diffusion import GaussianDiffusion
 from offshelf.images import from_uint8_nhwc, to_uint8_nhwc
@@ -29,6 +30,9 @@ class DigitsBackend(DDPMSampling, Backend):
     num_train_timesteps = digits.TrainConfig.num_train_timesteps
     name = "digits"
     num_classes = digits.NUM_CLASSES
+    capabilities = DDPMSampling.capabilities | {Capability.TRAINING, Capability.TUNING,
+                                                Capability.REFERENCE_FEATURES, Capability.RESPACING}
+    config_schema = "schemas/digits.schema.yaml"  # the `digits:` section
 
     @classmethod
     def options_from_config(cls, config: Mapping[str, Any]) -> dict[str, Any]:
@@ -84,7 +88,7 @@ class DigitsBackend(DDPMSampling, Backend):
 
     def unsupported(self, setting: Setting) -> str | None:
         self.classifier_role(setting)  # an unknown family or Softplus on GELU is an error, not a skipped row
-        return self.churn_unsupported(setting)
+        return None
 
     def evaluation_files(self) -> dict[str, Trained]:
         return {"evaluator": Trained("evaluator")}

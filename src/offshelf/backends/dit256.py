@@ -9,7 +9,8 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from offshelf.backends.base import guidance_for
+from offshelf.backends.capabilities import Capability
+from offshelf.backends.guides import guidance_for
 from offshelf.backends.imagenet import ImageNetBackend
 from offshelf.diffusion import GaussianDiffusion
 from offshelf.images import to_uint8_nhwc
@@ -38,6 +39,7 @@ class DiT256Backend(ImageNetBackend):
     name = "dit256"
     denoiser_checkpoint = "dit_xl2_256"
     default_reference = "ref_imagenet256"
+    capabilities = ImageNetBackend.capabilities | {Capability.COST, Capability.RESPACING}
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

@@ -10,7 +10,8 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from offshelf.backends.base import guidance_for
+from offshelf.backends.capabilities import Capability
+from offshelf.backends.guides import guidance_for
 from offshelf.backends.imagenet import ImageNetBackend
 from offshelf.images import to_uint8_nhwc
 from offshelf.guidance import Guidance
@@ -30,7 +31,7 @@ class EDM64Backend(ImageNetBackend):
     name = "edm64"
     denoiser_checkpoint = "edm_imagenet64_cond"
     default_reference = "ref_imagenet64_edm"
-    takes_churn = True
+    capabilities = ImageNetBackend.capabilities | {Capability.COST, Capability.STOCHASTIC}
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

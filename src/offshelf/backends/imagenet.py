@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from offshelf.backends.base import Backend, FeatureExtractor, Pretrained, Reference
+from offshelf.backends.capabilities import Capability
 from offshelf.settings import Setting
 
 NUM_CLASSES = 1000
@@ -56,11 +57,17 @@ class ImageNetBackend(Backend):
     """Base of adm128, edm64 and dit256. Options: the config's ``imagenet`` section."""
 
     num_classes = NUM_CLASSES
-    paper_comparable = True
+    capabilities = frozenset({Capability.PAPER_COMPARABLE, Capability.REFERENCE_FEATURES, Capability.PROVENANCE})
+    config_schema = "schemas/imagenet.schema.yaml"  # the `imagenet:` section
     #: registry name of the diffusion network
     denoiser_checkpoint: str = ""
     #: registry name of the reference batch used by default (``imagenet.reference`` overrides)
     default_reference: str = ""
+
+    def __init__(self, options: Mapping[str, Any] | None = None):
+        super().__init__(options)
+        if not REFERENCE_HAS_IMAGES.get(self.reference_name, True):  # EDM's fid-refs: mu/sigma only
+            self.capabilities = type(self).capabilities - {Capability.REFERENCE_FEATURES}
 
     @classmethod
     def options_from_config(cls, config: Mapping[str, Any]) -> dict[str, Any]:
@@ -109,7 +116,7 @@ class ImageNetBackend(Backend):
         if setting.method == "guided" and setting.classifier != "offshelf":
             return "this backbone guides with the off-the-shelf classifier only"
         self.check_network(setting)
-        return self.churn_unsupported(setting)
+        return None
 
     def check_network(self, setting: Setting) -> None:
         """A setting's network must name a classifier (ValueError otherwise, naming the setting),
@@ -165,9 +172,6 @@ class ImageNetBackend(Backend):
         return {"inception": Pretrained(FID_PROTOCOLS[self.fid_protocol]),
                 "reference_stats": Pretrained(self.reference_name)}
 
-    def has_reference_features(self) -> bool:
-        return REFERENCE_HAS_IMAGES.get(self.reference_name, True)
-
     def feature_extractor(self, files: Mapping[str, str]) -> FeatureExtractor:
         protocol = self.fid_protocol
         if protocol == "pytorch_fid":
@@ -201,20 +205,6 @@ class ImageNetBackend(Backend):
 
         images, _ = load_samples(files["reference_stats"], require_labels=False)
         return {"features": extract_features(images, extractor.features, extractor.batch_size)}
-
-    def held_out_images(self, count: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The labelled file ``imagenet.held_out`` names (ImageNet validation images, which no
-        network here trained on, built by ``offshelf held-out``; :mod:`offshelf.held_out`)."""
-        from offshelf.backends.base import UnsupportedError
-        from offshelf.held_out import load_held_out
-
-        path = self.imagenet.get("held_out")
-        if not path:
-            raise UnsupportedError("config key 'imagenet.held_out' is not set: offshelf tune's calibration stage needs "
-                                   "labelled ImageNet validation images; build the file with `offshelf held-out "
-                                   f"--folder <ImageNet val> --resolution {self.image_shape[1]} --out FILE`")
-        x, y = load_held_out(path, self.image_shape, self.num_classes, "imagenet.held_out")
-        return (x, y) if count is None else (x[:count], y[:count])
 
     def reference(self, files: Mapping[str, str], reference_features: Mapping[str, np.ndarray] | None) -> Reference:
         from offshelf.metrics import load_reference_stats

@@ -1,0 +1,93 @@
+"""What a backend can do beyond its required core, declared rather than discovered.
+
+A backend class lists its optional capabilities in ``capabilities`` (a frozenset of
+:class:`Capability` values). The planner, the config validation, the workflow's rules and the
+``offshelf`` command read that declaration (``Capability.TUNING in backend_class.capabilities``):
+no capability is found out by calling a method and catching an error. ``tests/test_backends_capabilities.py``
+checks every built-in backend (and the toy plug-in) declares exactly the capabilities it implements
+(:data:`MEMBERS`: the members each capability brings).
+
+An instance may *narrow* its class's declaration from its options, never widen it (ImageNet:
+a reference batch without images, EDM's fid-refs, has no ``reference_features``).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+
+class Capability(StrEnum):
+    TRAINING = "training"                        # networks the workflow trains (Trained roles)
+    CALIBRATION = "calibration"                  # per-step ECE profiles (ice columns, Figures 1-2)
+    GRADIENTS = "gradient_trajectories"          # Figure 4's x̂0 / gradient panels
+    TUNING = "tuning"                            # offshelf tune: held-out images + a pixel DDPM sampler
+    COST = "cost"                                # network evaluations per sample (cost plans, searches)
+    ANALYTIC_FIGURES = "analytic_figures"        # the family's analytic figures in the report
+    REFERENCE_FEATURES = "reference_features"    # real-image features (precision/recall)
+    PROVENANCE = "provenance"                    # extra facts in every metrics file
+    RESPACING = "respacing"                      # a discrete schedule sampling.respacing respaces
+    PAPER_COMPARABLE = "paper_comparable"        # numbers comparable with the paper's (a flag)
+    STOCHASTIC = "stochastic_sampling"           # EDM's churn: settings with S_churn > 0 (a flag)
+
+
+#: capability -> the members (methods, class attributes) a backend declaring it defines
+MEMBERS: dict[Capability, tuple[str, ...]] = {
+    Capability.TRAINING: ("training_from_config", "train"),
+    Capability.CALIBRATION: ("calibration_profile",),
+    Capability.GRADIENTS: ("gradient_trajectories",),
+    Capability.TUNING: ("held_out_images",),
+    Capability.COST: ("work_per_sample",),
+    Capability.ANALYTIC_FIGURES: ("analytic_figures",),
+    Capability.REFERENCE_FEATURES: ("reference_features",),
+    Capability.PROVENANCE: ("provenance",),
+    Capability.RESPACING: ("num_train_timesteps",),
+    Capability.PAPER_COMPARABLE: (),
+    Capability.STOCHASTIC: (),
+}
+
+#: capabilities that need others (tuning calibrates along the family's reverse process)
+NEEDS: dict[Capability, frozenset[Capability]] = {
+    Capability.TUNING: frozenset({Capability.CALIBRATION, Capability.COST}),
+}
+
+
+class UnsupportedError(ValueError):
+    """A backend was asked for something it does not do (or not with these options); the message says why."""
+
+
+def _name(backend: Any) -> str:
+    return getattr(backend, "name", "") or type(backend).__name__
+
+
+def has(backend: Any, capability: Capability | str) -> bool:
+    """Whether a backend (class or instance) declares ``capability``."""
+    return Capability(capability) in backend.capabilities
+
+
+def require(backend: Any, capability: Capability | str, needed_by: str = "") -> None:
+    """Raise :class:`UnsupportedError` (one line, naming the backend and the capability) unless
+    ``backend`` declares ``capability``."""
+    capability = Capability(capability)
+    if capability not in backend.capabilities:
+        members = ", ".join(MEMBERS[capability]) or "a declaration"
+        why = f" ({needed_by} needs it)" if needed_by else ""
+        raise UnsupportedError(f"backend {_name(backend)!r} does not declare capability {capability.value!r}"
+                               f"{why}; a backend declaring it implements {members}")
+
+
+def implemented(cls: type) -> frozenset[Capability]:
+    """The capabilities whose members ``cls`` defines (flags without members are not detectable)."""
+    return frozenset(c for c, names in MEMBERS.items()
+                     if names and all(getattr(cls, n, None) not in (None, ()) for n in names))
+
+
+def unavailable(backend: Any, setting: Any) -> str | None:
+    """Why ``backend`` cannot run ``setting`` (the report prints it), or None: first what its
+    declared capabilities rule out, then the family's own :meth:`~offshelf.backends.base.Backend.unsupported`.
+    The planner, the sample job, the command line and the tuner all ask through this, so a row
+    with churn on a deterministic sampler is reported, never run deterministic under a stochastic name."""
+    if getattr(setting, "S_churn", 0) and Capability.STOCHASTIC not in backend.capabilities:
+        return (f"S_churn > 0 is EDM's stochastic sampling; backend {_name(backend)!r} does not declare "
+                f"capability {Capability.STOCHASTIC.value!r}")
+    return backend.unsupported(setting)
