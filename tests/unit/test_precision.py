@@ -257,7 +257,7 @@ def test_noise_aware_classifier_gradient_stays_fp32_under_a_callers_autocast():
 @pytest.fixture(scope="module")
 def dit_folders(tmp_path_factory):
     pytest.importorskip("diffusers")
-    from test_dit import tiny_transformer, tiny_vae
+    from test_backbones_dit import tiny_transformer, tiny_vae
 
     root = tmp_path_factory.mktemp("dit_dtypes")
     tiny_transformer().save_pretrained(root / "transformer")
@@ -279,7 +279,7 @@ LOW_PRECISION = {torch.bfloat16: (5e-2, 5e-2, 1e-2), torch.float16: (1e-2, 1e-2,
 
 @pytest.mark.parametrize("dtype", list(LOW_PRECISION), ids=str)
 def test_dit_and_vae_run_in_their_loaded_dtype_and_return_fp32(dit_folders, dtype):
-    from test_dit import LATENT, _inputs
+    from test_backbones_dit import LATENT, _inputs
 
     from offshelf.samplers.dit import decode
 
@@ -300,7 +300,7 @@ def test_dit_and_vae_run_in_their_loaded_dtype_and_return_fp32(dit_folders, dtyp
 
 @pytest.mark.parametrize("dtype", list(LOW_PRECISION), ids=str)
 def test_guided_dit_sampling_through_a_low_precision_decoder(dit_folders, dtype):
-    from test_dit import LATENT, tiny_classifier
+    from test_backbones_dit import LATENT, tiny_classifier
 
     from offshelf.samplers.dit import decoder_gradient, dit_diffusion, dit_sample
     from offshelf.seeding import StackedRandomGenerator
@@ -329,7 +329,7 @@ def test_guided_dit_sampling_through_a_low_precision_decoder(dit_folders, dtype)
 def test_fp16_decoder_gradient_is_loss_scaled_and_fp32_is_untouched(dit_folders):
     """At the ẑ0 of a real (tiny) trajectory the gradient entering an fp16 decoder's backward is
     ~1e-7 per element and underflows fp16; decoder_gradient scales it (FP16_DECODER_LOSS_SCALE)."""
-    from test_dit import LATENT, tiny_classifier
+    from test_backbones_dit import LATENT, tiny_classifier
 
     from offshelf.guidance import calibrated_gradient
     from offshelf.samplers.dit import decode, decoder_gradient, dit_diffusion, dit_sample

@@ -18,11 +18,12 @@ PLUGIN = REPO / "tests" / "plugin"
 
 
 def plugin_config(tmp_path):
-    """config/ci.yaml with the third-party backend instead of digits: every table and figure kept."""
+    """config/ci.yaml with the third-party backend instead of digits: every table and figure kept,
+    the conditional regime alone (the unconditional one runs the same rules on other settings)."""
     config = yaml.safe_load((REPO / "config" / "ci.yaml").read_text())
     del config["digits"]
     config.update(backbone="toy_backend:ToyMixtureBackend", backend_options={"std": 0.2}, experiment="toy",
-                  results=str(tmp_path / "results"))
+                  results=str(tmp_path / "results"), regimes=["cond"])
     config["sampling"].update(num_samples=48, shard_size=24, batch_size=24)
     config["search"]["low_fidelity"] = 24  # one shard, as in ci.yaml
     config["calibration"]["num_samples"] = 24
