@@ -86,7 +86,7 @@ class Context:
 
     def __init__(self, args):
         from offshelf import backends
-        from offshelf.plan import canonical
+        from offshelf.planning.params import canonical
 
         self.config: dict[str, Any] = {}
         if args.config:
@@ -112,7 +112,7 @@ class Context:
     def files(self, sources: dict) -> dict[str, str]:
         """Role -> path: ``--checkpoint ROLE=PATH``, else where the workflow keeps it."""
         from offshelf.backends.base import Trained
-        from offshelf.plan import pretrained_path
+        from offshelf.planning.params import pretrained_path
 
         files = {}
         for role, source in sources.items():
@@ -257,17 +257,18 @@ def cmd_tune(args) -> int:
 
 def cmd_plan(args) -> int:
     """The sampling work of a workflow config, per table and in total; hours given per-evaluation costs."""
-    from offshelf.config import load_config
-    from offshelf.plan import cost_plan, describe_job_counts
+    from offshelf.config import read_config, validated_plan
+    from offshelf.planning.costs import cost_plan, describe_job_counts
 
-    config = load_config(args.config)
+    config = read_config(args.config)
+    plan = validated_plan(config)  # built once: the job counts and the costs read it
     seconds = None
     if args.seconds_per_denoiser is not None or args.seconds_per_classifier is not None:
         if args.seconds_per_denoiser is None or args.seconds_per_classifier is None:
             raise ArgumentError("--seconds-per-denoiser", "give both per-evaluation costs, or neither")
         seconds = {"denoiser": args.seconds_per_denoiser, "classifier": args.seconds_per_classifier}
-    rows = cost_plan(config, seconds)
-    print(describe_job_counts(config))
+    rows = cost_plan(config, plan, seconds)
+    print(describe_job_counts(config, plan))
     head = ["table", "settings", "samples", "denoiser evaluations", "classifier gradients"] + (["hours"] if seconds else [])
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for r in rows:

@@ -9,8 +9,11 @@ Order of the checks, each refusing before the next runs:
 2. non-finite numbers (``.nan``, ``.inf``) anywhere, by key path;
 3. the schema (``offshelf/schemas/config.schema.yaml``, shipped inside the package; the workflow
    reaches the same file through ``workflow/schemas/config.schema.yaml``, a symlink);
-4. table rows that build valid settings, ``sampling.respacing`` against the backbone's schedule;
-5. the number of jobs (:func:`offshelf.plan.job_counts`, bounded by ``max_jobs``);
+4. the plan (:func:`offshelf.planning.plan.build_plan`, built once: :func:`validated_plan`
+   returns it): the number of jobs (bounded by ``max_jobs``, a runaway shard count refused by
+   arithmetic before any row is built), then table rows that build valid settings;
+5. ``sampling.respacing`` against the backbone's schedule, labels, and the judge against the
+   plan's guiding classifiers;
 6. output paths: ``<results>/<experiment>`` and ``<results>/logs/<experiment>`` provably inside
    ``results``, and no regular file where a folder must go.
 
@@ -205,7 +208,25 @@ def check_paths(config: dict[str, Any]) -> None:
 
 
 def validate_config(config: dict[str, Any], schema_path: str | Path | None = None) -> dict[str, Any]:
-    """Validate ``config`` (see the module docstring for the order of the checks)."""
+    """Validate ``config`` (see the module docstring for the order of the checks); returns it."""
+    validated_plan(config, schema_path)
+    return config
+
+
+def validated_plan(config: dict[str, Any], schema_path: str | Path | None = None):
+    """Validate ``config`` and return its plan (:class:`offshelf.planning.plan.Plan`), built once:
+    the checks that need the table rows read them from it."""
+    check_schema(config, schema_path)
+    plan = checked_plan(config)
+    check_respacing(config)
+    check_labels(config)
+    check_paths(config)
+    check_judge(config, plan)
+    return plan
+
+
+def check_schema(config: dict[str, Any], schema_path: str | Path | None = None) -> None:
+    """The checks that need no table row: backbone, finite values, the schema, scale grids, calibration."""
     import jsonschema
 
     if not isinstance(config, dict):
@@ -219,38 +240,34 @@ def validate_config(config: dict[str, Any], schema_path: str | Path | None = Non
         # the most specific error first: oneOf wrappers hide their useful context
         best = jsonschema.exceptions.best_match(errors)
         raise ConfigError(_explain(best, schema, config))
-
-    from offshelf.plan import TooManyJobsError, job_counts, table_rows
-
     for regime in config["regimes"]:
         if "search" not in config and regime not in config.get("scales", {}):  # `search` chooses scales instead
             raise ConfigError(f"config key 'scales.{regime}' is missing: regime {regime!r} needs a scale grid "
                               f"(or give a 'search' section)")
     check_calibration(config)
+
+
+def checked_plan(config: dict[str, Any]):
+    """The config's plan; a runaway job count (refused by arithmetic before any row is built) or an
+    invalid row stops here as a ConfigError naming the key."""
+    from offshelf.planning.costs import TooManyJobsError
+    from offshelf.planning.plan import build_plan
+
     try:
-        job_counts(config)  # before the rows: a runaway shard count is refused by arithmetic alone
+        return build_plan(config)
     except TooManyJobsError as err:
         raise ConfigError(str(err)) from err
-    except ValueError:
-        pass  # an invalid row: reported below, naming 'tables'
-    try:
-        table_rows(config)
     except ValueError as err:
         message = str(err)  # a row's search names its own key ('search.<key>')
         raise ConfigError(message if message.startswith("config key ") else f"config key 'tables': {err}") from err
-    check_respacing(config)
-    check_labels(config)
-    check_paths(config)
-    check_judge(config)
-    return config
 
 
-def check_judge(config: dict[str, Any]) -> None:
-    """The evaluation network must not be a classifier that guides any planned setting
+def check_judge(config: dict[str, Any], plan) -> None:
+    """The evaluation network must not be a classifier that guides any setting ``plan`` holds
     (offshelf.backends.base.check_judge_is_not_a_guide: same source, file or content)."""
     from offshelf.backends import create, spec_from_config
     from offshelf.backends.base import JudgeIsGuideError, Trained, check_judge_is_not_a_guide
-    from offshelf.plan import all_probes, all_settings, pretrained_path
+    from offshelf.planning.params import pretrained_path
     from offshelf.settings import probe_setting
 
     def path_of(source) -> str:  # where the workflow's rules put each file (workflow/rules/common.smk)
@@ -258,7 +275,7 @@ def check_judge(config: dict[str, Any]) -> None:
             return f"{config['results']}/{config['experiment']}/models/{source.role}.pt"
         return pretrained_path(config, source.name)
 
-    settings = list(all_settings(config).values()) + [probe_setting(p) for p in all_probes(config)]
+    settings = list(plan.settings.values()) + [probe_setting(p) for p in plan.probes]
     try:
         check_judge_is_not_a_guide(create(spec_from_config(config)), settings, path_of,
                                    config.get("checkpoints", {}).get("registry"))
@@ -294,12 +311,18 @@ def check_labels(config: dict[str, Any]) -> None:
                           f"classes 0..{num_classes - 1}")
 
 
-def load_config(path: str | Path) -> dict[str, Any]:
+def read_config(path: str | Path) -> dict[str, Any]:
+    """A config file's mapping, not yet validated."""
     path = Path(path)
     config = read_yaml(path)
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
-    return validate_config(config)
+    return config
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """A config file, validated."""
+    return validate_config(read_config(path))
 
 
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
