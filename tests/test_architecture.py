@@ -112,3 +112,56 @@ def test_snakemake_lint_is_clean(config, tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "Congratulations, your workflow is in a good condition!" in proc.stdout + proc.stderr
     assert "Lints for" not in proc.stdout + proc.stderr
+
+
+# --- a setting's parameters are data, never parsed from its name --------------------------------
+
+PLANNING_PATH = ["offshelf.planning", "offshelf.settings", "offshelf.search", "offshelf.config", "offshelf.grids",
+                 "offshelf.report", "offshelf.tables"]
+RE_CALLS = {"match", "search", "fullmatch", "findall", "finditer", "compile", "sub", "subn", "split"}
+# what a setting or evaluation name holds: _s<scale>_r<steps>, _ssearch, +n<samples>, _g, _tj, _tm, _sw, _n<steps>
+SETTING_MARKERS = ("_s", "_r", "+n", r"\+n", "ssearch", "_g", "_tj", "_tm", "_sw", "_n")
+
+
+def test_the_planning_path_does_not_import_re():
+    """The modules that plan, name and look up settings do not import ``re`` at all: a searched
+    scale's setting comes from its search round's record, an evaluation's from the Plan."""
+    modules = {module_name(p): p for p in (SRC / "offshelf").rglob("*.py")}
+    offenders = []
+    for name, path in modules.items():
+        if not any(name == m or name.startswith(m + ".") for m in PLANNING_PATH):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import) and any(a.name == "re" for a in node.names):
+                offenders.append(f"{name}:{node.lineno}")
+            elif isinstance(node, ast.ImportFrom) and node.module == "re":
+                offenders.append(f"{name}:{node.lineno}")
+    assert not offenders, f"the planning path imports re: {offenders}"
+
+
+def test_nothing_matches_a_setting_name_with_a_regex():
+    """No ``re.<call>`` in src/offshelf has a pattern holding a setting-name marker, and nothing
+    splits a name at ``+n`` (the former ``parse_evaluation_name``) or ``_s`` (``lookup_setting``)."""
+    offenders = []
+    for path in (SRC / "offshelf").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            literals = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+            calls_re = isinstance(node.func.value, ast.Name) and node.func.value.id == "re" and node.func.attr in RE_CALLS
+            splits = node.func.attr in ("partition", "rpartition", "split", "rsplit")
+            if (calls_re or splits) and any(m in lit for lit in literals for m in SETTING_MARKERS):
+                offenders.append(f"{path.relative_to(SRC)}:{node.lineno}: {ast.unparse(node)}")
+    assert not offenders, f"a setting name parsed with a pattern: {offenders}"
+
+
+def test_the_workflow_parses_no_setting_name():
+    """The Snakefile and its rules read a searched setting from its round's record (common.smk:
+    search_rounds), never from the name: no regex matching and no ``+n`` split in workflow/."""
+    root = SRC.parent
+    files = [root / "Snakefile", *sorted((root / "workflow").rglob("*.smk")), *sorted((root / "workflow").rglob("*.py"))]
+    offenders = [f"{p.relative_to(root)}:{i}: {line.strip()}" for p in files
+                 for i, line in enumerate(p.read_text().splitlines(), 1)
+                 if any(f"re.{c}(" in line for c in RE_CALLS) or "parse_evaluation_name" in line
+                 or 'partition("+n")' in line or "lookup_setting(" in line and "re." in line]
+    assert not offenders, offenders

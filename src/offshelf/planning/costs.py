@@ -3,14 +3,11 @@ evaluations its sampling takes, per table and in total."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 from offshelf.planning.params import config_backend, num_shards
 from offshelf.planning.searches import SearchPlan
 from offshelf.search import max_evaluations, max_rounds
-
-if TYPE_CHECKING:
-    from offshelf.planning.plan import Plan
 
 # A workflow whose DAG holds tens of thousands of jobs takes minutes and gigabytes before the
 # first job starts (a dry run of 80,000 sample jobs: 70 s, 1 GB), and almost always comes from a
@@ -80,8 +77,9 @@ def count_jobs(config: dict, evaluations: Mapping[str, tuple[str, int]], calibra
     return counts
 
 
-def describe_job_counts(config: dict, plan: "Plan") -> str:
-    """One line for the start of a run: what the config plans, and the bound it is held to."""
+def describe_job_counts(config: dict, plan) -> str:
+    """One line for the start of a run: what ``plan`` (offshelf.planning.plan.Plan, built from
+    ``config``; this module is below it) counts, and the bound it is held to."""
     c = plan.job_counts
     search = (f"; {c['searches']} guidance-scale searches: at most {c['search_sample']} sample, "
               f"{c['search_evaluate']} evaluate, {c['search_round']} round" if "searches" in c else "")
@@ -90,8 +88,8 @@ def describe_job_counts(config: dict, plan: "Plan") -> str:
             f"per-experiment jobs); max_jobs = {config.get('max_jobs', DEFAULT_MAX_JOBS)}")
 
 
-def cost_plan(config: dict, plan: "Plan", seconds: dict[str, float] | None = None) -> list[dict[str, Any]]:
-    """What sampling a config costs, per table and in total (settings shared by tables counted once
+def cost_plan(config: dict, plan, seconds: dict[str, float] | None = None) -> list[dict[str, Any]]:
+    """What sampling a config costs (``plan``: its offshelf.planning.plan.Plan), per table and in total (settings shared by tables counted once
     in the total): samples, denoiser and classifier network evaluations, and, given ``seconds``
     per ``denoiser`` evaluation and per ``classifier`` forward+backward (per image, at the batch
     size you run), the hours: Σ count × seconds / 3600. Evaluation is not counted. A searched row
