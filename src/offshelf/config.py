@@ -17,7 +17,7 @@ Order of the checks, each refusing before the next runs:
 6. output paths: ``<results>/<experiment>`` and ``<results>/logs/<experiment>`` provably inside
    ``results``, and no regular file where a folder must go.
 
-``python -m offshelf.config FILE...`` runs all of it on YAML files. Snakemake's own loader reports
+``offshelf check-config FILE...`` runs all of it on YAML files. Snakemake's own loader reports
 a YAML syntax error in ``--configfile`` as "Config file is not valid JSON or YAML" without the
 file or the line; this command names both.
 """
@@ -25,7 +25,6 @@ file or the line; this command names both.
 from __future__ import annotations
 
 import math
-import sys
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -332,29 +331,3 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     for key, value in override.items():
         out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m offshelf.config FILE [FILE...]``: validate config files as the workflow would
-    (later files override earlier ones' top-level keys, like repeated ``--configfile``)."""
-    paths = sys.argv[1:] if argv is None else argv
-    if not paths:
-        print("usage: python -m offshelf.config CONFIG.yaml [MORE.yaml...]", file=sys.stderr)
-        return 2
-    try:
-        merged: dict[str, Any] = {}
-        for path in paths:
-            data = read_yaml(path)
-            if not isinstance(data, dict):
-                raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
-            merged = merge(merged, data)
-        validate_config(merged)
-    except ConfigError as err:
-        print(f"offshelf: {err}", file=sys.stderr)
-        return 1
-    print(f"offshelf: {' + '.join(paths)}: valid")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
