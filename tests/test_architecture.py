@@ -72,11 +72,27 @@ def test_the_cycle_finder_finds_cycles():
 
 
 @pytest.mark.parametrize("args", [[], ["sample"], ["calibrate"], ["evaluate"], ["plan"], ["tune"], ["checkpoints"], ["check-config"],
-                                  ["checkpoints", "fetch"], ["checkpoints", "verify"], ["checkpoints", "list"]])
+                                  ["checkpoints", "fetch"], ["checkpoints", "verify"], ["checkpoints", "list"],
+                                  ["text2image"], ["resume"]])
 def test_every_command_answers_help(args):
     proc = subprocess.run([str(OFFSHELF), *args, "--help"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "usage: offshelf" in proc.stdout
+
+
+def test_one_entry_point():
+    """``offshelf`` (offshelf.cli.main, also ``python -m offshelf``) is the only command line: no
+    other module of the package defines ``main`` or runs as ``__main__``."""
+    mains = []
+    for path in (SRC / "offshelf").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        mains += [f"{module_name(path)}.main" for node in tree.body
+                  if isinstance(node, ast.FunctionDef) and node.name == "main"]
+        mains += [f"{module_name(path)}: __main__" for node in tree.body if isinstance(node, ast.If)
+                  and "__main__" in ast.unparse(node.test) and path.name != "cli.py"]
+    assert mains == ["offshelf.cli.main"], mains
+    proc = subprocess.run([sys.executable, "-m", "offshelf", "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "usage: offshelf" in proc.stdout, proc.stderr
 
 
 @pytest.mark.parametrize("args, argument", [
