@@ -346,10 +346,11 @@ def test_guided_calibration_plan(default_config):
     from offshelf.planning.rows import table_rows
 
     validate_config(copy.deepcopy(default_config))
-    guided = build_plan(default_config).guided_probes
+    plan = build_plan(default_config)
+    guided = plan.guided_probes
     scales = default_config["calibration"]["guided_scale"]
-    assert len(guided) == len(list(build_plan(default_config).probes)) * len(default_config["regimes"])
-    assert {(s.probe, s.regime) for s in guided.values()} == {(p, r) for p in list(build_plan(default_config).probes)
+    assert len(guided) == len(plan.probes) * len(default_config["regimes"])
+    assert {(s.probe, s.regime) for s in guided.values()} == {(p, r) for p in plan.probes
                                                              for r in default_config["regimes"]}
     for name, s in guided.items():
         assert s.name == name and s.method == "guided" and s.scale == scales[s.regime]
@@ -361,7 +362,7 @@ def test_guided_calibration_plan(default_config):
     assert row.guided_probe == "uncond_offshelf-x0_sp3_tj1_tm1_g0_s3_r1"
     for settings in figure_guided_probes(default_config, "figure2").values():
         assert all(s.name in guided for s in settings)
-    assert build_plan(default_config).job_counts["calibrate"] == len(list(build_plan(default_config).probes)) + len(guided)
+    assert plan.job_counts["calibrate"] == len(plan.probes) + len(guided)
 
     unguided_only = copy.deepcopy(default_config)
     for key in ("trajectories", "guided_scale"):

@@ -204,7 +204,8 @@ def test_config_with_a_family_row_validates_and_softplus_on_vit_is_refused():
     config["tables"]["table4"]["rows"].append({"label": "MLP", "base": "resnet", "network": "mlp", "softplus_beta": 3})
     validated = validate_config(copy.deepcopy(config))
     # a guided row's setting is searched (its scale comes from the search)
-    settings = list(build_plan(validated).settings.values()) + [plan.setting for plan in build_plan(validated).searches.values()]
+    validated_plan = build_plan(validated)
+    settings = list(validated_plan.settings.values()) + [plan.setting for plan in validated_plan.searches.values()]
     mlp = [s for s in settings if s.network == "mlp"]
     assert mlp and all(DigitsBackend().files(s)["offshelf"].role == "offshelf_mlp" for s in mlp)
     config["tables"]["table4"]["rows"].append({"label": "ViT", "base": "resnet", "network": "vit", "softplus_beta": 3})
