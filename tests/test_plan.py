@@ -1,6 +1,7 @@
 """Settings expand from the config like a Paramspace; names change exactly when samples would."""
 
 import dataclasses
+import json
 import math
 
 import pytest
@@ -221,7 +222,7 @@ def test_unfinished_search_has_no_result(config):
         search_round_record(plan, first, nan)
 
 
-def test_a_proposed_scale_resolves_to_its_setting(config):
+def test_a_proposed_scale_resolves_to_its_setting(config, tmp_path):
     """A searched scale's setting is data: the round that proposed it names it with its parameters;
     a name no round proposed is refused, even one that spells a scale of a searched row."""
     from offshelf.planning.searches import family_name, lookup_setting, search_round_record
@@ -248,6 +249,15 @@ def test_a_proposed_scale_resolves_to_its_setting(config):
     wrong = dict(record, settings={plan.at(5.48).name: plan.at(6.0).to_dict()})
     with pytest.raises(ValueError, match="has the parameters of"):
         lookup_setting(settings, searches, [wrong], plan.at(5.48).name)
+    # a round made before records carried their proposals' settings is refused, naming the fix
+    from offshelf.planning.searches import read_rounds
+
+    folder = tmp_path / "search"
+    (folder / plan.name).mkdir(parents=True)
+    old = {k: v for k, v in round0.items() if k not in ("settings", "evaluates")}
+    (folder / plan.name / "round0.json").write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="made by an older offshelf.*delete"):
+        list(read_rounds(folder, [plan.name]))
     # a round of a search the plan does not hold proposes nothing
     with pytest.raises(ValueError, match="neither"):
         lookup_setting(settings, {}, [record], plan.at(5.48).name)

@@ -4,7 +4,7 @@ import json
 from offshelf.backends.base import Pretrained, Trained, UnsupportedError
 from offshelf.planning.params import calibration_params, first_seeds
 from offshelf.planning.probes import figure_guided_probes
-from offshelf.planning.searches import finalists
+from offshelf.planning.searches import check_round, finalists
 
 
 def source_path(source):
@@ -140,7 +140,7 @@ def round_proposals(search, k):
     turns into a dependency) while that round is not made."""
     previous = checkpoints.search_round.get(search=search, round=k - 1).output[0]
     with open(previous) as f:
-        return previous, json.load(f)
+        return previous, check_round(json.load(f), previous)
 
 
 def search_round_inputs(wc):

@@ -161,8 +161,17 @@ def read_rounds(folder: str | Path, searches: Iterable[str]) -> Iterator[dict[st
     for search in searches:
         k = 0
         while (path := Path(folder) / search / f"round{k}.json").exists():
-            yield json.loads(path.read_text())
+            yield check_round(json.loads(path.read_text()), path)
             k += 1
+
+
+def check_round(record: dict[str, Any], where: str | Path) -> dict[str, Any]:
+    """``record``, refused (naming ``where`` and the fix) when it predates round records that carry
+    their proposals' settings: delete its search's folder and the rounds are made again."""
+    if "settings" not in record or "evaluates" not in record:
+        raise ValueError(f"{where}: a search round without 'settings'/'evaluates' (made by an older offshelf); "
+                         f"delete {Path(where).parent} to make the search's rounds again")
+    return record
 
 
 def proposed(rounds: Iterable[Mapping[str, Any]], searches: Mapping[str, SearchPlan],
