@@ -18,7 +18,7 @@ install: $(STAMP)
 
 # Through offshelf's wrapper: after a killed run it unlocks (only when no Snakemake runs here).
 run: $(STAMP)
-	$(VENV)/bin/python -m offshelf.jobs resume --cores $(CORES)
+	$(VENV)/bin/offshelf resume --cores $(CORES)
 
 # pytest exits 5 when a marker selects no tests; that is not a failure here.
 PYTEST = $(VENV)/bin/python -m pytest

@@ -7,16 +7,14 @@
 # Rules are thin and never name a backbone: the config's `backbone` picks a backend
 # (offshelf.backends), which says what each job needs; the logic lives in the `offshelf` package.
 import os
-import re
 import sys
 
 import offshelf
 from offshelf import backends
-from offshelf.config import ConfigError, read_yaml, validate_config
-
-from offshelf.plan import (all_evaluations, all_guided_probes, all_probes, all_searches, all_settings, cache_dir, canonical,
-                           describe_job_counts, lookup_setting, num_shards, parse_evaluation_name, pretrained_path,
-                           sampling_params, shard_seeds)
+from offshelf.config import ConfigError, read_yaml, validated_plan
+from offshelf.planning.costs import describe_job_counts
+from offshelf.planning.params import cache_dir, canonical, num_shards, pretrained_path, sampling_params, shard_seeds
+from offshelf.planning.searches import read_rounds
 from offshelf.settings import Setting, probe_setting
 
 # config.yaml is the base of digits configs (a --configfile overrides its keys); any other
@@ -31,21 +29,22 @@ try:
         if os.path.exists("config.yaml"):
             read_yaml("config.yaml")
         configfile: "config.yaml"
-    validate_config(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")
+    # the plan (offshelf.planning.plan.Plan), built once: validation reads its rows, the rules the rest
+    PLAN = validated_plan(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")
 except ConfigError as err:
     sys.exit(f"offshelf: {err}")
 if workflow.is_main_process:  # not again in every job's own Snakemake process
-    print(describe_job_counts(config), file=sys.stderr)
+    print(describe_job_counts(config, PLAN), file=sys.stderr)
 
 EXP = f"{config['results']}/{config['experiment']}"
 LOGS = f"{config['results']}/logs/{config['experiment']}"
 BACKEND_SPEC = canonical(backends.spec_from_config(config))  # a param of every job that loads networks
 BACKEND = backends.create(BACKEND_SPEC)
-SETTINGS = all_settings(config)  # the tables' fixed settings; a searched row's scales come from its search
-EVALUATIONS = all_evaluations(config)  # metrics file stem -> (setting name, number of samples)
-SEARCHES = all_searches(config)  # search name -> offshelf.plan.SearchPlan (workflow/rules/search.smk)
-PROBES = all_probes(config)
-GUIDED_PROBES = all_guided_probes(config)  # guided calibration name -> its guided setting
+SETTINGS = PLAN.settings  # the tables' fixed settings; a searched row's scales come from its search's rounds
+EVALUATIONS = PLAN.evaluations  # metrics file stem -> (setting name, number of samples)
+SEARCHES = PLAN.searches  # search name -> offshelf.planning.searches.SearchPlan (workflow/rules/search.smk)
+PROBES = PLAN.probes
+GUIDED_PROBES = PLAN.guided_probes  # guided calibration name -> its guided setting
 LIBRARY = offshelf.__version__  # a param of every job: a library release reruns them
 THREADS = config.get("threads_per_job", 1)
 CHECKPOINTS = canonical(config.get("checkpoints", {}))

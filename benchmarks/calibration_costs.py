@@ -17,7 +17,8 @@ import torch
 from offshelf import stages
 from offshelf.backends.digits import DigitsBackend
 from offshelf.config import load_config
-from offshelf.plan import all_guided_probes, all_probes, guided_probe
+from offshelf.planning.plan import build_plan
+from offshelf.planning.probes import guided_probe
 from offshelf.settings import probe_setting
 
 
@@ -51,7 +52,8 @@ def main(argv=None):
     print("| profile | wall (s) | CPU (s) |\n|---|---:|---:|")
     for name, times in seconds.items():
         print(f"| {name} | {min(w for w, _ in times):.1f} | {min(c for _, c in times):.1f} |")
-    guided_jobs, unguided_jobs = len(all_guided_probes(config)), len(all_probes(config))
+    plan = build_plan(config)
+    guided_jobs, unguided_jobs = len(plan.guided_probes), len(plan.probes)
     cpu_guided = sum(min(c for _, c in seconds[f"guided {r}"]) for r in config["regimes"]) / len(config["regimes"])
     print(f"\n{args.config}: {unguided_jobs} unguided + {guided_jobs} guided calibration jobs; the guided ones add "
           f"{guided_jobs} x {calibration['num_samples']} x {steps} = "

@@ -41,8 +41,10 @@ class CalibrationRecorder:
     """A sampler callback that evaluates one classifier (any guidance object, used only for
     its ``logits``) at every step and keeps (confidence, correct) per step.
 
-    ``evaluate_with`` defaults to the guidance that drives the sampler; pass another
-    ``ClassifierGuidance`` to measure a classifier along someone else's trajectories.
+    ``evaluate_with`` (required) is the classifier measured: a guidance object, or a
+    ``SwitchedGuidance`` (Table 2's combined classifier) that :func:`guidance_at` resolves per step.
+    It need not be the guidance that drives the sampler: pass another ``ClassifierGuidance`` to
+    measure a classifier along someone else's trajectories.
 
     A prediction is correct when it equals ``labels`` (the class each trajectory was drawn or
     guided towards) or, given ``judge`` (x̂0 -> class tensor), the class an independent network

@@ -31,16 +31,15 @@ filename, sha256, size and hash_prefix from a YAML or JSON file (stand-in files 
 
 Command line::
 
-    python -m offshelf.checkpoints list [--registry FILE]
-    python -m offshelf.checkpoints fetch NAME [NAME ...] [--cache DIR] [--lock FILE] [--offline] [--registry FILE]
-    python -m offshelf.checkpoints verify NAME PATH [--lock FILE] [--registry FILE]
+    offshelf checkpoints list [--registry FILE]
+    offshelf checkpoints fetch NAME [NAME ...] [--cache DIR] [--lock FILE] [--offline] [--registry FILE]
+    offshelf checkpoints verify NAME PATH [--lock FILE] [--registry FILE]
 
 (the same as ``offshelf checkpoints ...``)
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import hashlib
@@ -49,7 +48,6 @@ import json
 import logging
 import os
 import re
-import sys
 import tempfile
 import time
 import urllib.error
@@ -575,49 +573,3 @@ def fetch(name: str, cache_dir: str | os.PathLike | None = None, lock_file: str 
         # without reading it again.
         _check_pins(dest, digest, dest.stat().st_size, checkpoint, entry, lock_file)
         return dest
-
-
-# ----------------------------------------------------------------------------- command line
-
-def main(argv: list[str] | None = None, prog: str = "python -m offshelf.checkpoints") -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    fetch_parser = commands.add_parser("fetch", help="download (if needed) and verify checkpoints (a full re-hash)")
-    fetch_parser.add_argument("names", nargs="+", metavar="NAME")
-    list_parser = commands.add_parser("list", help="list the registry and what is cached")
-    verify_parser = commands.add_parser("verify", help="verify a file on disk against a registry entry (a full hash)")
-    verify_parser.add_argument("name", metavar="NAME")
-    verify_parser.add_argument("path", type=Path, metavar="PATH")
-    for sub in (fetch_parser, list_parser, verify_parser):
-        sub.add_argument("--cache", type=Path, default=None, help="cache folder (default $OFFSHELF_CACHE or ~/.cache/offshelf)")
-        sub.add_argument("--registry", type=Path, default=None, help="YAML/JSON file overriding registry entries")
-    for sub in (fetch_parser, verify_parser):
-        sub.add_argument("--lock", type=Path, default=None, help="lock file pinning sha256 and size")
-    fetch_parser.add_argument("--offline", action="store_true", help="never download; fail if not cached")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    cache = args.cache if args.cache is not None else default_cache_dir()
-
-    try:
-        if args.command == "list":
-            overrides = load_registry_overrides(args.registry) if args.registry is not None else {}
-            for checkpoint in sorted({**REGISTRY, **overrides}.values(), key=lambda c: c.name):
-                cached = "cached" if (cache / checkpoint.filename).is_file() else "-"
-                print(f"{checkpoint.name:34s} {cached:6s} {checkpoint.license:40s} {checkpoint.url}")
-            print(f"{TORCHVISION_PREFIX}<model>: any torchvision classification model by name (its DEFAULT "
-                  f"weights, verified by the hash prefix of its file name), e.g. {TORCHVISION_PREFIX}convnext_tiny")
-            return 0
-        if args.command == "verify":
-            print(fetch(args.name, cache_dir=cache, lock_file=args.lock, local_path=args.path, rehash=True,
-                        registry_file=args.registry))
-            return 0
-        for name in args.names:
-            print(fetch(name, cache_dir=cache, lock_file=args.lock, offline=args.offline, registry_file=args.registry))
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

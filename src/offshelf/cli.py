@@ -9,6 +9,9 @@
     offshelf checkpoints list | fetch NAME... | verify NAME PATH
     offshelf check-config FILE...        # validate workflow configs (YAML errors with file:line)
     offshelf resume [SNAKEMAKE ARGS...]  # rerun after a killed Snakemake (unlocks stale locks only)
+    offshelf text2image --config config/clip_text2image.yaml   # CLIP-guided text-to-image (docs/clip.md)
+
+``python -m offshelf`` is the same command (the one entry point; no module has its own ``main``).
 
 ``--config`` takes the backend, its options, the sampling section and the default file locations
 (the workflow's trained models under ``results/``, the checkpoint cache) from a workflow config;
@@ -86,7 +89,7 @@ class Context:
 
     def __init__(self, args):
         from offshelf import backends
-        from offshelf.plan import canonical
+        from offshelf.planning.params import canonical
 
         self.config: dict[str, Any] = {}
         if args.config:
@@ -112,7 +115,7 @@ class Context:
     def files(self, sources: dict) -> dict[str, str]:
         """Role -> path: ``--checkpoint ROLE=PATH``, else where the workflow keeps it."""
         from offshelf.backends.base import Trained
-        from offshelf.plan import pretrained_path
+        from offshelf.planning.params import pretrained_path
 
         files = {}
         for role, source in sources.items():
@@ -262,17 +265,18 @@ def cmd_tune(args) -> int:
 
 def cmd_plan(args) -> int:
     """The sampling work of a workflow config, per table and in total; hours given per-evaluation costs."""
-    from offshelf.config import load_config
-    from offshelf.plan import cost_plan, describe_job_counts
+    from offshelf.config import read_config, validated_plan
+    from offshelf.planning.costs import cost_plan, describe_job_counts
 
-    config = load_config(args.config)
+    config = read_config(args.config)
+    plan = validated_plan(config)  # built once: the job counts and the costs read it
     seconds = None
     if args.seconds_per_denoiser is not None or args.seconds_per_classifier is not None:
         if args.seconds_per_denoiser is None or args.seconds_per_classifier is None:
             raise ArgumentError("--seconds-per-denoiser", "give both per-evaluation costs, or neither")
         seconds = {"denoiser": args.seconds_per_denoiser, "classifier": args.seconds_per_classifier}
-    rows = cost_plan(config, seconds)
-    print(describe_job_counts(config))
+    rows = cost_plan(config, plan, seconds)
+    print(describe_job_counts(config, plan))
     head = ["table", "settings", "samples", "denoiser evaluations", "classifier gradients"] + (["hours"] if seconds else [])
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for r in rows:
@@ -288,21 +292,90 @@ def cmd_plan(args) -> int:
 
 
 def cmd_checkpoints(args) -> int:
-    from offshelf.checkpoints import main
+    """list | fetch NAME... | verify NAME PATH: the checkpoint registry and cache (offshelf.checkpoints)."""
+    import logging
 
-    return main(args.rest, prog=f"{PROG} checkpoints")
+    from offshelf.checkpoints import (REGISTRY, TORCHVISION_PREFIX, CheckpointError, default_cache_dir, fetch,
+                                      load_registry_overrides)
+
+    parser = argparse.ArgumentParser(prog=f"{PROG} checkpoints", description="the checkpoint registry and cache")
+    commands = parser.add_subparsers(dest="command", required=True)
+    fetch_parser = commands.add_parser("fetch", help="download (if needed) and verify checkpoints (a full re-hash)")
+    fetch_parser.add_argument("names", nargs="+", metavar="NAME")
+    list_parser = commands.add_parser("list", help="list the registry and what is cached")
+    verify_parser = commands.add_parser("verify", help="verify a file on disk against a registry entry (a full hash)")
+    verify_parser.add_argument("name", metavar="NAME")
+    verify_parser.add_argument("path", type=Path, metavar="PATH")
+    for sub in (fetch_parser, list_parser, verify_parser):
+        sub.add_argument("--cache", type=Path, default=None, help="cache folder (default $OFFSHELF_CACHE or ~/.cache/offshelf)")
+        sub.add_argument("--registry", type=Path, default=None, help="YAML/JSON file overriding registry entries")
+    for sub in (fetch_parser, verify_parser):
+        sub.add_argument("--lock", type=Path, default=None, help="lock file pinning sha256 and size")
+    fetch_parser.add_argument("--offline", action="store_true", help="never download; fail if not cached")
+    args = parser.parse_args(args.rest)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    cache = args.cache if args.cache is not None else default_cache_dir()
+    try:
+        if args.command == "list":
+            overrides = load_registry_overrides(args.registry) if args.registry is not None else {}
+            for checkpoint in sorted({**REGISTRY, **overrides}.values(), key=lambda c: c.name):
+                cached = "cached" if (cache / checkpoint.filename).is_file() else "-"
+                print(f"{checkpoint.name:34s} {cached:6s} {checkpoint.license:40s} {checkpoint.url}")
+            print(f"{TORCHVISION_PREFIX}<model>: any torchvision classification model by name (its DEFAULT "
+                  f"weights, verified by the hash prefix of its file name), e.g. {TORCHVISION_PREFIX}convnext_tiny")
+            return 0
+        if args.command == "verify":
+            print(fetch(args.name, cache_dir=cache, lock_file=args.lock, local_path=args.path, rehash=True,
+                        registry_file=args.registry))
+            return 0
+        for name in args.names:
+            print(fetch(name, cache_dir=cache, lock_file=args.lock, offline=args.offline, registry_file=args.registry))
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_check_config(args) -> int:
-    from offshelf.config import main
+    """Validate config files as the workflow would (later files override earlier ones' keys,
+    like repeated ``--configfile``)."""
+    from offshelf.config import ConfigError, merge, read_yaml, validate_config
 
-    return main(args.files)
+    try:
+        merged: dict[str, Any] = {}
+        for path in args.files:
+            data = read_yaml(path)
+            if not isinstance(data, dict):
+                raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+            merged = merge(merged, data)
+        validate_config(merged)
+    except ConfigError as err:
+        print(f"offshelf: {err}", file=sys.stderr)
+        return 1
+    print(f"offshelf: {' + '.join(args.files)}: valid")
+    return 0
 
 
 def cmd_resume(args) -> int:
-    from offshelf.jobs import main
+    """Run Snakemake with ``args.rest``; after a killed run, unlock first if none runs here."""
+    from offshelf.jobs import resume
 
-    return main(["resume", *args.rest])
+    if args.rest[:1] in (["-h"], ["--help"]):
+        print(f"usage: {PROG} resume [SNAKEMAKE ARGS...]\n  run Snakemake; after a killed run, unlock first if no "
+              f"Snakemake runs in the same directory")
+        return 0
+    return resume(args.rest)
+
+
+def cmd_text2image(args) -> int:
+    """CLIP-guided text-to-image comparison (offshelf.text2image, docs/clip.md)."""
+    from offshelf.text2image import load_config, run_config
+
+    written = run_config(load_config(args.config), outdir=args.outdir, device=args.device,
+                         n_per_prompt=args.n_per_prompt)
+    for name, path in written.items():
+        print(f"{name}: {path}")
+    return 0
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -415,6 +488,13 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate workflow config files as the workflow would")
     check.add_argument("files", nargs="+", metavar="FILE")
     check.set_defaults(run=cmd_check_config)
+
+    t2i = commands.add_parser("text2image", help="CLIP-guided text-to-image: linear, sine, recurrent (docs/clip.md)")
+    t2i.add_argument("--config", required=True, help="YAML config, e.g. config/clip_text2image.yaml")
+    t2i.add_argument("--outdir", help="override the config's outdir")
+    t2i.add_argument("--device", help="override the config's device (cuda, cpu)")
+    t2i.add_argument("--n-per-prompt", type=int, help="override the config's n_per_prompt")
+    t2i.set_defaults(run=cmd_text2image)
     return parser
 
 

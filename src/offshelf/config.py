@@ -9,12 +9,16 @@ Order of the checks, each refusing before the next runs:
 2. non-finite numbers (``.nan``, ``.inf``) anywhere, by key path;
 3. the schema (``offshelf/schemas/config.schema.yaml``, shipped inside the package; the workflow
    reaches the same file through ``workflow/schemas/config.schema.yaml``, a symlink);
-4. table rows that build valid settings, ``sampling.respacing`` against the backbone's schedule;
-5. the number of jobs (:func:`offshelf.plan.job_counts`, bounded by ``max_jobs``);
+4. the plan (:func:`offshelf.planning.plan.build_plan`, built once: :func:`validated_plan`
+   returns it): the number of jobs (bounded by ``max_jobs``, a runaway shard count refused by
+   arithmetic before any row is built), then table rows that build valid settings;
+5. ``sampling.respacing`` against the backbone's schedule, labels, the capabilities the config asks of
+   its backend (declared, never found out by calling), and the judge against the
+   plan's guiding classifiers;
 6. output paths: ``<results>/<experiment>`` and ``<results>/logs/<experiment>`` provably inside
    ``results``, and no regular file where a folder must go.
 
-``python -m offshelf.config FILE...`` runs all of it on YAML files. Snakemake's own loader reports
+``offshelf check-config FILE...`` runs all of it on YAML files. Snakemake's own loader reports
 a YAML syntax error in ``--configfile`` as "Config file is not valid JSON or YAML" without the
 file or the line; this command names both.
 """
@@ -242,7 +246,26 @@ def with_backend_schema(schema: dict[str, Any], backbone: str) -> dict[str, Any]
 
 
 def validate_config(config: dict[str, Any], schema_path: str | Path | None = None) -> dict[str, Any]:
-    """Validate ``config`` (see the module docstring for the order of the checks)."""
+    """Validate ``config`` (see the module docstring for the order of the checks); returns it."""
+    validated_plan(config, schema_path)
+    return config
+
+
+def validated_plan(config: dict[str, Any], schema_path: str | Path | None = None):
+    """Validate ``config`` and return its plan (:class:`offshelf.planning.plan.Plan`), built once:
+    the checks that need the table rows read them from it."""
+    check_schema(config, schema_path)
+    plan = checked_plan(config)
+    check_respacing(config)
+    check_labels(config)
+    check_paths(config)
+    check_capabilities(config, plan)
+    check_judge(config, plan)
+    return plan
+
+
+def check_schema(config: dict[str, Any], schema_path: str | Path | None = None) -> None:
+    """The checks that need no table row: backbone, finite values, the schema, scale grids, calibration."""
     import jsonschema
 
     if not isinstance(config, dict):
@@ -256,53 +279,47 @@ def validate_config(config: dict[str, Any], schema_path: str | Path | None = Non
         # the most specific error first: oneOf wrappers hide their useful context
         best = jsonschema.exceptions.best_match(errors)
         raise ConfigError(_explain(best, schema, config))
-
-    from offshelf.plan import TooManyJobsError, job_counts, table_rows
-
     for regime in config["regimes"]:
         if "search" not in config and regime not in config.get("scales", {}):  # `search` chooses scales instead
             raise ConfigError(f"config key 'scales.{regime}' is missing: regime {regime!r} needs a scale grid "
                               f"(or give a 'search' section)")
     check_calibration(config)
+
+
+def checked_plan(config: dict[str, Any]):
+    """The config's plan; a runaway job count (refused by arithmetic before any row is built) or an
+    invalid row stops here as a ConfigError naming the key."""
+    from offshelf.planning.costs import TooManyJobsError
+    from offshelf.planning.plan import build_plan
+
     try:
-        job_counts(config)  # before the rows: a runaway shard count is refused by arithmetic alone
+        return build_plan(config)
     except TooManyJobsError as err:
         raise ConfigError(str(err)) from err
-    except ValueError:
-        pass  # an invalid row: reported below, naming 'tables'
-    try:
-        table_rows(config)
     except ValueError as err:
         message = str(err)  # a row's search names its own key ('search.<key>')
         raise ConfigError(message if message.startswith("config key ") else f"config key 'tables': {err}") from err
-    check_respacing(config)
-    check_labels(config)
-    check_paths(config)
-    check_capabilities(config)
-    check_judge(config)
-    return config
 
 
-def check_capabilities(config: dict[str, Any]) -> None:
+def check_capabilities(config: dict[str, Any], plan) -> None:
     """What the config asks of its backend must be among the capabilities the backend class
     declares (``capabilities``; nothing is called): one line naming the backbone, the capability
     and the config key that needs it."""
     from offshelf.backends import create, spec_from_config
     from offshelf.backends.base import Trained
     from offshelf.backends.capabilities import Capability, UnsupportedError, require
-    from offshelf.plan import all_probes, all_settings
 
     backend = create(spec_from_config(config))
     needs: list[tuple[Capability, str]] = []
     figures = config.get("figures", {})
-    if all_probes(config):
+    if plan.probes:
         needs.append((Capability.CALIBRATION, "calibration probes (the ice column, figures.figure1/figure2)"))
     if "figure4" in figures:
         needs.append((Capability.GRADIENTS, "figures.figure4"))
     if "tune" in config:
         needs.append((Capability.TUNING, "the tune section"))
     try:
-        sources = [backend.evaluation_files()] + [backend.files(s) for s in all_settings(config).values()]
+        sources = [backend.evaluation_files()] + [backend.files(s) for s in plan.settings.values()]
     except ValueError:
         sources = [backend.evaluation_files()]  # a setting's own error is check_judge's to report
     trained = sorted({s.role for files in sources for s in files.values() if isinstance(s, Trained)})
@@ -315,13 +332,13 @@ def check_capabilities(config: dict[str, Any]) -> None:
             raise ConfigError(f"config key 'backbone' = {config['backbone']!r}: {err}") from None
 
 
-def check_judge(config: dict[str, Any]) -> None:
-    """The evaluation network must not be a classifier that guides any planned setting
+def check_judge(config: dict[str, Any], plan) -> None:
+    """The evaluation network must not be a classifier that guides any setting ``plan`` holds
     (offshelf.judge.check_judge_is_not_a_guide: same source, file or content)."""
     from offshelf.backends import create, spec_from_config
     from offshelf.backends.base import Trained
     from offshelf.judge import JudgeIsGuideError, check_judge_is_not_a_guide
-    from offshelf.plan import all_probes, all_settings, pretrained_path
+    from offshelf.planning.params import pretrained_path
     from offshelf.settings import probe_setting
 
     def path_of(source) -> str:  # where the workflow's rules put each file (workflow/rules/common.smk)
@@ -329,7 +346,7 @@ def check_judge(config: dict[str, Any]) -> None:
             return f"{config['results']}/{config['experiment']}/models/{source.role}.pt"
         return pretrained_path(config, source.name)
 
-    settings = list(all_settings(config).values()) + [probe_setting(p) for p in all_probes(config)]
+    settings = list(plan.settings.values()) + [probe_setting(p) for p in plan.probes]
     try:
         check_judge_is_not_a_guide(create(spec_from_config(config)), settings, path_of,
                                    config.get("checkpoints", {}).get("registry"))
@@ -365,12 +382,18 @@ def check_labels(config: dict[str, Any]) -> None:
                           f"classes 0..{num_classes - 1}")
 
 
-def load_config(path: str | Path) -> dict[str, Any]:
+def read_config(path: str | Path) -> dict[str, Any]:
+    """A config file's mapping, not yet validated."""
     path = Path(path)
     config = read_yaml(path)
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
-    return validate_config(config)
+    return config
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """A config file, validated."""
+    return validate_config(read_config(path))
 
 
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -380,29 +403,3 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     for key, value in override.items():
         out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m offshelf.config FILE [FILE...]``: validate config files as the workflow would
-    (later files override earlier ones' top-level keys, like repeated ``--configfile``)."""
-    paths = sys.argv[1:] if argv is None else argv
-    if not paths:
-        print("usage: python -m offshelf.config CONFIG.yaml [MORE.yaml...]", file=sys.stderr)
-        return 2
-    try:
-        merged: dict[str, Any] = {}
-        for path in paths:
-            data = read_yaml(path)
-            if not isinstance(data, dict):
-                raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
-            merged = merge(merged, data)
-        validate_config(merged)
-    except ConfigError as err:
-        print(f"offshelf: {err}", file=sys.stderr)
-        return 1
-    print(f"offshelf: {' + '.join(paths)}: valid")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -54,32 +54,16 @@ def grid_options(grids: Mapping[str, Any] | None, num_classes: int) -> dict[str,
     return options
 
 
-def grid_shards(config: Mapping[str, Any], setting: str) -> list[int]:
+def grid_shards(config: Mapping[str, Any], sampled: Sequence[int], setting: str) -> list[int]:
     """The leading shards a setting's grid reads: ``grids.shards``, at most the shards the setting
-    samples (the most samples any of its evaluations reads): never its whole 50,000-sample run."""
-    from offshelf.plan import all_evaluations, num_shards
+    samples (``sampled``: the sample counts its evaluations read, Plan.sampled_counts; the most of
+    them): never its whole 50,000-sample run."""
+    from offshelf.planning.params import num_shards
 
-    sampled = [n for name, n in all_evaluations(config).values() if name == setting]
-    if not sampled:  # a scale a search proposed: its grid is made once it is a finalist, sampled in full
-        sampled = _finalist_samples(config, setting)
     if not sampled:
         raise ValueError(f"no table row samples setting {setting!r}: it has no grid")
     wanted = (config.get("grids") or {}).get("shards", DEFAULTS["shards"])
     return list(range(min(wanted, num_shards(config, max(sampled)))))
-
-
-def _finalist_samples(config: Mapping[str, Any], setting: str) -> list[int]:
-    """The full-fidelity counts of the searches that may propose ``setting`` (none: [])."""
-    from offshelf.plan import all_searches, lookup_setting
-
-    counts = []
-    for name, plan in all_searches(config).items():
-        try:
-            lookup_setting({}, {name: plan}, setting)
-        except ValueError:
-            continue
-        counts.append(plan.spec.full_fidelity)
-    return counts
 
 
 def grid_seeds(labels: Sequence[int], seeds: Sequence[int], classes: Sequence[int],

@@ -1,5 +1,5 @@
 """Plumbing every workflow job shares: its log file, its share of CPU threads, its own GPU; and
-the safe way back after a killed Snakemake (``python -m offshelf.jobs resume``)."""
+the safe way back after a killed Snakemake (``offshelf resume``)."""
 
 from __future__ import annotations
 
@@ -177,17 +177,3 @@ def resume(args: list[str]) -> int:
         if unlock.returncode != 0:
             return unlock.returncode
     return subprocess.run([*snakemake, *args]).returncode
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] != "resume":
-        print("usage: python -m offshelf.jobs resume [SNAKEMAKE ARGS...]\n"
-              "  run Snakemake; after a killed run, unlock first if no Snakemake runs in the same directory",
-              file=sys.stderr)
-        return 2
-    return resume(argv[1:])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -19,7 +19,7 @@ import pandas as pd
 from offshelf.calibration import integral_calibration_error
 from offshelf.atomic import atomic_write, save_csv, save_text
 from offshelf.grids import read_layout
-from offshelf.plan import evaluation_name, table_rows
+from offshelf.planning.rows import evaluation_name, table_rows
 from offshelf.tables import add_differences, add_paired_differences, markdown, table_frame
 
 
@@ -58,7 +58,7 @@ def write_report(plan_config: dict, metric_files: list[str], calibration_files: 
     measured − paper columns. ``feature_files``: the evaluations' ``<name>.features.npz`` (per-sample
     arrays and bootstrap replicates), from which each row's paired difference against its table's
     baseline row is taken. ``search_files``: the guidance-scale searches' ``result.json``
-    (offshelf.plan.search_result_record: the scale each searched row reports; its metrics and
+    (offshelf.planning.searches.search_result_record: the scale each searched row reports; its metrics and
     features are among ``metric_files`` / ``feature_files``). ``grid_files``: sample grids
     ``<setting>.png`` (offshelf.grids); with them each table gets a Samples section showing the grid
     of the setting each row reports, copied to ``samples_dir`` as :func:`sample_file` names it (the

@@ -37,13 +37,15 @@ class Setting:
     ``num_steps``: sampler steps where the backbone's sampler takes them (EDM's Heun steps; 0 = the
     backbone's default). ``network``: the off-the-shelf architecture (``resnet50``...; "" = the
     config's default). A guided setting keeps ``cfg_scale`` (DiT: guidance on top of CFG).
-    Each of these three enters the name only when it differs from its default, so existing
-    names never change.
+    ``num_steps``, ``network`` and a guided setting's ``cfg_scale`` enter the name only when they
+    differ from their defaults (``_n<steps>``, ``_<network>``, ``_w<w>``), so names made before these
+    knobs existed never change; a CFG setting's name always holds its w (``cfg-w<w>``), and neither
+    an unguided nor a CFG name holds a network (:meth:`canonical` resets it).
     ``S_churn``, ``S_min``, ``S_max``, ``S_noise``: EDM's stochastic sampler (NVlabs' names and
-    meaning; only the edm64 backend takes them). ``S_churn = 0`` is the deterministic sampler;
-    then the other three change no sample and are reset in the name. Neither the name nor
-    :meth:`to_dict` (a sample job's params) carries them at their defaults: settings without
-    churn keep their names and jobs.
+    meaning; only a backend declaring ``stochastic_sampling`` runs them). ``S_churn = 0`` is the
+    deterministic sampler; then the other three change no sample and are reset in the name. Neither
+    the name nor :meth:`to_dict` (a sample job's params) carries them at their defaults: settings
+    without churn keep their names and jobs.
     """
 
     regime: str = "cond"

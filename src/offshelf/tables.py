@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pandas as pd
 
-from offshelf.plan import Row
+from offshelf.planning.rows import Row
 
 METRICS = ("fid", "precision", "recall", "accuracy", "seconds")
 #: what a metrics file records about how it was measured (ImageNet backends: the FID protocol and
@@ -85,7 +85,7 @@ def table_frame(rows: list[Row], metrics: dict[str, dict], ice: dict[str, float]
 
 
 def search_columns(found: Mapping[str, Any]) -> dict[str, Any]:
-    """A searched row's CSV columns (its search record, offshelf.plan.search_result_record): the
+    """A searched row's CSV columns (its search record, offshelf.planning.searches.search_result_record): the
     chosen ``scale``, ``scale_on_edge`` ("low"/"high" when the optimum sits on the searched range's
     edge after every extension, else empty), ``search_trace`` (scale@samples:FID per evaluation),
     and the compute the search spent: ``search_samples`` and ``search_denoiser_evaluations``."""

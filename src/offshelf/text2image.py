@@ -5,7 +5,7 @@ CLIP enters Algorithm 1 as an ordinary off-the-shelf classifier over the K promp
 adds ``(Σ_t + max(γ·sin(πt/T)·Σ_max, 0)) · s · ∇_{x̂0} s_clip·cos(E(x̂0), E(prompt))`` to the
 posterior mean: γ = 0 is the original linear (Σ_t) schedule, γ > 0 the paper's sine schedule.
 
-CLI: ``python -m offshelf.text2image --config config/clip_text2image.yaml`` writes, under the
+CLI: ``offshelf text2image --config config/clip_text2image.yaml`` writes, under the
 config's ``outdir``: one PNG grid per run and prompt, ``clip_scores.csv`` (tidy, one row per
 run × prompt × seed × step), ``timings.csv`` (wall time per run) and ``clip_score_vs_step.png``
 (Figure 7: mean CLIP score of x̂0 along the trajectory, one line per run).
@@ -13,7 +13,6 @@ run × prompt × seed × step), ``timings.csv`` (wall time per run) and ``clip_s
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import time
@@ -265,20 +264,3 @@ def run_comparison(model, diffusion: GaussianDiffusion, classifier: CLIPPromptCl
     written["timings"] = save_csv(outdir / "timings.csv", pd.DataFrame(timings))
     written["figure"] = plot_clip_scores(scores, outdir / "clip_score_vs_step.png")
     return written
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m offshelf.text2image", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="YAML config, e.g. config/clip_text2image.yaml")
-    parser.add_argument("--outdir", help="override the config's outdir")
-    parser.add_argument("--device", help="override the config's device (cuda, cpu)")
-    parser.add_argument("--n-per-prompt", type=int, help="override the config's n_per_prompt")
-    args = parser.parse_args(argv)
-    cfg = load_config(args.config)
-    written = run_config(cfg, outdir=args.outdir, device=args.device, n_per_prompt=args.n_per_prompt)
-    for name, path in written.items():
-        print(f"{name}: {path}")
-
-
-if __name__ == "__main__":
-    main()

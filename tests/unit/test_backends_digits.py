@@ -196,13 +196,14 @@ def test_config_with_a_family_row_validates_and_softplus_on_vit_is_refused():
     import copy
 
     from offshelf.config import ConfigError, read_yaml, validate_config
-    from offshelf.plan import all_searches, all_settings
+    from offshelf.planning.plan import build_plan
 
     config = read_yaml("config/ci.yaml")
     config["tables"]["table4"]["rows"].append({"label": "MLP", "base": "resnet", "network": "mlp", "softplus_beta": 3})
     validated = validate_config(copy.deepcopy(config))
     # a guided row's setting is searched (its scale comes from the search)
-    settings = list(all_settings(validated).values()) + [plan.setting for plan in all_searches(validated).values()]
+    validated_plan = build_plan(validated)
+    settings = list(validated_plan.settings.values()) + [plan.setting for plan in validated_plan.searches.values()]
     mlp = [s for s in settings if s.network == "mlp"]
     assert mlp and all(DigitsBackend().files(s)["offshelf"].role == "offshelf_mlp" for s in mlp)
     config["tables"]["table4"]["rows"].append({"label": "ViT", "base": "resnet", "network": "vit", "softplus_beta": 3})

@@ -12,7 +12,8 @@ from offshelf.backends.adm128 import ADM128Backend
 from offshelf.backends.base import Pretrained
 from offshelf.shards import save_shard
 from offshelf.stages import sample_shard
-from offshelf.plan import all_evaluations, all_settings, table_rows
+from offshelf.planning.plan import build_plan
+from offshelf.planning.rows import table_rows
 from offshelf.settings import Setting
 from workflow_utils import REPO
 
@@ -30,22 +31,22 @@ def test_ddpm_config_rows_follow_the_paper():
     assert table7["ResNet-50 guided (ours)"].candidates[0].name.endswith("_resnet50")
     assert ours.network == ""  # the default classifier keeps the plain name
     # no CFG job is planned, and ablations shared with Table 7 are evaluated twice (10k and 50k)
-    assert not any(s.method == "cfg" for s in all_settings(config).values())
-    evaluations = all_evaluations(config)
+    assert not any(s.method == "cfg" for s in build_plan(config).settings.values())
+    evaluations = build_plan(config).evaluations
     assert evaluations[ours.name] == (ours.name, 50_000)
     assert evaluations[f"{ours.name}+n10000"] == (ours.name, 10_000)
 
 
 def test_edm_rows_carry_steps_and_scales():
     config = load_config(REPO / "config" / "imagenet64_edm.yaml")
-    names = sorted(all_settings(config))
+    names = sorted(build_plan(config).settings)
     assert "cond_unguided_n10" in names and "cond_unguided_n36" in names
-    guided = {s.num_steps: s for s in all_settings(config).values() if s.method == "guided"}
+    guided = {s.num_steps: s for s in build_plan(config).settings.values() if s.method == "guided"}
     assert {n: s.scale for n, s in guided.items()} == {10: 0.004, 18: 0.004, 36: 0.0018, 256: 0.001}
     assert all((s.softplus_beta, s.marginal_temperature, s.sine_factor, s.input) == (5.0, 0.0, 0.3, "xt")
                for s in guided.values())
     # Table C.1: EDM's stochastic sampler (NVlabs' ImageNet-64 churn) for both rows, Table 8 none
-    churn = {(s.method, s.num_steps): s.churn() for s in all_settings(config).values()}
+    churn = {(s.method, s.num_steps): s.churn() for s in build_plan(config).settings.values()}
     edm_sde = {"S_churn": 40.0, "S_min": 0.05, "S_max": 50.0, "S_noise": 1.003}
     assert {k for k, c in churn.items() if c["S_churn"]} == {("unguided", 256), ("guided", 256)}
     assert churn[("unguided", 256)] == churn[("guided", 256)] == edm_sde
@@ -169,7 +170,7 @@ def test_both_fid_protocols_are_wired_and_named_in_every_metrics_file(tmp_path, 
     from offshelf.atomic import save_npz
     from offshelf.checkpoints import file_sha256
     from offshelf.tables import markdown, table_frame
-    from offshelf.plan import Row
+    from offshelf.planning.rows import Row
     from rehearsal.standins import build_inception
     from test_metrics import _random_fid_inception_state
 
@@ -213,7 +214,8 @@ def test_both_fid_protocols_are_wired_and_named_in_every_metrics_file(tmp_path, 
     assert results["adm_tf"]["fid"] != results["pytorch_fid"]["fid"]
 
     # ... and every report row (CSV) and table (Markdown) carries them
-    rows = [Row("table7", f"row {p}", "cond", [Setting(method="unguided", num_steps=i)], None, {"fid": 2.0})
+    rows = [Row(table="table7", label=f"row {p}", regime="cond", candidates=[Setting(method="unguided", num_steps=i)],
+                probe=None, paper={"fid": 2.0})
             for i, p in enumerate(results)]
     frame = table_frame(rows, {r.candidates[0].name: results[p] for r, p in zip(rows, results)}, {})
     assert list(frame["fid_protocol"]) == ["adm_tf", "pytorch_fid"]

@@ -272,7 +272,7 @@ def test_unguided_profile_is_untouched_by_guided_calibration(digits_models):
     guided run in between leaves it alone, and the job param that reruns it is unchanged."""
     from offshelf import stages
     from offshelf.backends.digits import DigitsBackend
-    from offshelf.plan import calibration_params
+    from offshelf.planning.params import calibration_params
     from offshelf.settings import Setting, probe_setting
 
     backend = DigitsBackend()
@@ -342,13 +342,16 @@ def test_guided_calibration_plan(default_config):
     import copy
 
     from offshelf.config import validate_config
-    from offshelf.plan import all_guided_probes, all_probes, figure_guided_probes, job_counts, table_rows
+    from offshelf.planning.plan import build_plan
+    from offshelf.planning.probes import figure_guided_probes
+    from offshelf.planning.rows import table_rows
 
     validate_config(copy.deepcopy(default_config))
-    guided = all_guided_probes(default_config)
+    plan = build_plan(default_config)
+    guided = plan.guided_probes
     scales = default_config["calibration"]["guided_scale"]
-    assert len(guided) == len(all_probes(default_config)) * len(default_config["regimes"])
-    assert {(s.probe, s.regime) for s in guided.values()} == {(p, r) for p in all_probes(default_config)
+    assert len(guided) == len(plan.probes) * len(default_config["regimes"])
+    assert {(s.probe, s.regime) for s in guided.values()} == {(p, r) for p in plan.probes
                                                              for r in default_config["regimes"]}
     for name, s in guided.items():
         assert s.name == name and s.method == "guided" and s.scale == scales[s.regime]
@@ -360,20 +363,20 @@ def test_guided_calibration_plan(default_config):
     assert row.guided_probe == "uncond_offshelf-x0_sp3_tj1_tm1_g0_s3_r1"
     for settings in figure_guided_probes(default_config, "figure2").values():
         assert all(s.name in guided for s in settings)
-    assert job_counts(default_config)["calibrate"] == len(all_probes(default_config)) + len(guided)
+    assert plan.job_counts["calibrate"] == len(plan.probes) + len(guided)
 
     unguided_only = copy.deepcopy(default_config)
     for key in ("trajectories", "guided_scale"):
         del unguided_only["calibration"][key]
     validate_config(unguided_only)
-    assert all_guided_probes(unguided_only) == {} and all(r.guided_probe is None for r in table_rows(unguided_only))
+    assert build_plan(unguided_only).guided_probes == {} and all(r.guided_probe is None for r in table_rows(unguided_only))
 
 
 def test_tables_show_guided_ice_beside_ice(default_config, tmp_path):
     """A calibration table's CSV frame gets ``ice_guided`` (from the row's guided calibration file)
     and its Markdown a column right after ``ice`` with the legend; a table without it is unchanged."""
     from offshelf.figures import calibration_curves
-    from offshelf.plan import table_rows
+    from offshelf.planning.rows import table_rows
     from offshelf.tables import markdown, table_frame
 
     # a scale grid instead of the search, so every row has its candidates before any job ran

@@ -292,18 +292,20 @@ def test_digest_record_is_reused_until_file_changes(tmp_path):
 
 
 def test_cli_fetch_and_list(tmp_path, capsys, payload, tiny):
+    from offshelf.cli import main as cli_main
+
     cache, lock = tmp_path / "cache", tmp_path / "lock.json"
-    assert checkpoints.main(["fetch", "tiny", "--cache", str(cache), "--lock", str(lock)]) == 0
+    assert cli_main(["checkpoints", "fetch", "tiny", "--cache", str(cache), "--lock", str(lock)]) == 0
     assert capsys.readouterr().out.strip() == str(cache.resolve() / tiny.filename)
-    assert checkpoints.main(["list", "--cache", str(cache)]) == 0
+    assert cli_main(["checkpoints", "list", "--cache", str(cache)]) == 0
     listing = capsys.readouterr().out
     assert re.search(r"^tiny\s+cached", listing, re.M) and "resnet50_v2" in listing
-    assert checkpoints.main(["fetch", "nope", "--cache", str(cache)]) == 1
+    assert cli_main(["checkpoints", "fetch", "nope", "--cache", str(cache)]) == 1
     assert "unknown checkpoint" in capsys.readouterr().err
 
 
 def test_module_runs_as_script():
-    result = subprocess.run([sys.executable, "-m", "offshelf.checkpoints", "list"], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "offshelf", "checkpoints", "list"], capture_output=True, text=True,
                             check=True)
     assert "edm_imagenet64_cond" in result.stdout
 

@@ -132,7 +132,7 @@ def test_a_torchvision_name_resolves_in_a_fresh_process_and_fetches_offline(tmp_
     ours = save_torchvision_style(tvm.resnet18().state_dict(), tmp_path, "resnet18")
     published = tvm.ResNet18_Weights.DEFAULT.url.rsplit("/", 1)[-1]
     ours.rename(tmp_path / published)
-    fetch = [sys.executable, "-m", "offshelf.checkpoints", "fetch", "torchvision_resnet18", "--offline",
+    fetch = [sys.executable, "-m", "offshelf", "checkpoints", "fetch", "torchvision_resnet18", "--offline",
              "--cache", str(tmp_path)]
     result = subprocess.run(fetch, capture_output=True, text=True)
     assert result.returncode == 1
@@ -150,9 +150,9 @@ def test_which_torchvision_classifiers_softplus_surgery_applies_to():
 
 
 def test_checkpoints_list_says_every_torchvision_classifier_is_known(tmp_path, capsys):
-    from offshelf.checkpoints import main
+    from offshelf.cli import main
 
-    assert main(["list", "--cache", str(tmp_path)]) == 0
+    assert main(["checkpoints", "list", "--cache", str(tmp_path)]) == 0
     listing = capsys.readouterr().out
     assert "resnet101_v2" in listing and "torchvision_<model>: any torchvision classification model" in listing
 

@@ -127,10 +127,10 @@ def test_third_party_backend_takes_backend_options_and_no_builtin_sections(defau
 
 def test_relu_is_still_written_inf(default_config):
     """`softplus_beta: inf` (a YAML string) keeps meaning ReLU; only the float .inf is refused."""
-    from offshelf.plan import all_searches
+    from offshelf.planning.plan import build_plan
 
     assert default_config["bases"]["resnet"]["softplus_beta"] == "inf"
-    searched = [plan.setting for plan in all_searches(validate_config(default_config)).values()]
+    searched = [plan.setting for plan in build_plan(validate_config(default_config)).searches.values()]
     assert any(s.name.split("_")[2] == "relu" for s in searched)
     config = copy.deepcopy(default_config)
     config["bases"]["resnet"]["softplus_beta"] = "relu"

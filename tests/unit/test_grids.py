@@ -212,18 +212,24 @@ def test_report_samples_show_each_rows_reported_grid_or_its_reason(tmp_path):
 def test_a_grid_reads_only_the_leading_shards_it_needs():
     from offshelf.config import load_config
     from offshelf.grids import grid_shards
-    from offshelf.plan import all_settings
+    from offshelf.planning.plan import build_plan
+    from offshelf.planning.searches import search_round_record
 
     ci = load_config(REPO / "config" / "ci.yaml")
-    assert ci["grids"]["shards"] == 1 and grid_shards(ci, "cond_unguided") == [0]  # of 2 sampled
-    ci["grids"]["shards"] = 5
-    assert grid_shards(ci, "cond_unguided") == [0, 1]  # never more than the setting samples
-    from offshelf.plan import all_searches
+    plan = build_plan(ci)
 
-    searched = next(iter(all_searches(ci).values())).at(3.0).name  # a scale a search proposes
-    assert grid_shards(ci, searched) == [0, 1]  # its grid is made once it is a finalist: sampled in full
+    def shards(config, name, rounds=()):
+        return grid_shards(config, plan.sampled_counts(name, rounds), name)
+
+    assert ci["grids"]["shards"] == 1 and shards(ci, "cond_unguided") == [0]  # of 2 sampled
+    ci["grids"]["shards"] = 5
+    assert shards(ci, "cond_unguided") == [0, 1]  # never more than the setting samples
+    round0 = search_round_record(next(iter(plan.searches.values())), None, {})
+    searched = next(iter(round0["settings"]))  # a scale a search proposes (its round's record names it)
+    assert shards(ci, searched, [round0]) == [0, 1]  # its grid is made once it is a finalist: sampled in full
     ddpm = load_config(REPO / "config" / "imagenet128_ddpm.yaml")
-    for name in all_settings(ddpm):  # 10 of the 10 (ablations) or 50 (Table 7) shards a setting samples
-        assert grid_shards(ddpm, name) == list(range(10)), name
+    ddpm_plan = build_plan(ddpm)
+    for name in ddpm_plan.settings:  # 10 of the 10 (ablations) or 50 (Table 7) shards a setting samples
+        assert grid_shards(ddpm, ddpm_plan.sampled_counts(name), name) == list(range(10)), name
     with pytest.raises(ValueError, match="no table row samples setting 'cond_nothing'"):
-        grid_shards(ci, "cond_nothing")
+        shards(ci, "cond_nothing", [round0])

@@ -194,7 +194,9 @@ def test_registry_override_downloads_and_verifies_a_stand_in(tmp_path, served):
     assert (entry.url, entry.sha256, entry.size, entry.hash_prefix) == (url, sha, len(data), None)
     assert entry.license == original.license  # keys left out keep the registry's value
     assert checkpoints.get("resnet50_v2", overrides) == entry
-    assert checkpoints.main(["fetch", "resnet50_v2", "--cache", str(cache), "--registry", str(overrides)]) == 0
+    from offshelf.cli import main as cli_main
+
+    assert cli_main(["checkpoints", "fetch", "resnet50_v2", "--cache", str(cache), "--registry", str(overrides)]) == 0
 
 
 def test_registry_override_with_wrong_sha256_leaves_nothing_in_the_cache(tmp_path, served):

@@ -1,13 +1,16 @@
 """Settings expand from the config like a Paramspace; names change exactly when samples would."""
 
 import dataclasses
+import json
 import math
 
 import pytest
 import yaml
 
 from offshelf.config import validate_config
-from offshelf.plan import all_probes, all_searches, all_settings, num_shards, parse_evaluation_name, shard_seeds, table_rows
+from offshelf.planning.params import num_shards, shard_seeds
+from offshelf.planning.plan import build_plan
+from offshelf.planning.rows import table_rows
 from offshelf.settings import Setting, probe_setting
 from workflow_utils import REPO
 
@@ -83,10 +86,10 @@ def test_every_guided_row_is_searched(config):
             assert row.search.spec.initial == tuple(float(s) for s in config["search"]["initial"][row.regime])
             assert row.search.spec.full_fidelity == config["sampling"]["num_samples"]
     # shared rows (e.g. ReLU baseline in Tables 2, 3, 4) are searched once
-    searches = all_searches(config)
+    searches = build_plan(config).searches
     names = [r.search.name for r in rows if r.search]
     assert len(searches) == len(set(names)) < len(names)
-    assert set(config["figures"]["figure1"]["probes"]) <= set(all_probes(config))
+    assert set(config["figures"]["figure1"]["probes"]) <= set(build_plan(config).probes)
 
 
 def test_without_search_every_guided_row_sweeps_its_regime_grid(config):
@@ -98,7 +101,7 @@ def test_without_search_every_guided_row_sweeps_its_regime_grid(config):
         assert row.search is None
         if row.candidates[0].method == "guided":
             assert [c.scale for c in row.candidates] == [float(s) for s in config["scales"][row.regime]]
-    settings = all_settings(config)
+    settings = build_plan(config).settings
     names = [c.name for r in rows for c in r.candidates]
     assert len(settings) == len(set(names)) < len(names)
 
@@ -110,7 +113,7 @@ def test_shards_are_disjoint_fixed_seed_ranges(config):
 
 
 def test_job_params_do_not_depend_on_key_order():
-    from offshelf.plan import canonical, sampling_params
+    from offshelf.planning.params import canonical, sampling_params
 
     a = {"sampling": {"respacing": "50", "batch_size": 8, "num_samples": 10, "shard_size": 5, "variance": "fixed_large"}}
     b = {"sampling": {"variance": "fixed_large", "shard_size": 5, "num_samples": 99, "batch_size": 8, "respacing": "50"}}
@@ -146,14 +149,16 @@ def test_cost_plan_counts_network_evaluations_by_hand():
     r recurrent passes at every step but the last; EDM's Heun: 2N − 1 calls and N gradients (churn
     adds none: Table C.1's 256 stochastic steps count as 256 deterministic ones)."""
     from offshelf.config import load_config
-    from offshelf.plan import cost_plan
+    from offshelf.planning.costs import cost_plan
 
-    ddpm = {r["table"]: r for r in cost_plan(load_config(REPO / "config" / "imagenet128_ddpm.yaml"))}
+    ddpm_config = load_config(REPO / "config" / "imagenet128_ddpm.yaml")
+    ddpm = {r["table"]: r for r in cost_plan(ddpm_config, build_plan(ddpm_config))}
     passes = sum(250 + (r - 1) * 249 for r in (1, 2, 3)) + 250  # Table 1: r = 1, 2, 3 and ours (r = 1)
     assert ddpm["table1"]["denoiser"] == ddpm["table1"]["classifier"] == 10_000 * passes
     # Table 7: unguided (no gradient), fine-tuned CG, ResNet-101 and ResNet-50, 50k samples each
     assert ddpm["table7"]["denoiser"] == 4 * 50_000 * 250 and ddpm["table7"]["classifier"] == 3 * 50_000 * 250
-    edm = cost_plan(load_config(REPO / "config" / "imagenet64_edm.yaml"), {"denoiser": 0.01, "classifier": 0.02})
+    edm_config = load_config(REPO / "config" / "imagenet64_edm.yaml")
+    edm = cost_plan(edm_config, build_plan(edm_config), {"denoiser": 0.01, "classifier": 0.02})
     total = edm[-1]
     per_n = {n: (2 * n - 1, n) for n in (10, 18, 36, 256)}  # guided and unguided rows per step count
     assert total["denoiser"] == sum(2 * 50_000 * d for d, _ in per_n.values())
@@ -171,14 +176,16 @@ def fid_of(optimum):
 def run_rounds(plan, fid):
     """What search.smk does, without Snakemake: round k from round k - 1 and its proposals'
     metrics, up to the final round; and every metrics file the evaluate jobs would write."""
-    from offshelf.plan import search_round_record
+    from offshelf.planning.searches import search_round_record
 
     metrics = {}
 
     def evaluate(record):
         for (scale, n), name in zip(record["proposals"], record["evaluations"]):
-            setting, samples = parse_evaluation_name(name)
-            assert setting == plan.at(scale).name and (samples or plan.all_samples) == n
+            proposal = record["evaluates"][name]  # the record names each proposal's setting, with its parameters
+            assert proposal["setting"] == plan.at(scale).name and proposal["num_samples"] == n
+            assert Setting.from_dict(record["settings"][proposal["setting"]]) == plan.at(scale)
+            assert name == (plan.at(scale).name + ("" if n == plan.all_samples else f"+n{n}"))
             metrics[name] = {"fid": fid(scale)}
 
     rounds = [search_round_record(plan, None, {})]
@@ -190,10 +197,10 @@ def run_rounds(plan, fid):
 
 
 def test_search_rounds_reproduce_the_in_process_search(config):
-    from offshelf.plan import search_result_record
+    from offshelf.planning.searches import search_result_record
     from offshelf.search import run_search
 
-    plan = all_searches(config)["uncond_offshelf-x0_sp3_tj1_tm0.5_g0.3_ssearch_r1"]
+    plan = build_plan(config).searches["uncond_offshelf-x0_sp3_tj1_tm0.5_g0.3_ssearch_r1"]
     fid = fid_of(40.0)
     rounds, metrics = run_rounds(plan, fid)
     assert [r["round"] for r in rounds] == list(range(len(rounds)))
@@ -215,9 +222,9 @@ def test_search_rounds_reproduce_the_in_process_search(config):
 
 
 def test_unfinished_search_has_no_result(config):
-    from offshelf.plan import search_result_record, search_round_record
+    from offshelf.planning.searches import search_result_record, search_round_record
 
-    plan = next(iter(all_searches(config).values()))
+    plan = next(iter(build_plan(config).searches.values()))
     first = search_round_record(plan, None, {})
     with pytest.raises(ValueError, match="is not its last"):
         search_result_record(plan, first, {})
@@ -229,25 +236,51 @@ def test_unfinished_search_has_no_result(config):
         search_round_record(plan, first, nan)
 
 
-def test_a_proposed_scale_resolves_to_its_setting(config):
-    from offshelf.plan import family_name, lookup_setting
+def test_a_proposed_scale_resolves_to_its_setting(config, tmp_path):
+    """A searched scale's setting is data: the round that proposed it names it with its parameters;
+    a name no round proposed is refused, even one that spells a scale of a searched row."""
+    from offshelf.planning.searches import family_name, lookup_setting, search_round_record
 
-    searches = all_searches(config)
+    the_plan = build_plan(config)
+    searches, settings = the_plan.searches, the_plan.settings
     plan = searches["cond_combined-x0_relu_tj1_tm1_g0_ssearch_r1_sw5"]
     assert plan.family == family_name(plan.setting) == plan.name
-    for scale in (0.111, 5.48, 90.0):
+    round0 = search_round_record(plan, None, {})
+    scales = (0.111, 5.48, 90.0)
+    record = dict(round0, settings={plan.at(s).name: plan.at(s).to_dict() for s in scales})
+    for scale in scales:
         setting = plan.at(scale)
-        assert lookup_setting(all_settings(config), searches, setting.name) == setting
-    assert lookup_setting(all_settings(config), searches, "cond_unguided").method == "unguided"
-    for name in ("cond_offshelf-x0_relu_tj1_tm1_g0.7_s3_r1", "cond_offshelf-x0_relu_tj1_tm1_g0_sX_r1", "nonsense"):
+        assert lookup_setting(settings, searches, [round0, record], setting.name) == setting
+        assert the_plan.setting(setting.name, [record]) == setting
+    for (scale, n), name in zip(round0["proposals"], round0["evaluations"]):
+        assert the_plan.evaluation(name, [round0]) == (plan.at(scale).name, n)
+    assert lookup_setting(settings, searches, [], "cond_unguided").method == "unguided"
+    for name in ("cond_offshelf-x0_relu_tj1_tm1_g0.7_s3_r1", "cond_offshelf-x0_relu_tj1_tm1_g0_sX_r1", "nonsense",
+                 plan.at(7.0).name):  # a scale of the searched row no round proposed
         with pytest.raises(ValueError, match="neither a table row's setting nor a scale of a searched row"):
-            lookup_setting(all_settings(config), searches, name)
+            lookup_setting(settings, searches, [round0, record], name)
+    # a record whose parameters disagree with the name it gives them is refused, naming both
+    wrong = dict(record, settings={plan.at(5.48).name: plan.at(6.0).to_dict()})
+    with pytest.raises(ValueError, match="has the parameters of"):
+        lookup_setting(settings, searches, [wrong], plan.at(5.48).name)
+    # a round made before records carried their proposals' settings is refused, naming the fix
+    from offshelf.planning.searches import read_rounds
+
+    folder = tmp_path / "search"
+    (folder / plan.name).mkdir(parents=True)
+    old = {k: v for k, v in round0.items() if k not in ("settings", "evaluates")}
+    (folder / plan.name / "round0.json").write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="made by an older offshelf.*delete"):
+        list(read_rounds(folder, [plan.name]))
+    # a round of a search the plan does not hold proposes nothing
+    with pytest.raises(ValueError, match="neither"):
+        lookup_setting(settings, {}, [record], plan.at(5.48).name)
 
 
 def test_search_plan_round_trips_through_job_params(config):
-    from offshelf.plan import SearchPlan
+    from offshelf.planning.searches import SearchPlan
 
-    for plan in all_searches(config).values():
+    for plan in build_plan(config).searches.values():
         assert SearchPlan.from_dict(plan.to_dict()) == plan
 
 
@@ -259,11 +292,11 @@ def test_a_table_evaluating_fewer_samples_searches_at_its_own_count(config):
 
 
 def test_job_counts_bound_the_searches(config):
-    from offshelf.plan import job_counts
+    from offshelf.planning.plan import build_plan
     from offshelf.search import max_evaluations, max_rounds
 
-    counts = job_counts(config)
-    searches = all_searches(config)
+    counts = build_plan(config).job_counts
+    searches = build_plan(config).searches
     assert counts["searches"] == len(searches) == 38
     # config.yaml: 3 initial scales + 2 steps past an edge, then the finalist in full: 6 evaluations;
     # the 5 low-fidelity ones drawn and judged inside the rounds, the finalist's 500 samples in one
@@ -272,7 +305,7 @@ def test_job_counts_bound_the_searches(config):
     assert counts["search_evaluate"] == 38 * 1 and counts["search_sample"] == 38 * 1
     assert counts["search_round"] == sum(max_rounds(p.spec) for p in searches.values()) == 38 * 4
     # the fixed settings (unguided, CFG) apart: one evaluation each, every shard
-    assert counts["evaluate"] == len(all_settings(config)) and counts["sample"] == counts["settings"] * counts["shards"]
+    assert counts["evaluate"] == len(build_plan(config).settings) and counts["sample"] == counts["settings"] * counts["shards"]
     assert counts["total"] == sum(counts[k] for k in ("sample", "evaluate", "calibrate", "search_sample",
                                                        "search_evaluate", "search_round"))
 
@@ -280,7 +313,7 @@ def test_job_counts_bound_the_searches(config):
 def test_searched_rows_report_the_chosen_scale_its_trace_and_an_edge(config):
     """Table 6's rows: one search ends inside its range, one on its upper edge; the CSV names the
     chosen scale, the trace and its samples; the Markdown marks the edge and explains it."""
-    from offshelf.plan import search_result_record
+    from offshelf.planning.searches import search_result_record
     from offshelf.tables import EDGE_LEGEND, SEARCH_LEGEND, markdown, table_frame
 
     config = dict(config, tables={"table6": config["tables"]["table6"]}, regimes=["uncond"])
@@ -303,3 +336,34 @@ def test_searched_rows_report_the_chosen_scale_its_trace_and_an_edge(config):
     assert frame["fid"][1] == pytest.approx(records[plans[1].name]["fid"])
     text = markdown(frame, ["fid"], "Table 6")
     assert "| 90 (edge) |" in text and "| 3 |" in text and SEARCH_LEGEND in text and EDGE_LEGEND in text
+
+
+def test_snakemake_builds_the_plan_once(tmp_path):
+    """The Snakefile builds one Plan (validation reads its rows, the rules the rest): a dry run of
+    config.yaml appends exactly one line to OFFSHELF_COUNT_PLAN_BUILDS, from Snakemake's own process."""
+    import os
+    import subprocess
+    import sys
+
+    from offshelf.planning.plan import COUNT_BUILDS
+
+    counter = tmp_path / "builds.txt"
+    proc = subprocess.Popen([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--config", f"results={tmp_path}"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, **{COUNT_BUILDS: str(counter)}))
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    assert "jobs planned" in err and "Job stats" in out
+    assert counter.read_text().split() == [str(proc.pid)]  # one build, in the main process
+
+
+def test_the_plan_is_built_once_per_validation(config, tmp_path, monkeypatch):
+    from offshelf.config import validated_plan
+    from offshelf.planning.plan import COUNT_BUILDS, Plan
+
+    counter = tmp_path / "builds.txt"
+    monkeypatch.setenv(COUNT_BUILDS, str(counter))
+    plan = validated_plan(dict(config))
+    assert isinstance(plan, Plan) and len(counter.read_text().split()) == 1
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.settings = {}

@@ -120,12 +120,12 @@ def test_offshelf_evaluate_names_a_foreign_shard(models, tmp_path):
 
 def test_a_broken_candidate_cannot_win_the_grid():
     """Best-of-grid would otherwise pick a finite scale and hide the broken one."""
-    from offshelf.plan import Row
+    from offshelf.planning.rows import Row
     from offshelf.settings import Setting
     from offshelf.tables import best_candidate, table_frame
 
     good, broken = Setting(scale=1.0), Setting(scale=3.0)
-    row = Row("table4", "Softplus", "cond", [good, broken], None, sweep_key="scale")
+    row = Row(table="table4", label="Softplus", regime="cond", candidates=[good, broken], probe=None, sweep_key="scale")
     with pytest.raises(ValueError, match=f"setting {broken.name} has FID nan"):
         table_frame([row], {good.name: {"fid": 0.3}, broken.name: {"fid": float("nan")}}, {})
     assert best_candidate(row, {good.name: {"fid": 0.3}})[0] == good  # a candidate not yet run is no error

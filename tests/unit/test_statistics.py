@@ -235,7 +235,7 @@ def test_bootstrap_and_baseline_keys_are_validated(default_config):
     config["tables"]["table5"]["rows"][3]["baseline"] = True
     with pytest.raises(ConfigError, match=r"tables\.table5\.rows\[3\]\.baseline"):
         validate_config(config)
-    from offshelf.plan import table_rows
+    from offshelf.planning.rows import table_rows
 
     config["tables"]["table5"]["rows"][3].pop("baseline")
     flagged = {r.label for r in table_rows(validate_config(config)) if r.table == "table5" and r.baseline}

@@ -304,7 +304,7 @@ def tuned_yaml(tmp_path) -> Path:
 
 def test_tuned_yaml_round_trips_through_the_plan(tmp_path):
     from offshelf.config import load_config, validate_config
-    from offshelf.plan import table_rows
+    from offshelf.planning.rows import table_rows
 
     config = load_config(str(REPO / "config" / "ci.yaml"))
     config["bases"].update(yaml.safe_load(tuned_yaml(tmp_path).read_text()))

@@ -154,7 +154,7 @@ def test_yaml_syntax_error_names_the_file_and_line(tmp_path):
     bad.write_text("sampling:\n  num_samples: 10\n  shard_size: [5\nexperiment: x\n")
     proc = snakemake("-n", "--configfile", str(CI), str(bad), check=False)
     assert proc.returncode != 0
-    check = subprocess.run([sys.executable, "-m", "offshelf.config", str(CI), str(bad)], capture_output=True, text=True)
+    check = subprocess.run([sys.executable, "-m", "offshelf", "check-config", str(CI), str(bad)], capture_output=True, text=True)
     assert check.returncode == 1
     assert re.fullmatch(rf"offshelf: {re.escape(str(bad))}:4:\d+: not valid YAML: .* \(while parsing a flow sequence "
                         rf"at line 3\)\n", check.stderr), check.stderr
@@ -191,7 +191,7 @@ def test_failed_job_log_holds_the_traceback(tmp_path):
 
 def test_documented_recovery_after_a_killed_snakemake(tmp_path):
     """SIGKILL a real run mid-job: a plain rerun stops with Snakemake's LockException; the command
-    docs/scaling.md gives (`python -m offshelf.jobs resume <same args>`) refuses while Snakemake
+    docs/scaling.md gives (`offshelf resume <same args>`) refuses while Snakemake
     still runs, and after the kill unlocks and completes the run."""
     workdir = tmp_path / "work"  # Snakemake's locks live in its working directory: keep them here
     workdir.mkdir()
@@ -199,7 +199,7 @@ def test_documented_recovery_after_a_killed_snakemake(tmp_path):
     targets = [str(results / "ci" / "models" / f"{role}.pt") for role in ("denoiser", "offshelf")]
     args = ["-s", str(REPO / "Snakefile"), "--profile", str(REPO / "profiles" / "local"), "--cores", "1",
             "--configfile", str(CI), "--config", f"results={results}", "--", *targets]
-    resume = [sys.executable, "-m", "offshelf.jobs", "resume", *args]
+    resume = [sys.executable, "-m", "offshelf", "resume", *args]
 
     log = tmp_path / "killed.log"
     proc = subprocess.Popen([*SNAKEMAKE, *args], cwd=workdir, stdout=log.open("w"), stderr=subprocess.STDOUT,

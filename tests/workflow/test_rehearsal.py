@@ -115,9 +115,9 @@ def test_imagenet_workflow_rehearsal(name, tmp_path, standins_dir, base_url):
 
     # metrics files: one per evaluation, each with its numbers and the network that judged it
     metrics = sorted((exp / "metrics").glob("*.json"))
-    from offshelf.plan import all_evaluations
+    from offshelf.planning.plan import build_plan
 
-    assert {p.stem for p in metrics} == set(all_evaluations(cfg))
+    assert {p.stem for p in metrics} == set(build_plan(cfg).evaluations)
     for path in metrics:
         result = json.loads(path.read_text())
         assert math.isfinite(result["fid"]) and result["n"] >= 4 and result["judge"], path.name

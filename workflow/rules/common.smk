@@ -3,7 +3,9 @@ import json
 
 from offshelf.backends.base import Pretrained, Trained
 from offshelf.backends.capabilities import Capability
-from offshelf.plan import calibration_params, figure_guided_probes, first_seeds
+from offshelf.planning.params import calibration_params, first_seeds
+from offshelf.planning.probes import figure_guided_probes
+from offshelf.planning.searches import check_round, finalists
 
 
 def source_path(source):
@@ -60,18 +62,27 @@ def shard_seed_range(shard):
     return [seeds[0], len(seeds)]
 
 
+def search_rounds():
+    """The search rounds made so far (checkpoint outputs), read lazily: a searched setting's
+    parameters are in the record of the round that proposed it, never parsed from its name."""
+    return read_rounds(f"{EXP}/search", sorted(SEARCHES))
+
+
 def setting_of(name):
-    """A sample job's setting: a table row's, or a scale a search proposed."""
-    return lookup_setting(SETTINGS, SEARCHES, name)
+    """A sample job's setting: a table row's, or a scale a search proposed (from its round's record)."""
+    return PLAN.setting(name, search_rounds())
 
 
 def evaluation_of(name):
     """(setting name, number of samples) of a metrics file stem: one the tables need, or a
-    search's evaluation (``<setting>+n<N>``: its first N samples)."""
-    if name in EVALUATIONS:
-        return EVALUATIONS[name]
-    setting, n = parse_evaluation_name(name)
-    return setting_of(setting).name, n or config["sampling"]["num_samples"]
+    search's evaluation (its setting's first N samples, as the round proposing it names them)."""
+    return PLAN.evaluation(name, search_rounds())
+
+
+def evaluated_param(name):
+    """An evaluate job's {setting, num_samples} (None: all of the setting's samples)."""
+    setting, n = evaluation_of(name)
+    return {"setting": setting, "num_samples": None if n == PLAN.all_samples else n}
 
 
 def shards_of_evaluation(name):
@@ -103,6 +114,14 @@ def report_grids():
     return [f"{EXP}/grids/{name}.png" for name in sorted(SETTINGS)]
 
 
+def grid_shards_of(setting):
+    """The leading shards a setting's grid reads (offshelf.grids.grid_shards): a table row's
+    setting, or a search's finalist (sampled at its search's full fidelity)."""
+    from offshelf.grids import grid_shards
+
+    return grid_shards(config, PLAN.sampled_counts(setting, search_rounds()), setting)
+
+
 # Figure 4's sample: the paper's uncond, off-the-shelf x̂0 guidance (its Softplus/schedule knobs are
 # the figure's own params).
 FIGURE4_SETTING = Setting(regime="uncond", classifier="offshelf", input="x0", softplus_beta=3.0, sine_factor=0.3)
@@ -117,11 +136,11 @@ def denoiser_per_sample(setting):
 
 
 def round_proposals(search, k):
-    """(round k - 1's file, the evaluations it proposed); raises IncompleteCheckpointException
-    (which Snakemake turns into a dependency) while that round is not made."""
+    """(round k - 1's file, its record); raises IncompleteCheckpointException (which Snakemake
+    turns into a dependency) while that round is not made."""
     previous = checkpoints.search_round.get(search=search, round=k - 1).output[0]
     with open(previous) as f:
-        return previous, json.load(f)["evaluations"]
+        return previous, check_round(json.load(f), previous)
 
 
 def search_round_inputs(wc):
@@ -145,10 +164,12 @@ def search_round_evaluations(wc):
     k = int(wc.round)
     if k == 0:
         return {}
+    record = round_proposals(wc.search, k)[1]
     out = {}
-    for e in round_proposals(wc.search, k)[1]:
-        setting, n = evaluation_of(e)
-        out[e] = {"setting": setting_of(setting).to_dict(), "seeds": first_seeds(config, n)}
+    for e in record["evaluations"]:
+        proposal = record["evaluates"][e]
+        out[e] = {"setting": record["settings"][proposal["setting"]],
+                  "seeds": first_seeds(config, proposal["num_samples"])}
     return out
 
 
@@ -168,15 +189,11 @@ def final_round(search):
 def search_result_inputs(wc):
     """A search's final round and its finalists' metrics and features (the row reports one of them)."""
     path, record = final_round(wc.search)
-    # the finalists: the final round's evaluations, and the full-fidelity ones of earlier rounds
-    # (where low fidelity is the full count, the final round proposes nothing new)
-    plan, full = SEARCHES[wc.search], record["spec"]["full_fidelity"]
-    finalists = list(dict.fromkeys(record["evaluations"] + [plan.evaluation(e["scale"], full)
-                                                            for e in record["trace"] if e["num_samples"] == full]))
-    inputs = {"final": path, "metrics": expand(f"{EXP}/metrics/{{e}}.json", e=finalists),
-              "features": expand(f"{EXP}/metrics/{{e}}.features.npz", e=finalists)}
+    found = finalists(SEARCHES[wc.search], record)  # evaluation -> setting name
+    inputs = {"final": path, "metrics": expand(f"{EXP}/metrics/{{e}}.json", e=list(found)),
+              "features": expand(f"{EXP}/metrics/{{e}}.features.npz", e=list(found))}
     if config.get("grids") is not None:  # the finalists' grids: the report shows the chosen one's
-        inputs["grids"] = [f"{EXP}/grids/{parse_evaluation_name(e)[0]}.png" for e in finalists]
+        inputs["grids"] = [f"{EXP}/grids/{setting}.png" for setting in found.values()]
     return inputs
 
 

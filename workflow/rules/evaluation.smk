@@ -32,6 +32,8 @@ rule evaluate:
         features=f"{EXP}/metrics/{{setting}}.features.npz",
     params:
         evaluation=canonical(config["evaluation"]),
+        # its setting and sample count, from the plan or the search round that proposed it
+        evaluated=lambda wc: evaluated_param(wc.setting),
         seeds=lambda wc: shards_of_evaluation(wc.setting)[1],
         backend=BACKEND_SPEC,
         checkpoints=CHECKPOINTS,

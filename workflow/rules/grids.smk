@@ -1,7 +1,7 @@
 # Sample grids: one PNG per setting, one line per class, the same seeds in every setting's grid
 # (offshelf.grids). The report shows each table row's grid (report_grids, common.smk); none without
 # a `grids:` section.
-from offshelf.grids import GridConfigError, grid_options, grid_shards
+from offshelf.grids import GridConfigError, grid_options
 from offshelf.report import SAMPLE_PATTERN, sample_category, sample_labels
 from offshelf.shards import ShardFormat
 
@@ -17,12 +17,12 @@ rule sample_grid:
     input:
         # the leading shards that hold the grid's seeds, not every shard of the setting
         shards=lambda wc: expand(f"{EXP}/samples/{wc.setting}/shard{{shard}}.npz",
-                                 shard=grid_shards(config, wc.setting)),
+                                 shard=grid_shards_of(wc.setting)),
     output:
         f"{EXP}/grids/{{setting}}.png",
     params:
         grids=canonical(GRIDS or {}),
-        seeds=lambda wc: [shard_seed_range(shard) for shard in grid_shards(config, wc.setting)],
+        seeds=lambda wc: [shard_seed_range(shard) for shard in grid_shards_of(wc.setting)],
         # what the shards must hold, not BACKEND_SPEC: the job then never creates the backend (torch's import)
         shard_format=canonical(ShardFormat.of(BACKEND).param()),
         library=LIBRARY,

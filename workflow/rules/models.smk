@@ -2,6 +2,8 @@
 # its training config) or names pretrained files (Pretrained), downloaded once into the checkpoint
 # cache by `fetch_checkpoint` (or taken from `checkpoints.local`) and verified against the registry
 # pins and the lock file; every sampling/evaluation job takes them as inputs.
+import re  # re.escape: a filename taken literally in a wildcard constraint
+
 TRAINING = BACKEND.training_from_config(config) if Capability.TRAINING in BACKEND.capabilities else {}
 FETCHED = fetched_files()
 CACHE = str(cache_dir(config))

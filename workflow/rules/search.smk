@@ -1,6 +1,7 @@
 # Guidance-scale search (offshelf.search, docs/statistics.md "Scale search"): each guided row of a
 # config with a `search` section gets its scale from a log-scale bracketing search. One checkpoint
-# per round: round k holds the trace so far and the evaluations the search proposes next; round
+# per round: round k holds the trace so far and the evaluations the search proposes next, each
+# with its setting's parameters (`settings`, `evaluates`: what sample/evaluate jobs read); round
 # k + 1 draws them (a setting's first N samples: the seeds its shards hold, `<setting>+n<N>`) and
 # judges them in its own process, so a round is one process, not a sample job per scale. A round
 # is a pure function of the one before, so a killed run resumes at the first missing round. The

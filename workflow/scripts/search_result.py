@@ -3,7 +3,7 @@ from pathlib import Path
 
 from offshelf.atomic import save_json
 from offshelf.jobs import job_log
-from offshelf.plan import SearchPlan, search_result_record
+from offshelf.planning.searches import SearchPlan, search_result_record
 
 with job_log(snakemake.log[0]):
     plan = SearchPlan.from_dict(snakemake.params.plan)

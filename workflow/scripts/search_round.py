@@ -3,7 +3,7 @@ from pathlib import Path
 
 from offshelf.atomic import save_json
 from offshelf.jobs import job_log
-from offshelf.plan import SearchPlan, search_round_record
+from offshelf.planning.searches import SearchPlan, search_round_record
 
 with job_log(snakemake.log[0], snakemake.threads, snakemake.resources.get("gpu", 0)):
     p, inputs = snakemake.params, snakemake.input

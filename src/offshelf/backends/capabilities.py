@@ -3,7 +3,7 @@
 A backend class lists its optional capabilities in ``capabilities`` (a frozenset of
 :class:`Capability` values). The planner, the config validation, the workflow's rules and the
 ``offshelf`` command read that declaration (``Capability.TUNING in backend_class.capabilities``):
-no capability is found out by calling a method and catching an error. ``tests/test_backends_capabilities.py``
+no capability is found out by calling a method and catching an error. ``tests/unit/test_backends_capabilities.py``
 checks every built-in backend (and the toy plug-in) declares exactly the capabilities it implements
 (:data:`MEMBERS`: the members each capability brings).
 

@@ -1,6 +1,6 @@
 """The three samplers of the paper, one algorithm box each, behind one calling contract.
 
-Contract (``tests/test_samplers_contract.py`` checks it with :func:`inspect.signature`)::
+Contract (``tests/unit/test_samplers_contract.py`` checks it with :func:`inspect.signature`)::
 
     sample(net, noise_or_rng, schedule, *, guidance=None, callback=None, progress=False,
            **family_knobs) -> images

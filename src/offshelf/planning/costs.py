@@ -1,0 +1,129 @@
+"""What a plan costs: the per-setting jobs it plans (bounded by ``max_jobs``) and the network
+evaluations its sampling takes, per table and in total."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from offshelf.planning.params import config_backend, num_shards
+from offshelf.planning.searches import SearchPlan
+from offshelf.search import max_evaluations, max_rounds
+
+# A workflow whose DAG holds tens of thousands of jobs takes minutes and gigabytes before the
+# first job starts (a dry run of 80,000 sample jobs: 70 s, 1 GB), and almost always comes from a
+# typo in `sampling.shard_size`. Above this many jobs a config must say so (`max_jobs`).
+DEFAULT_MAX_JOBS = 20_000
+
+
+class TooManyJobsError(ValueError):
+    """The config plans more jobs than ``max_jobs`` allows; the message says which keys to change."""
+
+
+SEARCH_COUNTS = ("search_sample", "search_evaluate", "search_round")
+
+
+def _too_many(config: dict, counts: dict[str, int], limit: int) -> TooManyJobsError:
+    sampling = config["sampling"]
+    parts = [f"{counts['sample']} sample"] + [f"{counts[k]} {k.replace('_', ' ')}"
+                                             for k in ("evaluate", "calibrate") + SEARCH_COUNTS if k in counts]
+    return TooManyJobsError(
+        f"config keys 'sampling.num_samples' = {sampling['num_samples']} / 'sampling.shard_size' = "
+        f"{sampling['shard_size']} plan {counts['total']} jobs ({', '.join(parts)}), above max_jobs = {limit}: "
+        f"raise sampling.shard_size (fewer, larger shards) or set the config key 'max_jobs' to at least "
+        f"{counts['total']}")
+
+
+def check_shards(config: dict) -> None:
+    """Refuses cheaply, before any setting is built: shards are ``ceil(num_samples / shard_size)``,
+    pure arithmetic, and every sampled setting needs all of them."""
+    limit = config.get("max_jobs", DEFAULT_MAX_JOBS)
+    shards = num_shards(config)
+    if shards > limit:
+        raise _too_many(config, {"sample": shards, "total": shards}, limit)
+
+
+def count_jobs(config: dict, evaluations: Mapping[str, tuple[str, int]], calibrate: int,
+               searches: Mapping[str, SearchPlan]) -> dict[str, int]:
+    """The per-setting jobs a config plans, counted without building a single job: ``sample``
+    (each setting's shards, up to the most samples any table evaluates of it), ``evaluate``
+    (metrics files), ``calibrate`` (probes), their ``total``, and ``settings`` / ``shards``
+    (shards of a setting sampled in full). Jobs that do not scale with the config (training,
+    downloads, reference features, the report, figures) are not counted: a handful per experiment.
+    The guidance-scale searches (``searches`` of them) are counted apart, at their most
+    (offshelf.search.max_evaluations / max_rounds: every extension and refinement taken):
+    ``search_sample`` and ``search_evaluate`` (the finalists' full evaluations; the low-fidelity
+    ones are drawn and judged inside the rounds) and ``search_round`` jobs, also in the ``total``.
+    Refuses above ``max_jobs`` (:class:`TooManyJobsError`); settings are bounded by the size of
+    the config itself (rows × regimes × scale grid)."""
+    limit = config.get("max_jobs", DEFAULT_MAX_JOBS)
+    check_shards(config)
+    most: dict[str, int] = {}  # setting -> most samples any evaluation of it reads
+    for setting, n in evaluations.values():
+        most[setting] = max(most.get(setting, 0), n)
+    sample = sum(num_shards(config, n) for n in most.values())
+    counts = dict(sample=sample, evaluate=len(evaluations), calibrate=calibrate)
+    if searches:
+        counts.update({k: 0 for k in SEARCH_COUNTS})
+        for plan in searches.values():
+            full = max_evaluations(plan.spec)[1]  # the low-fidelity ones are drawn inside the rounds
+            counts["search_sample"] += full * num_shards(config, plan.spec.full_fidelity)
+            counts["search_evaluate"] += full
+            counts["search_round"] += max_rounds(plan.spec)
+    counts.update(total=sum(counts.values()), settings=len(most), shards=num_shards(config))
+    if searches:
+        counts["searches"] = len(searches)
+    if counts["total"] > limit:
+        raise _too_many(config, counts, limit)
+    return counts
+
+
+def describe_job_counts(config: dict, plan) -> str:
+    """One line for the start of a run: what ``plan`` (offshelf.planning.plan.Plan, built from
+    ``config``; this module is below it) counts, and the bound it is held to."""
+    c = plan.job_counts
+    search = (f"; {c['searches']} guidance-scale searches: at most {c['search_sample']} sample, "
+              f"{c['search_evaluate']} evaluate, {c['search_round']} round" if "searches" in c else "")
+    return (f"offshelf: {c['total']} jobs planned ({c['sample']} sample: {c['settings']} settings x up to "
+            f"{c['shards']} shards; {c['evaluate']} evaluate; {c['calibrate']} calibrate{search}; plus the "
+            f"per-experiment jobs); max_jobs = {config.get('max_jobs', DEFAULT_MAX_JOBS)}")
+
+
+def cost_plan(config: dict, plan, seconds: dict[str, float] | None = None) -> list[dict[str, Any]]:
+    """What sampling a config costs (``plan``: its offshelf.planning.plan.Plan), per table and in total (settings shared by tables counted once
+    in the total): samples, denoiser and classifier network evaluations, and, given ``seconds``
+    per ``denoiser`` evaluation and per ``classifier`` forward+backward (per image, at the batch
+    size you run), the hours: Σ count × seconds / 3600. Evaluation is not counted. A searched row
+    counts its search at its most (every extension and refinement taken; offshelf.search)."""
+    from offshelf.backends.capabilities import Capability, require
+
+    backend = config_backend(config)
+    require(backend, Capability.COST, "a cost plan")  # declared, not found out by calling
+    most: dict[str, dict[str, int]] = {}  # table -> setting (or search) -> most samples it reads
+    settings = dict(plan.settings)
+    for row in plan.rows:
+        if row.unavailable:
+            continue
+        table = most.setdefault(row.table, {})
+        for s in row.candidates:
+            table[s.name] = max(table.get(s.name, 0), row.num_samples or config["sampling"]["num_samples"])
+        if row.search:
+            low, full = max_evaluations(row.search.spec)
+            table[row.search.name] = low * row.search.spec.low_fidelity + full * row.search.spec.full_fidelity
+            settings[row.search.name] = row.search.setting  # every scale costs the same per sample
+    total: dict[str, int] = {}
+    for table in most.values():
+        for name, n in table.items():
+            total[name] = max(total.get(name, 0), n)
+
+    def line(label: str, samples_by_setting: dict[str, int]) -> dict[str, Any]:
+        out = {"table": label, "settings": len(samples_by_setting), "samples": 0, "denoiser": 0, "classifier": 0}
+        for name, n in samples_by_setting.items():
+            work = backend.work_per_sample(settings[name], config.get("sampling", {}))
+            out["samples"] += n
+            out["denoiser"] += n * work["denoiser"]
+            out["classifier"] += n * work["classifier"]
+        if seconds:
+            out["hours"] = (out["denoiser"] * seconds["denoiser"] + out["classifier"] * seconds["classifier"]) / 3600
+        return out
+
+    return [line(table, samples) for table, samples in most.items()] + [line("total", total)]

@@ -1,0 +1,106 @@
+"""The plan of a workflow config, built once (:func:`build_plan`) per Snakemake invocation and per
+``offshelf plan``: its table rows and everything the rules expand from them."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+from offshelf.planning.costs import check_shards, count_jobs
+from offshelf.planning.params import config_backend
+from offshelf.planning.probes import calibrates_guided, figure_guided_settings, figure_probes, guided_probe
+from offshelf.planning.rows import Row, evaluation_name, table_rows
+from offshelf.planning.searches import SearchPlan, lookup_setting, proposed
+from offshelf.settings import Setting
+
+# A file build_plan appends a line to on each build (tests count them: the Snakefile builds one plan)
+COUNT_BUILDS = "OFFSHELF_COUNT_PLAN_BUILDS"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a config plans. ``rows``: every (table row × regime); ``settings``: the tables'
+    fixed settings by name (a searched row's scales come from its search's round records);
+    ``evaluations``: metrics file stem -> (setting name, number of samples); ``searches``: search
+    name -> :class:`SearchPlan`; ``probes``: unguided calibrations, by probe name; ``guided_probes``:
+    guided calibrations by setting name (empty unless ``calibrates_guided``); ``job_counts``: the
+    per-setting jobs (:func:`offshelf.planning.costs.count_jobs`); ``all_samples``: the samples a
+    setting gets (``sampling.num_samples``)."""
+
+    rows: tuple[Row, ...]
+    settings: Mapping[str, Setting]
+    evaluations: Mapping[str, tuple[str, int]]
+    searches: Mapping[str, SearchPlan]
+    probes: tuple[str, ...]
+    guided_probes: Mapping[str, Setting]
+    calibrates_guided: bool
+    job_counts: Mapping[str, int]
+    all_samples: int
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Plan":
+        return build_plan(config)
+
+    def setting(self, name: str, rounds: Iterable[Mapping[str, Any]] = ()) -> Setting:
+        """A fixed setting, or one a search round proposed (``rounds``: their records, read lazily)."""
+        return lookup_setting(self.settings, self.searches, rounds, name)
+
+    def evaluation(self, name: str, rounds: Iterable[Mapping[str, Any]] = ()) -> tuple[str, int]:
+        """(setting name, number of samples) of a metrics file stem: one the tables need, or one a
+        search round proposed (as its record names it)."""
+        if name in self.evaluations:
+            return self.evaluations[name]
+        found = proposed(rounds, self.searches, "evaluates", name)
+        if found is None:
+            raise ValueError(f"evaluation {name!r} is neither a table row's nor one a search proposed")
+        return found[1]["setting"], int(found[1]["num_samples"])
+
+    def sampled_counts(self, setting: str, rounds: Iterable[Mapping[str, Any]] = ()) -> list[int]:
+        """The sample counts the evaluations of ``setting`` read: the tables', or, for a scale a search
+        proposed, its search's full fidelity (a finalist is sampled in full)."""
+        counts = [n for name, n in self.evaluations.values() if name == setting]
+        if not counts and (found := proposed(rounds, self.searches, "settings", setting)):
+            counts = [self.searches[found[0]["search"]].spec.full_fidelity]
+        return counts
+
+
+def _count_build() -> None:
+    path = os.environ.get(COUNT_BUILDS)
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{os.getpid()}\n")
+
+
+def build_plan(config: dict) -> Plan:
+    """The plan of a (validated) config. Raises :class:`~offshelf.planning.costs.TooManyJobsError`
+    above ``max_jobs`` (a runaway shard count before any row is built) and ValueError naming the
+    key of an invalid row."""
+    _count_build()
+    check_shards(config)
+    all_samples = config["sampling"]["num_samples"]
+    rows = tuple(table_rows(config, backend=config_backend(config)))
+    settings: dict[str, Setting] = {}
+    evaluations: dict[str, tuple[str, int]] = {}
+    searches: dict[str, SearchPlan] = {}
+    for row in rows:
+        if row.unavailable:
+            continue
+        for s in row.candidates:
+            settings.setdefault(s.name, s.canonical())
+            evaluations.setdefault(evaluation_name(config, s.name, row.num_samples), (s.name, row.num_samples))
+        if row.search:
+            searches.setdefault(row.search.name, row.search)
+    probes = tuple(sorted({row.probe for row in rows if row.probe} | set(figure_probes(config))))
+    guided: dict[str, Setting] = {}
+    if calibrates_guided(config):
+        for row in rows:
+            if row.guided_probe and not row.unavailable:
+                guided.setdefault(row.guided_probe,
+                                  guided_probe(config, row.search.setting if row.search else row.candidates[0]))
+        for s in figure_guided_settings(config):
+            guided.setdefault(s.name, s)
+    counts = count_jobs(config, evaluations, len(probes) + len(guided), searches)
+    return Plan(rows=rows, settings=settings, evaluations=evaluations, searches=searches, probes=probes,
+                guided_probes=guided, calibrates_guided=calibrates_guided(config), job_counts=counts,
+                all_samples=all_samples)
