@@ -338,25 +338,6 @@ def test_searched_rows_report_the_chosen_scale_its_trace_and_an_edge(config):
     assert "| 90 (edge) |" in text and "| 3 |" in text and SEARCH_LEGEND in text and EDGE_LEGEND in text
 
 
-def test_snakemake_builds_the_plan_once(tmp_path):
-    """The Snakefile builds one Plan (validation reads its rows, the rules the rest): a dry run of
-    config.yaml appends exactly one line to OFFSHELF_COUNT_PLAN_BUILDS, from Snakemake's own process."""
-    import os
-    import subprocess
-    import sys
-
-    from offshelf.planning.plan import COUNT_BUILDS
-
-    counter = tmp_path / "builds.txt"
-    proc = subprocess.Popen([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--config", f"results={tmp_path}"],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, **{COUNT_BUILDS: str(counter)}))
-    out, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err[-3000:]
-    assert "jobs planned" in err and "Job stats" in out
-    assert counter.read_text().split() == [str(proc.pid)]  # one build, in the main process
-
-
 def test_the_plan_is_built_once_per_validation(config, tmp_path, monkeypatch):
     from offshelf.config import validated_plan
     from offshelf.planning.plan import COUNT_BUILDS, Plan

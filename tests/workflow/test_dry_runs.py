@@ -2,7 +2,7 @@
 
 import pytest
 
-from workflow_utils import dry_run_jobs
+from workflow_utils import REPO, dry_run_jobs
 
 
 # Jobs per config: fetches (networks + reference batch + Inception), 50k samples in 1k shards
@@ -37,3 +37,22 @@ def test_dry_run_lists_every_stage(tmp_path):
                  "all"):
         assert jobs.get(rule, 0) >= 1, f"stage {rule} missing from the dry run: {jobs}"
     assert jobs["train_model"] == 4
+
+
+def test_snakemake_builds_the_plan_once(tmp_path):
+    """The Snakefile builds one Plan (validation reads its rows, the rules the rest): a dry run of
+    config.yaml appends exactly one line to OFFSHELF_COUNT_PLAN_BUILDS, from Snakemake's own process."""
+    import os
+    import subprocess
+    import sys
+
+    from offshelf.planning.plan import COUNT_BUILDS
+
+    counter = tmp_path / "builds.txt"
+    proc = subprocess.Popen([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--config", f"results={tmp_path}"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, **{COUNT_BUILDS: str(counter)}))
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    assert "jobs planned" in err and "Job stats" in out
+    assert counter.read_text().split() == [str(proc.pid)]  # one build, in the main process
