@@ -402,11 +402,8 @@ def cmd_held_out(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0],
-                                     epilog="Run `offshelf COMMAND --help` for each command's options.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_sample(commands) -> None:
+    """offshelf sample."""
     sample = commands.add_parser("sample", help="sample one shard (.npz in ADM's layout, plus a PNG grid)")
     _common(sample)
     sample.add_argument("--setting", required=True, help="a YAML file or inline key=value,... (offshelf.settings.Setting)")
@@ -417,6 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--grid", help="the PNG grid (default: beside the shard)")
     sample.set_defaults(run=cmd_sample)
 
+
+def _add_calibrate(commands) -> None:
+    """offshelf calibrate."""
     calibrate = commands.add_parser("calibrate", help="per-step ECE of a classifier variant along the reverse process")
     _common(calibrate)
     calibrate.add_argument("--probe", required=True, help="classifier variant, e.g. offshelf-x0_sp3")
@@ -425,6 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--out", required=True, help="the per-step table (.csv)")
     calibrate.set_defaults(run=cmd_calibrate)
 
+
+def _add_evaluate(commands) -> None:
+    """offshelf evaluate."""
     evaluate = commands.add_parser("evaluate", help="FID / precision / recall (/ accuracy) of shards")
     _common(evaluate)
     evaluate.add_argument("--shards", nargs="+", required=True, help="shard .npz files, in seed order")
@@ -434,6 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "beside it, <out stem>.features.npz)")
     evaluate.set_defaults(run=cmd_evaluate)
 
+
+def _add_tune(commands) -> None:
+    """offshelf tune."""
     tune = commands.add_parser("tune", help="calibrate a classifier (τ2 on held-out images, β along the "
                                "trajectories it guides), then search the scale",
                                description="Stage 1: noise held-out real images to every step, denoise to x̂0, and "
@@ -463,6 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--out", required=True, help="output folder: tuned.yaml and the evidence files")
     tune.set_defaults(run=cmd_tune)
 
+
+def _add_held_out(commands) -> None:
+    """offshelf held-out."""
     held_out = commands.add_parser("held-out", help="labelled ImageNet validation images for offshelf tune (.npz)",
                                    description="Read an ImageFolder tree (one folder per class: ImageNet's 1000 synset "
                                    "folders; the class index is the sorted position), take --count images round-robin "
@@ -474,12 +483,18 @@ def build_parser() -> argparse.ArgumentParser:
     held_out.add_argument("--out", required=True, help="the .npz to write")
     held_out.set_defaults(run=cmd_held_out)
 
+
+def _add_plan(commands) -> None:
+    """offshelf plan."""
     plan = commands.add_parser("plan", help="sampling work (network evaluations; GPU-hours given costs) per table")
     plan.add_argument("--config", required=True, help="a workflow config")
     plan.add_argument("--seconds-per-denoiser", type=float, help="one denoiser evaluation, per image (s)")
     plan.add_argument("--seconds-per-classifier", type=float, help="one classifier forward+backward, per image (s)")
     plan.set_defaults(run=cmd_plan)
 
+
+def _add_maintenance(commands) -> None:
+    """offshelf checkpoints, resume and check-config."""
     for name, run, help_text in (("checkpoints", cmd_checkpoints, "list | fetch NAME... | verify NAME PATH"),
                                  ("resume", cmd_resume, "rerun Snakemake after a kill (unlocks stale locks only)")):
         sub = commands.add_parser(name, help=help_text, add_help=False)
@@ -489,12 +504,29 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("files", nargs="+", metavar="FILE")
     check.set_defaults(run=cmd_check_config)
 
+
+def _add_text2image(commands) -> None:
+    """offshelf text2image."""
     t2i = commands.add_parser("text2image", help="CLIP-guided text-to-image: linear, sine, recurrent (docs/clip.md)")
     t2i.add_argument("--config", required=True, help="YAML config, e.g. config/clip_text2image.yaml")
     t2i.add_argument("--outdir", help="override the config's outdir")
     t2i.add_argument("--device", help="override the config's device (cuda, cpu)")
     t2i.add_argument("--n-per-prompt", type=int, help="override the config's n_per_prompt")
     t2i.set_defaults(run=cmd_text2image)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0],
+                                     epilog="Run `offshelf COMMAND --help` for each command's options.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_sample(commands)
+    _add_calibrate(commands)
+    _add_evaluate(commands)
+    _add_tune(commands)
+    _add_held_out(commands)
+    _add_plan(commands)
+    _add_maintenance(commands)
+    _add_text2image(commands)
     return parser
 
 

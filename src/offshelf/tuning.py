@@ -502,25 +502,14 @@ def variant_setting(spec: TuneSpec, beta: float) -> Setting:
                    softplus_beta=float(beta))
 
 
-def run_tune(backend, models, spec: TuneSpec, out_dir, guiding_files: Mapping[str, str],
-             judging_files: Mapping[str, str], evaluation: Mapping[str, Any] | None = None,
-             sampling: Mapping[str, Any] | None = None, batch_size: int = 256, progress: bool = False,
-             reference_features: Mapping[str, np.ndarray] | None = None) -> dict:
-    """Both stages for a DDPM-family backend; writes into ``out_dir``:
-
-    * ``tuned.yaml`` -- ``{tuned_<classifier>_<regime>: {...}}``, a ``bases:`` entry;
-    * ``calibration_curves.csv`` (every β, τ2, step), ``calibration_integrals.csv``,
-      ``optimal_temperatures.csv`` and ``calibration_curves.png``;
-    * ``search_trace.csv`` and ``summary.json`` (choices, both criteria, the judge, the cost in
-      denoiser evaluations).
-
-    ``reference_features``: the workflow's reference features (default: computed here)."""
-    from offshelf import stages
-    from offshelf.atomic import save_csv, save_json
-    from offshelf.metrics import feature_statistics
+def refuse_what_cannot_be_tuned(backend, models, spec: TuneSpec, guiding_files: Mapping[str, str],
+                                judging_files: Mapping[str, str]):
+    """Every refusal :func:`run_tune` makes before any work (one line each, as a TuneError): the
+    backend's declared capability, the search keys, each β's setting, judge ≠ guide, and a
+    pixel-space DDPM family. Returns the search spec."""
     from offshelf.backends.capabilities import Capability, UnsupportedError, require, unavailable
+    from offshelf.backends.ddpm import DDPMModels
     from offshelf.judge import JudgeIsGuideError, check_judge_is_not_a_guide, paths_by_source
-    from offshelf.search import evaluation_to_dict, format_trace, run_search
 
     try:
         require(backend, Capability.TUNING, "offshelf tune")
@@ -538,11 +527,31 @@ def run_tune(backend, models, spec: TuneSpec, out_dir, guiding_files: Mapping[st
                                                                        dict(judging_files)))
     except JudgeIsGuideError as err:
         raise TuneError(f"{err}; a tuner judged by its own guide would reward adversarial samples") from None
-    from offshelf.backends.ddpm import DDPMModels
-
     if not isinstance(models, DDPMModels):  # EDM (σ, not respaced steps), DiT (latent: x̂0 is the VAE's)
         raise TuneError(f"backend {backend.name!r}: tuning needs a pixel-space DDPM-family backend (a denoiser and "
                         f"its respaced diffusion); this one loads {type(models).__name__}")
+    return search
+
+
+def run_tune(backend, models, spec: TuneSpec, out_dir, guiding_files: Mapping[str, str],
+             judging_files: Mapping[str, str], evaluation: Mapping[str, Any] | None = None,
+             sampling: Mapping[str, Any] | None = None, batch_size: int = 256, progress: bool = False,
+             reference_features: Mapping[str, np.ndarray] | None = None) -> dict:
+    """Both stages for a DDPM-family backend; writes into ``out_dir``:
+
+    * ``tuned.yaml`` -- ``{tuned_<classifier>_<regime>: {...}}``, a ``bases:`` entry;
+    * ``calibration_curves.csv`` (every β, τ2, step), ``calibration_integrals.csv``,
+      ``optimal_temperatures.csv`` and ``calibration_curves.png``;
+    * ``search_trace.csv`` and ``summary.json`` (choices, both criteria, the judge, the cost in
+      denoiser evaluations).
+
+    ``reference_features``: the workflow's reference features (default: computed here)."""
+    from offshelf import stages
+    from offshelf.atomic import save_csv, save_json
+    from offshelf.metrics import feature_statistics
+    from offshelf.search import evaluation_to_dict, run_search
+
+    search = refuse_what_cannot_be_tuned(backend, models, spec, guiding_files, judging_files)
     images, labels = backend.held_out_images(spec.num_images)
     if len(images) < spec.num_images:
         raise TuneError(f"backend {backend.name!r} has {len(images)} held-out images; tune.num_images = "
@@ -582,7 +591,6 @@ def run_tune(backend, models, spec: TuneSpec, out_dir, guiding_files: Mapping[st
     # the backend counts its own network evaluations where it knows the sampling section
     per_sample = (backend.work_per_sample(setting, sampling)["denoiser"] if sampling and "respacing" in sampling
                   else models.diffusion.num_steps)
-    guided_samples = 0 if guided is None else len(spec.softplus_betas) * spec.guided_samples
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     name = base_name(spec)
@@ -593,27 +601,39 @@ def run_tune(backend, models, spec: TuneSpec, out_dir, guiding_files: Mapping[st
     save_csv(out / "guided_calibration.csv", guided if guided is not None else pd.DataFrame(columns=GUIDED_COLUMNS))
     save_csv(out / "search_trace.csv", pd.DataFrame([evaluation_to_dict(e) for e in result.trace]))
     plot_curves(stage1.curves, stage1.chosen, out / "calibration_curves.png", guided)
-    summary = {
+    summary = tune_summary(spec, name, setting, stage1, guided, result, extractor.name, judging_files,
+                           held_out=len(images), per_sample=per_sample,
+                           stage2_samples=int(objective.samples_drawn()))
+    save_json(out / "summary.json", _finite_json(summary))
+    return summary
+
+
+def tune_summary(spec: TuneSpec, name: str, setting: Setting, stage1, guided, result, judge: str,
+                 judging_files: Mapping[str, str], held_out: int, per_sample: int, stage2_samples: int) -> dict:
+    """``summary.json``: the choices, both criteria, the judge, and the cost of each stage in
+    denoiser evaluations (``per_sample`` of them per sample)."""
+    from offshelf.search import format_trace
+
+    guided_samples = 0 if guided is None else len(spec.softplus_betas) * spec.guided_samples
+    return {
         "base": name, "setting": setting.name, "regime": spec.regime, "classifier": spec.classifier,
         "criterion": spec.criterion, "chosen": stage1.chosen, "by_criterion": stage1.by_criterion,
         "beta_choice": spec.beta_choice if guided is not None else "unguided",
         "guided_integrals": ([] if stage1.guided_integrals is None
                              else stage1.guided_integrals.to_dict(orient="records")),
-        "sine_factor": setting.sine_factor, "sine_evidence": stage1.sine, "held_out_images": len(images),
+        "sine_factor": setting.sine_factor, "sine_evidence": stage1.sine, "held_out_images": held_out,
         "scale": result.scale, "search_fid": result.value, "scale_on_edge": result.on_edge,
-        "judge": extractor.name, "judge_files": dict(judging_files),
+        "judge": judge, "judge_files": dict(judging_files),
         "stage1_denoiser_evaluations": stage1.denoiser_evaluations,
         "stage1_classifier_forwards": stage1.denoiser_evaluations * len(spec.softplus_betas),
         # β along guided trajectories: sampling, counted as Stage 2's samples are
         "stage1_guided_samples": guided_samples,
         "stage1_guided_denoiser_evaluations": guided_samples * per_sample,
         # what the objective drew: a finalist's full evaluation only adds seeds to its screen
-        "stage2_samples": int(objective.samples_drawn()),
-        "stage2_denoiser_evaluations": int(objective.samples_drawn()) * per_sample,
+        "stage2_samples": stage2_samples,
+        "stage2_denoiser_evaluations": stage2_samples * per_sample,
         "trace": format_trace(result.trace),
     }
-    save_json(out / "summary.json", _finite_json(summary))
-    return summary
 
 
 def _finite_json(value):
