@@ -5,7 +5,9 @@ runs: wall-clock seconds, the folder's own path inside recorded paths, logs and 
 
 Shards and features (.npz) compare array by array, bitwise; metrics and search records (.json)
 value by value with every `seconds` key dropped; tables (.csv) cell by cell without their `seconds`
-column; checkpoints (.pt) tensor by tensor; anything else byte for byte. Used by the SLURM test
+column; checkpoints (.pt) tensor by tensor, without their training's wall time; anything else byte
+for byte. `--ignore KEY` sets aside one more JSON key (e.g. `judge` against a run made before the
+judge's name hashed its weights alone). Used by the SLURM test
 (a run on the cluster equals the local run) and to show a refactor leaves config/ci.yaml's outputs
 unchanged.
 """
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-TIMING_KEYS = {"seconds"}
+TIMING_KEYS = {"seconds", "train_seconds"}
 SKIPPED_SUFFIXES = {".log"}
 SKIPPED_PARTS = {"logs", ".snakemake"}
 
@@ -77,7 +79,8 @@ def _same_pt(a: Path, b: Path) -> str | None:
         if isinstance(value, torch.Tensor):
             if not (isinstance(other, torch.Tensor) and value.dtype == other.dtype and torch.equal(value, other)):
                 return f"tensor {key!r} differs"
-        elif key.rstrip(".").split(".")[-1] not in TIMING_KEYS and value != other:
+        # a checkpoint's sha256 digests its metrics too (train_seconds): what it covers is compared above
+        elif key.rstrip(".").split(".")[-1] not in TIMING_KEYS | {"sha256"} and value != other:
             return f"{key!r}: {value!r} vs {other!r}"
     return None
 
@@ -126,10 +129,15 @@ def compare(root_a: Path, root_b: Path, only: set[str] | None = None) -> list[st
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
-        print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
-        return 2
-    found = compare(Path(argv[0]), Path(argv[1]))
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="compare_results.py", description=__doc__.split("\n")[0])
+    parser.add_argument("results", nargs=2, type=Path)
+    parser.add_argument("--ignore", action="append", default=[], metavar="KEY", help="a JSON key to set aside")
+    args = parser.parse_args(argv)
+    TIMING_KEYS.update(args.ignore)
+    argv = args.results
+    found = compare(argv[0], argv[1])
     for line in found:
         print(line)
     count = len(outputs(Path(argv[0])))

@@ -84,7 +84,9 @@ def test_registry_pins_of_the_same_sha256_are_one_network(tmp_path):
 
 
 def test_metrics_and_report_name_the_judge(tmp_path):
-    """The digits judge's name carries its role, architecture and content hash; the report prints it."""
+    """The digits judge's name carries its role, architecture and the hash of its weights (not of
+    its training's wall time: two runs that train the same network name the same judge); the
+    report prints it."""
     import torch
 
     from conftest import train_tiny_digits
@@ -93,9 +95,11 @@ def test_metrics_and_report_name_the_judge(tmp_path):
 
     models = train_tiny_digits(tmp_path / "models", steps=3, batch_size=16)
     extractor = DigitsBackend().feature_extractor(models)
-    stored = torch.load(models["evaluator"], map_location="cpu", weights_only=True)["sha256"]
+    payload = torch.load(models["evaluator"], map_location="cpu", weights_only=True)
     assert extractor.name.startswith("digits evaluation network (role evaluator: DigitsResNet width 16")
-    assert f"sha256 {stored[:12]}" in extractor.name
+    assert f"sha256 {digits.weights_sha256(payload['config'], payload['state_dict'])[:12]}" in extractor.name
+    retrained = train_tiny_digits(tmp_path / "again", steps=3, batch_size=16)  # same network, another wall time
+    assert DigitsBackend().feature_extractor(retrained).name == extractor.name
     assert np.isfinite(extractor.features(np.zeros((2, 8, 8, 1), np.uint8))).all()
 
     config = validate_config(read_yaml(REPO / "config" / "ci.yaml"))

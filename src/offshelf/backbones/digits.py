@@ -354,6 +354,13 @@ def evaluate_classifier(model: nn.Module, config: TrainConfig) -> dict:
 CHECKPOINT_FORMAT = "offshelf-digits-v2"  # v2: the payload records its sha256
 
 
+def weights_sha256(config: dict, state_dict: dict) -> str:
+    """sha256 of the network alone (its config and weights, not the training's metrics, which
+    hold wall-clock seconds): the same for every run that trains the same network, so it can
+    name a judge in metrics files that two runs must agree on."""
+    return payload_sha256(config, {}, state_dict)
+
+
 def payload_sha256(config: dict, metrics: dict, state_dict: dict) -> str:
     """sha256 of a checkpoint's content: config and metrics as canonical JSON, then each tensor's
     name, dtype, shape and raw bytes in state-dict order. Independent of torch's zip layout, so

@@ -113,8 +113,8 @@ class DigitsBackend(DDPMSampling, Backend):
 
     def feature_extractor(self, files: Mapping[str, str]) -> FeatureExtractor:
         evaluator, config, metrics = digits.load_checkpoint(files["evaluator"], "evaluator")
-        # the judge's identity in every metrics file and the report: its architecture and content hash
-        digest = digits.payload_sha256(asdict(config), metrics, evaluator.state_dict())
+        # the judge's identity in every metrics file and the report: its architecture and weights' hash
+        digest = digits.weights_sha256(asdict(config), evaluator.state_dict())
         name = (f"digits evaluation network (role evaluator: {type(evaluator).__name__} width {config.width}, "
                 f"seed {config.seed}; sha256 {digest[:12]})")
 
