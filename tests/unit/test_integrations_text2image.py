@@ -1,0 +1,395 @@
+"""Off-the-shelf guidance for text-to-image pipelines (offshelf.integrations.text2image_pipelines).
+
+Tiny random pipelines of each family -- Stable Diffusion (UNet2DConditionModel + CLIPTextModel +
+AutoencoderKL), SDXL (two text encoders, added time ids), SD3 (SD3Transformer2DModel, two CLIP
+encoders and T5) and Flux (FluxTransformer2DModel, CLIP + T5, packed latents) -- are built from
+small configs, with tokenizers written here (no hub), saved with ``save_pretrained`` and reloaded
+with ``HF_HUB_OFFLINE=1``. They show:
+
+* scale 0 is the pipeline's own output, bitwise, for the same generator (CFG and negative prompts
+  on); the user's pipeline is not changed;
+* the gradient through the decoder is that of objective ∘ decoder (central finite differences);
+* an analytic check: the reward −‖image − target‖² of the output rises with the scale, every family;
+* chunked and unchunked decoder backward (and gradient checkpointing) give the same gradient;
+* the classifier (calibrated log-probability) and CLIP objectives, TAESD as the decoder, the
+  guidance window and every-k-th step.
+"""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+diffusers = pytest.importorskip("diffusers")
+transformers = pytest.importorskip("transformers")
+
+from offshelf.guidance import calibrated_gradient  # noqa: E402
+from offshelf.integrations.objectives import (ClassifierObjective, RewardObjective, chunked_gradient,  # noqa: E402
+                                              objective_from)
+from offshelf.integrations.text2image_pipelines import GuidedDenoiser, decode_latents  # noqa: E402
+
+FAMILIES = ["sd", "sdxl", "sd3", "flux"]
+SIZE = 16  # pixels; latents 8×8 (Flux: 4×4 tokens of 16 channels)
+
+
+# ----------------------------------------------------------------------------
+# tiny tokenizers and models, nothing downloaded
+
+def _bytes_to_unicode():
+    """GPT-2's byte ↔ unicode table (CLIP's BPE alphabet)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def clip_tokenizer(folder):
+    """A CLIPTokenizer over single bytes (no merges): 514 tokens, context 16."""
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = list(_bytes_to_unicode().values())
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": i + len(chars) for i, c in enumerate(chars)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return transformers.CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=16)
+
+
+def t5_tokenizer():
+    """A T5 (Unigram) tokenizer over lowercase letters."""
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [(c, -1.0) for c in "abcdefghijklmnopqrstuvwxyz▁"]
+    return transformers.T5Tokenizer(vocab=vocab, extra_ids=0)
+
+
+def clip_text(projection, seed):
+    torch.manual_seed(seed)
+    config = transformers.CLIPTextConfig(hidden_size=16, intermediate_size=32, num_attention_heads=2,
+                                         num_hidden_layers=2, vocab_size=520, max_position_embeddings=16,
+                                         projection_dim=16, bos_token_id=514, eos_token_id=515, pad_token_id=515)
+    model = transformers.CLIPTextModelWithProjection if projection else transformers.CLIPTextModel
+    return model(config).eval()
+
+
+def t5_encoder(seed=7):
+    torch.manual_seed(seed)
+    return transformers.T5EncoderModel(transformers.T5Config(vocab_size=40, d_model=32, d_kv=8, d_ff=32, num_layers=1,
+                                                             num_heads=2)).eval()
+
+
+def tiny_vae(seed=3, **config):
+    torch.manual_seed(seed)
+    return diffusers.AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8),
+                                   down_block_types=("DownEncoderBlock2D",) * 2,
+                                   up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4, layers_per_block=1,
+                                   sample_size=SIZE, **config).eval()
+
+
+def tiny_taesd(seed=9):
+    torch.manual_seed(seed)
+    return diffusers.AutoencoderTiny(in_channels=3, out_channels=3, latent_channels=4,
+                                     encoder_block_out_channels=(8, 8), decoder_block_out_channels=(8, 8),
+                                     num_encoder_blocks=(1, 1), num_decoder_blocks=(1, 1)).eval()
+
+
+def _unet(**extra):
+    torch.manual_seed(1)
+    return diffusers.UNet2DConditionModel(sample_size=SIZE // 2, in_channels=4, out_channels=4, layers_per_block=1,
+                                          block_out_channels=(8, 16), norm_num_groups=4, attention_head_dim=4,
+                                          down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                          up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), **extra).eval()
+
+
+def build(family, folder):
+    euler = diffusers.EulerDiscreteScheduler(steps_offset=1)
+    if family == "sd":
+        return diffusers.StableDiffusionPipeline(
+            unet=_unet(cross_attention_dim=16), vae=tiny_vae(), text_encoder=clip_text(False, 5),
+            tokenizer=clip_tokenizer(folder / "tok"), scheduler=euler, safety_checker=None, feature_extractor=None,
+            requires_safety_checker=False)
+    if family == "sdxl":
+        tokenizer = clip_tokenizer(folder / "tok")
+        unet = _unet(cross_attention_dim=32, addition_embed_type="text_time", addition_time_embed_dim=4,
+                     projection_class_embeddings_input_dim=16 + 6 * 4)
+        return diffusers.StableDiffusionXLPipeline(
+            unet=unet, vae=tiny_vae(), text_encoder=clip_text(False, 5), text_encoder_2=clip_text(True, 6),
+            tokenizer=tokenizer, tokenizer_2=tokenizer, scheduler=euler)
+    flow = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
+    if family == "sd3":
+        torch.manual_seed(1)
+        transformer = diffusers.SD3Transformer2DModel(
+            sample_size=SIZE // 2, patch_size=2, in_channels=4, num_layers=1, attention_head_dim=8,
+            num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=16, pooled_projection_dim=32,
+            out_channels=4).eval()
+        tokenizer = clip_tokenizer(folder / "tok")
+        return diffusers.StableDiffusion3Pipeline(
+            transformer=transformer, vae=tiny_vae(shift_factor=0.1, scaling_factor=1.5),
+            text_encoder=clip_text(True, 5), text_encoder_2=clip_text(True, 6), text_encoder_3=t5_encoder(),
+            tokenizer=tokenizer, tokenizer_2=tokenizer, tokenizer_3=t5_tokenizer(), scheduler=flow)
+    if family == "flux":
+        torch.manual_seed(1)
+        transformer = diffusers.FluxTransformer2DModel(
+            patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=8,
+            num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=16, axes_dims_rope=(2, 2, 4)).eval()
+        return diffusers.FluxPipeline(
+            transformer=transformer, vae=tiny_vae(shift_factor=0.1, scaling_factor=1.5),
+            text_encoder=clip_text(False, 5), text_encoder_2=t5_encoder(), tokenizer=clip_tokenizer(folder / "tok"),
+            tokenizer_2=t5_tokenizer(), scheduler=flow)
+    raise ValueError(family)
+
+
+def offline():
+    """HF_HUB_OFFLINE=1 (and huggingface_hub's constant, read once at import): any hub request raises."""
+    import huggingface_hub.constants
+
+    patch = pytest.MonkeyPatch()
+    patch.setenv("HF_HUB_OFFLINE", "1")
+    patch.setenv("HF_HOME", "/nonexistent-offshelf-test-cache")
+    patch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    return patch
+
+
+PIPELINE_CLASSES = {"sd": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline",
+                    "sd3": "StableDiffusion3Pipeline", "flux": "FluxPipeline"}
+
+
+@pytest.fixture(scope="module")
+def pipelines(tmp_path_factory):
+    """Every family saved with save_pretrained and reloaded offline (built once per module)."""
+    root = tmp_path_factory.mktemp("t2i")
+    loaded = {}
+    for family in FAMILIES:
+        build(family, root / f"{family}-parts").save_pretrained(root / family)
+    patch = offline()
+    try:
+        for family in FAMILIES:
+            pipe = getattr(diffusers, PIPELINE_CLASSES[family]).from_pretrained(root / family)
+            pipe.set_progress_bar_config(disable=True)
+            loaded[family] = pipe
+    finally:
+        patch.undo()
+    return loaded
+
+
+def call(pipe, family, generator_seed=0, **options):
+    """Two prompts; CFG with negative prompts where the family has it (Flux: distilled, none)."""
+    kwargs = dict(num_inference_steps=3, height=SIZE, width=SIZE, output_type="pt",
+                  generator=torch.Generator().manual_seed(generator_seed))
+    if family != "flux":
+        kwargs.update(negative_prompt=["", "blurry"], guidance_scale=4.0)
+    kwargs.update(options)
+    return pipe(["a red cat", "a dog"], **kwargs).images
+
+
+TARGET = torch.linspace(-0.8, 0.8, SIZE).view(1, 1, 1, SIZE).expand(1, 3, SIZE, SIZE)
+
+
+def mse_reward(images):
+    """−‖x − target‖² per image: maximised by the fixed target image, in pixel space."""
+    return -((images - TARGET.to(images)) ** 2).flatten(1).sum(1)
+
+
+# ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_scale_zero_is_the_pipelines_own_output_bitwise(pipelines, family):
+    import offshelf
+
+    pipe = pipelines[family]
+    denoiser = pipe.unet if family in ("sd", "sdxl") else pipe.transformer
+    scheduler = pipe.scheduler
+    guided = offshelf.guide(pipe, mse_reward, scale=0.0)
+    assert isinstance(guided, type(pipe)) and guided is not pipe
+    own, unguided = call(pipe, family), call(guided, family)
+    assert torch.equal(own, unguided)
+    # the user's pipeline is not changed: same denoiser, same scheduler object
+    assert (pipe.unet if family in ("sd", "sdxl") else pipe.transformer) is denoiser and pipe.scheduler is scheduler
+    assert not isinstance(denoiser, GuidedDenoiser)
+    assert torch.equal(call(pipe, family), own)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_reward_of_the_output_rises_with_the_scale(pipelines, family):
+    """The analytic check: a reward with a known maximiser in pixel space (−MSE to a fixed target
+    image); the reward of every output image rises with the scale (same generator). The scales
+    differ per family: the random UNets' x̂0 is far outside the decoder's range at the noisy
+    steps (std ~170 latent units on Euler's σ = 14.6), so a unit of scale moves the SD/SDXL
+    images much less than the flow-matching ones (which start at σ = 1, Σ_max = 1)."""
+    import offshelf
+
+    pipe = pipelines[family]
+    rewards = []
+    for scale in ((0.0, 30.0, 300.0) if family in ("sd", "sdxl") else (0.0, 0.03, 0.1)):
+        images = call(offshelf.guide(pipe, mse_reward, scale=scale), family)
+        rewards.append(mse_reward(images * 2 - 1))
+    rewards = torch.stack(rewards)  # [scale, image]
+    assert (rewards[1:] > rewards[:-1]).all(), rewards
+
+
+def _double_decoder(pipe):
+    import copy
+
+    return copy.deepcopy(pipe.vae).double()
+
+
+@pytest.mark.parametrize("family", ["sd", "flux"])
+def test_decoder_gradient_matches_finite_differences(pipelines, family):
+    """∇_{ẑ0} J(D(ẑ0)) from the objectives equals central differences of objective ∘ decoder at
+    ẑ0 along random directions (float64 decoder), for a reward and for the calibrated classifier."""
+    decoder = _double_decoder(pipelines[family])
+    torch.manual_seed(0)
+    z = torch.randn(2, 4, SIZE // 2, SIZE // 2, dtype=torch.float64) * 0.5
+
+    def decode(u):
+        return decode_latents(decoder, u.double()).double()
+
+    classifier = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Softplus(3.0), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                               nn.Linear(4, 3)).double().eval()
+    objectives = [RewardObjective(lambda x: mse_reward(x.double()).double()),
+                  ClassifierObjective(classifier, [2, 0], joint_temperature=1.0, marginal_temperature=0.5)]
+    def calibrated(u):  # Eq. 4 in float64 (calibrated_log_prob itself returns float32)
+        logits = classifier(decode(u))
+        return logits[torch.arange(2), [2, 0]] - torch.logsumexp(0.5 * logits, dim=1)
+
+    values = [lambda u: mse_reward(decode(u)), calibrated]
+    for objective, value_of in zip(objectives, values):
+        grad, value = objective.gradient(z, decode, {})
+        torch.testing.assert_close(value.double(), value_of(z).detach(), rtol=1e-6, atol=1e-6)
+        for k in range(3):
+            v = torch.randn(z.shape, generator=torch.Generator().manual_seed(k), dtype=torch.float64)
+            h = 1e-5
+            with torch.no_grad():
+                numeric = (value_of(z + h * v) - value_of(z - h * v)) / (2 * h)  # per image: directional derivative
+            analytic = (grad.double() * v).flatten(1).sum(1)
+            torch.testing.assert_close(analytic, numeric, rtol=1e-6, atol=1e-9)
+
+
+def test_chunked_and_checkpointed_decoder_backward_give_the_same_gradient(pipelines):
+    """Chunks of 1 and 2 images against the whole batch of 3 (float64: the objectives are per
+    image, so only the batch size of the convolutions differs), then in a guided run in float32."""
+    pipe = pipelines["sd"]
+    decoder = _double_decoder(pipe)
+    torch.manual_seed(1)
+    z = torch.randn(3, 4, SIZE // 2, SIZE // 2, dtype=torch.float64)
+
+    def decode(u):
+        return decode_latents(decoder, u)
+
+    objective = RewardObjective(lambda x: mse_reward(x.double()))
+    whole, value = chunked_gradient(objective, z, decode, {}, None)
+    for chunk in (1, 2):
+        grad, chunk_value = chunked_gradient(objective, z, decode, {}, chunk)
+        torch.testing.assert_close(grad, whole, rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(chunk_value, value, rtol=1e-12, atol=1e-12)
+    import offshelf
+
+    plain = call(offshelf.guide(pipe, mse_reward, scale=4.0), "sd")
+    cheap = call(offshelf.guide(pipe, mse_reward, scale=4.0, decoder_chunk=1, checkpoint=True), "sd")
+    torch.testing.assert_close(cheap, plain, rtol=0, atol=1e-5)
+    assert not pipe.vae.is_gradient_checkpointing
+
+
+def test_guidance_window_and_every_kth_step(pipelines):
+    import offshelf
+
+    pipe = pipelines["sd3"]
+    for options, expected in (({}, [0, 1, 2, 3]), ({"window": (0.25, 0.75)}, [1, 2]), ({"every": 2}, [0, 2]),
+                              ({"window": (0.5, 1.0), "every": 3}, [3])):
+        steps = []
+        guided = offshelf.guide(pipe, mse_reward, scale=1.0, callback=lambda **info: steps.append(info["step"]),
+                                **options)
+        call(guided, "sd3", num_inference_steps=4)
+        assert steps == expected, options
+
+
+def test_classifier_objective_raises_its_calibrated_log_probability(pipelines):
+    """An off-the-shelf classifier (ReLU; Softplus surgery by guide) and a target class per image:
+    the guided step's gradient is calibrated_gradient of classifier ∘ decoder; the target's
+    calibrated log-probability of the output rises with the scale."""
+    import offshelf
+    from offshelf.classifiers.softplus import softplus_surgery
+    from offshelf.guidance import calibrated_log_prob
+
+    torch.manual_seed(3)
+    classifier = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                               nn.Linear(8, 4)).eval()
+    pipe = pipelines["sd3"]
+    target = torch.tensor([1, 3])
+    smooth = softplus_surgery(classifier, 3.0)
+    values, seen = [], []
+    for scale in (0.0, 0.1):
+        guided = offshelf.guide(pipe, classifier, target=target, scale=scale, softplus_beta=3.0,
+                                joint_temperature=1.0, marginal_temperature=0.5,
+                                callback=lambda **info: seen.append(info))
+        images = call(guided, "sd3")
+        values.append(calibrated_log_prob(smooth(images * 2 - 1), target, 1.0, 0.5))
+    assert (values[1] > values[0]).all(), values
+    info = seen[-1]
+    decoder = pipe.vae
+    expected, _ = calibrated_gradient(info["pred_xstart"], target,
+                                      lambda u: smooth(decode_latents(decoder, u)), 1.0, 0.5)
+    torch.testing.assert_close(info["grad"], expected, rtol=1e-5, atol=1e-7)
+
+
+def test_clip_objective_uses_each_images_prompt(pipelines):
+    """CLIP similarity to the prompt each image was generated from (tiny random open_clip model):
+    the gradient is the library's CLIP guidance (CLIPPromptClassifier, τ1 = 1, τ2 = 0)."""
+    import offshelf
+    from offshelf.classifiers.clip import CLIPPromptClassifier, build_random_clip
+
+    model, tokenizer = build_random_clip(dict(embed_dim=8, vision_cfg=dict(image_size=16, layers=1, width=16,
+                                                                         patch_size=8, head_width=8),
+                                              text_cfg=dict(context_length=77, vocab_size=49408, width=16, heads=2,
+                                                            layers=1)))
+    seen = []
+    guided = offshelf.guide(pipelines["sd"], "clip", clip=(model, tokenizer), scale=1.0,
+                            callback=lambda **info: seen.append(info))
+    call(guided, "sd")
+    assert len(seen) == 3
+    reference = CLIPPromptClassifier(model, tokenizer, ["a red cat", "a dog"])
+    expected, logits = calibrated_gradient(seen[-1]["pred_xstart"], torch.tensor([0, 1]),
+                                           lambda u: reference(decode_latents(pipelines["sd"].vae, u)), 1.0, 0.0)
+    torch.testing.assert_close(seen[-1]["grad"], expected, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(seen[-1]["value"], logits.diagonal(), rtol=1e-5, atol=1e-6)
+
+
+def test_tiny_decoder_guides_through_taesd(pipelines):
+    """``decoder=`` an AutoencoderTiny: the gradient goes through it (not the VAE), the output
+    is still decoded by the pipeline's VAE, and the reward still rises."""
+    import offshelf
+
+    pipe = pipelines["sd"]
+    taesd = tiny_taesd()
+    seen = []
+    guided = offshelf.guide(pipe, mse_reward, scale=4.0, decoder=taesd, callback=lambda **info: seen.append(info))
+    images = call(guided, "sd")
+    info = seen[-1]
+    expected = RewardObjective(mse_reward).gradient(info["pred_xstart"], lambda u: decode_latents(taesd, u), {})[0]
+    torch.testing.assert_close(info["grad"], expected, rtol=1e-5, atol=1e-7)
+    assert mse_reward(images * 2 - 1).mean() > mse_reward(call(pipe, "sd") * 2 - 1).mean()
+
+
+def test_objectives_are_refused_clearly(pipelines):
+    import offshelf
+
+    with pytest.raises(ValueError, match="needs target="):
+        offshelf.guide(pipelines["sd"], nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="objective='clip' needs clip="):
+        offshelf.guide(pipelines["sd"], "clip")
+    with pytest.raises(ValueError, match="window must be"):
+        offshelf.guide(pipelines["sd"], mse_reward, window=(0.5, 0.2))
+    pndm = diffusers.StableDiffusionPipeline.from_pipe(pipelines["sd"], scheduler=diffusers.PNDMScheduler())
+    with pytest.raises(ValueError, match="^PNDMScheduler is not supported"):
+        offshelf.guide(pndm, mse_reward)
+    with pytest.raises(TypeError, match="not a text-to-image pipeline"):
+        unet = diffusers.UNet2DModel(sample_size=8, block_out_channels=(8, 8), norm_num_groups=4, layers_per_block=1,
+                                     down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2)
+        offshelf.guide(diffusers.DDPMPipeline(unet=unet,
+                                              scheduler=diffusers.DDIMScheduler()), mse_reward, window=(0, 1))
+    assert isinstance(objective_from(mse_reward), RewardObjective)
