@@ -387,9 +387,62 @@ def test_objectives_are_refused_clearly(pipelines):
     pndm = diffusers.StableDiffusionPipeline.from_pipe(pipelines["sd"], scheduler=diffusers.PNDMScheduler())
     with pytest.raises(ValueError, match="^PNDMScheduler is not supported"):
         offshelf.guide(pndm, mse_reward)
-    with pytest.raises(TypeError, match="not a text-to-image pipeline"):
+    with pytest.raises(TypeError, match="window"):  # a pixel pipeline: text-to-image options are not taken
         unet = diffusers.UNet2DModel(sample_size=8, block_out_channels=(8, 8), norm_num_groups=4, layers_per_block=1,
                                      down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2)
         offshelf.guide(diffusers.DDPMPipeline(unet=unet,
                                               scheduler=diffusers.DDIMScheduler()), mse_reward, window=(0, 1))
     assert isinstance(objective_from(mse_reward), RewardObjective)
+    from offshelf.integrations.diffusers import guide as guide_pixel_pipeline
+
+    with pytest.raises(ValueError, match="StableDiffusionPipeline is a text-to-image pipeline"):
+        guide_pixel_pipeline(pipelines["sd"], nn.Linear(2, 2))  # not taken for a DDPMPipeline-style one
+
+
+REWARD_MODULE = '''
+import torch
+
+TARGET = torch.linspace(-0.8, 0.8, 16).view(1, 1, 1, 16)
+
+
+def reward(images):
+    return -((images - TARGET.to(images)) ** 2).flatten(1).sum(1)
+'''
+
+
+def test_generate_reproduces_its_output_from_its_json(tmp_path, monkeypatch):
+    """``offshelf generate`` writes PNGs and generate.json; ``--from-json`` renders the same bytes."""
+    from offshelf.cli import main
+
+    build("sd", tmp_path / "parts").save_pretrained(tmp_path / "sd")
+    (tmp_path / "t2i_rewards.py").write_text(REWARD_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    patch = offline()
+    try:
+        assert main(["generate", "--pipeline", str(tmp_path / "sd"), "--prompt", "a red cat", "--prompt", "a dog",
+                     "--negative-prompt", "blurry", "--objective", "t2i_rewards:reward", "--scale", "30",
+                     "--seeds", "3,5", "--steps", "3", "--height", "16", "--width", "16", "--guidance-scale", "4",
+                     "--window", "0", "1", "--out", str(tmp_path / "a")]) == 0
+        record = json.loads((tmp_path / "a" / "generate.json").read_text())
+        assert [(i["prompt"], i["seed"]) for i in record["images"]] == [("a red cat", 3), ("a dog", 3),
+                                                                         ("a red cat", 5), ("a dog", 5)]
+        assert record["settings"]["scale"] == 30 and record["settings"]["seeds"] == [3, 5]
+        assert main(["generate", "--from-json", str(tmp_path / "a" / "generate.json"), "--out", str(tmp_path / "b")]) == 0
+        assert main(["generate", "--from-json", str(tmp_path / "a" / "generate.json"), "--scale", "0",
+                     "--out", str(tmp_path / "c")]) == 0
+    finally:
+        patch.undo()
+    again = json.loads((tmp_path / "b" / "generate.json").read_text())
+    assert again["images"] == record["images"] and again["settings"] == record["settings"]
+    for image in record["images"]:
+        assert (tmp_path / "a" / image["file"]).read_bytes() == (tmp_path / "b" / image["file"]).read_bytes()
+    unguided = json.loads((tmp_path / "c" / "generate.json").read_text())["images"]
+    assert [i["sha256"] for i in unguided] != [i["sha256"] for i in record["images"]]  # the guidance acted
+
+
+def test_generate_names_a_bad_objective(tmp_path, capsys):
+    from offshelf.cli import main
+
+    assert main(["generate", "--pipeline", str(tmp_path), "--prompt", "x", "--objective", "clip",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "--objective clip needs --clip-model" in capsys.readouterr().err

@@ -546,27 +546,17 @@ class ClassifierGuidedPipeline(_DiffusionPipeline):
 def guide(pipe, classifier, scale: float = 1.0, softplus_beta: float = 3.0, joint_temperature: float = 1.0,
           marginal_temperature: float = 0.5, sine_factor: float = 0.3, *, schedule: Schedule = "adm",
           variance: Variance | None = None, sigma_max: float | None = None, cfg_scale: float = 1.0,
-          cfg_channels: int = 3, adapter=None, **text_to_image):
-    """Calibrated off-the-shelf guidance for a diffusers pipeline. Defaults are the paper's DDPM
-    ones (s = 1, Softplus β = 3, τ1 = 1, τ2 = 0.5, γ = 0.3); ``softplus_beta=inf`` keeps the
-    ReLUs. ``classifier(x) -> logits`` sees x̂0 in [−1, 1] (decoded, for latent pipelines);
-    ``adapter`` an optional :class:`~offshelf.guidance.InputAdapter` (resize / normalise).
-
-    A text-to-image pipeline (Stable Diffusion, SDXL, SD3, Flux, ...: :func:`is_text_to_image`)
-    goes to :func:`offshelf.integrations.text2image_pipelines.guide_text2image`: ``classifier``
-    is then any objective (a classifier with ``target=``, ``"clip"``, a reward callable) and the
-    result is a copy of the pipeline with its own call signature; the remaining keywords
-    (``target``, ``decoder``, ``window``, ``every``, ``decoder_chunk``, ...) are documented there."""
+          cfg_channels: int = 3, adapter=None) -> ClassifierGuidedPipeline:
+    """Calibrated off-the-shelf guidance for a pixel (``DDPMPipeline``-style) or class-conditional
+    latent (``DiTPipeline``-style) diffusers pipeline. Defaults are the paper's DDPM ones (s = 1,
+    Softplus β = 3, τ1 = 1, τ2 = 0.5, γ = 0.3); ``softplus_beta=inf`` keeps the ReLUs.
+    ``classifier(x) -> logits`` sees x̂0 in [−1, 1] (decoded, for latent pipelines); ``adapter``
+    an optional :class:`~offshelf.guidance.InputAdapter` (resize / normalise). Text-to-image
+    pipelines (:func:`is_text_to_image`) are refused here: ``offshelf.guide`` sends them to
+    :func:`offshelf.integrations.text2image_pipelines.guide_text2image`."""
     if is_text_to_image(pipe):
-        from offshelf.integrations.text2image_pipelines import guide_text2image
-
-        return guide_text2image(pipe, classifier, scale=scale, softplus_beta=softplus_beta,
-                                joint_temperature=joint_temperature, marginal_temperature=marginal_temperature,
-                                sine_factor=sine_factor, schedule=schedule, variance=variance, sigma_max=sigma_max,
-                                adapter=adapter, **text_to_image)
-    if text_to_image:
-        raise TypeError(f"guide() got text-to-image options {sorted(text_to_image)} for {type(pipe).__name__}, "
-                        "which is not a text-to-image pipeline")
+        raise ValueError(f"{type(pipe).__name__} is a text-to-image pipeline: guide it with offshelf.guide(pipe, "
+                         "objective, ...) (offshelf.integrations.text2image_pipelines.guide_text2image)")
     from offshelf.classifiers.softplus import softplus_surgery
     from offshelf.guidance import InputAdapter
 
