@@ -446,3 +446,41 @@ def test_generate_names_a_bad_objective(tmp_path, capsys):
     assert main(["generate", "--pipeline", str(tmp_path), "--prompt", "x", "--objective", "clip",
                  "--out", str(tmp_path / "o")]) == 2
     assert "--objective clip needs --clip-model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("scheduler, scales", [("DDIMScheduler-v_prediction", (0.0, 0.1, 0.3)),
+                                              ("DPMSolverMultistepScheduler-epsilon", (0.0, 30.0, 300.0))])
+def test_other_schedulers_and_parameterisations(pipelines, scheduler, scales):
+    """SD with DDIM in v-prediction (a v-trained model's config) and DPM-Solver++: scale 0 is the
+    pipeline's own output bitwise, and the reward rises with the scale (DDIM's deterministic
+    steps from the random v-model reach the reward's plateau near scale 1: smaller scales)."""
+    import offshelf
+
+    name, kind = scheduler.split("-")
+    base = pipelines["sd"]
+    config = {k: v for k, v in base.scheduler.config.items() if not k.startswith("_")}
+    pipe = diffusers.StableDiffusionPipeline.from_pipe(
+        base, scheduler=getattr(diffusers, name).from_config(config, prediction_type=kind))
+    assert torch.equal(call(offshelf.guide(pipe, mse_reward, scale=0.0), "sd"), call(pipe, "sd"))
+    rewards = torch.stack([mse_reward(call(offshelf.guide(pipe, mse_reward, scale=s), "sd") * 2 - 1)
+                           for s in scales])
+    assert (rewards[1:] > rewards[:-1]).all(), rewards
+
+
+def test_flux_true_cfg_gets_the_steps_guidance_on_both_calls(pipelines):
+    """Flux's true CFG calls the transformer twice a step (prompt, then negative prompt): the
+    step's Δ is computed once and added to both, so the combination moves by Δ as well."""
+    import offshelf
+
+    pipe = pipelines["flux"]
+    options = dict(negative_prompt=["blurry", "dark"], true_cfg_scale=2.0)
+    assert torch.equal(call(offshelf.guide(pipe, mse_reward, scale=0.0), "flux", **options),
+                       call(pipe, "flux", **options))
+    calls = []
+    rewards = []
+    for scale in (0.0, 0.03, 0.1):
+        guided = offshelf.guide(pipe, mse_reward, scale=scale, callback=lambda **info: calls.append(info["step"]))
+        rewards.append(mse_reward(call(guided, "flux", **options) * 2 - 1))
+    assert calls == [0, 1, 2, 0, 1, 2]  # one gradient per step, not per transformer call
+    rewards = torch.stack(rewards)
+    assert (rewards[1:] > rewards[:-1]).all(), rewards
