@@ -3,8 +3,8 @@
 Tiny random pipelines of each family -- Stable Diffusion (UNet2DConditionModel + CLIPTextModel +
 AutoencoderKL), SDXL (two text encoders, added time ids), SD3 (SD3Transformer2DModel, two CLIP
 encoders and T5) and Flux (FluxTransformer2DModel, CLIP + T5, packed latents) -- are built from
-small configs, with tokenizers written here (no hub), saved with ``save_pretrained`` and reloaded
-with ``HF_HUB_OFFLINE=1``. They show:
+small configs (offshelf.integrations.tiny_pipelines: tokenizers written from a byte alphabet, no
+hub), saved with ``save_pretrained`` and reloaded with ``HF_HUB_OFFLINE=1``. They show:
 
 * scale 0 is the pipeline's own output, bitwise, for the same generator (CFG and negative prompts
   on); the user's pipeline is not changed;
@@ -28,120 +28,10 @@ from offshelf.guidance import calibrated_gradient  # noqa: E402
 from offshelf.integrations.objectives import (ClassifierObjective, RewardObjective, chunked_gradient,  # noqa: E402
                                               objective_from)
 from offshelf.integrations.text2image_pipelines import GuidedDenoiser, decode_latents  # noqa: E402
+from offshelf.integrations.tiny_pipelines import build, tiny_taesd  # noqa: E402
 
 FAMILIES = ["sd", "sdxl", "sd3", "flux"]
 SIZE = 16  # pixels; latents 8×8 (Flux: 4×4 tokens of 16 channels)
-
-
-# ----------------------------------------------------------------------------
-# tiny tokenizers and models, nothing downloaded
-
-def _bytes_to_unicode():
-    """GPT-2's byte ↔ unicode table (CLIP's BPE alphabet)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
-def clip_tokenizer(folder):
-    """A CLIPTokenizer over single bytes (no merges): 514 tokens, context 16."""
-    folder.mkdir(parents=True, exist_ok=True)
-    chars = list(_bytes_to_unicode().values())
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab.update({c + "</w>": i + len(chars) for i, c in enumerate(chars)})
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    return transformers.CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=16)
-
-
-def t5_tokenizer():
-    """A T5 (Unigram) tokenizer over lowercase letters."""
-    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [(c, -1.0) for c in "abcdefghijklmnopqrstuvwxyz▁"]
-    return transformers.T5Tokenizer(vocab=vocab, extra_ids=0)
-
-
-def clip_text(projection, seed):
-    torch.manual_seed(seed)
-    config = transformers.CLIPTextConfig(hidden_size=16, intermediate_size=32, num_attention_heads=2,
-                                         num_hidden_layers=2, vocab_size=520, max_position_embeddings=16,
-                                         projection_dim=16, bos_token_id=514, eos_token_id=515, pad_token_id=515)
-    model = transformers.CLIPTextModelWithProjection if projection else transformers.CLIPTextModel
-    return model(config).eval()
-
-
-def t5_encoder(seed=7):
-    torch.manual_seed(seed)
-    return transformers.T5EncoderModel(transformers.T5Config(vocab_size=40, d_model=32, d_kv=8, d_ff=32, num_layers=1,
-                                                             num_heads=2)).eval()
-
-
-def tiny_vae(seed=3, **config):
-    torch.manual_seed(seed)
-    return diffusers.AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8),
-                                   down_block_types=("DownEncoderBlock2D",) * 2,
-                                   up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4, layers_per_block=1,
-                                   sample_size=SIZE, **config).eval()
-
-
-def tiny_taesd(seed=9):
-    torch.manual_seed(seed)
-    return diffusers.AutoencoderTiny(in_channels=3, out_channels=3, latent_channels=4,
-                                     encoder_block_out_channels=(8, 8), decoder_block_out_channels=(8, 8),
-                                     num_encoder_blocks=(1, 1), num_decoder_blocks=(1, 1)).eval()
-
-
-def _unet(**extra):
-    torch.manual_seed(1)
-    return diffusers.UNet2DConditionModel(sample_size=SIZE // 2, in_channels=4, out_channels=4, layers_per_block=1,
-                                          block_out_channels=(8, 16), norm_num_groups=4, attention_head_dim=4,
-                                          down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                          up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), **extra).eval()
-
-
-def build(family, folder):
-    euler = diffusers.EulerDiscreteScheduler(steps_offset=1)
-    if family == "sd":
-        return diffusers.StableDiffusionPipeline(
-            unet=_unet(cross_attention_dim=16), vae=tiny_vae(), text_encoder=clip_text(False, 5),
-            tokenizer=clip_tokenizer(folder / "tok"), scheduler=euler, safety_checker=None, feature_extractor=None,
-            requires_safety_checker=False)
-    if family == "sdxl":
-        tokenizer = clip_tokenizer(folder / "tok")
-        unet = _unet(cross_attention_dim=32, addition_embed_type="text_time", addition_time_embed_dim=4,
-                     projection_class_embeddings_input_dim=16 + 6 * 4)
-        return diffusers.StableDiffusionXLPipeline(
-            unet=unet, vae=tiny_vae(), text_encoder=clip_text(False, 5), text_encoder_2=clip_text(True, 6),
-            tokenizer=tokenizer, tokenizer_2=tokenizer, scheduler=euler)
-    flow = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
-    if family == "sd3":
-        torch.manual_seed(1)
-        transformer = diffusers.SD3Transformer2DModel(
-            sample_size=SIZE // 2, patch_size=2, in_channels=4, num_layers=1, attention_head_dim=8,
-            num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=16, pooled_projection_dim=32,
-            out_channels=4).eval()
-        tokenizer = clip_tokenizer(folder / "tok")
-        return diffusers.StableDiffusion3Pipeline(
-            transformer=transformer, vae=tiny_vae(shift_factor=0.1, scaling_factor=1.5),
-            text_encoder=clip_text(True, 5), text_encoder_2=clip_text(True, 6), text_encoder_3=t5_encoder(),
-            tokenizer=tokenizer, tokenizer_2=tokenizer, tokenizer_3=t5_tokenizer(), scheduler=flow)
-    if family == "flux":
-        torch.manual_seed(1)
-        transformer = diffusers.FluxTransformer2DModel(
-            patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=8,
-            num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=16, axes_dims_rope=(2, 2, 4)).eval()
-        return diffusers.FluxPipeline(
-            transformer=transformer, vae=tiny_vae(shift_factor=0.1, scaling_factor=1.5),
-            text_encoder=clip_text(False, 5), text_encoder_2=t5_encoder(), tokenizer=clip_tokenizer(folder / "tok"),
-            tokenizer_2=t5_tokenizer(), scheduler=flow)
-    raise ValueError(family)
 
 
 def offline():
