@@ -131,7 +131,7 @@ def build(family: str, folder: Path, size: int = 16, width: int = 8):
         torch.manual_seed(1)
         transformer = diffusers.SD3Transformer2DModel(
             sample_size=size // 2, patch_size=2, in_channels=4, num_layers=1, attention_head_dim=8,
-            num_attention_heads=heads, joint_attention_dim=32, caption_projection_dim=16, pooled_projection_dim=32,
+            num_attention_heads=heads, joint_attention_dim=32, caption_projection_dim=8 * heads, pooled_projection_dim=32,
             out_channels=4).eval()
         tokenizer = clip_tokenizer(folder / "tok")
         return diffusers.StableDiffusion3Pipeline(
