@@ -104,6 +104,21 @@ def test_scale_zero_is_the_pipelines_own_output_bitwise(pipelines, family):
     assert torch.equal(call(pipe, family), own)
 
 
+def test_guiding_leaves_a_half_precision_pipeline_as_it_was(pipelines):
+    """The copy shares the modules: guiding must not cast them (diffusers' from_pipe would cast all
+    to float32)."""
+    import copy
+
+    import offshelf
+
+    pipe = diffusers.StableDiffusionPipeline.from_pipe(pipelines["sd"])
+    pipe.unet, pipe.text_encoder = copy.deepcopy(pipe.unet).to(torch.bfloat16), copy.deepcopy(pipe.text_encoder)
+    pipe.text_encoder.to(torch.bfloat16)
+    guided = offshelf.guide(pipe, mse_reward, scale=1.0)
+    assert pipe.unet.dtype == torch.bfloat16 and pipe.text_encoder.dtype == torch.bfloat16
+    assert pipe.vae.dtype == torch.float32 and guided.vae is pipe.vae and guided.unet.model is pipe.unet
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_reward_of_the_output_rises_with_the_scale(pipelines, family):
     """The analytic check: a reward with a known maximiser in pixel space (−MSE to a fixed target

@@ -288,6 +288,17 @@ def _decoder(pipe, decoder) -> tuple[nn.Module, bool]:
     raise ValueError(f"decoder must be 'vae', 'tiny' or a diffusers autoencoder module, got {decoder!r}")
 
 
+def _copy_pipeline(cls: type, pipe, **replace):
+    """A ``cls`` sharing ``pipe``'s components (and its config values), ``replace`` swapped in.
+    Not ``DiffusionPipeline.from_pipe``: that casts every shared module to one dtype (float32 by
+    default), which would change the user's fp16 pipeline and an fp32-upcast VAE."""
+    modules, optional = cls._get_signature_keys(pipe)
+    kwargs = {name: getattr(pipe, name, None) for name in modules}
+    kwargs.update({name: pipe.config[name] for name in optional if name in pipe.config})
+    kwargs.update(replace)
+    return cls(**kwargs)
+
+
 def guide_text2image(pipe, objective, *, scale: float = 1.0, target=None, softplus_beta: float = 3.0,
                      joint_temperature: float = 1.0, marginal_temperature: float = 0.5, sine_factor: float = 0.3,
                      schedule: str = "adm", variance: str | None = None, sigma_max: float | None = None,
@@ -317,7 +328,7 @@ def guide_text2image(pipe, objective, *, scale: float = 1.0, target=None, softpl
     decoder_module, own = _decoder(pipe, decoder)
     denoiser = GuidedDenoiser(model, objective, decoder_module, settings, own_decoder=own)
     guided_cls = _guided_class(type(pipe))
-    guided = guided_cls.from_pipe(pipe, **{attribute: denoiser, "scheduler": copy.deepcopy(pipe.scheduler)})
+    guided = _copy_pipeline(guided_cls, pipe, **{attribute: denoiser, "scheduler": copy.deepcopy(pipe.scheduler)})
     denoiser.__dict__["pipeline"] = guided
     guided.offshelf_denoiser = denoiser
     guided.offshelf_guidance = settings
