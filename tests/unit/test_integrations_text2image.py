@@ -262,6 +262,17 @@ def test_clip_objective_uses_each_images_prompt(pipelines):
                                            lambda u: reference(decode_latents(pipelines["sd"].vae, u)), 1.0, 0.0)
     torch.testing.assert_close(seen[-1]["grad"], expected, rtol=1e-5, atol=1e-8)
     torch.testing.assert_close(seen[-1]["value"], logits.diagonal(), rtol=1e-5, atol=1e-6)
+    # two images per prompt: images 0, 1 belong to "a red cat", 2, 3 to "a dog"; chunked as well
+    seen.clear()
+    guided = offshelf.guide(pipelines["sd"], "clip", clip=(model, tokenizer), scale=1.0, decoder_chunk=3,
+                            callback=lambda **info: seen.append(info))
+    call(guided, "sd", num_images_per_prompt=2)
+    x0 = seen[-1]["pred_xstart"]
+    expected, logits = calibrated_gradient(x0, torch.tensor([0, 0, 1, 1]),
+                                           lambda u: reference(decode_latents(pipelines["sd"].vae, u)), 1.0, 0.0)
+    torch.testing.assert_close(seen[-1]["grad"], expected, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(seen[-1]["value"], logits[torch.arange(4), torch.tensor([0, 0, 1, 1])],
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_tiny_decoder_guides_through_taesd(pipelines):
