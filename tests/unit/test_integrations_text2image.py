@@ -400,3 +400,15 @@ def test_flux_true_cfg_gets_the_steps_guidance_on_both_calls(pipelines):
     assert calls == [0, 1, 2, 0, 1, 2]  # one gradient per step, not per transformer call
     rewards = torch.stack(rewards)
     assert (rewards[1:] > rewards[:-1]).all(), rewards
+
+
+def test_flux_latents_are_unpacked_as_the_pipeline_unpacks_them():
+    """The decoder sees Flux's packed tokens exactly as FluxPipeline decodes them."""
+    from offshelf.integrations.text2image_pipelines import unpack_flux_latents
+
+    latents = torch.randn(2, 16, 6, 10)  # (B, C, H, W) latents, 2×2 patches
+    packed = diffusers.FluxPipeline._pack_latents(latents, 2, 16, 6, 10)
+    ids = diffusers.FluxPipeline._prepare_latent_image_ids(2, 3, 5, "cpu", torch.float32)
+    assert torch.equal(unpack_flux_latents(packed, ids), latents)
+    assert torch.equal(unpack_flux_latents(packed, ids),
+                       diffusers.FluxPipeline._unpack_latents(packed, 6 * 8, 10 * 8, 8))
