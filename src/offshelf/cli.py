@@ -7,6 +7,7 @@
     offshelf held-out   --folder imagenet/val --resolution 128 --out held_out_128.npz   # tune's images on ImageNet
     offshelf plan       --config config/imagenet128_ddpm.yaml [--seconds-per-denoiser S --seconds-per-classifier S]
     offshelf checkpoints list | fetch NAME... | verify NAME PATH
+    offshelf generate   --pipeline DIR --prompt "a cat" --objective clip --scale 1 --out DIR   # docs/diffusers.md
     offshelf check-config FILE...        # validate workflow configs (YAML errors with file:line)
     offshelf resume [SNAKEMAKE ARGS...]  # rerun after a killed Snakemake (unlocks stale locks only)
     offshelf text2image --config config/clip_text2image.yaml   # CLIP-guided text-to-image (docs/clip.md)
@@ -500,6 +501,9 @@ def _add_maintenance(commands) -> None:
         sub = commands.add_parser(name, help=help_text, add_help=False)
         sub.add_argument("rest", nargs=argparse.REMAINDER)
         sub.set_defaults(run=run)
+    from offshelf.integrations.generate import add_parser as add_generate  # no diffusers import until it runs
+
+    add_generate(commands)
     check = commands.add_parser("check-config", help="validate workflow config files as the workflow would")
     check.add_argument("files", nargs="+", metavar="FILE")
     check.set_defaults(run=cmd_check_config)

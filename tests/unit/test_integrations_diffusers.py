@@ -315,11 +315,11 @@ def test_ddpm_pipeline_round_trip_offline(tmp_path, monkeypatch):
                             marginal_temperature=0.5, sine_factor=0.3)
     assert guided.clip_denoised and not guided.scheduler.config.clip_sample and pipe.scheduler.config.clip_sample
     seen = []
-    out = guided([1, 3], num_inference_steps=5, generator=torch.Generator().manual_seed(0),
+    out = guided([1, 3], num_inference_steps=5, generator=torch.Generator().manual_seed(0), output_type="pt",
                  callback=lambda **info: seen.append(float(info["grad"].abs().max())))
     assert out.images.shape == (2, 3, 8, 8) and out.images.min() >= 0 and out.images.max() <= 1
     assert len(seen) == 5 and min(seen) > 0
-    unguided = offshelf.guide(pipe, tiny_classifier(), scale=0.0)([1, 3], num_inference_steps=5,
+    unguided = offshelf.guide(pipe, tiny_classifier(), scale=0.0)([1, 3], num_inference_steps=5, output_type="pt",
                                                                    generator=torch.Generator().manual_seed(0))
     assert not torch.allclose(out.images, unguided.images)
     # scale 0 is the pipeline itself: DDPMPipeline's own sampling, same noise
@@ -354,7 +354,7 @@ def test_dit_pipeline_round_trip_offline(tmp_path, monkeypatch, scheduler_name):
     guided = offshelf.guide(pipe, tiny_classifier(), scale=1.0, cfg_scale=1.5)
     assert not guided.clip_denoised  # latents are not clamped
     seen = []
-    out = guided([0, 4], num_inference_steps=4, generator=torch.Generator().manual_seed(0),
+    out = guided([0, 4], num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type="pt",
                  callback=lambda **info: seen.append(info["grad"]))
     assert out.images.shape == (2, 3, 8, 8)
     assert len(seen) == 4 and seen[0].shape == (2, 4, 4, 4) and all(float(g.abs().max()) > 0 for g in seen)
@@ -403,3 +403,77 @@ def test_import_offshelf_does_not_import_diffusers():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False"
+
+
+# ----------------------------------------------------------------------------
+# (d) what a new user following docs/diffusers.md meets (issue 26, item 0)
+
+@pytest.mark.parametrize("name", ["DDPMScheduler", "DDIMScheduler"])
+def test_in_memory_default_scheduler_is_guided(name):
+    """``DDPMScheduler()`` / ``DDIMScheduler()`` built in memory (clip_sample defaulted to True):
+    diffusers' ``from_config`` used to drop the clip_sample=False override, and guide() refused."""
+    import offshelf
+
+    pipe = diffusers.DDPMPipeline(unet=tiny_unet(), scheduler=getattr(diffusers, name)())
+    pipe.set_progress_bar_config(disable=True)
+    guided = offshelf.guide(pipe, tiny_classifier(), scale=1.0)
+    assert guided.clip_denoised and guided.scheduler.config.clip_sample is False
+    assert pipe.scheduler.config.clip_sample is True  # the user's scheduler is untouched
+    out = guided([1, 2], num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="pt")
+    assert out.images.shape == (2, 3, 8, 8)
+
+
+@pytest.mark.parametrize("name", ["PNDMScheduler", "HeunDiscreteScheduler", "KDPM2DiscreteScheduler"])
+def test_multi_call_schedulers_are_refused_by_name(name):
+    import offshelf
+
+    pipe = diffusers.DDPMPipeline(unet=tiny_unet(), scheduler=getattr(diffusers, name)())
+    with pytest.raises(ValueError, match=f"^{name} is not supported by offshelf guidance"):
+        offshelf.guide(pipe, tiny_classifier())
+    with pytest.raises(ValueError, match=f"^{name} is not supported"):
+        SchedulerGuidance(getattr(diffusers, name)(), ClassifierGuidance(tiny_classifier()))
+
+
+def test_cross_attention_unet_is_not_taken_for_a_pixel_model():
+    """A Stable-Diffusion-shaped UNet (cross-attention) used to be accepted as a pixel model and
+    to crash inside the UNet ('missing encoder_hidden_states')."""
+    from offshelf.integrations.diffusers import ClassifierGuidedPipeline
+
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1,
+                                          block_out_channels=(8, 16), cross_attention_dim=8, norm_num_groups=4,
+                                          down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                          up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=4)
+    pipe = diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDIMScheduler(clip_sample=False))
+    guidance = ClassifierGuidance(tiny_classifier())
+    with pytest.raises(ValueError, match="is a text-to-image pipeline .*encoder_hidden_states"):
+        ClassifierGuidedPipeline.from_parts(pipe, guidance)
+
+
+def test_guided_pipeline_is_a_diffusion_pipeline():
+    """``.to``, ``batch_size``, ``return_dict``, ``latents``, ``callback_on_step_end`` and PIL by
+    default, as diffusers' own pipelines."""
+    import PIL.Image
+
+    import offshelf
+
+    pipe = diffusers.DDPMPipeline(unet=tiny_unet(), scheduler=diffusers.DDIMScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    guided = offshelf.guide(pipe, tiny_classifier(), scale=1.0)
+    assert isinstance(guided, diffusers.DiffusionPipeline)
+    assert guided.to("cpu", torch.float32) is guided and guided.device.type == "cpu"
+    images = guided(3, batch_size=2, num_inference_steps=3, generator=torch.Generator().manual_seed(0)).images
+    assert isinstance(images, list) and len(images) == 2 and isinstance(images[0], PIL.Image.Image)
+    noise = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    seen = []
+
+    def on_step_end(p, i, t, tensors):
+        seen.append(i)
+        return {"latents": tensors["latents"]}
+
+    (from_latents,) = guided(3, batch_size=2, num_inference_steps=3, latents=noise, output_type="pt",
+                             return_dict=False, callback_on_step_end=on_step_end)
+    from_generator = guided(3, batch_size=2, num_inference_steps=3, generator=torch.Generator().manual_seed(0),
+                            output_type="pt").images
+    assert seen == [0, 1, 2]
+    torch.testing.assert_close(from_latents, from_generator, atol=0, rtol=0)

@@ -61,6 +61,11 @@ Schedule = Literal["adm", "score"]
 Variance = Literal["fixed_small", "fixed_large", "learned_range"]
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow")
 _FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")
+#: Schedulers that call the model more than once per timestep, or repeat a timestep (PNDM's
+#: Runge-Kutta / linear-multistep warm-up): a wrapper that corrects one call at a time cannot
+#: guide them as the library does, so they are refused by name (``order > 1`` catches the rest).
+REFUSED_SCHEDULERS = ("PNDMScheduler", "HeunDiscreteScheduler", "FlowMatchHeunDiscreteScheduler",
+                      "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler")
 
 
 def _require_diffusers():
@@ -73,6 +78,26 @@ def _require_diffusers():
 
 
 # --- what a scheduler says about its noise levels and its prediction ---------------------------
+
+def check_scheduler(scheduler) -> None:
+    """Refuse, in one line naming it, a scheduler that calls the model twice per step (Heun,
+    KDPM2) or repeats timesteps (PNDM): :data:`REFUSED_SCHEDULERS`."""
+    name = type(scheduler).__name__
+    if name in REFUSED_SCHEDULERS or int(getattr(scheduler, "order", 1) or 1) > 1:
+        raise ValueError(f"{name} is not supported by offshelf guidance: it calls the model more than once per step "
+                         "or repeats timesteps; swap it, e.g. pipe.scheduler = "
+                         "diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config) (or DDIMScheduler, "
+                         "DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler for flow models)")
+
+
+def copy_scheduler(scheduler, **overrides):
+    """A fresh scheduler of the same class and config, with ``overrides``. diffusers'
+    ``from_config`` drops a config entry listed in ``_use_default_values`` (every argument the
+    scheduler was built without, e.g. ``DDPMScheduler()``'s ``clip_sample``), so that list goes."""
+    config = {k: v for k, v in dict(scheduler.config).items() if k != "_use_default_values"}
+    config.update(overrides)
+    return type(scheduler).from_config(config)
+
 
 def prediction_type(scheduler) -> str:
     """The scheduler's ``prediction_type`` as one of :data:`PREDICTION_TYPES` (flow-matching
@@ -191,7 +216,8 @@ class SchedulerGuidance:
                 self.latent_scale = float(self.vae.config.scaling_factor)
             if self.clip_denoised:
                 raise ValueError("clip_denoised clamps x̂0 to [-1, 1]: for pixel models only, not latents (vae given)")
-        if not isinstance(self.guidance, ClassifierGuidance):
+        check_scheduler(self.scheduler)
+        if self.guidance is not None and not isinstance(self.guidance, ClassifierGuidance):
             raise TypeError(f"guidance must be an offshelf.guidance.ClassifierGuidance, got {type(self.guidance).__name__}")
         self.kind = prediction_type(self.scheduler)
         if self.clip_denoised and (self.scheduler.config.get("clip_sample") or self.scheduler.config.get("thresholding")):
@@ -362,55 +388,120 @@ def _scheduler_input(scheduler, prediction: torch.Tensor, channels: int) -> torc
     return prediction[:, :channels]
 
 
-class ClassifierGuidedPipeline:
-    """Sampling with calibrated off-the-shelf guidance from a diffusers pipeline's parts (made by
-    :func:`guide`). Pixel style (``pipe.unet``, as ``DDPMPipeline``) or latent style
-    (``pipe.transformer`` + ``pipe.vae``, as ``DiTPipeline``, with DiT's classifier-free guidance
-    on the first ``cfg_channels`` latent channels: ``offshelf.samplers.dit.cfg_denoise``).
-    The pipe's scheduler is copied, not changed; a pixel scheduler's ``clip_sample`` becomes the
-    guidance's ``clip_denoised`` (ADM's order: clamp x̂0, then guide)."""
+try:  # the base class of what guide() returns; the module is imported only when guide() is used
+    from diffusers import DiffusionPipeline as _DiffusionPipeline
+except ImportError:  # pragma: no cover - environment problem, reported by _require_diffusers
+    _DiffusionPipeline = object
 
-    def __init__(self, pipe, guidance: ClassifierGuidance, scale: float = 1.0, sine_factor: float = 0.3,
-                 schedule: Schedule = "adm", variance: Variance | None = None, sigma_max: float | None = None,
-                 cfg_scale: float = 1.0, cfg_channels: int = 3):
-        self.pipe = pipe
-        self.latent = hasattr(pipe, "transformer") and getattr(pipe, "vae", None) is not None
-        if not self.latent and getattr(pipe, "unet", None) is None:
+
+def is_text_to_image(pipe) -> bool:
+    """A pipeline whose denoiser is conditioned on text (Stable Diffusion, SDXL, SD3, Flux, ...):
+    it has a text encoder, or its UNet cross-attends (``cross_attention_dim``) / its transformer
+    takes a joint text stream (``joint_attention_dim``)."""
+    if getattr(pipe, "text_encoder", None) is not None or getattr(pipe, "text_encoder_2", None) is not None:
+        return True
+    model = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    config = getattr(model, "config", None) or {}
+    return config.get("joint_attention_dim") is not None or (
+        config.get("cross_attention_dim") is not None and getattr(pipe, "vae", None) is not None)
+
+
+class ClassifierGuidedPipeline(_DiffusionPipeline):
+    """Sampling with calibrated off-the-shelf guidance from a diffusers pipeline's parts (made by
+    :func:`guide`): a ``DiffusionPipeline`` (``.to(...)``, ``progress_bar``, ``callback_on_step_end``).
+    Pixel style (``pipe.unet``, as ``DDPMPipeline``) or latent style (``pipe.transformer`` +
+    ``pipe.vae``, as ``DiTPipeline``, with DiT's classifier-free guidance on the first
+    ``cfg_channels`` latent channels: ``offshelf.samplers.dit.cfg_denoise``). The pipe's scheduler
+    is copied, not changed; a pixel scheduler's ``clip_sample`` becomes the guidance's
+    ``clip_denoised`` (ADM's order: clamp x̂0, then guide)."""
+
+    _optional_components = ["unet", "transformer", "vae"]
+
+    def __init__(self, scheduler, unet=None, transformer=None, vae=None):
+        super().__init__()
+        self.register_modules(scheduler=scheduler, unet=unet, transformer=transformer, vae=vae)
+
+    @classmethod
+    def from_parts(cls, pipe, guidance: ClassifierGuidance, scale: float = 1.0, sine_factor: float = 0.3,
+                   schedule: Schedule = "adm", variance: Variance | None = None, sigma_max: float | None = None,
+                   cfg_scale: float = 1.0, cfg_channels: int = 3) -> "ClassifierGuidedPipeline":
+        _require_diffusers()
+        latent = getattr(pipe, "transformer", None) is not None and getattr(pipe, "vae", None) is not None
+        unet = getattr(pipe, "unet", None)
+        if not latent and unet is None:
             raise ValueError(f"{type(pipe).__name__}: expected a pixel pipeline with .unet (DDPMPipeline-style) or "
                              "a latent one with .transformer and .vae (DiTPipeline-style)")
+        if is_text_to_image(pipe) or (unet is not None and unet.config.get("cross_attention_dim") is not None
+                                      and "encoder_hidden_states" in inspect.signature(unet.forward).parameters
+                                      and unet.config.get("num_class_embeds") is None):
+            raise ValueError(f"{type(pipe).__name__} is a text-to-image pipeline (its denoiser takes "
+                             "encoder_hidden_states), not a pixel DDPMPipeline-style one: guide it with "
+                             "offshelf.guide(pipe, objective, ...), which keeps the pipeline's own call")
+        check_scheduler(pipe.scheduler)
         config = dict(pipe.scheduler.config)
-        self.clip_denoised = not self.latent and bool(config.get("clip_sample")) and not config.get("thresholding")
-        if "clip_sample" in config and self.clip_denoised:
-            config["clip_sample"] = False
-        self.scheduler = type(pipe.scheduler).from_config(config)
-        self.guidance = SchedulerGuidance(self.scheduler, guidance, scale, sine_factor, schedule, variance, sigma_max,
-                                          self.clip_denoised, vae=pipe.vae if self.latent else None)
-        self.cfg_scale = cfg_scale
-        self.cfg_channels = cfg_channels
+        clip_denoised = not latent and bool(config.get("clip_sample")) and not config.get("thresholding")
+        scheduler = copy_scheduler(pipe.scheduler, **({"clip_sample": False} if clip_denoised else {}))
+        self = cls(scheduler, unet=None if latent else unet, transformer=pipe.transformer if latent else None,
+                   vae=pipe.vae if latent else None)
+        self.latent, self.clip_denoised = latent, clip_denoised
+        self.guidance = SchedulerGuidance(scheduler, guidance, scale, sine_factor, schedule, variance, sigma_max,
+                                          clip_denoised, vae=pipe.vae if latent else None)
+        self.cfg_scale, self.cfg_channels = cfg_scale, cfg_channels
+        self.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
+        return self
+
+    def to(self, *args, **kwargs):
+        """``DiffusionPipeline.to`` for the pipeline's modules, and the classifier with them."""
+        super().to(*args, **kwargs)
+        classifier = self.guidance.guidance.classifier
+        if isinstance(classifier, nn.Module):
+            classifier.to(*args, **kwargs)
+        return self
 
     @torch.no_grad()
-    def __call__(self, class_labels, num_inference_steps: int = 50, generator=None, output_type: str = "pt",
-                 callback=None):
-        """Images for ``class_labels`` (the classifier's targets; also the DiT condition), as
-        ``ImagePipelineOutput(images=...)``: ``"pt"`` NCHW in [0, 1], ``"np"`` NHWC, or ``"pil"``.
-        ``callback(step=i, timestep=t, sample=x, **info)`` sees every step."""
+    def __call__(self, class_labels=None, num_inference_steps: int = 50, generator=None, output_type: str = "pil",
+                 callback=None, *, batch_size: int | None = None, latents: torch.Tensor | None = None,
+                 return_dict: bool = True, callback_on_step_end=None,
+                 callback_on_step_end_tensor_inputs=("latents",)):
+        """Images for ``class_labels`` (the classifier's targets; also the DiT condition; one int
+        is repeated ``batch_size`` times), as ``ImagePipelineOutput(images=...)``: ``"pil"``
+        (default, as diffusers), ``"np"`` NHWC in [0, 1], ``"pt"`` NCHW in [0, 1]. ``latents``:
+        the initial noise (multiplied by the scheduler's ``init_noise_sigma``, as diffusers'
+        pipelines do). ``callback(step=i, timestep=t, sample=x, **info)`` sees every step;
+        ``callback_on_step_end(pipe, i, t, {"latents": x})`` may return new ``latents``."""
         diffusers = _require_diffusers()
         from diffusers.utils.torch_utils import randn_tensor
 
         if output_type not in ("pt", "np", "pil"):
             raise ValueError(f"output_type must be 'pt', 'np' or 'pil', got {output_type!r}")
-        model = self.pipe.transformer if self.latent else self.pipe.unet
+        if class_labels is None:
+            raise ValueError("class_labels are needed: the classifier's target class per image (an int is repeated "
+                             "batch_size times)")
+        unknown = set(callback_on_step_end_tensor_inputs) - {"latents"}
+        if unknown:
+            raise ValueError(f"callback_on_step_end_tensor_inputs may only name 'latents', got {sorted(unknown)}")
+        model = self.transformer if self.latent else self.unet
         device = model.device
         y = torch.as_tensor(class_labels, device=device).long().reshape(-1)
+        if len(y) == 1 and batch_size is not None:
+            y = y.expand(batch_size)
+        if batch_size is not None and len(y) != batch_size:
+            raise ValueError(f"batch_size={batch_size} but {len(y)} class labels")
         size = model.config.sample_size
         size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
         channels = model.config.in_channels
         scheduler = self.scheduler
         scheduler.set_timesteps(num_inference_steps, device=device)
-        x = randn_tensor((len(y), channels, *size), generator=generator, device=device, dtype=torch.float32)
+        shape = (len(y), channels, *size)
+        if latents is None:
+            x = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+        else:
+            if tuple(latents.shape) != shape:
+                raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+            x = latents.to(device=device, dtype=torch.float32)
         x = x * getattr(scheduler, "init_noise_sigma", 1.0)
         denoise = self._latent_denoiser(model, y) if self.latent else self._pixel_denoiser(model, y)
-        for i, t in enumerate(self.pipe.progress_bar(scheduler.timesteps)):
+        for i, t in enumerate(self.progress_bar(scheduler.timesteps)):
             x_in = scale_model_input(scheduler, x, t)
             prediction = denoise(x_in, t)
             prediction, info = self.guidance.correct(prediction, x_in, t, y)
@@ -418,15 +509,19 @@ class ClassifierGuidedPipeline:
                 callback(step=i, timestep=t, sample=x, **info)
             x = scheduler.step(_scheduler_input(scheduler, prediction, channels), t, x,
                                **_step_kwargs(scheduler, generator)).prev_sample
+            if callback_on_step_end is not None:
+                x = (callback_on_step_end(self, i, t, {"latents": x}) or {}).get("latents", x)
         if self.latent:
             from offshelf.samplers.dit import decode
 
-            x = decode(self.pipe.vae, x, self.guidance.latent_scale)
+            x = decode(self.vae, x, self.guidance.latent_scale)
         images = ((x.float() + 1) / 2).clamp(0, 1)
         if output_type != "pt":
             images = images.cpu().permute(0, 2, 3, 1).numpy()
             if output_type == "pil":
-                images = self.pipe.numpy_to_pil(images)
+                images = self.numpy_to_pil(images)
+        if not return_dict:
+            return (images,)
         return diffusers.ImagePipelineOutput(images=images)
 
     def _pixel_denoiser(self, unet, y):
@@ -448,23 +543,30 @@ class ClassifierGuidedPipeline:
         return denoise
 
 
-def guide(pipe, classifier: nn.Module, scale: float = 1.0, softplus_beta: float = 3.0, joint_temperature: float = 1.0,
+def guide(pipe, classifier, scale: float = 1.0, softplus_beta: float = 3.0, joint_temperature: float = 1.0,
           marginal_temperature: float = 0.5, sine_factor: float = 0.3, *, schedule: Schedule = "adm",
           variance: Variance | None = None, sigma_max: float | None = None, cfg_scale: float = 1.0,
           cfg_channels: int = 3, adapter=None) -> ClassifierGuidedPipeline:
-    """Calibrated off-the-shelf guidance for a diffusers pipeline. Defaults are the paper's DDPM
-    ones (s = 1, Softplus β = 3, τ1 = 1, τ2 = 0.5, γ = 0.3); ``softplus_beta=inf`` keeps the
-    ReLUs. ``classifier(x) -> logits`` sees x̂0 in [−1, 1] (decoded, for latent pipelines);
-    ``adapter`` an optional :class:`~offshelf.guidance.InputAdapter` (resize / normalise)."""
+    """Calibrated off-the-shelf guidance for a pixel (``DDPMPipeline``-style) or class-conditional
+    latent (``DiTPipeline``-style) diffusers pipeline. Defaults are the paper's DDPM ones (s = 1,
+    Softplus β = 3, τ1 = 1, τ2 = 0.5, γ = 0.3); ``softplus_beta=inf`` keeps the ReLUs.
+    ``classifier(x) -> logits`` sees x̂0 in [−1, 1] (decoded, for latent pipelines); ``adapter``
+    an optional :class:`~offshelf.guidance.InputAdapter` (resize / normalise). Text-to-image
+    pipelines (:func:`is_text_to_image`) are refused here: ``offshelf.guide`` sends them to
+    :func:`offshelf.integrations.text2image_pipelines.guide_text2image`."""
+    if is_text_to_image(pipe):
+        raise ValueError(f"{type(pipe).__name__} is a text-to-image pipeline: guide it with offshelf.guide(pipe, "
+                         "objective, ...) (offshelf.integrations.text2image_pipelines.guide_text2image)")
     from offshelf.classifiers.softplus import softplus_surgery
     from offshelf.guidance import InputAdapter
 
     classifier = softplus_surgery(classifier, softplus_beta).eval().requires_grad_(False)
     guidance = ClassifierGuidance(classifier, joint_temperature, marginal_temperature, input="x0",
                                   adapter=adapter or InputAdapter())
-    return ClassifierGuidedPipeline(pipe, guidance, scale, sine_factor, schedule, variance, sigma_max, cfg_scale,
-                                    cfg_channels)
+    return ClassifierGuidedPipeline.from_parts(pipe, guidance, scale, sine_factor, schedule, variance, sigma_max,
+                                               cfg_scale, cfg_channels)
 
 
-__all__ = ["ClassifierGuidedPipeline", "GuidedModel", "SchedulerGuidance", "from_x0_eps", "guide", "noise_levels",
-           "prediction_type", "step_index", "to_x0_eps"]
+__all__ = ["ClassifierGuidedPipeline", "GuidedModel", "REFUSED_SCHEDULERS", "SchedulerGuidance", "check_scheduler",
+           "copy_scheduler", "from_x0_eps", "guide", "is_text_to_image", "noise_levels", "prediction_type",
+           "step_index", "to_x0_eps"]

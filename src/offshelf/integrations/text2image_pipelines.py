@@ -1,0 +1,341 @@
+"""Off-the-shelf guidance for latent text-to-image pipelines in diffusers: Stable Diffusion, SDXL,
+SD3, Flux and any pipeline on the same pattern (a UNet or transformer, a scheduler, a VAE).
+
+:func:`guide_text2image` (reached through ``offshelf.guide(pipe, objective, ...)``) returns a
+copy of the pipeline whose denoiser is a :class:`GuidedDenoiser`; the copy keeps the pipeline's
+own call (prompts, negative prompts, its CFG, ``generator``, ``num_inference_steps``,
+``callback_on_step_end``, ``output_type``) and the user's pipeline is not changed. Per denoiser
+call at scheduler step i of N (Algorithm 3's path, docs/diffusers.md):
+
+    pred     = the denoiser's output; with the pipeline's CFG (a doubled batch [uncond, cond]):
+               pred_cfg = u + w·(c − u), w the pipeline's guidance_scale
+    (x̂0, ε)  = pred_cfg read in the scheduler's parameterisation (ε, v, flow velocity) for the
+               model input a·x0 + b·ε (offshelf.integrations.diffusers.noise_levels)
+    g        = ∇_{ẑ0} J(D(ẑ0)) at ẑ0 = x̂0: J the objective (calibrated classifier log-probability,
+               CLIP similarity, a reward), D the VAE decoder (or TAESD), through the decoder
+    κ        = the library's weight of that step (SchedulerGuidance.x0_weight: Eq. 5 with the sine
+               bump γ·sin(πk/N), or the score schedule)
+    pred'    = the prediction of (x̂0 + κ·g, ε − (a/b)·κ·g); Δ = pred' − pred_cfg is added to every
+               branch, so the pipeline's own CFG combination yields pred_cfg + Δ = pred'
+
+At ``scale=0``, outside the guidance window and between every-k-th steps the denoiser's output is
+returned untouched: the pipeline's own output, bitwise. Flux's "true CFG" calls the transformer
+twice per step (positive, then negative prompt): Δ is computed on the first call of a step and
+added to both, so the combination moves by Δ too.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from offshelf.guidance import check_finite
+from offshelf.integrations.diffusers import (SchedulerGuidance, check_scheduler, from_x0_eps, noise_levels,
+                                             step_index, to_x0_eps)
+from offshelf.integrations.objectives import Objective, chunked_gradient, objective_from
+
+#: TAESD decoders (AutoencoderTiny) per pipeline family, for ``decoder="tiny"`` (downloaded by
+#: diffusers into its cache on first use; pass an AutoencoderTiny module to stay offline).
+TINY_DECODERS = {"StableDiffusionXL": "madebyollin/taesdxl", "StableDiffusion3": "madebyollin/taesd3",
+                 "Flux": "madebyollin/taef1", "": "madebyollin/taesd"}
+
+
+@dataclass(frozen=True)
+class Text2ImageGuidance:
+    """The knobs of one guided pipeline. ``scale`` s and ``sine_factor`` γ as in Algorithm 1;
+    ``schedule`` ``"adm"`` (Eq. 5) or ``"score"`` (SchedulerGuidance); ``window`` the (start, end)
+    fraction of the steps that are guided; ``every`` guide every k-th step; ``decoder_chunk`` the
+    decoder's backward in chunks of that many images; ``checkpoint`` gradient checkpointing in the
+    decoder during the backward (memory for compute)."""
+
+    scale: float = 1.0
+    sine_factor: float = 0.3
+    schedule: str = "adm"
+    variance: str | None = None
+    sigma_max: float | None = None
+    window: tuple[float, float] = (0.0, 1.0)
+    every: int = 1
+    decoder_chunk: int | None = None
+    checkpoint: bool = False
+
+    def __post_init__(self):
+        start, end = self.window
+        if not 0 <= start < end <= 1:
+            raise ValueError(f"window must be (start, end) fractions of the steps with 0 <= start < end <= 1, "
+                             f"got {self.window}")
+        if int(self.every) != self.every or self.every < 1:
+            raise ValueError(f"every must be a positive integer, got {self.every!r}")
+        if self.decoder_chunk is not None and self.decoder_chunk < 1:
+            raise ValueError(f"decoder_chunk must be a positive number of images, got {self.decoder_chunk}")
+        if self.schedule not in ("adm", "score"):
+            raise ValueError(f"schedule must be 'adm' or 'score', got {self.schedule!r}")
+
+    def active(self, i: int, n: int) -> bool:
+        """Whether step ``i`` of ``n`` is guided."""
+        start, end = self.window
+        return self.scale != 0 and start * n <= i < end * n and i % self.every == 0
+
+
+def find_step(scheduler, timestep) -> int:
+    """Index of the denoiser call's ``timestep`` in ``scheduler.timesteps``: as given (SD, SDXL,
+    SD3), or ×1000 (Flux passes t/1000)."""
+    try:
+        return step_index(scheduler, timestep)
+    except ValueError:
+        return step_index(scheduler, torch.as_tensor(timestep).detach().double() * 1000)
+
+
+def unpack_flux_latents(z: torch.Tensor, img_ids: torch.Tensor) -> torch.Tensor:
+    """Flux's packed latents (B, (H/2)·(W/2), 4C) as (B, C, H, W); the grid from ``img_ids``
+    (row, column in channels 1 and 2), as diffusers' FluxPipeline unpacks them before decoding."""
+    ids = img_ids.reshape(-1, img_ids.shape[-1])
+    h2, w2 = int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1
+    b, seq, c4 = z.shape
+    if seq != h2 * w2 or c4 % 4:
+        raise ValueError(f"packed latents {tuple(z.shape)} do not fit a {h2}×{w2} grid of 2×2 patches")
+    return z.view(b, h2, w2, c4 // 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c4 // 4, 2 * h2, 2 * w2)
+
+
+def decode_latents(decoder: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """Images in [−1, 1] (at least fp32, differentiable) from the pipeline's latents ``z``:
+    ``clamp(D(z / scaling_factor + shift_factor), −1, 1)`` with the decoder's own config (an
+    AutoencoderTiny has scaling 1 and shift 0: it decodes the pipeline's latents directly)."""
+    config = decoder.config
+    latent = z / config.scaling_factor + (config.get("shift_factor") or 0.0)
+    dtype = next(decoder.parameters()).dtype
+    image = decoder.decode(latent.to(dtype)).sample
+    return image.to(torch.promote_types(image.dtype, torch.float32)).clamp(-1, 1)
+
+
+class GuidedDenoiser(nn.Module):
+    """A pipeline's UNet or transformer whose output carries the objective's guidance (module
+    docstring). Attributes it lacks (``config``, ``dtype``, ``add_embedding``, ...) are the
+    model's, so the pipeline uses it in the model's place. ``last`` holds what the last guided
+    step computed (``step``, ``value``: J per image, ``grad``, ``weight``)."""
+
+    def __init__(self, model: nn.Module, objective: Objective, decoder: nn.Module, settings: Text2ImageGuidance,
+                 own_decoder: bool = False):
+        super().__init__()
+        self.model = model
+        self.objective = objective
+        if own_decoder:
+            self.decoder = decoder
+        else:  # the pipeline's VAE: a pipeline component, not a second copy in this module's state
+            self.__dict__["decoder"] = decoder
+        self.settings = settings
+        self._signature = inspect.signature(model.forward)
+        params = list(self._signature.parameters)
+        if not params or "timestep" not in params:
+            raise TypeError(f"{type(model).__name__}.forward has no 'timestep' argument: not a diffusers denoiser")
+        self._sample_name = params[0]
+        self.__dict__["pipeline"] = None
+        self.context: dict = {}
+        self._cache: dict = {}
+        self.last: dict = {}
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("model"), name)
+
+    def begin(self, context: dict) -> None:
+        """A pipeline call starts: its prompts (for CLIP); the per-step cache is cleared."""
+        self.context = context
+        self._cache = {}
+        self.last = {}
+        if self.settings.scale != 0:
+            self.objective.prepare(context)
+
+    def forward(self, *args, **kwargs):
+        out = self.model(*args, **kwargs)
+        if self.settings.scale == 0:
+            return out
+        pipe = self.pipeline
+        scheduler = pipe.scheduler
+        bound = self._signature.bind(*args, **kwargs)
+        sample, timestep = bound.arguments[self._sample_name], bound.arguments.get("timestep")
+        i = find_step(scheduler, timestep)
+        if not self.settings.active(i, len(scheduler.timesteps)):
+            return out
+        prediction = out[0] if isinstance(out, tuple) else out.sample
+        if prediction.shape != sample.shape:
+            raise ValueError(f"{type(self.model).__name__} output {tuple(prediction.shape)} does not fit its input "
+                             f"{tuple(sample.shape)}: learned-variance denoisers are not supported here")
+        half = len(sample) // 2
+        cfg = (bool(getattr(pipe, "do_classifier_free_guidance", False)) and len(sample) % 2 == 0
+               and torch.equal(sample[:half], sample[half:]))
+        if i not in self._cache:
+            if cfg:
+                uncond, cond = prediction[:half].float(), prediction[half:].float()
+                combined, x = uncond + float(pipe.guidance_scale) * (cond - uncond), sample[half:]
+            else:
+                combined, x = prediction.float(), sample
+            self._cache = {i: self._delta(combined, x.float(), i, scheduler, bound.arguments)}
+        delta = self._cache[i]
+        if cfg:
+            delta = torch.cat([delta, delta])
+        if delta.shape != prediction.shape:
+            raise ValueError(f"step {i}: a second denoiser call with batch {len(prediction)} after one with "
+                             f"{len(delta)}: cannot apply the step's guidance")
+        corrected = (prediction.float() + delta).to(prediction.dtype)
+        if isinstance(out, tuple):
+            return (corrected,) + tuple(out[1:])
+        out.sample = corrected
+        return out
+
+    def _delta(self, prediction: torch.Tensor, x: torch.Tensor, i: int, scheduler, arguments: dict) -> torch.Tensor:
+        s = self.settings
+        weights = SchedulerGuidance(scheduler, None, s.scale, s.sine_factor, s.schedule, s.variance, s.sigma_max)
+        a_all, b_all = noise_levels(scheduler)
+        a, b = float(a_all[i]), float(b_all[i])
+        check_finite("denoiser output", prediction, i)
+        x0, eps = to_x0_eps(prediction, x, a, b, weights.kind)
+        packed = x0.ndim == 3
+        img_ids = arguments.get("img_ids")
+        if packed and img_ids is None:
+            raise ValueError(f"{type(self.model).__name__}: packed (B, tokens, C) latents without img_ids to unpack")
+
+        def decode(u):
+            return decode_latents(self.decoder, unpack_flux_latents(u, img_ids) if packed else u)
+
+        with self._checkpointing():
+            grad, value = chunked_gradient(self.objective, x0, decode, dict(self.context, step=i),
+                                           s.decoder_chunk)
+        check_finite("guidance gradient", grad, i)
+        weight = weights.x0_weight(i, a_all, b_all, None, 1, 1)
+        guided = from_x0_eps(x0 + weight * grad, eps - (a / b) * weight * grad, a, b, weights.kind)
+        check_finite("guided prediction", guided, i)
+        self.last = dict(step=i, value=value, grad=grad, weight=weight, pred_xstart=x0)
+        callback = self.context.get("callback")
+        if callback is not None:
+            callback(**self.last)
+        return guided - prediction
+
+    def _checkpointing(self):
+        decoder = self.decoder
+        settings = self.settings
+
+        class _Toggle:
+            def __enter__(self):
+                self.was = bool(getattr(decoder, "is_gradient_checkpointing", False))
+                if settings.checkpoint and not self.was:
+                    decoder.enable_gradient_checkpointing()
+
+            def __exit__(self, *exc):
+                if settings.checkpoint and not self.was:
+                    decoder.disable_gradient_checkpointing()
+        return _Toggle()
+
+
+def _prompts(signature: inspect.Signature, args, kwargs) -> list[str] | None:
+    """One text per image of a pipeline call (``prompt`` × ``num_images_per_prompt``), or None
+    when the call gives embeddings only."""
+    try:
+        bound = signature.bind(None, *args, **kwargs)
+    except TypeError:
+        return None
+    prompt = bound.arguments.get("prompt")
+    if prompt is None:
+        return None
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    n = bound.arguments.get("num_images_per_prompt") or 1
+    return [p for p in prompts for _ in range(n)]
+
+
+_GUIDED_CLASSES: dict[type, type] = {}
+
+
+def _guided_class(cls: type) -> type:
+    """``cls`` with a ``__call__`` that tells the guided denoiser the call's prompts first."""
+    if cls not in _GUIDED_CLASSES:
+        signature = inspect.signature(cls.__call__)
+
+        def __call__(self, *args, **kwargs):
+            denoiser = self.offshelf_denoiser
+            denoiser.begin({"prompts": _prompts(signature, args, kwargs), "callback": self.offshelf_callback})
+            return cls.__call__(self, *args, **kwargs)
+
+        __call__.__signature__ = signature
+        __call__.__doc__ = cls.__call__.__doc__
+        _GUIDED_CLASSES[cls] = type(f"Guided{cls.__name__}", (cls,), {"__call__": __call__,
+                                                                      "__module__": __name__})
+    return _GUIDED_CLASSES[cls]
+
+
+def _family(pipe) -> str:
+    name = type(pipe).__name__
+    return next((key for key in TINY_DECODERS if key and name.startswith(key)), "")
+
+
+def _decoder(pipe, decoder) -> tuple[nn.Module, bool]:
+    """``(decoder module, whether it is not the pipeline's VAE)``."""
+    if decoder in (None, "vae"):
+        if getattr(pipe, "vae", None) is None:
+            raise ValueError(f"{type(pipe).__name__} has no .vae to decode x̂0 with")
+        return pipe.vae, False
+    if decoder == "tiny":
+        from diffusers import AutoencoderTiny
+
+        model = AutoencoderTiny.from_pretrained(TINY_DECODERS[_family(pipe)], torch_dtype=pipe.vae.dtype)
+        return model.to(pipe.vae.device).eval().requires_grad_(False), True
+    if isinstance(decoder, nn.Module) and hasattr(decoder, "decode"):
+        return decoder.eval().requires_grad_(False), True
+    raise ValueError(f"decoder must be 'vae', 'tiny' or a diffusers autoencoder module, got {decoder!r}")
+
+
+def _copy_pipeline(cls: type, pipe, **replace):
+    """A ``cls`` sharing ``pipe``'s components (and its config values), ``replace`` swapped in.
+    Not ``DiffusionPipeline.from_pipe``: that casts every shared module to one dtype (float32 by
+    default), which would change the user's fp16 pipeline and an fp32-upcast VAE."""
+    modules, optional = cls._get_signature_keys(pipe)
+    kwargs = {name: getattr(pipe, name, None) for name in modules}
+    kwargs.update({name: pipe.config[name] for name in optional if name in pipe.config})
+    kwargs.update(replace)
+    return cls(**kwargs)
+
+
+def guide_text2image(pipe, objective, *, scale: float = 1.0, target=None, softplus_beta: float = 3.0,
+                     joint_temperature: float = 1.0, marginal_temperature: float = 0.5, sine_factor: float = 0.3,
+                     schedule: str = "adm", variance: str | None = None, sigma_max: float | None = None,
+                     adapter=None, clip=None, texts=None, decoder="vae", window: tuple[float, float] = (0.0, 1.0),
+                     every: int = 1, decoder_chunk: int | None = None, checkpoint: bool = False, callback=None):
+    """A copy of the text-to-image pipeline ``pipe`` guided by ``objective`` (module docstring);
+    ``pipe`` is not changed. ``objective``: a classifier with ``target=`` (its class, one or one
+    per image; Softplus β, τ1, τ2 as in the paper), ``"clip"`` with ``clip=`` (similarity to
+    ``texts``, the prompts by default), a callable ``reward(images in [−1, 1]) -> [batch]``, or
+    an :class:`~offshelf.integrations.objectives.Objective` (see ``objective_from``).
+    ``decoder``: ``"vae"`` (default), ``"tiny"`` (TAESD for the family, from the hub cache) or an
+    ``AutoencoderTiny`` module. ``window``, ``every``, ``decoder_chunk``, ``checkpoint``: cost
+    controls (:class:`Text2ImageGuidance`). ``callback(step=, value=, grad=, weight=,
+    pred_xstart=)`` sees every guided step. The copy's ``offshelf_denoiser.last`` holds the last one."""
+    check_scheduler(pipe.scheduler)
+    attribute = "unet" if getattr(pipe, "unet", None) is not None else "transformer"
+    model = getattr(pipe, attribute, None)
+    if model is None:
+        raise ValueError(f"{type(pipe).__name__}: expected a .unet or .transformer denoiser")
+    if isinstance(model, GuidedDenoiser):
+        raise ValueError(f"{type(pipe).__name__} is already guided: guide the original pipeline")
+    settings = Text2ImageGuidance(scale, sine_factor, schedule, variance, sigma_max, tuple(window), every,
+                                  decoder_chunk, checkpoint)
+    objective = objective_from(objective, target=target, softplus_beta=softplus_beta,
+                               joint_temperature=joint_temperature, marginal_temperature=marginal_temperature,
+                               adapter=adapter, clip=clip, texts=texts)
+    decoder_module, own = _decoder(pipe, decoder)
+    denoiser = GuidedDenoiser(model, objective, decoder_module, settings, own_decoder=own)
+    guided_cls = _guided_class(type(pipe))
+    guided = _copy_pipeline(guided_cls, pipe, **{attribute: denoiser, "scheduler": copy.deepcopy(pipe.scheduler)})
+    denoiser.__dict__["pipeline"] = guided
+    guided.offshelf_denoiser = denoiser
+    guided.offshelf_guidance = settings
+    guided.offshelf_callback = callback
+    guided.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
+    return guided
+
+
+__all__ = ["GuidedDenoiser", "TINY_DECODERS", "Text2ImageGuidance", "decode_latents", "find_step",
+           "guide_text2image", "unpack_flux_latents"]
