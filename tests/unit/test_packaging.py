@@ -55,3 +55,28 @@ def test_every_rule_runs_in_the_conda_env():
         text = smk.read_text()
         rules = re.findall(r"^\s*(?:rule|checkpoint) (\w+):", text, flags=re.M)
         assert text.count('conda: CONDA_ENV') == len(rules), f"{smk.name}: every rule needs `conda: CONDA_ENV`"
+
+
+def test_the_repository_is_self_contained():
+    """The golden fixtures ship in tests/fixtures/reference, the tests read them there by default,
+    and no config, source file or doc cites a file outside the repository (the method facts the
+    configs cite are in docs/method.md)."""
+    import conftest
+    from rehearsal import standins
+
+    shipped = REPO / "tests" / "fixtures" / "reference"
+    for name in ("README.md", "adm_state_dict_manifest.json", "adm_tiny_golden.pt", "adm_tiny_step250_golden.pt",
+                 "edm_state_dict_manifest.json", "edm_tiny_golden.pt", "edm_tiny_heun10_golden.pt",
+                 "edm_tiny_network.pkl"):
+        assert (shipped / name).is_file(), f"{name} is missing from {shipped}"
+    assert conftest.SHIPPED_REFERENCE_DIR == shipped
+    assert standins.ROOT / "tests" / "fixtures" / "reference" == shipped
+    outside = re.compile(r"elucd_spec|shared/reference|shared/method|\.\./method/|\.\./shared")
+    files = [REPO / "config.yaml", REPO / "README.md", REPO / "Snakefile", REPO / ".ci" / "run", REPO / "Makefile"]
+    for folder, pattern in (("config", "*.yaml"), ("src", "*.py"), ("docs", "*.md"), ("workflow", "*"),
+                            ("tests", "*.py"), ("tests/fixtures/reference", "*.md")):
+        files += [f for f in (REPO / folder).rglob(pattern) if f.is_file() and f.suffix not in (".pt", ".pkl")]
+    cited = [f"{f.relative_to(REPO)}:{i}" for f in files
+             for i, line in enumerate(f.read_text(errors="replace").splitlines(), 1)
+             if outside.search(line) and f.name != "test_packaging.py"]
+    assert not cited, f"cites a file outside the repository: {cited}"
