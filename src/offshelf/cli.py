@@ -7,7 +7,7 @@
     offshelf held-out   --folder imagenet/val --resolution 128 --out held_out_128.npz   # tune's images on ImageNet
     offshelf plan       --config config/imagenet128_ddpm.yaml [--seconds-per-denoiser S --seconds-per-classifier S]
     offshelf checkpoints list | fetch NAME... | verify NAME PATH
-    offshelf check-config FILE...        # validate workflow configs (YAML errors with file:line)
+    offshelf check-config FILE...        # validate each config file (YAML errors with file:line)
     offshelf resume [SNAKEMAKE ARGS...]  # rerun after a killed Snakemake (unlocks stale locks only)
     offshelf text2image --config config/clip_text2image.yaml   # CLIP-guided text-to-image (docs/clip.md)
 
@@ -337,23 +337,21 @@ def cmd_checkpoints(args) -> int:
 
 
 def cmd_check_config(args) -> int:
-    """Validate config files as the workflow would (later files override earlier ones' keys,
-    like repeated ``--configfile``)."""
-    from offshelf.config import ConfigError, merge, read_yaml, validate_config
+    """Validate each config file on its own, read as the workflow reads it (``base:`` resolved,
+    nothing else merged in). A text-to-image config (``offshelf text2image --config``: top-level
+    ``prompts``) is checked by that command's own loader."""
+    from offshelf.config import ConfigError, check_config_file
 
-    try:
-        merged: dict[str, Any] = {}
-        for path in args.files:
-            data = read_yaml(path)
-            if not isinstance(data, dict):
-                raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
-            merged = merge(merged, data)
-        validate_config(merged)
-    except ConfigError as err:
-        print(f"offshelf: {err}", file=sys.stderr)
-        return 1
-    print(f"offshelf: {' + '.join(args.files)}: valid")
-    return 0
+    failed = 0
+    for path in args.files:
+        try:
+            kind = check_config_file(path)
+        except ConfigError as err:
+            print(f"offshelf: {err}", file=sys.stderr)
+            failed += 1
+        else:
+            print(f"offshelf: {path}: valid{'' if kind == 'workflow' else f' ({kind} config)'}")
+    return 1 if failed else 0
 
 
 def cmd_resume(args) -> int:
