@@ -28,6 +28,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from offshelf.extras import needs
+
+needs(__name__, "yaml")  # offshelf[workflow]
 import yaml
 
 PROG = "offshelf"

@@ -31,6 +31,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from offshelf.extras import needs
+
+needs(__name__, "yaml", "jsonschema")  # offshelf[workflow]
 import yaml
 
 from offshelf.yaml_file import YAMLSyntaxError, read_yaml_file
