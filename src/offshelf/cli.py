@@ -168,26 +168,42 @@ def cmd_sample(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
+    """Per-step ECE of each ``--probe`` (classifier variant); prints each one's integral
+    calibration error (ICE, Eq. 1: the mean per-step ECE) and where the table went."""
+    import pandas as pd
+
     from offshelf import stages
     from offshelf.atomic import save_csv
     from offshelf.calibration import integral_calibration_error
     from offshelf.settings import probe_setting
 
     ctx = Context(args)
-    try:
-        probe = probe_setting(args.probe)
-    except (ValueError, IndexError):
-        raise ArgumentError("--probe", f"{args.probe!r} is not a probe name such as offshelf-x0_sp3, "
-                                       f"finetuned-xt_relu or combined-x0_relu_sw10") from None
-    files = ctx.files(ctx.backend.files(probe))
-    models = stages.load_models(ctx.backend, files, ctx.sampling, probe, ctx.checkpoints)
+    probes = []
+    for name in args.probe:
+        try:
+            probes.append(probe_setting(name))
+        except (ValueError, IndexError):
+            raise ArgumentError("--probe", f"{name!r} is not a probe name such as offshelf-x0_sp3, "
+                                           f"finetuned-xt_relu or combined-x0_relu_sw10") from None
     calibration = dict(ctx.config.get("calibration", {}), **({"num_samples": args.num_samples}
                                                             if args.num_samples else {}))
     if "num_samples" not in calibration:
         raise ArgumentError("--num-samples", "give the number of trajectories (or a config with calibration)")
-    table = stages.calibration_profile(ctx.backend, models, probe, calibration, ctx.batch_size(args))
+    tables = {}
+    for name, probe in zip(args.probe, probes):
+        files = ctx.files(ctx.backend.files(probe))
+        models = stages.load_models(ctx.backend, files, ctx.sampling, probe, ctx.checkpoints)
+        tables[name] = stages.calibration_profile(ctx.backend, models, probe, calibration, ctx.batch_size(args))
+    # one probe: the workflow's per-step table as it is; several: one table, a `probe` column first
+    table = (next(iter(tables.values())) if len(tables) == 1 else
+             pd.concat([t.assign(probe=name)[["probe", *t.columns]] for name, t in tables.items()], ignore_index=True))
     save_csv(args.out, table)
-    print(f"{args.probe}: integral calibration error {integral_calibration_error(table):.4f} -> {args.out}")
+    width = max(map(len, tables))
+    print(f"integral calibration error (ICE: mean per-step ECE, lower is better), "
+          f"{calibration['num_samples']} trajectories per variant:")
+    for name, t in tables.items():
+        print(f"  {name:<{width}}  ICE {integral_calibration_error(t):.4f} over {len(t)} steps")
+    print(f"per-step table ({', '.join(map(str, table.columns))}) -> {args.out}")
     return 0
 
 
@@ -420,7 +436,8 @@ def _add_calibrate(commands) -> None:
     """offshelf calibrate."""
     calibrate = commands.add_parser("calibrate", help="per-step ECE of a classifier variant along the reverse process")
     _common(calibrate)
-    calibrate.add_argument("--probe", required=True, help="classifier variant, e.g. offshelf-x0_sp3")
+    calibrate.add_argument("--probe", required=True, action="append",
+                           help="classifier variant, e.g. offshelf-x0_sp3 (repeat to compare variants)")
     calibrate.add_argument("--num-samples", type=int, help="trajectories (default: the config's calibration.num_samples)")
     calibrate.add_argument("--sampling", action="append", default=[], metavar="KEY=VALUE")
     calibrate.add_argument("--out", required=True, help="the per-step table (.csv)")

@@ -223,3 +223,28 @@ def test_a_family_has_its_own_calibration_probe():
     assert Setting(network="mlp", softplus_beta=3).probe == "offshelf-x0_sp3_net-mlp"
     assert Setting(softplus_beta=3).probe == "offshelf-x0_sp3"  # default names unchanged
     assert DigitsBackend().files(probe_setting("offshelf-x0_relu_net-vit"))["offshelf"].role == "offshelf_vit"
+
+
+def test_offshelf_calibrate_prints_the_ice_of_each_variant_and_the_file(checkpoints, tmp_path, capsys):
+    """`offshelf calibrate --probe A --probe B`: one line per variant with its ICE, and where the
+    per-step table went (one probe: the workflow's table; several: a `probe` column first)."""
+    import shutil
+
+    import pandas as pd
+
+    from offshelf.cli import main
+
+    models = tmp_path / "results" / "ci" / "models"
+    models.mkdir(parents=True)
+    for role, path in checkpoints.items():
+        shutil.copy(path, models / f"{role}.pt")
+    out = tmp_path / "ece.csv"
+    assert main(["calibrate", "--config", "config/ci.yaml", "--results", str(tmp_path / "results"), "--probe",
+                 "offshelf-x0_sp3", "--probe", "offshelf-x0_relu", "--num-samples", "8", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    table = pd.read_csv(out)
+    assert list(table.columns[:2]) == ["probe", "step"] and set(table["probe"]) == {"offshelf-x0_sp3", "offshelf-x0_relu"}
+    for probe in ("offshelf-x0_sp3", "offshelf-x0_relu"):
+        ice = table.loc[table["probe"] == probe, "ece"].mean()
+        assert any(line.split() == [probe, "ICE", f"{ice:.4f}", "over", "10", "steps"] for line in printed), printed
+    assert printed[-1].endswith(f"-> {out}"), printed
