@@ -155,10 +155,27 @@ def cmd_sample(args) -> int:
     reason = unavailable(ctx.backend, setting)
     if reason:
         raise ArgumentError("--setting", f"backend {ctx.backend.name!r} cannot run {setting.name}: {reason}")
+    classes = None
+    if args.classes:
+        import inspect
+
+        try:
+            wanted = [int(c) for c in args.classes.split(",")]
+        except ValueError:
+            raise ArgumentError("--classes", f"{args.classes!r}: give class indices, e.g. 3,7") from None
+        if "labels" not in inspect.signature(ctx.backend.sample).parameters:
+            raise ArgumentError("--classes", f"backend {ctx.backend.name!r} draws each seed's class itself "
+                                             f"(its sample() takes no labels)")
+        num_classes = getattr(ctx.backend, "num_classes", None)
+        bad = [c for c in wanted if c < 0 or (num_classes and c >= num_classes)]
+        if bad:
+            raise ArgumentError("--classes", f"{bad} not a class of backend {ctx.backend.name!r}"
+                                             + (f" (0..{num_classes - 1})" if num_classes else ""))
+        classes = [wanted[i % len(wanted)] for i in range(len(seeds))]  # seed i of --seeds: class i mod len
     files = ctx.files(ctx.backend.files(setting))
     models = stages.load_models(ctx.backend, files, ctx.sampling, setting, ctx.checkpoints)
     images, labels, seconds = stages.sample_shard(ctx.backend, models, setting, seeds, ctx.batch_size(args),
-                                                  progress=True)
+                                                  progress=True, labels=classes)
     save_shard(args.out, images, labels, seeds, seconds)
     grid = Path(args.grid) if args.grid else Path(args.out).with_suffix(".png")
     save_grid(images, grid, scale=max(1, 64 // images.shape[1]))
@@ -429,6 +446,8 @@ def _add_sample(commands) -> None:
                         help="sampling keys (respacing, variance) overriding the config's")
     sample.add_argument("--out", required=True, help="the shard .npz")
     sample.add_argument("--grid", help="the PNG grid (default: beside the shard)")
+    sample.add_argument("--classes", help="C,... the classes to sample, cycled over the seeds (seed i of --seeds: "
+                                          "class i mod count); default: the class each seed draws, as the workflow")
     sample.set_defaults(run=cmd_sample)
 
 
