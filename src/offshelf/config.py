@@ -18,7 +18,10 @@ Order of the checks, each refusing before the next runs:
 6. output paths: ``<results>/<experiment>`` and ``<results>/logs/<experiment>`` provably inside
    ``results``, and no regular file where a folder must go.
 
-``offshelf check-config FILE...`` runs all of it on YAML files. Snakemake's own loader reports
+A config is read one way, :func:`read_config` (the Snakefile, ``offshelf plan``, ``check-config``
+and every ``--config`` option): one file, complete or naming its base (``base: FILE``, relative
+to it); nothing is merged in implicitly. ``offshelf check-config FILE...`` runs all of it on each
+file on its own. Snakemake's own loader reports
 a YAML syntax error in ``--configfile`` as "Config file is not valid JSON or YAML" without the
 file or the line; this command names both.
 """
