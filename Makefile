@@ -34,7 +34,7 @@ test-fast: $(STAMP)
 # cluster needs root (apt-get, munged, slurmctld, slurmd); without it the SLURM tests skip with the
 # reason, and CI sets OFFSHELF_REQUIRE_SLURM=1 so that they cannot.
 test-workflow: $(STAMP)
-	bash .ci/slurm_cluster.sh start || [ -z "$$OFFSHELF_REQUIRE_SLURM" ]
+	bash .ci/slurm_cluster.sh start || { [ -z "$$OFFSHELF_REQUIRE_SLURM" ] && echo "make test-workflow: no SLURM cluster (starting one needs root): the SLURM tests will skip; run \`sudo make test-workflow\` to run them"; }
 	$(PYTEST) -q -m "slow or slurm"; rc=$$?; bash .ci/slurm_cluster.sh stop || true; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
 
 # Wet rehearsals: the three ImageNet workflows and text2image, run for real through Snakemake on

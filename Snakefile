@@ -11,24 +11,26 @@ import sys
 
 import offshelf
 from offshelf import backends
-from offshelf.config import ConfigError, read_yaml, validated_plan
+from offshelf.config import ConfigError, merge, read_config, validated_plan, workflow_config_file
 from offshelf.planning.costs import describe_job_counts
 from offshelf.planning.params import cache_dir, canonical, num_shards, pretrained_path, sampling_params, shard_seeds
 from offshelf.planning.searches import read_rounds
 from offshelf.settings import Setting, probe_setting
 
-# config.yaml is the base of digits configs (a --configfile overrides its keys); any other
-# --configfile replaces it, since they share none of its digits sections and tables.
+# The config is ONE file, read by offshelf.config.read_config exactly as `offshelf plan` and
+# `offshelf check-config` read it: `--configfile FILE`, else ./config.yaml. A file is complete or
+# names its base (`base: config.yaml`, relative to the file); nothing is merged in implicitly.
+# `--config KEY=VALUE` lies over it.
 #
 # A typo, an invalid or non-finite value, an output path outside `results` or too many jobs stop
 # here, in one line naming the key (or file:line for YAML syntax: Snakemake's loader names
 # neither). The schema is the workflow's own copy of the package's file. A config error exits
 # with its message alone: a traceback into the validator would only bury it.
 try:
-    if config.get("backbone", "digits") == "digits":
-        if os.path.exists("config.yaml"):
-            read_yaml("config.yaml")
-        configfile: "config.yaml"
+    CONFIGFILE = workflow_config_file(workflow.overwrite_configfiles)
+    config_read = merge(read_config(CONFIGFILE), dict(workflow.config_settings.config or {}))
+    config.clear()  # Snakemake's own reading of the file (and its --config) gives way to offshelf's
+    config.update(config_read)
     # the plan (offshelf.planning.plan.Plan), built once: validation reads its rows, the rules the rest
     PLAN = validated_plan(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")
 except ConfigError as err:

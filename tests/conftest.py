@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-# The golden fixtures produced by the original implementations: $OFFSHELF_REFERENCE_DIR, else the
-# project's sibling folder ../shared/reference.
-REFERENCE_DIR = Path(os.environ.get("OFFSHELF_REFERENCE_DIR")
-                     or Path(__file__).resolve().parents[2] / "shared" / "reference")
+# The golden fixtures produced by the original implementations, shipped in the repository
+# (tests/fixtures/reference, README.md there); $OFFSHELF_REFERENCE_DIR overrides the folder.
+SHIPPED_REFERENCE_DIR = Path(__file__).resolve().parent / "fixtures" / "reference"
+REFERENCE_DIR = Path(os.environ.get("OFFSHELF_REFERENCE_DIR") or SHIPPED_REFERENCE_DIR)
 
 
 WORKFLOW_TESTS = Path(__file__).resolve().parent / "workflow"
@@ -26,9 +26,9 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture
 def reference_dir() -> Path:
-    """The golden fixtures produced by the original implementations (../shared/reference)."""
-    if not REFERENCE_DIR.is_dir():
-        pytest.skip(f"golden fixtures folder {REFERENCE_DIR} is absent (set OFFSHELF_REFERENCE_DIR)")
+    """The golden fixtures produced by the original implementations (tests/fixtures/reference).
+    They are part of the repository: a missing folder is an error, not a skip."""
+    assert REFERENCE_DIR.is_dir(), f"golden fixtures folder {REFERENCE_DIR} is absent"
     return REFERENCE_DIR
 
 

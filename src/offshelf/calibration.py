@@ -11,6 +11,9 @@ from __future__ import annotations
 from collections import defaultdict
 
 import numpy as np
+from offshelf.extras import needs
+
+needs(__name__, "pandas")  # offshelf[workflow]
 import pandas as pd
 import torch
 

@@ -54,7 +54,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tqdm import tqdm
 
 from offshelf.atomic import save_text
 
@@ -443,6 +442,31 @@ def _manual_hint(name: str | None, url: str, dest: Path) -> str:
             f"or point offshelf at a local copy (local_path= / the checkpoint's path in the config)")
 
 
+class _NoProgressBar:
+    """tqdm's interface, showing nothing: a download without a progress bar needs no tqdm."""
+
+    def __init__(self, **_):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_):
+        return False
+
+    def update(self, _n=1):
+        pass
+
+
+def _progress_bar(progress: bool):
+    if not progress:
+        return _NoProgressBar
+    from offshelf.extras import needs
+    needs("offshelf.checkpoints (a download's progress bar)", "tqdm")
+    from tqdm import tqdm
+    return tqdm
+
+
 def download(url: str, dest: str | os.PathLike, expected_sha256: str | None = None,
              hash_prefix: str | None = None, progress: bool = True, name: str | None = None,
              expected_size: int | None = None) -> str:
@@ -491,7 +515,7 @@ def download(url: str, dest: str | os.PathLike, expected_sha256: str | None = No
         length = response.headers.get("Content-Length")
         total = offset + int(length) if length is not None else None
         try:
-            with open(part, "ab" if resumed else "wb") as f, tqdm(
+            with open(part, "ab" if resumed else "wb") as f, _progress_bar(progress)(
                     total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
                     desc=dest.name, disable=not progress) as bar:
                 while chunk := response.read(CHUNK_BYTES):

@@ -8,7 +8,7 @@
     offshelf plan       --config config/imagenet128_ddpm.yaml [--seconds-per-denoiser S --seconds-per-classifier S]
     offshelf checkpoints list | fetch NAME... | verify NAME PATH
     offshelf generate   --pipeline DIR --prompt "a cat" --objective clip --scale 1 --out DIR   # docs/diffusers.md
-    offshelf check-config FILE...        # validate workflow configs (YAML errors with file:line)
+    offshelf check-config FILE...        # validate each config file (YAML errors with file:line)
     offshelf resume [SNAKEMAKE ARGS...]  # rerun after a killed Snakemake (unlocks stale locks only)
     offshelf text2image --config config/clip_text2image.yaml   # CLIP-guided text-to-image (docs/clip.md)
 
@@ -29,6 +29,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from offshelf.extras import needs
+
+needs(__name__, "yaml")  # offshelf[workflow]
 import yaml
 
 PROG = "offshelf"
@@ -153,10 +156,27 @@ def cmd_sample(args) -> int:
     reason = unavailable(ctx.backend, setting)
     if reason:
         raise ArgumentError("--setting", f"backend {ctx.backend.name!r} cannot run {setting.name}: {reason}")
+    classes = None
+    if args.classes:
+        import inspect
+
+        try:
+            wanted = [int(c) for c in args.classes.split(",")]
+        except ValueError:
+            raise ArgumentError("--classes", f"{args.classes!r}: give class indices, e.g. 3,7") from None
+        if "labels" not in inspect.signature(ctx.backend.sample).parameters:
+            raise ArgumentError("--classes", f"backend {ctx.backend.name!r} draws each seed's class itself "
+                                             f"(its sample() takes no labels)")
+        num_classes = getattr(ctx.backend, "num_classes", None)
+        bad = [c for c in wanted if c < 0 or (num_classes and c >= num_classes)]
+        if bad:
+            raise ArgumentError("--classes", f"{bad} not a class of backend {ctx.backend.name!r}"
+                                             + (f" (0..{num_classes - 1})" if num_classes else ""))
+        classes = [wanted[i % len(wanted)] for i in range(len(seeds))]  # seed i of --seeds: class i mod len
     files = ctx.files(ctx.backend.files(setting))
     models = stages.load_models(ctx.backend, files, ctx.sampling, setting, ctx.checkpoints)
     images, labels, seconds = stages.sample_shard(ctx.backend, models, setting, seeds, ctx.batch_size(args),
-                                                  progress=True)
+                                                  progress=True, labels=classes)
     save_shard(args.out, images, labels, seeds, seconds)
     grid = Path(args.grid) if args.grid else Path(args.out).with_suffix(".png")
     save_grid(images, grid, scale=max(1, 64 // images.shape[1]))
@@ -166,26 +186,42 @@ def cmd_sample(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
+    """Per-step ECE of each ``--probe`` (classifier variant); prints each one's integral
+    calibration error (ICE, Eq. 1: the mean per-step ECE) and where the table went."""
+    import pandas as pd
+
     from offshelf import stages
     from offshelf.atomic import save_csv
     from offshelf.calibration import integral_calibration_error
     from offshelf.settings import probe_setting
 
     ctx = Context(args)
-    try:
-        probe = probe_setting(args.probe)
-    except (ValueError, IndexError):
-        raise ArgumentError("--probe", f"{args.probe!r} is not a probe name such as offshelf-x0_sp3, "
-                                       f"finetuned-xt_relu or combined-x0_relu_sw10") from None
-    files = ctx.files(ctx.backend.files(probe))
-    models = stages.load_models(ctx.backend, files, ctx.sampling, probe, ctx.checkpoints)
+    probes = []
+    for name in args.probe:
+        try:
+            probes.append(probe_setting(name))
+        except (ValueError, IndexError):
+            raise ArgumentError("--probe", f"{name!r} is not a probe name such as offshelf-x0_sp3, "
+                                           f"finetuned-xt_relu or combined-x0_relu_sw10") from None
     calibration = dict(ctx.config.get("calibration", {}), **({"num_samples": args.num_samples}
                                                             if args.num_samples else {}))
     if "num_samples" not in calibration:
         raise ArgumentError("--num-samples", "give the number of trajectories (or a config with calibration)")
-    table = stages.calibration_profile(ctx.backend, models, probe, calibration, ctx.batch_size(args))
+    tables = {}
+    for name, probe in zip(args.probe, probes):
+        files = ctx.files(ctx.backend.files(probe))
+        models = stages.load_models(ctx.backend, files, ctx.sampling, probe, ctx.checkpoints)
+        tables[name] = stages.calibration_profile(ctx.backend, models, probe, calibration, ctx.batch_size(args))
+    # one probe: the workflow's per-step table as it is; several: one table, a `probe` column first
+    table = (next(iter(tables.values())) if len(tables) == 1 else
+             pd.concat([t.assign(probe=name)[["probe", *t.columns]] for name, t in tables.items()], ignore_index=True))
     save_csv(args.out, table)
-    print(f"{args.probe}: integral calibration error {integral_calibration_error(table):.4f} -> {args.out}")
+    width = max(map(len, tables))
+    print(f"integral calibration error (ICE: mean per-step ECE, lower is better), "
+          f"{calibration['num_samples']} trajectories per variant:")
+    for name, t in tables.items():
+        print(f"  {name:<{width}}  ICE {integral_calibration_error(t):.4f} over {len(t)} steps")
+    print(f"per-step table ({', '.join(map(str, table.columns))}) -> {args.out}")
     return 0
 
 
@@ -338,23 +374,21 @@ def cmd_checkpoints(args) -> int:
 
 
 def cmd_check_config(args) -> int:
-    """Validate config files as the workflow would (later files override earlier ones' keys,
-    like repeated ``--configfile``)."""
-    from offshelf.config import ConfigError, merge, read_yaml, validate_config
+    """Validate each config file on its own, read as the workflow reads it (``base:`` resolved,
+    nothing else merged in). A text-to-image config (``offshelf text2image --config``: top-level
+    ``prompts``) is checked by that command's own loader."""
+    from offshelf.config import ConfigError, check_config_file
 
-    try:
-        merged: dict[str, Any] = {}
-        for path in args.files:
-            data = read_yaml(path)
-            if not isinstance(data, dict):
-                raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
-            merged = merge(merged, data)
-        validate_config(merged)
-    except ConfigError as err:
-        print(f"offshelf: {err}", file=sys.stderr)
-        return 1
-    print(f"offshelf: {' + '.join(args.files)}: valid")
-    return 0
+    failed = 0
+    for path in args.files:
+        try:
+            kind = check_config_file(path)
+        except ConfigError as err:
+            print(f"offshelf: {err}", file=sys.stderr)
+            failed += 1
+        else:
+            print(f"offshelf: {path}: valid{'' if kind == 'workflow' else f' ({kind} config)'}")
+    return 1 if failed else 0
 
 
 def cmd_resume(args) -> int:
@@ -413,6 +447,8 @@ def _add_sample(commands) -> None:
                         help="sampling keys (respacing, variance) overriding the config's")
     sample.add_argument("--out", required=True, help="the shard .npz")
     sample.add_argument("--grid", help="the PNG grid (default: beside the shard)")
+    sample.add_argument("--classes", help="C,... the classes to sample, cycled over the seeds (seed i of --seeds: "
+                                          "class i mod count); default: the class each seed draws, as the workflow")
     sample.set_defaults(run=cmd_sample)
 
 
@@ -420,7 +456,8 @@ def _add_calibrate(commands) -> None:
     """offshelf calibrate."""
     calibrate = commands.add_parser("calibrate", help="per-step ECE of a classifier variant along the reverse process")
     _common(calibrate)
-    calibrate.add_argument("--probe", required=True, help="classifier variant, e.g. offshelf-x0_sp3")
+    calibrate.add_argument("--probe", required=True, action="append",
+                           help="classifier variant, e.g. offshelf-x0_sp3 (repeat to compare variants)")
     calibrate.add_argument("--num-samples", type=int, help="trajectories (default: the config's calibration.num_samples)")
     calibrate.add_argument("--sampling", action="append", default=[], metavar="KEY=VALUE")
     calibrate.add_argument("--out", required=True, help="the per-step table (.csv)")

@@ -18,7 +18,10 @@ Order of the checks, each refusing before the next runs:
 6. output paths: ``<results>/<experiment>`` and ``<results>/logs/<experiment>`` provably inside
    ``results``, and no regular file where a folder must go.
 
-``offshelf check-config FILE...`` runs all of it on YAML files. Snakemake's own loader reports
+A config is read one way, :func:`read_config` (the Snakefile, ``offshelf plan``, ``check-config``
+and every ``--config`` option): one file, complete or naming its base (``base: FILE``, relative
+to it); nothing is merged in implicitly. ``offshelf check-config FILE...`` runs all of it on each
+file on its own. Snakemake's own loader reports
 a YAML syntax error in ``--configfile`` as "Config file is not valid JSON or YAML" without the
 file or the line; this command names both.
 """
@@ -31,6 +34,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from offshelf.extras import needs
+
+needs(__name__, "yaml", "jsonschema")  # offshelf[workflow]
 import yaml
 
 from offshelf.yaml_file import YAMLSyntaxError, read_yaml_file
@@ -382,13 +388,67 @@ def check_labels(config: dict[str, Any]) -> None:
                           f"classes 0..{num_classes - 1}")
 
 
-def read_config(path: str | Path) -> dict[str, Any]:
-    """A config file's mapping, not yet validated."""
+BASE_KEY = "base"  # a config file's explicit base: another config file, relative to this one
+
+
+def read_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file's mapping, not yet validated: the one way offshelf reads a workflow config
+    (the Snakefile, ``offshelf plan``, ``check-config`` and every ``--config`` option).
+
+    A file is complete, or names its base explicitly: ``base: config.yaml`` (a path relative to
+    the file's own folder) reads that file first (itself read the same way, so bases chain) and
+    lays this file's keys over it, mappings merged key by key, lists and values replaced. Nothing
+    else is merged in: a file without ``base`` is the whole config."""
     path = Path(path)
     config = read_yaml(path)
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
-    return config
+    if BASE_KEY not in config:
+        return config
+    base = config.pop(BASE_KEY)
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: config key 'base' = {base!r}: must be the path of another config file "
+                          f"(relative to {path.parent or '.'})")
+    base_path = Path(base) if Path(base).is_absolute() else path.parent / base
+    if base_path.resolve() in (*_seen, path.resolve()):
+        raise ConfigError(f"{path}: config key 'base' = {base!r}: the bases form a cycle")
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: config key 'base' = {base!r}: no such file {base_path}")
+    return merge(read_config(base_path, (*_seen, path.resolve())), config)
+
+
+def workflow_config_file(configfiles) -> Path:
+    """The one config file a Snakemake run reads: its ``--configfile``, else ``./config.yaml``.
+    Two files would be an implicit merge: an overlay names its base with ``base:`` instead."""
+    files = [Path(f) for f in configfiles or ()]
+    if len(files) > 1:
+        raise ConfigError(f"--configfile {' '.join(map(str, files))}: give one config file; a file that changes "
+                          f"another names it as its base (`base: {files[0].name}`, relative to the file)")
+    if files:
+        return files[0]
+    if not Path("config.yaml").is_file():
+        raise ConfigError("no config: give --configfile FILE (or run in a folder with config.yaml)")
+    return Path("config.yaml")
+
+
+TEXT2IMAGE_KEY = "prompts"  # a text-to-image config (offshelf text2image --config) has it; a workflow config never
+
+
+def check_config_file(path: str | Path) -> str:
+    """Validate one config file as it will be used; return its kind, 'workflow' or 'text2image'.
+    A workflow config is read by :func:`read_config` (its ``base:`` resolved) and validated whole;
+    a text-to-image config (top-level ``prompts``) by :func:`offshelf.text2image.load_config`."""
+    data = read_yaml(path)
+    if isinstance(data, dict) and TEXT2IMAGE_KEY in data and "backbone" not in data:
+        from offshelf.text2image import load_config as load_text2image
+
+        try:
+            load_text2image(path)
+        except (ValueError, KeyError, TypeError, FileNotFoundError) as err:
+            raise ConfigError(str(err).strip("'\"")) from err
+        return "text2image"
+    validate_config(read_config(path))
+    return "workflow"
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -397,8 +457,8 @@ def load_config(path: str | Path) -> dict[str, Any]:
 
 
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """``override`` on top of ``base``, mappings merged key by key (as Snakemake merges
-    ``--configfile`` over the Snakefile's ``configfile:``)."""
+    """``override`` on top of ``base``, mappings merged key by key (how a file lies over its
+    ``base:`` and how Snakemake's ``--config KEY=VALUE`` lies over the file)."""
     out = dict(base)
     for key, value in override.items():
         out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value

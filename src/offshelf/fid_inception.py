@@ -1,4 +1,4 @@
-"""pytorch-fid's FID Inception: the feature extractor behind EluCD's own FIDs (spec §9).
+"""pytorch-fid's FID Inception: the feature extractor behind EluCD's own FIDs (docs/method.md §7).
 
 The official EluCD evaluation ran the vendored pytorch-fid 0.3.0 on PNG folders against ADM's
 reference ``mu``/``sigma``. Its network is torchvision's Inception-v3 skeleton (1008 classes, no

@@ -9,6 +9,9 @@ from pathlib import Path
 import numpy as np
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+from offshelf.extras import needs  # noqa: E402
+
+needs(__name__, "matplotlib")  # offshelf[workflow]
 import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")

@@ -56,6 +56,13 @@ def calibrated_probs(logits: torch.Tensor, marginal_temperature: float = 1.0) ->
     return torch.softmax(marginal_temperature * logits.float(), dim=1)
 
 
+# The paper's calibrated DDPM guidance (ImageNet 128, the official guided_sample.sh; docs/method.md
+# §1-§3): what offshelf.guide() and the configs' `calibrated` bases use. The classes below default
+# to neutral values instead (τ2 = 1, γ = 0), so that a field left out changes nothing.
+PAPER_DDPM = {"scale": 1.0, "softplus_beta": 3.0, "joint_temperature": 1.0, "marginal_temperature": 0.5,
+              "sine_factor": 0.3}
+
+
 @dataclass
 class InputAdapter:
     """What the classifier sees. The official DDPM code feeds the clamped x̂0 at the
@@ -82,6 +89,9 @@ class InputAdapter:
 @dataclass
 class ClassifierGuidance:
     """``∇ log p̃(y | input)`` for a batch, from any classifier.
+
+    Defaults are neutral, not the paper's: ``marginal_temperature=1.0`` is plain log-softmax; the
+    paper's calibrated DDPM value is τ2 = 0.5 (:data:`PAPER_DDPM`, what ``offshelf.guide`` uses).
 
     ``classifier(x) -> logits`` for an off-the-shelf network; set ``time_conditioned`` for a
     noise-aware classifier called as ``classifier(x_t, t)`` (ADM's fine-tuned baseline).
@@ -178,6 +188,9 @@ class Guidance:
       (DDPM/DiT ``y``, EDM ``argmax(y)``).
 
     A sampler refuses (ValueError naming the field) a value it cannot honour: see :meth:`require`.
+
+    Defaults are neutral, not the paper's: ``sine_factor=0.0`` adds no bump; the paper's
+    calibrated DDPM values are s = 1, γ = 0.3 (:data:`PAPER_DDPM`, what ``offshelf.guide`` uses).
     """
 
     classifier: "ClassifierGuidance | SwitchedGuidance"

@@ -28,6 +28,9 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from offshelf.extras import needs
+
+needs(__name__, "scipy.linalg", "scipy.special")  # offshelf[workflow]
 import scipy.linalg
 import scipy.special
 import torch

@@ -14,6 +14,9 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+from offshelf.extras import needs
+
+needs(__name__, "pandas")  # offshelf[workflow]
 import pandas as pd
 
 from offshelf.calibration import integral_calibration_error

@@ -39,20 +39,24 @@ def load_models(backend: Backend, files: Mapping[str, str], sampling: Mapping[st
 
 
 def sample_shard(backend: Backend, models, setting: Setting, seeds: Sequence[int], batch_size: int,
-                 progress: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
+                 progress: bool = False, labels: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray, float]:
     """uint8 NHWC images, labels and the wall seconds of one shard (``seeds``, in batches).
+    ``labels``: the class of each seed's sample (``offshelf sample --classes``); default, and
+    always in the workflow: the class each seed draws itself (the backend's ``sample``).
 
     A NaN or inf anywhere stops the shard with the setting's name: nothing is returned to write."""
     reason = unavailable(backend, setting)
     if reason:
         raise UnsupportedError(f"backend {backend.name!r} cannot run setting {setting.name}: {reason}")
     seeds = [int(s) for s in seeds]
+    chosen = None if labels is None else torch.as_tensor([int(c) for c in labels])
     start = time.perf_counter()
     images, labels = [], []
     for i in range(0, len(seeds), batch_size):
         batch = seeds[i:i + batch_size]
         try:
-            x, y = backend.sample(models, setting, batch, progress=progress)
+            given = {} if chosen is None else {"labels": chosen[i:i + batch_size]}  # only where asked: plug-ins
+            x, y = backend.sample(models, setting, batch, progress=progress, **given)
             check_finite("sampled images", x, step=-1)
         except NonFiniteError as err:
             raise NonFiniteError(f"setting {setting.name}, seeds {batch[0]}..{batch[-1]}: {err}") from None

@@ -12,6 +12,9 @@ import math
 from typing import Any, Callable, Mapping
 
 import numpy as np
+from offshelf.extras import needs
+
+needs(__name__, "pandas")  # offshelf[workflow]
 import pandas as pd
 
 from offshelf.planning.rows import Row

@@ -21,6 +21,9 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from offshelf.extras import needs
+
+needs(__name__, "pandas")  # offshelf[workflow]
 import pandas as pd
 import torch
 

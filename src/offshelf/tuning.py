@@ -28,6 +28,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
+from offshelf.extras import needs
+
+needs(__name__, "pandas")  # offshelf[workflow]
 import pandas as pd
 import torch
 

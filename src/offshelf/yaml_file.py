@@ -10,6 +10,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from offshelf.extras import needs
+
+needs(__name__, "yaml")  # offshelf[workflow]
 import yaml
 
 

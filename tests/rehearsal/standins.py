@@ -46,7 +46,8 @@ try:  # importable from tests (PYTHONPATH=src) and as a script from a checkout
 except ImportError:  # pragma: no cover - depends on how it is launched
     sys.path.insert(0, str(ROOT / "src"))
 
-REFERENCE_DIR = Path(os.environ.get("OFFSHELF_REFERENCE_DIR") or ROOT.parent / "shared" / "reference")
+# the golden fixtures shipped with the tests ($OFFSHELF_REFERENCE_DIR overrides the folder)
+REFERENCE_DIR = Path(os.environ.get("OFFSHELF_REFERENCE_DIR") or ROOT / "tests" / "fixtures" / "reference")
 EDM_REFERENCE_PICKLE = "edm_tiny_network.pkl"
 NUM_CLASSES = 1000
 FEATURE_DIM = 2048  # Inception pool_3; load_reference_stats(expected_dim=2048) in the workflow
@@ -327,7 +328,7 @@ def build_edm(path: Path, seed: int, reference: Path | None = None) -> dict:
     reference = Path(reference or REFERENCE_DIR / EDM_REFERENCE_PICKLE)
     if not reference.is_file():
         raise FileNotFoundError(f"{reference}: the NVlabs-written EDM fixture is needed to build the EDM stand-in "
-                                f"(set OFFSHELF_REFERENCE_DIR)")
+                                f"(shipped in tests/fixtures/reference; $OFFSHELF_REFERENCE_DIR overrides the folder)")
     with open(reference, "rb") as f:
         data = _StructureUnpickler(f).load()
     data = _retarget_edm(data, EDM_RESOLUTION, NUM_CLASSES, seed)

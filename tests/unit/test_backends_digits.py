@@ -223,3 +223,56 @@ def test_a_family_has_its_own_calibration_probe():
     assert Setting(network="mlp", softplus_beta=3).probe == "offshelf-x0_sp3_net-mlp"
     assert Setting(softplus_beta=3).probe == "offshelf-x0_sp3"  # default names unchanged
     assert DigitsBackend().files(probe_setting("offshelf-x0_relu_net-vit"))["offshelf"].role == "offshelf_vit"
+
+
+def test_offshelf_calibrate_prints_the_ice_of_each_variant_and_the_file(checkpoints, tmp_path, capsys):
+    """`offshelf calibrate --probe A --probe B`: one line per variant with its ICE, and where the
+    per-step table went (one probe: the workflow's table; several: a `probe` column first)."""
+    import shutil
+
+    import pandas as pd
+
+    from offshelf.cli import main
+
+    models = tmp_path / "results" / "ci" / "models"
+    models.mkdir(parents=True)
+    for role, path in checkpoints.items():
+        shutil.copy(path, models / f"{role}.pt")
+    out = tmp_path / "ece.csv"
+    assert main(["calibrate", "--config", "config/ci.yaml", "--results", str(tmp_path / "results"), "--probe",
+                 "offshelf-x0_sp3", "--probe", "offshelf-x0_relu", "--num-samples", "8", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    table = pd.read_csv(out)
+    assert list(table.columns[:2]) == ["probe", "step"] and set(table["probe"]) == {"offshelf-x0_sp3", "offshelf-x0_relu"}
+    for probe in ("offshelf-x0_sp3", "offshelf-x0_relu"):
+        ice = table.loc[table["probe"] == probe, "ece"].mean()
+        assert any(line.split() == [probe, "ICE", f"{ice:.4f}", "over", "10", "steps"] for line in printed), printed
+    assert printed[-1].endswith(f"-> {out}"), printed
+
+
+def test_offshelf_sample_classes_chooses_the_class_and_keeps_the_seeds_noise(checkpoints, tmp_path, capsys):
+    """`offshelf sample --classes 3,7`: the classes cycle over the seeds; a seed sampled with its
+    own class is the workflow's image (the seed's noise is the same); a class out of range is one line."""
+    import shutil
+
+    from offshelf.cli import main
+    from offshelf.seeding import draw_labels
+    from offshelf.shards import load_samples
+
+    models = tmp_path / "results" / "ci" / "models"
+    models.mkdir(parents=True)
+    for role, path in checkpoints.items():
+        shutil.copy(path, models / f"{role}.pt")
+    common = ["sample", "--config", "config/ci.yaml", "--results", str(tmp_path / "results"), "--setting",
+              "regime=cond,softplus_beta=3,marginal_temperature=0.5,sine_factor=0.3,scale=1"]
+    assert main([*common, "--seeds", "0:4", "--classes", "3,7", "--out", str(tmp_path / "chosen.npz")]) == 0
+    _, labels = load_samples(tmp_path / "chosen.npz")
+    assert labels.tolist() == [3, 7, 3, 7]
+    own = int(draw_labels([5], 10)[0])
+    assert main([*common, "--seeds", "5:6", "--out", str(tmp_path / "default.npz")]) == 0
+    assert main([*common, "--seeds", "5:6", "--classes", str(own), "--out", str(tmp_path / "own.npz")]) == 0
+    default, own_images = load_samples(tmp_path / "default.npz"), load_samples(tmp_path / "own.npz")
+    assert (default[0] == own_images[0]).all() and default[1].tolist() == own_images[1].tolist() == [own]
+    capsys.readouterr()
+    assert main([*common, "--seeds", "0:2", "--classes", "10", "--out", str(tmp_path / "bad.npz")]) == 2
+    assert "--classes" in capsys.readouterr().err and not (tmp_path / "bad.npz").exists()

@@ -218,3 +218,88 @@ def test_a_config_asking_for_an_undeclared_capability_is_one_line(default_config
     monkeypatch.setattr(cls, "capabilities", cls.capabilities - {Capability.GRADIENTS, Capability.TUNING})
     with pytest.raises(ConfigError, match=r"does not declare capability 'tuning' \(the tune section needs it\)"):
         validate_config(dict(config, tune={}))
+
+
+# ------------------------------------------------------------ one way to read a config: read_config
+
+SHIPPED_CONFIGS = ["config.yaml", *sorted(str(p.relative_to(REPO)) for p in (REPO / "config").glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS)
+def test_every_shipped_config_passes_check_config(path, capsys):
+    """`offshelf check-config FILE` on every shipped file (config/clip_text2image.yaml is checked as
+    the text-to-image config it is)."""
+    from offshelf.cli import main
+
+    assert main(["check-config", str(REPO / path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"offshelf: {REPO / path}: valid"), out
+    assert ("text2image config" in out) == path.endswith("clip_text2image.yaml")
+
+
+def test_a_config_is_read_alone_or_with_the_base_it_names(tmp_path):
+    """Nothing is merged in implicitly: a partial digits file is refused as incomplete; with
+    `base:` (relative to the file) it is the base with the file's keys laid over it."""
+    from offshelf.config import merge, read_config, read_yaml
+
+    (tmp_path / "sub").mkdir()
+    partial = {"experiment": "one", "sampling": {"num_samples": 64}}
+    alone = tmp_path / "alone.yaml"
+    alone.write_text(yaml.safe_dump(partial))
+    assert read_config(alone) == partial
+    with pytest.raises(ConfigError, match="backbone|required|missing"):
+        validate_config(read_config(alone))
+
+    (tmp_path / "sub" / "base.yaml").write_text((REPO / "config" / "ci.yaml").read_text())
+    derived = tmp_path / "derived.yaml"
+    derived.write_text(yaml.safe_dump({"base": "sub/base.yaml", **partial}))
+    config = read_config(derived)
+    assert config == merge(read_yaml(REPO / "config" / "ci.yaml"), partial) and "base" not in config
+    validate_config(config)
+    chained = tmp_path / "sub" / "chained.yaml"  # bases chain, each relative to its own file
+    chained.write_text(yaml.safe_dump({"base": "../derived.yaml", "threads_per_job": 2}))
+    assert read_config(chained) == dict(config, threads_per_job=2)
+
+
+@pytest.mark.parametrize("base, expected", [
+    ("nowhere.yaml", r"config key 'base' = 'nowhere.yaml': no such file"),
+    ("a.yaml", r"the bases form a cycle"),
+    (3, r"config key 'base' = 3: must be the path of another config file"),
+])
+def test_a_bad_base_is_one_line(tmp_path, base, expected):
+    from offshelf.config import read_config
+
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump({"base": "b.yaml"}))
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump({"base": base}))
+    with pytest.raises(ConfigError, match=expected):
+        read_config(tmp_path / "b.yaml")
+
+
+def test_check_config_checks_each_file_on_its_own(tmp_path, capsys):
+    """Two files are two configs, not an overlay: a partial file fails on its own (today it was
+    merged onto the first), a complete one passes, and the exit status says whether any failed."""
+    from offshelf.cli import main
+
+    partial = tmp_path / "partial.yaml"
+    partial.write_text(yaml.safe_dump({"experiment": "x", "sampling": {"num_samples": 10}}))
+    ci = REPO / "config" / "ci.yaml"
+    assert main(["check-config", str(ci), str(partial)]) == 1
+    captured = capsys.readouterr()
+    assert f"{ci}: valid" in captured.out and str(partial) not in captured.out
+    assert captured.err.startswith("offshelf: ") and captured.err.count("\n") == 1
+    assert main(["check-config", str(ci), str(REPO / "config.yaml")]) == 0
+
+
+def test_the_workflow_reads_one_config_file(tmp_path, monkeypatch):
+    """The Snakefile's file: its one --configfile, else ./config.yaml; two are refused (an overlay
+    names its base instead)."""
+    from offshelf.config import workflow_config_file
+
+    assert workflow_config_file([Path("a.yaml")]) == Path("a.yaml")
+    with pytest.raises(ConfigError, match=r"give one config file.*base: a\.yaml"):
+        workflow_config_file([Path("a.yaml"), Path("b.yaml")])
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="no config"):
+        workflow_config_file([])
+    (tmp_path / "config.yaml").write_text("{}")
+    assert workflow_config_file(()) == Path("config.yaml")

@@ -394,3 +394,25 @@ def test_switched_guidance_switches_at_switch_step():
     assert switched.at(0) is late
     assert guidance_at(switched, 50) is early and guidance_at(switched, 49) is late
     assert guidance_at(early, 0) is early
+
+
+def test_one_set_of_paper_defaults_documented_where_defaults_differ():
+    """offshelf.guide() defaults to the paper's calibrated DDPM values (PAPER_DDPM), as do the
+    shipped configs' `calibrated` bases; the low-level classes default to neutral values and say so."""
+    import inspect
+
+    from offshelf.config import read_config
+    from offshelf.guidance import PAPER_DDPM, ClassifierGuidance, Guidance
+    from offshelf.integrations.diffusers import guide
+    from workflow_utils import REPO
+
+    signature = inspect.signature(guide).parameters
+    assert {key: signature[key].default for key in PAPER_DDPM} == PAPER_DDPM
+    for path in (REPO / "config.yaml", REPO / "config" / "ci.yaml", REPO / "config" / "imagenet128_ddpm.yaml"):
+        base = read_config(path)["bases"]["calibrated"]
+        assert {key: float(base[key]) for key in PAPER_DDPM if key != "scale"} == \
+            {key: value for key, value in PAPER_DDPM.items() if key != "scale"}, path
+    for cls in (ClassifierGuidance, Guidance):
+        assert "Defaults are neutral, not the paper's" in cls.__doc__ and "PAPER_DDPM" in cls.__doc__
+    readme = (REPO / "README.md").read_text()
+    assert "| τ2 (marginal) | 0.5 | 0.5 | 1.0 (uncalibrated) |" in readme

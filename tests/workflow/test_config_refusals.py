@@ -22,17 +22,18 @@ CI = REPO / "config" / "ci.yaml"
 
 
 def refused(tmp_path: Path, overlay: dict | str | None = None, *args: str, cwd: Path = REPO) -> str:
-    """Dry-run config/ci.yaml with ``overlay`` (a dict dumped to YAML, or raw YAML text) on top and
+    """Dry-run config/ci.yaml with ``overlay`` (a dict dumped to YAML, or raw YAML text, in a file
+    whose ``base:`` is config/ci.yaml) on top and
     results in ``tmp_path/results``; assert Snakemake fails before planning any job and writes
     nothing into the results folder; return what it printed."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     results = tmp_path / "results"
-    configfiles = [str(CI)]
-    if overlay is not None:
+    configfile = str(CI)
+    if overlay is not None:  # a file naming its base: config/ci.yaml
         path = tmp_path / "overlay.yaml"
-        path.write_text(overlay if isinstance(overlay, str) else yaml.safe_dump(overlay))
-        configfiles.append(str(path))
-    proc = snakemake("-s", str(REPO / "Snakefile"), "-n", "--configfile", *configfiles,
+        path.write_text(f"base: {CI}\n" + (overlay if isinstance(overlay, str) else yaml.safe_dump(overlay)))
+        configfile = str(path)
+    proc = snakemake("-s", str(REPO / "Snakefile"), "-n", "--configfile", configfile,
                      "--config", f"results={results}", *args, cwd=cwd, check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out
@@ -84,8 +85,8 @@ def test_experiment_must_be_a_plain_folder_name(tmp_path, experiment):
 def test_results_is_never_the_filesystem_root(tmp_path, results, expected):
     # the overlay (not --config) sets results: refused() points --config results at tmp
     cfg = tmp_path / "root.yaml"
-    cfg.write_text(yaml.safe_dump({"results": results}))
-    proc = snakemake("-n", "--configfile", str(CI), str(cfg), check=False)
+    cfg.write_text(yaml.safe_dump({"base": str(CI), "results": results}))
+    proc = snakemake("-n", "--configfile", str(cfg), check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "Building DAG" not in out, out
     one_line(out, expected)
@@ -273,7 +274,8 @@ def test_max_jobs_raises_the_bound_explicitly():
 
 def test_snakemake_stops_before_any_job(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("sampling: {respacing: '50', num_samples: 10, shard_size: 5, batch_size: 5, seeds: 3}\n")
+    bad.write_text(f"base: {REPO / 'config.yaml'}\n"
+                   "sampling: {respacing: '50', num_samples: 10, shard_size: 5, batch_size: 5, seeds: 3}\n")
     proc = snakemake("-n", "--configfile", str(bad), check=False)
     assert proc.returncode != 0
     assert "unknown key(s) ['seeds']" in proc.stdout + proc.stderr

@@ -18,8 +18,8 @@ def family_workflow_config(tmp_path) -> Path:
     config = read_yaml("config/ci.yaml")
     config.update(results=str(tmp_path / "results"), experiment="families", regimes=["uncond"])
     config["sampling"].update(num_samples=32, shard_size=32, batch_size=32)
-    # config.yaml is the base of every digits config (merged key by key): each of its tables is
-    # overridden, tables 1-6 by the one ResNet row (one setting, sampled once)
+    # a complete config (config/ci.yaml's, nothing merged in): tables 1-6 are the one ResNet row
+    # (one setting, sampled once)
     resnet = {"title": "ResNet", "calibration": False, "columns": ["fid"], "rows": [{"label": "ResNet", "base": "resnet"}]}
     config["tables"] = {f"table{i}": dict(resnet) for i in range(1, 7)}
     config["figures"].update(figure1={"probes": ["offshelf-x0_relu"]}, figure2={"probes": ["offshelf-x0_relu"]})

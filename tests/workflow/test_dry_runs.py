@@ -56,3 +56,39 @@ def test_snakemake_builds_the_plan_once(tmp_path):
     assert proc.returncode == 0, err[-3000:]
     assert "jobs planned" in err and "Job stats" in out
     assert counter.read_text().split() == [str(proc.pid)]  # one build, in the main process
+
+
+def test_snakemake_plan_and_check_config_read_a_config_the_same_way(tmp_path):
+    """One reading (offshelf.config.read_config): a file naming its base (`base:`, relative to the
+    file) plans the same jobs in Snakemake as in `offshelf plan`, and passes check-config; the same
+    keys without `base:` are refused by all three, since nothing is merged in implicitly."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from workflow_utils import snakemake
+
+    overlay = {"experiment": "one", "regimes": ["uncond"], "results": str(tmp_path / "results")}
+    based = tmp_path / "based.yaml"
+    based.write_text(yaml.safe_dump({"base": str(REPO / "config" / "ci.yaml"), **overlay}))
+    alone = tmp_path / "alone.yaml"
+    alone.write_text(yaml.safe_dump(overlay))
+
+    def offshelf(*args):
+        return subprocess.run([sys.executable, "-m", "offshelf", *args], cwd=REPO, capture_output=True, text=True)
+
+    smk = snakemake("-n", "--configfile", str(based))
+    planned = [line for line in smk.stderr.splitlines() if " jobs planned " in line]
+    plan = offshelf("plan", "--config", str(based))
+    assert plan.returncode == 0, plan.stderr
+    assert planned == [plan.stdout.splitlines()[0]], (planned, plan.stdout)
+    assert offshelf("check-config", str(based)).returncode == 0
+
+    refusals = [snakemake("-n", "--configfile", str(alone), check=False), offshelf("plan", "--config", str(alone)),
+                offshelf("check-config", str(alone))]
+    lines = [proc.stderr.strip().splitlines()[-1] for proc in refusals]
+    assert all(proc.returncode != 0 for proc in refusals), lines
+    assert all("Job stats" not in proc.stdout for proc in refusals)
+    messages = {line[line.find("config key 'backbone'"):] for line in lines}  # the prefix names the command
+    assert len(messages) == 1 and "config key 'backbone' is missing" in messages.pop(), lines

@@ -54,7 +54,8 @@ def cluster_down_reason():
 def slurm_cluster():
     reason = cluster_down_reason()
     if reason:
-        pytest.skip(reason)
+        pytest.skip(f"needs root, for a one-node SLURM cluster on this machine: {reason}; as root, `make test-workflow` "
+                    f"starts it and runs these tests")
 
 
 def snakemake(workdir, *args, timeout=900):

@@ -16,8 +16,8 @@ TINY_TUNE = {"regime": "uncond", "num_images": 40, "guided_samples": 20, "softpl
 @pytest.mark.slow
 def test_snakemake_tune_then_a_row_on_the_tuned_base(tmp_path):
     """`snakemake tune` on ci-sized networks, then the evaluation of a table row on the tuned base.
-    (The workflow merges this config over config.yaml, so it targets the one row's metrics file,
-    not `all`: the other tables stay in the config.)"""
+    (The config is config/ci.yaml's, complete, with the tune section added, so it targets the one
+    row's metrics file, not `all`: the other tables stay in the config.)"""
     from offshelf.settings import Setting
     from workflow_utils import snakemake
 

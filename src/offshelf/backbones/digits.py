@@ -57,6 +57,8 @@ ROLES = ("denoiser", "offshelf", "finetuned", "evaluator") + FAMILY_ROLES
 
 def load_digits_split(split: str = "train", seed: int = 0, test_fraction: float = 0.2):
     """Images in [-1, 1] as ``[N, 1, 8, 8]`` float32 and labels, from a fixed stratified split."""
+    from offshelf.extras import needs
+    needs("the digits data set (offshelf.backbones.digits)", "sklearn")
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -293,6 +295,8 @@ def train(config: TrainConfig, progress: bool = False) -> tuple[nn.Module, dict]
                                   dtype=torch.float32)
     steps = range(config.steps)
     if progress:
+        from offshelf.extras import needs
+        needs(f"{__name__} (progress=True)", "tqdm")
         from tqdm.auto import tqdm
         steps = tqdm(steps, desc=f"train {config.role}")
     start, loss = time.time(), torch.tensor(0.0)

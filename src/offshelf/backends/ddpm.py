@@ -40,9 +40,10 @@ def build_guidance(setting: Setting, models: DDPMModels):
 
 
 def sample_batch(setting: Setting, models: DDPMModels, seeds: list[int], callback=None, progress: bool = False,
-                 guidance=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Algorithm 1 for one batch: images in [-1, 1] and their target labels, reproducible per seed."""
-    labels = draw_labels(seeds, models.num_classes).to(models.device)
+                 guidance=None, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Algorithm 1 for one batch: images in [-1, 1] and their target labels, reproducible per seed.
+    ``labels``: the classes to sample (default: each seed's own, ``draw_labels``)."""
+    labels = (draw_labels(seeds, models.num_classes) if labels is None else torch.as_tensor(labels)).to(models.device)
     rng = StackedRandomGenerator(seeds, models.device)
     guidance = build_guidance(setting, models) if guidance is None else guidance
     y = labels if (setting.regime == "cond" or setting.method == "cfg") else None
@@ -73,8 +74,9 @@ class DDPMSampling:
         return {"denoiser": passes * (2 if setting.method == "cfg" else 1),
                 "classifier": passes if setting.method == "guided" else 0}
 
-    def sample(self, models: DDPMModels, setting: Setting, seeds: list[int], progress: bool = False):
-        return sample_batch(setting, models, seeds, progress=progress)
+    def sample(self, models: DDPMModels, setting: Setting, seeds: list[int], progress: bool = False,
+               labels: torch.Tensor | None = None):
+        return sample_batch(setting, models, seeds, progress=progress, labels=labels)
 
     def calibration_profile(self, models: DDPMModels, probe: Setting, seeds: list[int], batch_size: int,
                             num_bins: int = 15, guided: bool = False, judge=None):

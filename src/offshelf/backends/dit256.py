@@ -59,10 +59,12 @@ class DiT256Backend(ImageNetBackend):
         return DiTModels(model, vae, dit_diffusion(sampling["respacing"]), self.load_offshelf(files, setting), device,
                          self.imagenet.get("dit_schedule", "adm"))
 
-    def sample(self, models: DiTModels, setting: Setting, seeds: list[int], progress: bool = False):
+    def sample(self, models: DiTModels, setting: Setting, seeds: list[int], progress: bool = False,
+               labels: torch.Tensor | None = None):
         """Algorithm 3 for one batch: CFG scale ``setting.cfg_scale`` (method ``cfg``: the DiT
         baseline; ``guided``: plus off-the-shelf guidance through the VAE decoder)."""
-        labels = draw_labels(seeds, models.denoiser.num_classes).to(models.device)
+        labels = (draw_labels(seeds, models.denoiser.num_classes) if labels is None
+                  else torch.as_tensor(labels)).to(models.device)
         rng = StackedRandomGenerator(seeds, models.device)
         guidance = guidance_for(setting, models.offshelf)  # input x̂0 (unsupported() refuses x_t)
         cfg_scale = 1.0 if setting.method == "unguided" else setting.cfg_scale

@@ -50,7 +50,8 @@ class EDM64Backend(ImageNetBackend):
         return EDMModels(load_edm_pickle(files["denoiser"], device=self.device), self.load_offshelf(files, setting),
                          self.device)
 
-    def sample(self, models: EDMModels, setting: Setting, seeds: list[int], progress: bool = False):
+    def sample(self, models: EDMModels, setting: Setting, seeds: list[int], progress: bool = False,
+               labels: torch.Tensor | None = None):
         """Algorithm 2 for one batch, drawn as NVlabs' ``generate.py`` draws it, so a seed gives the
         official image: each seed's generator draws its latent, *then* its class
         (``rnd.randint(label_dim, size=[batch])``: one scalar per generator, after its ``randn``),
@@ -59,7 +60,8 @@ class EDM64Backend(ImageNetBackend):
         net = models.denoiser
         rng = StackedRandomGenerator(seeds, models.device, seed_bits=32)
         latents = rng.randn((net.img_channels, net.img_resolution, net.img_resolution))
-        labels = rng.randint(net.label_dim)
+        drawn = rng.randint(net.label_dim)  # drawn even when `labels` is given: the noise stream stays the seed's
+        labels = drawn if labels is None else torch.as_tensor(labels).to(drawn.device)
         # generate.py: torch.eye(label_dim)[labels], i.e. a float32 one-hot
         one_hot = torch.nn.functional.one_hot(labels, net.label_dim).float()
         guidance = guidance_for(setting, models.offshelf)  # input x_t (unsupported() refuses x0)

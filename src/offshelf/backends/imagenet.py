@@ -8,7 +8,7 @@ protocols (config key ``imagenet.fid_protocol``):
   one behind the baselines the paper quotes (ADM-G 2.97, EDM's FIDs).
 * ``pytorch_fid``: pytorch-fid's FID Inception (``pt_inception-2015-12-05-6726825d.pth``, bilinear
   resize to 299, inputs in [-1, 1]) against the *same* reference statistics: what EluCD's own
-  numbers used (spec §9). The port differs from the TF graph in its resize and round-off, which
+  numbers used (docs/method.md §7). The port differs from the TF graph in its resize and round-off, which
   moves FID by a few hundredths: the size of the gaps between the paper's rows.
 
 Every metrics file records its protocol and the sha256 of both files it depends on

@@ -70,6 +70,8 @@ def ddpm_sample(model, rng: StackedRandomGenerator, diffusion: GaussianDiffusion
     sigma_max = float(diffusion.betas[-1]) if first_beta else 0.0
     steps = range(diffusion.num_steps - 1, -1, -1)
     if progress:
+        from offshelf.extras import needs
+        needs(f"{__name__} (progress=True)", "tqdm")
         from tqdm.auto import tqdm
         steps = tqdm(steps, desc="ddpm", leave=False)
 

@@ -175,6 +175,8 @@ def dit_sample(model, rng: StackedRandomGenerator, diffusion: GaussianDiffusion,
     sigma_max = float(diffusion.betas[-1])
     steps = range(diffusion.num_steps - 1, -1, -1)
     if progress:
+        from offshelf.extras import needs
+        needs(f"{__name__} (progress=True)", "tqdm")
         from tqdm.auto import tqdm
         steps = tqdm(steps, desc="dit", leave=False)
     for k in steps:

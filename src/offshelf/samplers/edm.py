@@ -103,6 +103,8 @@ def edm_sample(net, latents: torch.Tensor, num_steps: int = 18, *, guidance: Gui
     x_next = latents.to(torch.float64) * t_steps[0]
     steps = list(enumerate(zip(t_steps[:-1], t_steps[1:])))
     if progress:
+        from offshelf.extras import needs
+        needs(f"{__name__} (progress=True)", "tqdm")
         from tqdm.auto import tqdm
         steps = tqdm(steps, desc="edm", leave=False)
     for i, (t_cur, t_next) in steps:
