@@ -165,6 +165,45 @@ def _explain(error, root_schema: dict, config: dict) -> str:
     return f"config key '{where}' = {error.instance!r}: {error.message}"
 
 
+def check_section(values: Any, pointer: tuple[str, ...], label: str, required: bool = True) -> None:
+    """``values`` against one part of the schema (``pointer``: its path, e.g. ``("$defs", "base")``;
+    the ``$defs`` it refers to come along): how the command line checks the setting, sampling and
+    calibration it builds, with the workflow's own definitions. Errors name ``<label> key '...'``.
+    ``required=False``: the part's required keys may be absent (a command line gives a few)."""
+    import jsonschema
+
+    check_config_values_finite(values, (label,))
+    root = yaml.safe_load(schema_text())
+    part: Any = root
+    for name in pointer:
+        part = part[name]
+    part = dict(part, **{"$defs": root["$defs"]})
+    if not required:
+        part.pop("required", None)
+    errors = list(jsonschema.Draft202012Validator(part).iter_errors(values))
+    if errors:
+        message = _explain(jsonschema.exceptions.best_match(errors), part, values)
+        raise ConfigError(message.replace("config key '", f"{label} key '", 1).replace(
+            f"{label} key '<top level>'", label))
+
+
+def check_setting_values(values: dict[str, Any]) -> None:
+    """A setting given as keys and values (``offshelf sample --setting``) within the schema's bounds
+    for a config's ``bases`` and table rows (``$defs/base``), plus its ``regime``."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"setting: expected a mapping of setting keys, got {type(values).__name__}")
+    from dataclasses import fields
+
+    from offshelf.settings import Setting
+
+    known = [f.name for f in fields(Setting)]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown setting key(s) {unknown}; allowed keys: {', '.join(known)}")
+    rest = {k: v for k, v in values.items() if k != "regime"}
+    check_section(rest, ("$defs", "base"), "setting")
+
+
 def check_respacing(config: dict[str, Any]) -> None:
     """``sampling.respacing`` must keep at least one step in every section and no more steps than
     the schedule has (otherwise the sampler fails at job time with an IndexError)."""

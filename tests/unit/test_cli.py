@@ -1,0 +1,186 @@
+"""The ``offshelf`` command's refusals (issue 23, cases 4, 5, 9): every one is exit status 2, one
+line naming the argument, before any work, and nothing written or overwritten.
+
+The tests call the command's entry point (:func:`offshelf.cli.main`, what ``offshelf`` and ``python -m
+offshelf`` run) in this process, which saves a torch import per case; ``test_the_installed_command_refuses_alike``
+runs the real command in a subprocess. The checkpoint files are placeholders: every refusal here comes
+before a model is read."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+OFFSHELF = [sys.executable, "-m", "offshelf"]
+ROLES = ("denoiser", "offshelf", "finetuned")
+
+
+def offshelf(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``offshelf ARGS`` in ``cwd``, through the command's entry point, run in this process."""
+    import contextlib
+    import io
+
+    from offshelf.cli import main
+
+    stdout, stderr, here = io.StringIO(), io.StringIO(), os.getcwd()
+    try:
+        os.chdir(cwd)
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                code = main(list(args))
+            except SystemExit as exit_:
+                code = exit_.code
+    finally:
+        os.chdir(here)
+    return subprocess.CompletedProcess(["offshelf", *args], code, stdout.getvalue(), stderr.getvalue())
+
+
+def test_the_installed_command_refuses_alike(folder):
+    """The real command line (a subprocess): a shard given as its own output, and a role typo."""
+    before = snapshot(folder)
+    for args, argument in (([*EVALUATE, "--shards", "v.npz", "--out", "v.npz"], "--out: "),
+                           ([*SAMPLE, "--checkpoint", "denoisre=/dev/null", "--out", "s.npz"], "--checkpoint: ")):
+        proc = subprocess.run([*OFFSHELF, *args], cwd=folder, capture_output=True, text=True, timeout=120)
+        refused(proc, args[0], argument)
+    assert snapshot(folder) == before
+
+
+def refused(proc: subprocess.CompletedProcess, command: str, argument: str) -> str:
+    """The one error line of a refusal naming ``argument`` (exit 2, no traceback)."""
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith(f"offshelf {command}: error: {argument}"), proc.stderr
+    return proc.stderr
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """Placeholder checkpoints and a shard; returns the folder and each file's bytes."""
+    for name in (*ROLES, "evaluator"):
+        (tmp_path / f"{name}.pt").write_bytes(f"{name} weights".encode())
+    for name in ("v.npz", "v2.features.npz", "x.png"):
+        (tmp_path / name).write_bytes(f"input {name}".encode())
+    return tmp_path
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+SAMPLE = ["sample", "--backend", "digits", "--setting", "regime=cond,softplus_beta=3,scale=3", "--seeds", "2",
+          "--batch-size", "4", *[f"--checkpoint={role}={role}.pt" for role in ROLES]]
+EVALUATE = ["evaluate", "--backend", "digits", "--checkpoint", "evaluator=evaluator.pt"]
+CALIBRATE = ["calibrate", "--backend", "digits", "--probe", "offshelf-x0_sp3", "--batch-size", "4",
+             *[f"--checkpoint={role}={role}.pt" for role in ROLES]]
+
+
+# ------------------------------------------------------------ case 4: outputs never alias inputs
+
+
+@pytest.mark.parametrize("args, argument, named", [
+    ([*EVALUATE, "--shards", "v.npz", "--out", "v.npz"], "--out: ", "input --shards v.npz"),
+    ([*EVALUATE, "--shards", "v2.features.npz", "--out", "v2.json"], "--out (its features file beside it): ",
+     "input --shards v2.features.npz"),
+    ([*SAMPLE, "--out", "x.png"], "--out (its grid beside it): ", "output of --out"),
+    ([*SAMPLE, "--out", "s.npz", "--grid", "s.npz"], "--grid: ", "output of --out"),
+    ([*SAMPLE, "--out", "denoiser.pt"], "--out: ", "input --checkpoint denoiser"),
+    ([*CALIBRATE, "--num-samples", "8", "--out", "offshelf.pt"], "--out: ", "input --checkpoint offshelf"),
+], ids=["evaluate-out-is-shard", "evaluate-features-is-shard", "sample-grid-is-out", "sample-grid-given-as-out",
+        "sample-out-is-checkpoint", "calibrate-out-is-checkpoint"])
+def test_an_output_that_is_an_input_or_another_output_is_refused(folder, args, argument, named):
+    before = snapshot(folder)
+    line = refused(offshelf(*args, cwd=folder), args[0], argument)
+    assert named in line
+    assert snapshot(folder) == before  # no input overwritten, nothing written
+
+
+def test_an_output_reached_through_a_link_is_the_same_file(folder):
+    (folder / "link.npz").symlink_to(folder / "v.npz")
+    before = snapshot(folder)
+    refused(offshelf(*EVALUATE, "--shards", "v.npz", "--out", "link.npz", cwd=folder), "evaluate", "--out: ")
+    assert snapshot(folder) == before
+
+
+# --------------------------------------------- case 5: unknown roles and options are errors
+
+
+@pytest.mark.parametrize("args, argument, named", [
+    ([*SAMPLE, "--checkpoint", "denoisre=/dev/null", "--out", "s.npz"], "--checkpoint: ",
+     "unknown role(s) ['denoisre']: backend 'digits' reads denoiser, finetuned, offshelf"),
+    ([*EVALUATE, "--checkpoint", "evaluater=evaluator.pt", "--shards", "v.npz", "--out", "m.json"], "--checkpoint: ",
+     "unknown role(s) ['evaluater']: backend 'digits' reads evaluator"),
+    ([*SAMPLE, "--option", "split_sed=1", "--out", "s.npz"], "--option: ",
+     "unknown option(s) ['split_sed'] of backend 'digits'; its options: split_seed"),
+], ids=["sample-role-typo", "evaluate-role-typo", "option-typo"])
+def test_unknown_roles_and_options_are_refused_naming_the_valid_ones(folder, args, argument, named):
+    before = snapshot(folder)
+    assert named in refused(offshelf(*args, cwd=folder), args[0], argument)
+    assert snapshot(folder) == before
+
+
+# ------------------------------ case 9: the command line checks what the workflow checks
+
+
+@pytest.mark.parametrize("setting, named", [
+    ("marginal_temperature=-1", "setting key 'marginal_temperature' = -1: -1 is less than the minimum of 0"),
+    ("sine_factor=-0.3", "setting key 'sine_factor' = -0.3"),
+    ("scale=1e20", "setting key 'scale' = 1e+20: 1e+20 is greater than the maximum"),
+    ("recurrent_steps=2.7", "setting key 'recurrent_steps' = 2.7: 2.7 is not of type 'integer'"),
+    ("softplus_beta=yes", "setting key 'softplus_beta' = True is invalid"),
+    ("scale=[1", "'scale=[1': the value is not valid YAML"),
+])
+def test_a_setting_outside_the_schema_is_refused(folder, setting, named):
+    args = [a if not a.startswith("regime=") else f"regime=uncond,{setting}" for a in SAMPLE]
+    before = snapshot(folder)
+    assert named in refused(offshelf(*args, "--out", "s.npz", cwd=folder), "sample", "--setting: ")
+    assert snapshot(folder) == before
+
+
+def test_a_setting_file_with_a_yaml_error_is_one_line_naming_file_and_line(folder):
+    (folder / "setting.yaml").write_text("regime: uncond\nscale: [1, 2\n")
+    args = [a if not a.startswith("regime=") else "setting.yaml" for a in SAMPLE]
+    line = refused(offshelf(*args, "--out", "s.npz", cwd=folder), "sample", "--setting: ")
+    assert "setting.yaml:" in line and "not valid YAML" in line
+    assert not (folder / "s.npz").exists()
+
+
+@pytest.mark.parametrize("args, argument, named", [
+    ([*SAMPLE, "--sampling", "respacing=0"], "--sampling: ", "'sampling.respacing' = '0': every section needs"),
+    ([*SAMPLE, "--batch-size", "0"], "--batch-size: ", "0: must be >= 1"),
+    ([*CALIBRATE, "--num-samples", "0"], "--num-samples: ", "'num_samples' = 0: 0 is less than the minimum of 1"),
+    ([*CALIBRATE, "--num-samples", "-5"], "--num-samples: ", "'num_samples' = -5: -5 is less than the minimum"),
+], ids=["respacing-0", "batch-size-0", "num-samples-0", "num-samples-negative"])
+def test_sizes_and_sampling_outside_the_schema_are_refused(folder, args, argument, named):
+    before = snapshot(folder)
+    out = "c.csv" if args[0] == "calibrate" else "s.npz"
+    assert named in refused(offshelf(*args, "--out", out, cwd=folder), args[0], argument)
+    assert snapshot(folder) == before
+
+
+def unwritable_folder(tmp_path: Path) -> Path:
+    """A folder no file can be created in: read-only permissions or, for root (whom permissions do
+    not stop), a filesystem that refuses new files."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    for candidate in (folder, Path("/sys")):
+        try:
+            fd, probe = tempfile.mkstemp(dir=candidate)
+        except OSError:
+            return candidate
+        os.close(fd)
+        os.unlink(probe)
+    pytest.skip("no folder here refuses a new file")
+
+
+def test_out_into_a_folder_or_an_unwritable_place_is_refused_before_sampling(folder, tmp_path):
+    line = refused(offshelf(*SAMPLE, "--out", str(folder), cwd=folder), "sample", "--out: ")
+    assert "is a folder" in line
+    target = unwritable_folder(tmp_path) / "s.npz"
+    line = refused(offshelf(*SAMPLE, "--out", str(target), cwd=folder), "sample", "--out: ")
+    assert "cannot write in" in line and not target.exists()
