@@ -436,8 +436,8 @@ def cmd_checkpoints(args) -> int:
     """list | fetch NAME... | verify NAME PATH: the checkpoint registry and cache (offshelf.checkpoints)."""
     import logging
 
-    from offshelf.checkpoints import (REGISTRY, TORCHVISION_PREFIX, CheckpointError, default_cache_dir, fetch,
-                                      load_registry_overrides)
+    from offshelf.checkpoints import (DEFAULT_LOCK, REGISTRY, TORCHVISION_PREFIX, CheckpointError,
+                                      default_cache_dir, fetch, load_registry_overrides, verify_against_pins)
 
     parser = argparse.ArgumentParser(prog=f"{PROG} checkpoints", description="the checkpoint registry and cache")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -451,7 +451,8 @@ def cmd_checkpoints(args) -> int:
         sub.add_argument("--cache", type=Path, default=None, help="cache folder (default $OFFSHELF_CACHE or ~/.cache/offshelf)")
         sub.add_argument("--registry", type=Path, default=None, help="YAML/JSON file overriding registry entries")
     for sub in (fetch_parser, verify_parser):
-        sub.add_argument("--lock", type=Path, default=None, help="lock file pinning sha256 and size")
+        sub.add_argument("--lock", type=Path, default=Path(DEFAULT_LOCK),
+                         help=f"lock file pinning sha256 and size (default {DEFAULT_LOCK}, the workflow's)")
     fetch_parser.add_argument("--offline", action="store_true", help="never download; fail if not cached")
     args = parser.parse_args(args.rest)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
@@ -466,8 +467,8 @@ def cmd_checkpoints(args) -> int:
                   f"weights, verified by the hash prefix of its file name), e.g. {TORCHVISION_PREFIX}convnext_tiny")
             return 0
         if args.command == "verify":
-            print(fetch(args.name, cache_dir=cache, lock_file=args.lock, local_path=args.path, rehash=True,
-                        registry_file=args.registry))
+            digest, compared = verify_against_pins(args.path, args.name, args.lock, cache, args.registry)
+            print(f"{args.path}: sha256 {digest} matches {', '.join(compared)}")
             return 0
         for name in args.names:
             print(fetch(name, cache_dir=cache, lock_file=args.lock, offline=args.offline, registry_file=args.registry))

@@ -184,3 +184,35 @@ def test_out_into_a_folder_or_an_unwritable_place_is_refused_before_sampling(fol
     target = unwritable_folder(tmp_path) / "s.npz"
     line = refused(offshelf(*SAMPLE, "--out", str(target), cwd=folder), "sample", "--out: ")
     assert "cannot write in" in line and not target.exists()
+
+
+# ------------------------------ case 6: verify compares with the workflow's pins, or says it cannot
+
+
+def test_verify_without_any_pin_is_an_error_that_says_nothing_was_compared(tmp_path):
+    (tmp_path / "random.pt").write_bytes(os.urandom(1000))
+    proc = subprocess.run([*OFFSHELF, "checkpoints", "verify", "dit_xl2_256", "random.pt"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "checkpoint 'dit_xl2_256': nothing to compare random.pt with" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["random.pt"]  # nothing pinned: verify never trusts
+
+
+def test_verify_reads_the_workflows_lock_file_by_default(tmp_path):
+    import hashlib
+    import json
+
+    from offshelf.checkpoints import DEFAULT_LOCK, REGISTRY
+
+    rules = (Path(__file__).resolve().parents[2] / "workflow" / "rules" / "models.smk").read_text()
+    assert f'CHECKPOINTS.get("lock", "{DEFAULT_LOCK}")' in rules  # the same default as the workflow
+    pinned, other = os.urandom(1000), os.urandom(1000)
+    (tmp_path / DEFAULT_LOCK).write_text(json.dumps({"dit_xl2_256": {
+        "url": REGISTRY["dit_xl2_256"].url, "sha256": hashlib.sha256(pinned).hexdigest(), "size": 1000}}))
+    (tmp_path / "pinned.pt").write_bytes(pinned)
+    (tmp_path / "other.pt").write_bytes(other)
+    ok = offshelf("checkpoints", "verify", "dit_xl2_256", "pinned.pt", cwd=tmp_path)
+    assert ok.returncode == 0 and f"matches the sha256 and size pinned in {DEFAULT_LOCK}" in ok.stdout, ok.stderr
+    bad = offshelf("checkpoints", "verify", "dit_xl2_256", "other.pt", cwd=tmp_path)
+    assert bad.returncode == 1 and f"(pinned for 'dit_xl2_256' in {DEFAULT_LOCK})" in bad.stderr, bad.stderr
+    assert bad.stderr.count("\n") == 1
