@@ -216,3 +216,33 @@ def test_verify_reads_the_workflows_lock_file_by_default(tmp_path):
     bad = offshelf("checkpoints", "verify", "dit_xl2_256", "other.pt", cwd=tmp_path)
     assert bad.returncode == 1 and f"(pinned for 'dit_xl2_256' in {DEFAULT_LOCK})" in bad.stderr, bad.stderr
     assert bad.stderr.count("\n") == 1
+
+
+# ------------------------------ case 10: config errors at validation, one line naming the key
+
+CI = Path(__file__).resolve().parents[2] / "config" / "ci.yaml"
+
+
+@pytest.mark.parametrize("overlay, named", [
+    ({"experiment": "x" * 300}, "config key 'experiment' = 'xxxxxxxxxxxxxxxxxxxx'... (300 characters): at most 100"),
+    ({"figures": {"figure4": {"steps": [9, 50]}}}, "config key 'figures.figure4.steps' = [9, 50]: [50] beyond the 10 "
+                                                   "steps of sampling.respacing '10'"),
+    ({"grids": {"classes": [0, 99]}}, "config key 'grids.classes': [99] outside the backend's classes 0..9"),
+    ({"sampling": {"num_samples": 1, "shard_size": 1}, "search": {"low_fidelity": 1}},
+     "config keys 'sampling.num_samples' = 1 and 'evaluation.nhood_size' = 3: an evaluation reads 1 samples"),
+    ({"evaluation": {"nhood_size": 1000}}, "config keys 'search.low_fidelity' = 32 and 'evaluation.nhood_size' = "
+                                           "1000: an evaluation reads 32 samples"),
+    ({"sampling": {"seed_offset": 2 ** 64 - 10}}, "config key 'sampling.seed_offset' = 18446744073709551606: "
+                                                  "18446744073709551606 is greater than the maximum"),
+    ({"backbone": ".foo:Bar"}, "config key 'backbone' = '.foo:Bar': '.foo' is not an absolute module path"),
+], ids=["long-experiment", "figure4-steps", "grid-classes", "one-sample", "nhood-size", "seed-offset",
+        "relative-backbone"])
+def test_config_errors_are_refused_by_check_config_naming_the_key(tmp_path, overlay, named):
+    import yaml
+
+    (tmp_path / "overlay.yaml").write_text(yaml.safe_dump(overlay))
+    proc = offshelf("check-config", str(CI), "overlay.yaml", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("offshelf: "), proc.stderr
+    assert named in proc.stderr, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["overlay.yaml"]  # nothing written
