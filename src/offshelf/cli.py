@@ -494,7 +494,12 @@ def cmd_check_config(args) -> int:
     except ConfigError as err:
         print(f"offshelf: {err}", file=sys.stderr)
         return 1
-    print(f"offshelf: {' + '.join(args.files)}: valid")
+    from offshelf.backends import BACKENDS
+
+    backbone = merged["backbone"]
+    imported = (f"built-in backbone {backbone!r}" if backbone in BACKENDS else
+                f"plug-in backbone {backbone!r}: imported module {backbone.partition(':')[0]!r}, whose code ran")
+    print(f"offshelf: {' + '.join(args.files)}: valid ({imported})")
     return 0
 
 
@@ -642,7 +647,12 @@ def _add_maintenance(commands) -> None:
         sub = commands.add_parser(name, help=help_text, add_help=False)
         sub.add_argument("rest", nargs=argparse.REMAINDER)
         sub.set_defaults(run=run)
-    check = commands.add_parser("check-config", help="validate workflow config files as the workflow would")
+    check = commands.add_parser("check-config", help="validate workflow config files as the workflow would "
+                                "(imports the backbone's module: a 'module:Class' plug-in's code runs)",
+                                description="Validate workflow config files as the workflow would (later files "
+                                "override earlier ones' keys). This imports the backbone's module: for a plug-in "
+                                "backbone 'module:Class' its module-level code runs, as it does in plan and "
+                                "snakemake (docs/backends.md, 'Trust').")
     check.add_argument("files", nargs="+", metavar="FILE")
     check.set_defaults(run=cmd_check_config)
 

@@ -246,3 +246,31 @@ def test_config_errors_are_refused_by_check_config_naming_the_key(tmp_path, over
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("offshelf: "), proc.stderr
     assert named in proc.stderr, proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["overlay.yaml"]  # nothing written
+
+
+# ------------------------------ case 13: check-config says it imports (runs) the backbone's module
+
+
+def test_check_config_says_it_runs_a_plugin_backbones_module(tmp_path):
+    import yaml
+
+    plugin = Path(__file__).resolve().parents[1] / "plugin"
+    (tmp_path / "side_effect_backend.py").write_text(
+        "import pathlib\npathlib.Path('module-code-ran').write_text('yes')\n"
+        "from toy_backend import ToyMixtureBackend\n")
+    config = yaml.safe_load(CI.read_text())
+    config = {k: v for k, v in config.items() if k != "digits"}
+    config.update(backbone="side_effect_backend:ToyMixtureBackend")
+    config["figures"]["figure4"]["label"] = 2
+    config["grids"]["classes"] = [0, 1, 2]
+    (tmp_path / "plugin.yaml").write_text(yaml.safe_dump(config))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(plugin), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([*OFFSHELF, "check-config", "plugin.yaml"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "plugin.yaml: valid (plug-in backbone 'side_effect_backend:ToyMixtureBackend': imported module 'side_effect_backend', whose code ran)" in proc.stdout
+    assert (tmp_path / "module-code-ran").read_text() == "yes"  # what the message and docs/backends.md say
+    help_text = subprocess.run([*OFFSHELF, "check-config", "--help"], capture_output=True, text=True, timeout=120).stdout
+    assert "imports the backbone's module" in " ".join(help_text.split())
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "backends.md").read_text()
+    assert "### Trust: a plug-in backbone is code that runs" in docs
