@@ -131,9 +131,13 @@ def _ancestors() -> set[int]:
 
 def _is_job_script(argv: list[str]) -> bool:
     """A job Snakemake started: a ``script:`` job runs ``python .snakemake/scripts/tmpXXXX.<name>.py``
-    (it outlives a Snakemake killed alone, as an orphan), a workflow script run by hand or by a
-    ``shell:`` rule names ``workflow/scripts/``."""
-    return any(".snakemake/scripts/" in a or "workflow/scripts/" in a for a in argv)
+    (it outlives a Snakemake killed alone, as an orphan); Python running one of ``workflow/scripts/``
+    (a ``shell:`` rule's, or one run by hand) writes the run's outputs too. An editor open on such a
+    file is not a job."""
+    if any(".snakemake/scripts/" in a for a in argv):
+        return True
+    return bool(argv) and Path(argv[0]).name.startswith("python") and any(
+        "workflow/scripts/" in a and a.endswith(".py") for a in argv[1:])
 
 
 def _processes_in(workdir: str | os.PathLike, matches) -> list[int]:
