@@ -434,6 +434,45 @@ def verify(path: str | os.PathLike, checkpoint: Checkpoint, lock_file: str | os.
     return digest
 
 
+#: the lock file the workflow uses when its config names none (workflow/rules/models.smk), relative
+#: to the working directory; ``offshelf checkpoints fetch|verify`` default to it too
+DEFAULT_LOCK = "checkpoints.lock.json"
+
+
+class NothingComparedError(CheckpointError):
+    """A file was to be verified, but no pin of any kind exists to compare it with."""
+
+
+def verify_against_pins(path: str | os.PathLike, name: str, lock_file: str | os.PathLike | None,
+                        cache_dir: str | os.PathLike | None = None,
+                        registry_file: str | os.PathLike | None = None) -> tuple[str, list[str]]:
+    """``offshelf checkpoints verify``: check ``path`` against every pin of ``name`` (registry sha256,
+    size and hash prefix, the lock file's sha256 and size), hashing it in full, and return its sha256
+    and what it was compared with. Unlike :func:`verify` it never pins: a file checked here is not
+    thereby trusted. With no pin at all, nothing can be compared: :class:`NothingComparedError`."""
+    checkpoint = get(name, registry_file)
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {name!r}: {path} is not a file")
+    entry = _lock_entry(lock_file, checkpoint)
+    compared = [what for what, present in (
+        ("the registry's sha256", checkpoint.sha256), ("the registry's size", checkpoint.size is not None),
+        ("the registry's hash prefix", checkpoint.hash_prefix), (f"the sha256 and size pinned in {lock_file}", entry))
+        if present]
+    if not compared:
+        raise NothingComparedError(
+            f"checkpoint {name!r}: nothing to compare {path} with: the registry publishes no hash for it and "
+            f"{lock_file or 'no lock file'} pins none (the first `offshelf checkpoints fetch {name}` pins it; "
+            f"give --lock LOCK for another lock file)")
+    size = path.stat().st_size
+    _check_size(path, size, checkpoint, entry, lock_file)
+    digest = file_sha256(path, cache_dir, True)
+    _check_digest(digest, str(path), checkpoint.sha256, checkpoint.hash_prefix, "the registry")
+    if entry is not None:
+        _check_digest(digest, str(path), entry["sha256"], None, f"pinned for {name!r} in {lock_file}")
+    return digest, compared
+
+
 # ----------------------------------------------------------------------------- download
 
 def _manual_hint(name: str | None, url: str, dest: Path) -> str:

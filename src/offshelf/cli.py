@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -44,14 +46,32 @@ class ArgumentError(ValueError):
         super().__init__(f"{argument}: {message}")
 
 
-def _pairs(values: list[str], argument: str) -> dict[str, Any]:
+def _scalar(text: str) -> Any:
+    """A YAML value; a number YAML 1.1 reads as a string (``1e20``) is the number."""
+    text = text.strip()
+    if text in ("inf", "relu"):
+        return text
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _pairs(values: list[str], argument: str, raw: bool = False) -> dict[str, Any]:
     """``KEY=VALUE`` items (values parsed as YAML scalars: 3 → int, 0.5 → float, inf stays 'inf')."""
     out = {}
     for item in values or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ArgumentError(argument, f"{item!r} is not KEY=VALUE")
-        out[key.strip()] = yaml.safe_load(value) if value.strip() not in ("inf", "relu") else value.strip()
+        try:
+            out[key.strip()] = value.strip() if raw else _scalar(value)
+        except yaml.YAMLError as err:
+            raise ArgumentError(argument, f"{item!r}: the value is not valid YAML "
+                                          f"({' '.join(str(err).split())})") from None
     return out
 
 
@@ -59,18 +79,24 @@ def parse_setting(text: str):
     """A setting from a YAML file or inline ``key=value,key=value``."""
     from offshelf.settings import Setting
 
+    from offshelf.config import ConfigError, check_setting_values, read_yaml
+
     path = Path(text)
     if path.suffix in (".yaml", ".yml", ".json"):
         if not path.is_file():
             raise ArgumentError("--setting", f"file {path} does not exist")
-        values = yaml.safe_load(path.read_text())
+        try:
+            values = read_yaml(path)  # a syntax error: one line naming file:line
+        except ConfigError as err:
+            raise ArgumentError("--setting", str(err)) from None
         if not isinstance(values, dict):
             raise ArgumentError("--setting", f"{path}: expected a mapping of setting keys")
     else:
         values = _pairs([p for p in text.split(",") if p.strip()], "--setting")
-    if values.get("softplus_beta") in ("inf", "relu"):
-        values["softplus_beta"] = float("inf")
     try:
+        check_setting_values(values)  # the schema's bounds, as a config's bases and rows
+        if values.get("softplus_beta") in ("inf", "relu"):
+            values = dict(values, softplus_beta=float("inf"))
         return Setting.from_dict(values)
     except (TypeError, ValueError) as err:
         raise ArgumentError("--setting", str(err)) from None
@@ -86,6 +112,54 @@ def parse_seeds(text: str) -> list[int]:
     if not seeds:
         raise ArgumentError("--seeds", f"{text!r} holds no seed")
     return seeds
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """The same file: one inode (hard links, symlinks) or, for paths not yet written, one resolved path."""
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def check_writable(argument: str, path: Path) -> None:
+    """``path`` can be written as a file: not a folder, and its nearest existing folder takes a new
+    file (a read-only filesystem, a missing permission or a file in the way are refused here, before
+    any work, not in a traceback after it)."""
+    if path.is_dir():
+        raise ArgumentError(argument, f"{path} is a folder; give a file path")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ArgumentError(argument, f"{path}: {folder} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".offshelf-write-test.")
+    except OSError as err:
+        raise ArgumentError(argument, f"{path}: cannot write in {folder} ({err.strerror or err})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def check_outputs(outputs: list[tuple[str, str | os.PathLike]], inputs: list[tuple[str, str | os.PathLike]]) -> None:
+    """Refuse, before any work, an output (``(argument, path)``, derived paths included: the grid beside
+    a shard, the features beside the metrics) that is one of the ``inputs`` or another output, or that
+    cannot be written. The message names the argument whose output it is."""
+    seen: list[tuple[str, Path]] = []
+    for argument, path in outputs:
+        path = Path(path)
+        for source, other in inputs:
+            if _same_file(path, Path(other)):
+                raise ArgumentError(argument, f"{path} is also the input {source} {other}; it would be "
+                                              f"overwritten: write the output elsewhere")
+        for source, other in seen:
+            if _same_file(path, other):
+                raise ArgumentError(argument, f"{path} is also the output of {source}; give each output a "
+                                              f"path of its own")
+        check_writable(argument, path)
+        seen.append((argument, path))
 
 
 class Context:
@@ -109,12 +183,39 @@ class Context:
             cls = backends.resolve(name)
         except backends.UnknownBackendError as err:
             raise ArgumentError("--backend", str(err).replace("config key 'backbone' = ", "")) from None
-        options = cls.options_from_config(self.config) if self.config else {}
-        options.update(_pairs(args.option, "--option"))
+        options = cls.options_from_config(self.config) if self.config else _default_options(cls)
+        given = _pairs(args.option, "--option")
+        unknown = sorted(set(given) - set(options))
+        if unknown:  # never dropped: an option the backend does not read would silently change nothing
+            raise ArgumentError("--option", f"unknown option(s) {unknown} of backend {name!r}; its options: "
+                                            f"{', '.join(sorted(options)) or 'none'}")
+        options.update(given)
         self.backend = backends.create({"name": name, "options": canonical(options)})
-        self.sampling = dict(self.config.get("sampling", {}), **_pairs(getattr(args, "sampling", []), "--sampling"))
-        self.explicit = _pairs(args.checkpoint, "--checkpoint")
+        given = _pairs(getattr(args, "sampling", []), "--sampling")
+        if isinstance(given.get("respacing"), (int, float)):  # respacing=250: the section string '250'
+            given["respacing"] = str(given["respacing"])
+        self.sampling = dict(self.config.get("sampling", {}), **given)
+        if getattr(args, "sampling", None):
+            from offshelf.config import ConfigError, check_respacing, check_section
+
+            try:  # the schema's sampling section and the respacing check the workflow runs
+                check_section(self.sampling, ("properties", "sampling"), "sampling", required=False)
+                check_respacing({"backbone": name, "sampling": self.sampling})
+            except ConfigError as err:
+                raise ArgumentError("--sampling", str(err)) from None
+        self.explicit = _pairs(args.checkpoint, "--checkpoint", raw=True)  # paths, never numbers
         self.checkpoints = self.config.get("checkpoints", {})
+        self.inputs: list[tuple[str, str]] = [("--config", args.config)] if args.config else []
+        self.inputs += [(f"--checkpoint {role}", str(path)) for role, path in self.explicit.items()]
+
+    def check_roles(self, *sources: dict) -> None:
+        """Every ``--checkpoint ROLE`` is a role this command reads: a typo (``denoisre``) or a role
+        the command has no use for is refused, naming the roles it reads."""
+        roles = sorted({role for files in sources for role in files})
+        unknown = sorted(set(self.explicit) - set(roles))
+        if unknown:
+            raise ArgumentError("--checkpoint", f"unknown role(s) {unknown}: backend {self.backend.name!r} reads "
+                                                f"{', '.join(roles)} here")
 
     def files(self, sources: dict) -> dict[str, str]:
         """Role -> path: ``--checkpoint ROLE=PATH``, else where the workflow keeps it."""
@@ -135,13 +236,26 @@ class Context:
             if not Path(files[role]).is_file():
                 raise ArgumentError("--checkpoint", f"{role}: {files[role]} does not exist "
                                                     f"(run the workflow's models first, or give --checkpoint {role}=PATH)")
+            if role not in self.explicit:  # the workflow's file of this role (from --config)
+                self.inputs.append((f"--config's {role}", files[role]))
         return files
 
     def batch_size(self, args) -> int:
-        size = args.batch_size or self.sampling.get("batch_size")
+        if args.batch_size is not None and args.batch_size < 1:
+            raise ArgumentError("--batch-size", f"{args.batch_size}: must be >= 1")
+        size = args.batch_size if args.batch_size is not None else self.sampling.get("batch_size")
         if not size or size < 1:
             raise ArgumentError("--batch-size", "give a positive batch size (or a config with sampling.batch_size)")
         return int(size)
+
+
+def _default_options(cls) -> dict[str, Any]:
+    """A backend's options when no config is given: those its ``options_from_config`` reads from an
+    empty config (their names are what ``--option`` may set)."""
+    try:
+        return dict(cls.options_from_config({}))
+    except Exception:  # a plug-in that needs its config section: no option is known without it
+        return {}
 
 
 def cmd_sample(args) -> int:
@@ -173,12 +287,18 @@ def cmd_sample(args) -> int:
             raise ArgumentError("--classes", f"{bad} not a class of backend {ctx.backend.name!r}"
                                              + (f" (0..{num_classes - 1})" if num_classes else ""))
         classes = [wanted[i % len(wanted)] for i in range(len(seeds))]  # seed i of --seeds: class i mod len
-    files = ctx.files(ctx.backend.files(setting))
-    models = stages.load_models(ctx.backend, files, ctx.sampling, setting, ctx.checkpoints)
-    images, labels, seconds = stages.sample_shard(ctx.backend, models, setting, seeds, ctx.batch_size(args),
-                                                  progress=True, labels=classes)
-    save_shard(args.out, images, labels, seeds, seconds)
+    sources = ctx.backend.files(setting)
+    ctx.check_roles(sources)
+    files = ctx.files(sources)
+    batch_size = ctx.batch_size(args)
     grid = Path(args.grid) if args.grid else Path(args.out).with_suffix(".png")
+    setting_file = [("--setting", args.setting)] if Path(args.setting).suffix in (".yaml", ".yml", ".json") else []
+    check_outputs([("--out", args.out), ("--grid" if args.grid else "--out (its grid beside it)", grid)],
+                  ctx.inputs + setting_file)
+    models = stages.load_models(ctx.backend, files, ctx.sampling, setting, ctx.checkpoints)
+    images, labels, seconds = stages.sample_shard(ctx.backend, models, setting, seeds, batch_size, progress=True,
+                                                  labels=classes)
+    save_shard(args.out, images, labels, seeds, seconds)
     save_grid(images, grid, scale=max(1, 64 // images.shape[1]))
     print(f"{setting.name}: {len(images)} samples (seeds {seeds[0]}..{seeds[-1]}) in {seconds:.1f} s -> "
           f"{args.out}, {grid}")
@@ -203,15 +323,27 @@ def cmd_calibrate(args) -> int:
         except (ValueError, IndexError):
             raise ArgumentError("--probe", f"{name!r} is not a probe name such as offshelf-x0_sp3, "
                                            f"finetuned-xt_relu or combined-x0_relu_sw10") from None
+    files_of = {}
+    for name, probe in zip(args.probe, probes):
+        sources = ctx.backend.files(probe)
+        ctx.check_roles(sources)
+        files_of[name] = ctx.files(sources)
     calibration = dict(ctx.config.get("calibration", {}), **({"num_samples": args.num_samples}
-                                                            if args.num_samples else {}))
+                                                            if args.num_samples is not None else {}))
     if "num_samples" not in calibration:
         raise ArgumentError("--num-samples", "give the number of trajectories (or a config with calibration)")
+    from offshelf.config import check_section
+
+    try:  # the schema's calibration section, as the workflow checks it
+        check_section(calibration, ("properties", "calibration"), "calibration")
+    except ValueError as err:
+        raise ArgumentError("--num-samples" if args.num_samples is not None else "--config", str(err)) from None
+    batch_size = ctx.batch_size(args)
+    check_outputs([("--out", args.out)], ctx.inputs)
     tables = {}
     for name, probe in zip(args.probe, probes):
-        files = ctx.files(ctx.backend.files(probe))
-        models = stages.load_models(ctx.backend, files, ctx.sampling, probe, ctx.checkpoints)
-        tables[name] = stages.calibration_profile(ctx.backend, models, probe, calibration, ctx.batch_size(args))
+        models = stages.load_models(ctx.backend, files_of[name], ctx.sampling, probe, ctx.checkpoints)
+        tables[name] = stages.calibration_profile(ctx.backend, models, probe, calibration, batch_size)
     # one probe: the workflow's per-step table as it is; several: one table, a `probe` column first
     table = (next(iter(tables.values())) if len(tables) == 1 else
              pd.concat([t.assign(probe=name)[["probe", *t.columns]] for name, t in tables.items()], ignore_index=True))
@@ -234,10 +366,21 @@ def cmd_evaluate(args) -> int:
     for shard in args.shards:
         if not Path(shard).is_file():
             raise ArgumentError("--shards", f"{shard} does not exist")
+    if args.num_samples is not None and args.num_samples < 2:
+        raise ArgumentError("--num-samples", f"{args.num_samples}: must be >= 2 (a covariance needs two samples)")
     sources = ctx.backend.evaluation_files()
-    files = stages.verified_files(ctx.files(sources), sources, ctx.checkpoints)
+    ctx.check_roles(sources)
+    files = ctx.files(sources)
     reference = args.reference
-    if reference is None and Capability.REFERENCE_FEATURES in ctx.backend.capabilities:
+    computed = reference is None and Capability.REFERENCE_FEATURES in ctx.backend.capabilities
+    features = Path(args.out).with_suffix(".features.npz")
+    outputs = [("--out", args.out), ("--out (its features file beside it)", features)]
+    if computed:
+        outputs.append(("--out (its reference features beside it)", Path(args.out).with_suffix(".reference.npz")))
+    check_outputs(outputs, ctx.inputs + [("--shards", shard) for shard in args.shards]
+                  + ([("--reference", reference)] if reference is not None else []))
+    files = stages.verified_files(files, sources, ctx.checkpoints)
+    if computed:
         from offshelf.atomic import save_npz
 
         reference = str(Path(args.out).with_suffix(".reference.npz"))
@@ -246,7 +389,7 @@ def cmd_evaluate(args) -> int:
     # writes them (what a report pairs against a baseline row; docs/statistics.md)
     result = stages.evaluate(ctx.backend, stages.load_judge(ctx.backend, files, reference), args.shards,
                              ctx.config.get("evaluation", {}), args.num_samples,
-                             features_path=Path(args.out).with_suffix(".features.npz"))
+                             features_path=features)
     save_json(args.out, result)
     print(json.dumps(result, indent=2, sort_keys=True, default=float))
     return 0
@@ -284,9 +427,10 @@ def cmd_tune(args) -> int:
     reason = unavailable(ctx.backend, setting)
     if reason:
         raise ArgumentError("--classifier", f"backend {ctx.backend.name!r} cannot guide with {spec.classifier!r}: {reason}")
+    sources = ctx.backend.evaluation_files()
+    ctx.check_roles(ctx.backend.files(setting), sources)
     guiding = ctx.files(ctx.backend.files(setting))
     models = stages.load_models(ctx.backend, guiding, ctx.sampling, setting, ctx.checkpoints)
-    sources = ctx.backend.evaluation_files()
     judging = stages.verified_files(ctx.files(sources), sources, ctx.checkpoints)
     summary = run_tune(ctx.backend, models, spec, args.out, guiding, judging, ctx.config.get("evaluation", {}),
                        ctx.sampling, ctx.batch_size(args), progress=False)
@@ -332,8 +476,8 @@ def cmd_checkpoints(args) -> int:
     """list | fetch NAME... | verify NAME PATH: the checkpoint registry and cache (offshelf.checkpoints)."""
     import logging
 
-    from offshelf.checkpoints import (REGISTRY, TORCHVISION_PREFIX, CheckpointError, default_cache_dir, fetch,
-                                      load_registry_overrides)
+    from offshelf.checkpoints import (DEFAULT_LOCK, REGISTRY, TORCHVISION_PREFIX, CheckpointError,
+                                      default_cache_dir, fetch, load_registry_overrides, verify_against_pins)
 
     parser = argparse.ArgumentParser(prog=f"{PROG} checkpoints", description="the checkpoint registry and cache")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -347,7 +491,8 @@ def cmd_checkpoints(args) -> int:
         sub.add_argument("--cache", type=Path, default=None, help="cache folder (default $OFFSHELF_CACHE or ~/.cache/offshelf)")
         sub.add_argument("--registry", type=Path, default=None, help="YAML/JSON file overriding registry entries")
     for sub in (fetch_parser, verify_parser):
-        sub.add_argument("--lock", type=Path, default=None, help="lock file pinning sha256 and size")
+        sub.add_argument("--lock", type=Path, default=Path(DEFAULT_LOCK),
+                         help=f"lock file pinning sha256 and size (default {DEFAULT_LOCK}, the workflow's)")
     fetch_parser.add_argument("--offline", action="store_true", help="never download; fail if not cached")
     args = parser.parse_args(args.rest)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
@@ -362,8 +507,8 @@ def cmd_checkpoints(args) -> int:
                   f"weights, verified by the hash prefix of its file name), e.g. {TORCHVISION_PREFIX}convnext_tiny")
             return 0
         if args.command == "verify":
-            print(fetch(args.name, cache_dir=cache, lock_file=args.lock, local_path=args.path, rehash=True,
-                        registry_file=args.registry))
+            digest, compared = verify_against_pins(args.path, args.name, args.lock, cache, args.registry)
+            print(f"{args.path}: sha256 {digest} matches {', '.join(compared)}")
             return 0
         for name in args.names:
             print(fetch(name, cache_dir=cache, lock_file=args.lock, offline=args.offline, registry_file=args.registry))
@@ -379,6 +524,9 @@ def cmd_check_config(args) -> int:
     ``prompts``) is checked by that command's own loader."""
     from offshelf.config import ConfigError, check_config_file
 
+    from offshelf.backends import BACKENDS
+    from offshelf.config import read_config
+
     failed = 0
     for path in args.files:
         try:
@@ -386,8 +534,14 @@ def cmd_check_config(args) -> int:
         except ConfigError as err:
             print(f"offshelf: {err}", file=sys.stderr)
             failed += 1
-        else:
-            print(f"offshelf: {path}: valid{'' if kind == 'workflow' else f' ({kind} config)'}")
+            continue
+        if kind != "workflow":
+            print(f"offshelf: {path}: valid ({kind} config)")
+            continue
+        backbone = read_config(path)["backbone"]
+        imported = (f"built-in backbone {backbone!r}" if backbone in BACKENDS else
+                    f"plug-in backbone {backbone!r}: imported module {backbone.partition(':')[0]!r}, whose code ran")
+        print(f"offshelf: {path}: valid ({imported})")
     return 1 if failed else 0
 
 
@@ -541,7 +695,12 @@ def _add_maintenance(commands) -> None:
     from offshelf.integrations.generate import add_parser as add_generate  # no diffusers import until it runs
 
     add_generate(commands)
-    check = commands.add_parser("check-config", help="validate workflow config files as the workflow would")
+    check = commands.add_parser("check-config", help="validate each workflow config file as the workflow would "
+                                "(imports the backbone's module: a 'module:Class' plug-in's code runs)",
+                                description="Validate each workflow config file on its own, as the workflow would "
+                                "(a file names its base with `base:`). This imports the backbone's module: for a "
+                                "plug-in backbone 'module:Class' its module-level code runs, as it does in plan and "
+                                "snakemake (docs/backends.md, 'Trust').")
     check.add_argument("files", nargs="+", metavar="FILE")
     check.set_defaults(run=cmd_check_config)
 

@@ -165,10 +165,52 @@ def _explain(error, root_schema: dict, config: dict) -> str:
                 f"or 'inf'")
     if error.validator == "minLength" and error.instance == "":
         return f"config key '{where}' = '': must not be empty"
+    if error.validator == "maxLength":
+        return (f"config key '{where}' = {str(error.instance)[:20]!r}... ({len(error.instance)} characters): at most "
+                f"{error.validator_value} characters")
     if error.validator == "pattern" and where == "experiment":
         return (f"config key 'experiment' = {error.instance!r}: expected a plain folder name (letters, digits, "
                 f"'_', '.', '-'; no '/', not starting with '.' or '-')")
     return f"config key '{where}' = {error.instance!r}: {error.message}"
+
+
+def check_section(values: Any, pointer: tuple[str, ...], label: str, required: bool = True) -> None:
+    """``values`` against one part of the schema (``pointer``: its path, e.g. ``("$defs", "base")``;
+    the ``$defs`` it refers to come along): how the command line checks the setting, sampling and
+    calibration it builds, with the workflow's own definitions. Errors name ``<label> key '...'``.
+    ``required=False``: the part's required keys may be absent (a command line gives a few)."""
+    import jsonschema
+
+    check_config_values_finite(values, (label,))
+    root = yaml.safe_load(schema_text())
+    part: Any = root
+    for name in pointer:
+        part = part[name]
+    part = dict(part, **{"$defs": root["$defs"]})
+    if not required:
+        part.pop("required", None)
+    errors = list(jsonschema.Draft202012Validator(part).iter_errors(values))
+    if errors:
+        message = _explain(jsonschema.exceptions.best_match(errors), part, values)
+        raise ConfigError(message.replace("config key '", f"{label} key '", 1).replace(
+            f"{label} key '<top level>'", label))
+
+
+def check_setting_values(values: dict[str, Any]) -> None:
+    """A setting given as keys and values (``offshelf sample --setting``) within the schema's bounds
+    for a config's ``bases`` and table rows (``$defs/base``), plus its ``regime``."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"setting: expected a mapping of setting keys, got {type(values).__name__}")
+    from dataclasses import fields
+
+    from offshelf.settings import Setting
+
+    known = [f.name for f in fields(Setting)]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown setting key(s) {unknown}; allowed keys: {', '.join(known)}")
+    rest = {k: v for k, v in values.items() if k != "regime"}
+    check_section(rest, ("$defs", "base"), "setting")
 
 
 def check_respacing(config: dict[str, Any]) -> None:
@@ -263,6 +305,8 @@ def validated_plan(config: dict[str, Any], schema_path: str | Path | None = None
     check_schema(config, schema_path)
     plan = checked_plan(config)
     check_respacing(config)
+    check_figure_steps(config)
+    check_evaluation_sizes(config, plan)
     check_labels(config)
     check_paths(config)
     check_capabilities(config, plan)
@@ -378,14 +422,58 @@ def check_calibration(config: dict[str, Any]) -> None:
 
 
 def check_labels(config: dict[str, Any]) -> None:
-    """Class labels the config names must exist in the backend's label space."""
+    """Class labels the config names must exist in the backend's label space: Figure 4's label and
+    the grids' classes (:func:`offshelf.grids.grid_options`, the check the workflow's grid rules make)."""
     from offshelf.backends import resolve
+    from offshelf.grids import GridConfigError, grid_options
 
     num_classes = resolve(config["backbone"]).num_classes
     label = config.get("figures", {}).get("figure4", {}).get("label")
     if label is not None and num_classes and label >= num_classes:
         raise ConfigError(f"config key 'figures.figure4.label' = {label}: backbone {config['backbone']!r} has "
                           f"classes 0..{num_classes - 1}")
+    if "grids" in config:
+        try:
+            grid_options(config["grids"], num_classes)
+        except GridConfigError as err:
+            key, _, why = str(err).partition(": ")
+            raise ConfigError(f"config key '{key}': {why}") from None
+
+
+def check_figure_steps(config: dict[str, Any]) -> None:
+    """Figure 4's ``steps`` are steps of the respaced sampler (0 .. N-1 for N respaced steps): a step
+    it never takes would fail the figure job (after the old figure was removed)."""
+    steps = config.get("figures", {}).get("figure4", {}).get("steps")
+    respacing = config.get("sampling", {}).get("respacing")
+    if not steps or respacing is None:
+        return
+    from offshelf.backends import resolve
+    from offshelf.backends.capabilities import Capability
+    from offshelf.diffusion import space_timesteps
+
+    cls = resolve(config["backbone"])
+    if Capability.RESPACING not in cls.capabilities:
+        return
+    count = len(space_timesteps(cls.num_train_timesteps, respacing))
+    beyond = [s for s in steps if s >= count]
+    if beyond:
+        raise ConfigError(f"config key 'figures.figure4.steps' = {steps}: {beyond} beyond the {count} steps of "
+                          f"sampling.respacing {respacing!r} (steps 0..{count - 1})")
+
+
+def check_evaluation_sizes(config: dict[str, Any], plan) -> None:
+    """Every evaluation reads more samples than ``evaluation.nhood_size`` (precision and recall
+    take each sample's k-th nearest neighbour among the others; FID needs two samples at least)."""
+    k = config.get("evaluation", {}).get("nhood_size", 3)
+    counts = [(n, "sampling.num_samples" if n == config["sampling"]["num_samples"] else "tables.<table>.num_samples")
+              for _, n in plan.evaluations.values()]
+    counts += [(search.spec.low_fidelity, "search.low_fidelity") for search in plan.searches.values()]
+    if not counts:
+        return
+    n, key = min(counts)
+    if n <= k:
+        raise ConfigError(f"config keys '{key}' = {n} and 'evaluation.nhood_size' = {k}: an evaluation reads {n} "
+                          f"samples, and precision and recall need more than nhood_size")
 
 
 BASE_KEY = "base"  # a config file's explicit base: another config file, relative to this one

@@ -129,10 +129,21 @@ def _ancestors() -> set[int]:
     return pids
 
 
-def live_snakemake(workdir: str | os.PathLike) -> list[int]:
-    """Ids of Snakemake processes on this machine whose working directory is ``workdir``
-    (its job subprocesses included). A Snakemake whose working directory cannot be read counts
-    as running there: when in doubt, never unlock."""
+def _is_job_script(argv: list[str]) -> bool:
+    """A job Snakemake started: a ``script:`` job runs ``python .snakemake/scripts/tmpXXXX.<name>.py``
+    (it outlives a Snakemake killed alone, as an orphan); Python running one of ``workflow/scripts/``
+    (a ``shell:`` rule's, or one run by hand) writes the run's outputs too. An editor open on such a
+    file is not a job."""
+    if any(".snakemake/scripts/" in a for a in argv):
+        return True
+    return bool(argv) and Path(argv[0]).name.startswith("python") and any(
+        "workflow/scripts/" in a and a.endswith(".py") for a in argv[1:])
+
+
+def _processes_in(workdir: str | os.PathLike, matches) -> list[int]:
+    """Ids of the processes on this machine (this one and its ancestors excepted) whose command line
+    ``matches`` and whose working directory is ``workdir``. One whose working directory cannot be
+    read counts as running there: when in doubt, never unlock."""
     workdir, found, mine = Path(workdir).resolve(), [], _ancestors()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) in mine:
@@ -141,7 +152,7 @@ def live_snakemake(workdir: str | os.PathLike) -> list[int]:
             argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
         except OSError:
             continue  # exited meanwhile
-        if not _is_snakemake(argv):
+        if not matches(argv):
             continue
         try:
             cwd = Path(os.readlink(entry / "cwd")).resolve()
@@ -152,6 +163,19 @@ def live_snakemake(workdir: str | os.PathLike) -> list[int]:
     return sorted(found)
 
 
+def live_snakemake(workdir: str | os.PathLike) -> list[int]:
+    """Ids of Snakemake processes on this machine whose working directory is ``workdir``
+    (its job subprocesses included)."""
+    return _processes_in(workdir, _is_snakemake)
+
+
+def live_jobs(workdir: str | os.PathLike) -> list[int]:
+    """Ids of job processes of a run in ``workdir`` that are not Snakemake itself (:func:`_is_job_script`):
+    after a Snakemake killed alone (SIGKILL of its main process), its jobs run on as orphans and
+    still write the run's outputs."""
+    return _processes_in(workdir, lambda argv: _is_job_script(argv) and not _is_snakemake(argv))
+
+
 def stale_locks(workdir: str | os.PathLike) -> list[Path]:
     """Snakemake's lock files in ``workdir`` (empty when none is held)."""
     folder = Path(workdir) / ".snakemake" / "locks"
@@ -159,18 +183,27 @@ def stale_locks(workdir: str | os.PathLike) -> list[Path]:
 
 
 def resume(args: list[str]) -> int:
-    """Run ``snakemake ARGS``; if a killed run left its locks behind and no Snakemake runs in the
-    same working directory on this machine, ``snakemake --unlock ARGS`` first. Refuses (exit 1,
-    nothing changed) while another Snakemake runs there. Jobs that were running when Snakemake
-    died are redone from scratch by ``--rerun-incomplete`` (set in every profile)."""
+    """Run ``snakemake ARGS`` once no process of a run lives in the same working directory on this
+    machine: no Snakemake, and no job a killed Snakemake left running (an orphan that finishes later
+    would overwrite the resumed job's output). Refuses (exit 1, nothing changed) while one lives,
+    whether or not locks exist: another Snakemake's exit removes the whole lock folder, live runs'
+    locks included (Snakemake 9's ``_delete_locks``), so locks prove nothing either way. Then, if a
+    killed run left its locks behind, ``snakemake --unlock ARGS`` first. Jobs that were running when
+    Snakemake died are redone from scratch by ``--rerun-incomplete`` (set in every profile)."""
     workdir = _snakemake_workdir(args)
     snakemake = [sys.executable, "-m", "snakemake"]
+    running = live_snakemake(workdir)
+    if running:
+        print(f"offshelf: Snakemake is still running in {workdir} (pid {', '.join(map(str, running))}); "
+              f"its locks are live: wait for it to finish, or stop it, then resume", file=sys.stderr)
+        return 1
+    orphans = live_jobs(workdir)
+    if orphans:
+        print(f"offshelf: jobs of a killed Snakemake are still running in {workdir} (pid "
+              f"{', '.join(map(str, orphans))}); they would overwrite what a resumed run writes: wait for them "
+              f"to finish, or stop them (kill {' '.join(map(str, orphans))}), then resume", file=sys.stderr)
+        return 1
     if stale_locks(workdir):
-        running = live_snakemake(workdir)
-        if running:
-            print(f"offshelf: Snakemake is still running in {workdir} (pid {', '.join(map(str, running))}); "
-                  f"its locks are live: wait for it to finish, or stop it, then resume", file=sys.stderr)
-            return 1
         print(f"offshelf: no Snakemake runs in {workdir}: removing the locks a killed run left "
               f"(snakemake --unlock)", file=sys.stderr, flush=True)
         unlock = subprocess.run([*snakemake, "--unlock", *args])

@@ -114,6 +114,7 @@ def test_third_party_backend_takes_backend_options_and_no_builtin_sections(defau
     config = {k: v for k, v in copy.deepcopy(default_config).items() if k != "digits"}
     config.update(backbone=third_party, backend_options={"anything": [1, 2]})
     config["figures"]["figure4"]["label"] = 2  # the toy backend has classes 0..2
+    config["grids"]["classes"] = [0, 1, 2]
     validate_config(config)
     with pytest.raises(ConfigError, match=r"^config key 'digits' is not allowed with backbone 'my_backend"):
         validate_config(dict(config, digits=default_config["digits"]))
@@ -189,6 +190,7 @@ def test_a_backend_schema_may_not_redefine_a_shared_key(default_config, third_pa
     config = {k: v for k, v in copy.deepcopy(default_config).items() if k != "digits"}
     config.update(backbone=third_party, backend_options={"std": 0.2})
     config["figures"]["figure4"]["label"] = 2
+    config["grids"]["classes"] = [0, 1, 2]  # the toy backend's classes
     cls = resolve(third_party)
     monkeypatch.setattr(cls, "config_schema", {"properties": {"backend_options": {
         "type": "object", "additionalProperties": False, "properties": {"std": {"type": "number"}}}}})
@@ -207,6 +209,7 @@ def test_a_config_asking_for_an_undeclared_capability_is_one_line(default_config
     config = {k: v for k, v in copy.deepcopy(default_config).items() if k != "digits"}
     config.update(backbone=third_party, backend_options={})
     config["figures"]["figure4"]["label"] = 2
+    config["grids"]["classes"] = [0, 1, 2]  # the toy backend's classes
     cls = resolve(third_party)
     monkeypatch.setattr(cls, "capabilities", cls.capabilities - {Capability.GRADIENTS})
     with pytest.raises(ConfigError, match=r"^config key 'backbone' = 'my_backend_for_config_tests:Mine': backend "

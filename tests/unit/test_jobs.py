@@ -96,3 +96,12 @@ def test_a_job_gets_its_threads_whether_or_not_it_imported_torch_first(before, l
     out = subprocess.run([sys.executable, "-c", JOB_THREADS.format(before=before)], env=env,
                          capture_output=True, text=True, check=True).stdout.split()
     assert out == [str(loaded), "1", "1"]  # 1 differs from torch's default on any multi-core machine
+
+
+def test_job_scripts_are_told_from_other_processes():
+    from offshelf.jobs import _is_job_script
+
+    assert _is_job_script(["/usr/bin/python3.11", "/w/.snakemake/scripts/tmpab12.search_round.py"])
+    assert _is_job_script(["python", "workflow/scripts/sample.py", "--x"])
+    assert not _is_job_script(["vim", "workflow/scripts/sample.py"])
+    assert not _is_job_script(["bash"]) and not _is_job_script([])

@@ -34,11 +34,17 @@ def resolve(name: str) -> type:
     if not sep or not module_name or not class_name:
         raise UnknownBackendError(f"config key 'backbone' = {name!r}: expected one of {', '.join(BACKENDS)} "
                                   f"or an import path 'package.module:Class'")
+    if not all(part.isidentifier() for part in module_name.split(".")):  # '.foo' (relative), 'a..b', '1x'
+        raise UnknownBackendError(f"config key 'backbone' = {name!r}: {module_name!r} is not an absolute module "
+                                  f"path; expected 'package.module:Class'")
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
         raise UnknownBackendError(f"config key 'backbone' = {name!r}: cannot import module {module_name!r} "
                                   f"({err})") from err
+    except Exception as err:  # the plug-in's module code ran and failed (docs/backends.md, "Trust")
+        raise UnknownBackendError(f"config key 'backbone' = {name!r}: importing module {module_name!r} raised "
+                                  f"{type(err).__name__}: {' '.join(str(err).split())}") from err
     cls = getattr(module, class_name, None)
     from offshelf.backends.base import Backend
 
