@@ -240,8 +240,8 @@ CI = Path(__file__).resolve().parents[2] / "config" / "ci.yaml"
 def test_config_errors_are_refused_by_check_config_naming_the_key(tmp_path, overlay, named):
     import yaml
 
-    (tmp_path / "overlay.yaml").write_text(yaml.safe_dump(overlay))
-    proc = offshelf("check-config", str(CI), "overlay.yaml", cwd=tmp_path)
+    (tmp_path / "overlay.yaml").write_text(yaml.safe_dump({"base": str(CI), **overlay}))  # a file names its base
+    proc = offshelf("check-config", "overlay.yaml", cwd=tmp_path)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("offshelf: "), proc.stderr
     assert named in proc.stderr, proc.stderr

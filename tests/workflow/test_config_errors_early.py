@@ -21,7 +21,7 @@ from test_config_refusals import CI, one_line, refused
 ], ids=["figure4-steps", "grid-classes", "nhood-size", "long-experiment"])
 def test_snakemake_and_check_config_refuse_alike(tmp_path, overlay, key):
     line = one_line(refused(tmp_path, overlay), key)
-    check = subprocess.run([sys.executable, "-m", "offshelf", "check-config", str(CI), str(tmp_path / "overlay.yaml")],
+    check = subprocess.run([sys.executable, "-m", "offshelf", "check-config", str(tmp_path / "overlay.yaml")],
                            capture_output=True, text=True, timeout=120)
     assert check.returncode == 1 and check.stderr.strip() == line.strip(), (check.stderr, line)
-    assert yaml.safe_load((tmp_path / "overlay.yaml").read_text()) == overlay
+    assert yaml.safe_load((tmp_path / "overlay.yaml").read_text()) == {"base": str(CI), **overlay}
