@@ -284,6 +284,18 @@ def check_schema(config: dict[str, Any], schema_path: str | Path | None = None) 
             raise ConfigError(f"config key 'scales.{regime}' is missing: regime {regime!r} needs a scale grid "
                               f"(or give a 'search' section)")
     check_calibration(config)
+    check_bootstrap(config)
+
+
+def check_bootstrap(config: dict[str, Any]) -> None:
+    """``evaluation.bootstrap``: 0 (no intervals) or enough resamples for a 95 % interval
+    (:data:`offshelf.statistics.MIN_RESAMPLES`, justified in docs/statistics.md)."""
+    from offshelf.statistics import check_num_resamples
+
+    try:
+        check_num_resamples(config.get("evaluation", {}).get("bootstrap", 0), "config key 'evaluation.bootstrap'")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def checked_plan(config: dict[str, Any]):

@@ -148,8 +148,8 @@ def test_too_few_samples_for_half_sample_radii_give_no_recall_interval():
     rng = np.random.default_rng(10)
     x, ref = rng.standard_normal((7, 2)), rng.standard_normal((20, 2))
     reps = statistics.bootstrap(x, reference_mu=np.zeros(2), reference_sigma=np.eye(2), reference_features=ref,
-                                num_resamples=20, nhood_size=3)
-    assert "recall" not in reps and len(reps["precision"]) == 20  # 3 points per half: no 3-NN radius
+                                num_resamples=statistics.MIN_RESAMPLES, nhood_size=3)
+    assert "recall" not in reps and len(reps["precision"]) == statistics.MIN_RESAMPLES  # 3 points per half: no 3-NN radius
     out = statistics.intervals({"fid": 1.0, "precision": 0.5, "recall": 0.5}, reps)
     assert "recall_lo" not in out and out["precision_lo"] <= out["precision_hi"]
 
