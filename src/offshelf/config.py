@@ -8,7 +8,8 @@ Order of the checks, each refusing before the next runs:
    on which backend it is, so it comes first);
 2. non-finite numbers (``.nan``, ``.inf``) anywhere, by key path;
 3. the schema (``offshelf/schemas/config.schema.yaml``, shipped inside the package; the workflow
-   reaches the same file through ``workflow/schemas/config.schema.yaml``, a symlink);
+   reaches the same file through ``workflow/schemas/config.schema.yaml``, a symlink), then what it cannot say:
+   ``evaluation.bootstrap`` 0 or at least 41, row labels unique within a table;
 4. the plan (:func:`offshelf.planning.plan.build_plan`, built once: :func:`validated_plan`
    returns it): the number of jobs (bounded by ``max_jobs``, a runaway shard count refused by
    arithmetic before any row is built), then table rows that build valid settings;
@@ -285,6 +286,21 @@ def check_schema(config: dict[str, Any], schema_path: str | Path | None = None) 
                               f"(or give a 'search' section)")
     check_calibration(config)
     check_bootstrap(config)
+    check_row_labels(config)
+
+
+def check_row_labels(config: dict[str, Any]) -> None:
+    """Row labels unique within a table: the report keys a table's rows (and sample grids) by label,
+    so a second row with a label already used would silently replace the first."""
+    for table, spec in config.get("tables", {}).items():
+        seen: dict[str, int] = {}
+        for position, row in enumerate(spec.get("rows", [])):
+            label = row.get("label")
+            if label in seen:
+                raise ConfigError(f"config key 'tables.{table}.rows[{position}].label' = {label!r}: table {table!r} "
+                                  f"already has a row with this label (rows[{seen[label]}]); labels must be unique "
+                                  f"within a table")
+            seen[label] = position
 
 
 def check_bootstrap(config: dict[str, Any]) -> None:

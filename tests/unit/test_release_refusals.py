@@ -49,3 +49,16 @@ def test_too_few_bootstrap_resamples_are_refused(tmp_path, bootstrap):
 def test_no_intervals_or_enough_resamples_are_accepted(tmp_path, bootstrap):
     proc = check_config(tmp_path, {"evaluation": {"bootstrap": bootstrap}})
     assert proc.returncode == 0 and proc.stdout.rstrip().endswith(": valid"), proc.stderr
+
+
+# ------------------------------------------------------------------ case 3: a duplicate row label
+
+
+def test_a_duplicate_row_label_is_refused(tmp_path):
+    table1 = yaml.safe_load(CI.read_text())["tables"]["table1"]
+    assert len(table1["rows"]) >= 2
+    label = table1["rows"][0]["label"]
+    table1["rows"][1]["label"] = label
+    line = refused_line(check_config(tmp_path, {"tables": {"table1": table1}}))
+    assert f"config key 'tables.table1.rows[1].label' = {label!r}: table 'table1' already has a row" in line
+    assert not (tmp_path / "results").exists()
