@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -200,16 +202,21 @@ def cmd_evaluate(args) -> int:
     sources = ctx.backend.evaluation_files()
     files = stages.verified_files(ctx.files(sources), sources, ctx.checkpoints)
     reference = args.reference
-    if reference is None and Capability.REFERENCE_FEATURES in ctx.backend.capabilities:
-        from offshelf.atomic import save_npz
+    with tempfile.TemporaryDirectory(prefix="offshelf-evaluate-") as scratch:
+        made = None  # the reference features made here: kept beside --out only once the shards passed
+        if reference is None and Capability.REFERENCE_FEATURES in ctx.backend.capabilities:
+            from offshelf.atomic import save_npz
 
-        reference = str(Path(args.out).with_suffix(".reference.npz"))
-        save_npz(reference, **stages.reference_features(ctx.backend, files, ctx.config.get("evaluation", {})))
-    # per-sample features and bootstrap replicates beside the metrics, as the workflow's evaluate job
-    # writes them (what a report pairs against a baseline row; docs/statistics.md)
-    result = stages.evaluate(ctx.backend, stages.load_judge(ctx.backend, files, reference), args.shards,
-                             ctx.config.get("evaluation", {}), args.num_samples,
-                             features_path=Path(args.out).with_suffix(".features.npz"))
+            reference = made = str(Path(scratch) / "reference.npz")
+            save_npz(reference, **stages.reference_features(ctx.backend, files, ctx.config.get("evaluation", {})))
+        # per-sample features and bootstrap replicates beside the metrics, as the workflow's evaluate
+        # job writes them (what a report pairs against a baseline row; docs/statistics.md); the
+        # shards are checked before anything is written beside --out
+        result = stages.evaluate(ctx.backend, stages.load_judge(ctx.backend, files, reference), args.shards,
+                                 ctx.config.get("evaluation", {}), args.num_samples,
+                                 features_path=Path(args.out).with_suffix(".features.npz"))
+        if made is not None:
+            shutil.move(made, Path(args.out).with_suffix(".reference.npz"))
     save_json(args.out, result)
     print(json.dumps(result, indent=2, sort_keys=True, default=float))
     return 0

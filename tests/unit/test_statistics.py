@@ -251,13 +251,15 @@ def test_evaluate_writes_reproducible_intervals_and_replicates(tmp_path):
     from offshelf import stages
     from offshelf.atomic import save_npz
     from offshelf.backends.digits import DigitsBackend
+    from offshelf.seeding import draw_labels
     from offshelf.shards import save_shard
 
     models = train_tiny_digits(tmp_path, steps=5, batch_size=16)
     backend, files = DigitsBackend(), {"evaluator": models["evaluator"]}
     rng = np.random.default_rng(9)
     shard = tmp_path / "shard0.npz"
-    save_shard(shard, rng.integers(0, 256, (48, 8, 8, 1), dtype=np.uint8), np.arange(48) % 10, range(48), 1.0)
+    save_shard(shard, rng.integers(0, 256, (48, 8, 8, 1), dtype=np.uint8), draw_labels(range(48), 10).numpy(),
+               range(48), 1.0)
     reference = tmp_path / "reference.npz"
     save_npz(reference, **stages.reference_features(backend, files, {}))
 
