@@ -62,3 +62,30 @@ def test_a_duplicate_row_label_is_refused(tmp_path):
     line = refused_line(check_config(tmp_path, {"tables": {"table1": table1}}))
     assert f"config key 'tables.table1.rows[1].label' = {label!r}: table 'table1' already has a row" in line
     assert not (tmp_path / "results").exists()
+
+
+# ------------------------------------------------------------------ case 1: the report reads its own folder
+
+
+def test_a_search_result_names_files_inside_its_experiment_folder(tmp_path):
+    """The mechanism of tests/workflow/test_self_contained_results.py: paths relative to the
+    experiment folder resolve there; a run-time path of another folder (a result.json of an older
+    offshelf) is refused, naming the record and the key."""
+    import json
+
+    from offshelf.report import searched_files
+
+    exp = tmp_path / "copy" / "ci"
+    (exp / "metrics").mkdir(parents=True)
+    (exp / "search" / "s").mkdir(parents=True)
+    for name in ("a.json", "a.features.npz"):
+        (exp / "metrics" / name).write_text("{}")
+    result = exp / "search" / "s" / "result.json"
+    result.write_text(json.dumps({"metrics_file": "metrics/a.json", "features_file": "metrics/a.features.npz",
+                                  "grid_files": []}))
+    assert searched_files(exp, result) == {"metrics_file": [str(exp / "metrics" / "a.json")],
+                                           "features_file": [str(exp / "metrics" / "a.features.npz")]}
+    for stale in (str(tmp_path / "source" / "ci" / "metrics" / "a.json"), "../../source/ci/metrics/a.json"):
+        result.write_text(json.dumps({"metrics_file": stale, "features_file": "metrics/a.features.npz"}))
+        with pytest.raises(ValueError, match=f"^{result}: metrics_file .* is not a path relative to the experiment"):
+            searched_files(exp, result)
