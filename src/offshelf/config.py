@@ -17,7 +17,8 @@ Order of the checks, each refusing before the next runs:
    its backend (declared, never found out by calling), and the judge against the
    plan's guiding classifiers;
 6. output paths: ``<results>/<experiment>`` and ``<results>/logs/<experiment>`` provably inside
-   ``results``, and no regular file where a folder must go.
+   ``results``, no link below them leading outside it (every output folder: figures, report,
+   samples, metrics...), and no regular file where a folder must go.
 
 ``offshelf check-config FILE...`` runs all of it on YAML files. Snakemake's own loader reports
 a YAML syntax error in ``--configfile`` as "Config file is not valid JSON or YAML" without the
@@ -27,6 +28,7 @@ file or the line; this command names both.
 from __future__ import annotations
 
 import math
+import os
 import sys
 from importlib import resources
 from pathlib import Path
@@ -210,6 +212,34 @@ def check_paths(config: dict[str, Any]) -> None:
         if resolved == root or not resolved.is_relative_to(root):
             raise ConfigError(f"config key 'experiment' = {experiment!r}: {folder} resolves to {resolved}, "
                               f"outside the results folder {root}")
+    for folder in (results / experiment, results / "logs" / experiment):
+        check_links_inside(folder, root, config["results"])
+
+
+def check_links_inside(folder: Path, root: Path, results_value: str) -> None:
+    """Every output folder the run writes lies under ``folder`` (figures, report, samples, metrics,
+    models, calibration, search, grids, reference, tune, and the logs' sub-folders): no symbolic
+    link anywhere below it, to a folder or a file, may lead outside ``root`` (a job would write
+    there). Existing entries only (what does not exist yet is made inside); the walk never follows
+    a link, so it costs one directory listing per existing folder."""
+    if not folder.is_dir() or folder.is_symlink():
+        return
+    stack = [folder]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:  # unreadable: Snakemake reports it naming the file
+            continue
+        for entry in entries:
+            if entry.is_symlink():
+                path = Path(entry.path)
+                target = path.resolve()
+                if target == root or not target.is_relative_to(root):
+                    raise ConfigError(f"config key 'results' = {results_value!r}: {path} is a link to {target}, "
+                                      f"outside the results folder {root}, and the run writes there; replace the "
+                                      f"link by a folder (or point 'results' itself at the other disk)")
+            elif entry.is_dir(follow_symlinks=False):
+                stack.append(Path(entry.path))
 
 
 def backend_schema(cls: type) -> dict[str, Any]:

@@ -20,8 +20,9 @@ CI = REPO / "config" / "ci.yaml"
 def check_config(tmp_path: Path, overlay: dict | str, timeout: float = 120) -> subprocess.CompletedProcess:
     """``offshelf check-config config/ci.yaml <overlay>`` with results in ``tmp_path/results``."""
     path = tmp_path / "overlay.yaml"
-    text = overlay if isinstance(overlay, str) else yaml.safe_dump(overlay)
-    path.write_text(f"results: {tmp_path / 'results'}\n" + text)
+    results = {"results": str(tmp_path / "results")}
+    text = yaml.safe_dump(results) + overlay if isinstance(overlay, str) else yaml.safe_dump({**results, **overlay})
+    path.write_text(text)
     return subprocess.run([str(OFFSHELF), "check-config", str(CI), str(path)], capture_output=True, text=True,
                           timeout=timeout, cwd=tmp_path)
 
@@ -89,3 +90,29 @@ def test_a_search_result_names_files_inside_its_experiment_folder(tmp_path):
         result.write_text(json.dumps({"metrics_file": stale, "features_file": "metrics/a.features.npz"}))
         with pytest.raises(ValueError, match=f"^{result}: metrics_file .* is not a path relative to the experiment"):
             searched_files(exp, result)
+
+
+# ------------------------------------------------------------------ case 12: a linked sub-folder
+
+
+@pytest.mark.parametrize("linked", ["ci/figures", "ci/report/samples", "ci/search/table1_row0_cond", "logs/ci/evaluate",
+                                    "ci/metrics/x.json"])
+def test_an_output_folder_linked_outside_results_is_refused(tmp_path, linked):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    link = tmp_path / "results" / linked
+    link.parent.mkdir(parents=True)
+    link.symlink_to(elsewhere / "x.json" if linked.endswith(".json") else elsewhere)
+    line = refused_line(check_config(tmp_path, {}))
+    assert f"config key 'results' = '{tmp_path / 'results'}': {link} is a link to " in line
+    assert "outside the results folder" in line
+    assert not any(elsewhere.iterdir())
+
+
+def test_a_link_inside_results_is_accepted(tmp_path):
+    inside = tmp_path / "results" / "disk2"
+    inside.mkdir(parents=True)
+    (tmp_path / "results" / "ci").mkdir()
+    (tmp_path / "results" / "ci" / "samples").symlink_to(inside)
+    proc = check_config(tmp_path, {})
+    assert proc.returncode == 0, proc.stderr

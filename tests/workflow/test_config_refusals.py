@@ -114,6 +114,19 @@ def test_experiment_folder_linked_outside_results_is_refused(tmp_path):
     assert not any(elsewhere.iterdir())
 
 
+def test_an_output_folder_linked_outside_results_is_refused(tmp_path):
+    """Issue 23 case 12: the figures folder linked outside results; refused before any job."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "results" / "ci").mkdir(parents=True)
+    (tmp_path / "results" / "ci" / "figures").symlink_to(elsewhere)
+    proc = snakemake("-n", "--configfile", str(CI), "--config", f"results={tmp_path / 'results'}", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Building DAG" not in out, out
+    one_line(out, r"config key 'results' = .*/ci/figures is a link to .*elsewhere, outside the results folder")
+    assert not any(elsewhere.iterdir())
+
+
 # ------------------------------------------------------------------ case 6: late errors made early
 
 
