@@ -25,6 +25,8 @@ from offshelf.settings import Setting, probe_setting
 # neither). The schema is the workflow's own copy of the package's file. A config error exits
 # with its message alone: a traceback into the validator would only bury it.
 try:
+    for path in workflow.overwrite_configfiles:  # each --configfile read again: an alias bomb names its file
+        read_yaml(path)
     if config.get("backbone", "digits") == "digits":
         if os.path.exists("config.yaml"):
             read_yaml("config.yaml")

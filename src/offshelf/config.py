@@ -98,16 +98,23 @@ def check_backbone(config: dict[str, Any]) -> None:
         raise ConfigError(str(err)) from err
 
 
-def check_config_values_finite(value: Any, path: tuple = ()) -> None:
+def check_config_values_finite(value: Any, path: tuple = (), seen: set[int] | None = None) -> None:
     """Refuse NaN and ±inf anywhere in the config, naming the key path. A non-finite number is
     never a meaningful setting: a NaN or infinite scale samples black images that still score a
-    finite FID. ReLU is ``softplus_beta: inf`` written as a string ('inf' or 'relu')."""
+    finite FID. ReLU is ``softplus_beta: inf`` written as a string ('inf' or 'relu'). A mapping or
+    list reached twice (a YAML alias: one object) is walked once, so the walk is linear in the
+    file however its aliases multiply."""
+    seen = set() if seen is None else seen
+    if isinstance(value, (dict, list, tuple)):
+        if id(value) in seen:
+            return
+        seen.add(id(value))
     if isinstance(value, dict):
         for k, v in value.items():
-            check_config_values_finite(v, (*path, k))
+            check_config_values_finite(v, (*path, k), seen)
     elif isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
-            check_config_values_finite(v, (*path, i))
+            check_config_values_finite(v, (*path, i), seen)
     elif isinstance(value, float) and not math.isfinite(value):
         hint = ("; for ReLU write the string 'inf' or 'relu' (quoted)"
                 if path and path[-1] == "softplus_beta" and value > 0 else "; expected a finite number")

@@ -116,3 +116,46 @@ def test_a_link_inside_results_is_accepted(tmp_path):
     (tmp_path / "results" / "ci" / "samples").symlink_to(inside)
     proc = check_config(tmp_path, {})
     assert proc.returncode == 0, proc.stderr
+
+
+# ------------------------------------------------------------------ case 11: a YAML alias bomb
+
+
+def alias_bomb(mapping: bool = False) -> str:
+    """1 KB of YAML whose aliases nest 9 deep: 9^9 values once expanded."""
+    if mapping:
+        lines = ["a: &a {" + ", ".join(f"k{j}: 1" for j in range(9)) + "}"]
+    else:
+        lines = ["a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    for prev, name in zip("abcdefgh", "bcdefghi"):
+        items = [f"k{j}: *{prev}" for j in range(9)] if mapping else [f"*{prev}"] * 9
+        lines.append(f"{name}: &{name} " + ("{" if mapping else "[") + ", ".join(items) + ("}" if mapping else "]"))
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("mapping", [False, True])
+def test_a_yaml_alias_bomb_is_refused_within_two_seconds(tmp_path, mapping):
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(alias_bomb(mapping))
+    assert len(bomb.read_bytes()) < 1500
+    start = time.perf_counter()
+    proc = subprocess.run([str(OFFSHELF), "check-config", str(CI), str(bomb)], capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path)
+    assert time.perf_counter() - start < 2.0
+    line = refused_line(proc)
+    assert line.startswith(f"offshelf: {bomb}: ") and "aliases expand to" in line and "more than 100,000" in line
+
+
+def test_aliases_within_the_budget_still_read(tmp_path):
+    from offshelf.config import check_config_values_finite, read_yaml
+
+    path = tmp_path / "ok.yaml"
+    path.write_text("bases: &b {x: {scale: 1.0}}\nother: *b\n")
+    data = read_yaml(path)
+    assert data["other"] is data["bases"]
+    shared = [1.0] * 9  # the walk of the values visits one object once, however often it is aliased
+    for _ in range(9):
+        shared = [shared] * 9
+    start = time.perf_counter()
+    check_config_values_finite({"deep": shared})
+    assert time.perf_counter() - start < 1.0

@@ -127,6 +127,19 @@ def test_an_output_folder_linked_outside_results_is_refused(tmp_path):
     assert not any(elsewhere.iterdir())
 
 
+def test_a_yaml_alias_bomb_is_refused_by_the_dry_run(tmp_path):
+    """Issue 23 case 11: 1 KB of list aliases nesting 9 deep (9^9 values) hung the config check; the
+    Snakefile reads each --configfile with offshelf's bounded reader, which names the file. (A
+    bomb of *mappings* is expanded by Snakemake's own config merge before the Snakefile runs:
+    `offshelf check-config` refuses it, tests/unit/test_release_refusals.py.)"""
+    lines = ["a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    lines += [f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]" for p, n in zip("abcdefgh", "bcdefghi")]
+    start = time.perf_counter()
+    out = refused(tmp_path, "\n".join(lines) + "\n")
+    assert time.perf_counter() - start < 60
+    one_line(out, rf"^offshelf: {re.escape(str(tmp_path / 'overlay.yaml'))}: .*aliases expand to .* more than 100,000")
+
+
 # ------------------------------------------------------------------ case 6: late errors made early
 
 
