@@ -54,3 +54,19 @@ def yaml_tables() -> list[str]:
     import yaml
 
     return list(yaml.safe_load(CI.read_text())["tables"])
+
+
+def test_changing_the_bootstrap_reruns_no_search_round(ci_run, tmp_path):
+    """Issue 23 case 15a: search rounds force the bootstrap off, so their params leave
+    evaluation.bootstrap out; a new bootstrap size reruns the evaluations (their intervals), never
+    a round nor its sampling. A dry run on the finished ci run (read-only: -n writes nothing)."""
+    from workflow_utils import dry_run_jobs
+
+    import yaml
+
+    overlay = tmp_path / "bootstrap.yaml"
+    config = yaml.safe_load(CI.read_text())
+    overlay.write_text(yaml.safe_dump({"evaluation": dict(config["evaluation"], bootstrap=100)}))
+    jobs = dry_run_jobs("--configfile", str(CI), str(overlay), "--config", f"results={ci_run}")
+    assert jobs.get("evaluate", 0) > 0, jobs  # the change is seen: intervals are redrawn
+    assert "search_round" not in jobs and "sample" not in jobs, jobs
