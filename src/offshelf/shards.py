@@ -152,7 +152,10 @@ def load_shards(backend: HasShardFormat, shard_paths: Sequence[str], expected_se
     c, h, w = backend.image_shape
     images, labels, seconds = [], [], 0.0
     for i, path in enumerate(shard_paths):
-        x, y = load_samples(path)
+        try:
+            x, y = load_samples(path)
+        except ValueError as err:  # not a shard at all: the same way back
+            raise ValueError(f"{err}{RECOVER}") from None
         if x.shape[1:] != (h, w, c):
             raise ValueError(f"{path}: images are {x.shape[1]}x{x.shape[2]} with {x.shape[3]} channel(s) (HWC "
                              f"{tuple(x.shape[1:])}); backend {backend.name!r} writes HWC {(h, w, c)}{RECOVER}")
@@ -176,7 +179,7 @@ def load_shards(backend: HasShardFormat, shard_paths: Sequence[str], expected_se
         seconds += shard_seconds * kept / max(len(x), 1)
     images, labels = np.concatenate(images), np.concatenate(labels)
     if num_samples is not None and len(images) < num_samples:
-        raise ValueError(f"shards {shard_paths[0]} .. hold {len(images)} samples, {num_samples} requested")
+        raise ValueError(f"shards {shard_paths[0]} .. hold {len(images)} samples, {num_samples} requested{RECOVER}")
     return images, labels, seconds
 
 
