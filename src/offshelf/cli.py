@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -380,16 +381,20 @@ def cmd_evaluate(args) -> int:
     check_outputs(outputs, ctx.inputs + [("--shards", shard) for shard in args.shards]
                   + ([("--reference", reference)] if reference is not None else []))
     files = stages.verified_files(files, sources, ctx.checkpoints)
-    if computed:
-        from offshelf.atomic import save_npz
+    with tempfile.TemporaryDirectory(prefix="offshelf-evaluate-") as scratch:
+        made = None  # the reference features made here: kept beside --out only once the shards passed
+        if computed:
+            from offshelf.atomic import save_npz
 
-        reference = str(Path(args.out).with_suffix(".reference.npz"))
-        save_npz(reference, **stages.reference_features(ctx.backend, files, ctx.config.get("evaluation", {})))
-    # per-sample features and bootstrap replicates beside the metrics, as the workflow's evaluate job
-    # writes them (what a report pairs against a baseline row; docs/statistics.md)
-    result = stages.evaluate(ctx.backend, stages.load_judge(ctx.backend, files, reference), args.shards,
-                             ctx.config.get("evaluation", {}), args.num_samples,
-                             features_path=features)
+            reference = made = str(Path(scratch) / "reference.npz")
+            save_npz(reference, **stages.reference_features(ctx.backend, files, ctx.config.get("evaluation", {})))
+        # per-sample features and bootstrap replicates beside the metrics, as the workflow's evaluate
+        # job writes them (what a report pairs against a baseline row; docs/statistics.md); the
+        # shards are checked before anything is written beside --out
+        result = stages.evaluate(ctx.backend, stages.load_judge(ctx.backend, files, reference), args.shards,
+                                 ctx.config.get("evaluation", {}), args.num_samples, features_path=features)
+        if made is not None:
+            shutil.move(made, Path(args.out).with_suffix(".reference.npz"))
     save_json(args.out, result)
     print(json.dumps(result, indent=2, sort_keys=True, default=float))
     return 0

@@ -8,7 +8,8 @@ Order of the checks, each refusing before the next runs:
    on which backend it is, so it comes first);
 2. non-finite numbers (``.nan``, ``.inf``) anywhere, by key path;
 3. the schema (``offshelf/schemas/config.schema.yaml``, shipped inside the package; the workflow
-   reaches the same file through ``workflow/schemas/config.schema.yaml``, a symlink);
+   reaches the same file through ``workflow/schemas/config.schema.yaml``, a symlink), then what it cannot say:
+   ``evaluation.bootstrap`` 0 or at least 41, row labels unique within a table;
 4. the plan (:func:`offshelf.planning.plan.build_plan`, built once: :func:`validated_plan`
    returns it): the number of jobs (bounded by ``max_jobs``, a runaway shard count refused by
    arithmetic before any row is built), then table rows that build valid settings;
@@ -16,7 +17,8 @@ Order of the checks, each refusing before the next runs:
    its backend (declared, never found out by calling), and the judge against the
    plan's guiding classifiers;
 6. output paths: ``<results>/<experiment>`` and ``<results>/logs/<experiment>`` provably inside
-   ``results``, and no regular file where a folder must go.
+   ``results``, no link below them leading outside it (every output folder: figures, report,
+   samples, metrics...), and no regular file where a folder must go.
 
 A config is read one way, :func:`read_config` (the Snakefile, ``offshelf plan``, ``check-config``
 and every ``--config`` option): one file, complete or naming its base (``base: FILE``, relative
@@ -29,6 +31,7 @@ file or the line; this command names both.
 from __future__ import annotations
 
 import math
+import os
 import sys
 from importlib import resources
 from pathlib import Path
@@ -101,16 +104,23 @@ def check_backbone(config: dict[str, Any]) -> None:
         raise ConfigError(str(err)) from err
 
 
-def check_config_values_finite(value: Any, path: tuple = ()) -> None:
+def check_config_values_finite(value: Any, path: tuple = (), seen: set[int] | None = None) -> None:
     """Refuse NaN and ±inf anywhere in the config, naming the key path. A non-finite number is
     never a meaningful setting: a NaN or infinite scale samples black images that still score a
-    finite FID. ReLU is ``softplus_beta: inf`` written as a string ('inf' or 'relu')."""
+    finite FID. ReLU is ``softplus_beta: inf`` written as a string ('inf' or 'relu'). A mapping or
+    list reached twice (a YAML alias: one object) is walked once, so the walk is linear in the
+    file however its aliases multiply."""
+    seen = set() if seen is None else seen
+    if isinstance(value, (dict, list, tuple)):
+        if id(value) in seen:
+            return
+        seen.add(id(value))
     if isinstance(value, dict):
         for k, v in value.items():
-            check_config_values_finite(v, (*path, k))
+            check_config_values_finite(v, (*path, k), seen)
     elif isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
-            check_config_values_finite(v, (*path, i))
+            check_config_values_finite(v, (*path, i), seen)
     elif isinstance(value, float) and not math.isfinite(value):
         hint = ("; for ReLU write the string 'inf' or 'relu' (quoted)"
                 if path and path[-1] == "softplus_beta" and value > 0 else "; expected a finite number")
@@ -257,6 +267,34 @@ def check_paths(config: dict[str, Any]) -> None:
         if resolved == root or not resolved.is_relative_to(root):
             raise ConfigError(f"config key 'experiment' = {experiment!r}: {folder} resolves to {resolved}, "
                               f"outside the results folder {root}")
+    for folder in (results / experiment, results / "logs" / experiment):
+        check_links_inside(folder, root, config["results"])
+
+
+def check_links_inside(folder: Path, root: Path, results_value: str) -> None:
+    """Every output folder the run writes lies under ``folder`` (figures, report, samples, metrics,
+    models, calibration, search, grids, reference, tune, and the logs' sub-folders): no symbolic
+    link anywhere below it, to a folder or a file, may lead outside ``root`` (a job would write
+    there). Existing entries only (what does not exist yet is made inside); the walk never follows
+    a link, so it costs one directory listing per existing folder."""
+    if not folder.is_dir() or folder.is_symlink():
+        return
+    stack = [folder]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:  # unreadable: Snakemake reports it naming the file
+            continue
+        for entry in entries:
+            if entry.is_symlink():
+                path = Path(entry.path)
+                target = path.resolve()
+                if target == root or not target.is_relative_to(root):
+                    raise ConfigError(f"config key 'results' = {results_value!r}: {path} is a link to {target}, "
+                                      f"outside the results folder {root}, and the run writes there; replace the "
+                                      f"link by a folder (or point 'results' itself at the other disk)")
+            elif entry.is_dir(follow_symlinks=False):
+                stack.append(Path(entry.path))
 
 
 def backend_schema(cls: type) -> dict[str, Any]:
@@ -334,6 +372,33 @@ def check_schema(config: dict[str, Any], schema_path: str | Path | None = None) 
             raise ConfigError(f"config key 'scales.{regime}' is missing: regime {regime!r} needs a scale grid "
                               f"(or give a 'search' section)")
     check_calibration(config)
+    check_bootstrap(config)
+    check_row_labels(config)
+
+
+def check_row_labels(config: dict[str, Any]) -> None:
+    """Row labels unique within a table: the report keys a table's rows (and sample grids) by label,
+    so a second row with a label already used would silently replace the first."""
+    for table, spec in config.get("tables", {}).items():
+        seen: dict[str, int] = {}
+        for position, row in enumerate(spec.get("rows", [])):
+            label = row.get("label")
+            if label in seen:
+                raise ConfigError(f"config key 'tables.{table}.rows[{position}].label' = {label!r}: table {table!r} "
+                                  f"already has a row with this label (rows[{seen[label]}]); labels must be unique "
+                                  f"within a table")
+            seen[label] = position
+
+
+def check_bootstrap(config: dict[str, Any]) -> None:
+    """``evaluation.bootstrap``: 0 (no intervals) or enough resamples for a 95 % interval
+    (:data:`offshelf.statistics.MIN_RESAMPLES`, justified in docs/statistics.md)."""
+    from offshelf.statistics import check_num_resamples
+
+    try:
+        check_num_resamples(config.get("evaluation", {}).get("bootstrap", 0), "config key 'evaluation.bootstrap'")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def checked_plan(config: dict[str, Any]):

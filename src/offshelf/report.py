@@ -118,6 +118,37 @@ def write_report(plan_config: dict, metric_files: list[str], calibration_files: 
     return frames
 
 
+#: The keys of a search's ``result.json`` naming files the report reads (the chosen scale's).
+SEARCHED_FILE_KEYS = ("metrics_file", "features_file", "grid_files")
+
+
+def searched_files(experiment_folder: str | os.PathLike, result_path: str | os.PathLike) -> dict[str, list[str]]:
+    """The files a search's ``result.json`` names for its chosen scale (:data:`SEARCHED_FILE_KEYS`),
+    resolved inside ``experiment_folder``, the folder of the report that reads them: the record
+    stores them relative to its experiment folder, so a copied or moved results folder reads its
+    own files, never the folder it was copied from. A path that is absolute, leaves the experiment
+    folder or names no file is an error naming the record and the key."""
+    folder = Path(experiment_folder)
+    record = json.loads(Path(result_path).read_text())
+    redo = ("; rerun its search_result job (snakemake ... --forcerun search_result), which names the files "
+            "relative to the experiment folder")
+    out: dict[str, list[str]] = {}
+    for key in SEARCHED_FILE_KEYS:
+        values = record.get(key, [] if key == "grid_files" else None)
+        for value in ([values] if isinstance(values, str) else values or []):
+            where = f"{result_path}: {key} {value!r}"
+            if Path(value).is_absolute() or ".." in Path(value).parts:
+                raise ValueError(f"{where} is not a path relative to the experiment folder {folder}{redo}")
+            path = folder / value
+            if not path.is_file():
+                raise ValueError(f"{where}: {path} does not exist{redo}")
+            out.setdefault(key, []).append(str(path))
+    if "metrics_file" not in out or "features_file" not in out:
+        raise ValueError(f"{result_path}: names no metrics_file or features_file (a search result from an older "
+                         f"offshelf?){redo}")
+    return out
+
+
 def sample_file(table: str, position: int, regime: str) -> str:
     """A row's grid inside the report's samples folder: ``<table>/<NN>-<regime>.png``, NN = the
     row's 1-based position in the config's table (labels may hold any character)."""

@@ -31,6 +31,15 @@ class HasShardFormat(Protocol):
     @property
     def num_classes(self) -> int: ...
 
+    # optional: ``seed_labels`` (offshelf.backends.base.Backend.seed_labels), read with getattr. A
+    # ShardFormat has none, so a grid job (which must not import torch) checks the labels' range
+    # only; the evaluation of the same setting reads the same shards with the backend and checks
+    # them against the seeds.
+
+
+#: The label rules :func:`load_shards` can check (``Backend.seed_labels``).
+SEED_LABEL_RULES = ("draw_labels",)
+
 
 @dataclass(frozen=True)
 class ShardFormat:
@@ -137,18 +146,22 @@ def load_shards(backend: HasShardFormat, shard_paths: Sequence[str], expected_se
 
     Every shard is checked against what the plan says it holds, naming the file on a mismatch: the
     backend's image shape, the planned seeds (``expected_seeds[i]``: first seed and count, or the
-    full list), and labels within the backend's classes. ``backend``: the backend or its
-    :class:`ShardFormat`."""
+    full list), labels within the backend's classes and, for a backend whose labels are a function
+    of the seeds (``seed_labels``), equal to the labels the shard's seeds draw. ``backend``: the
+    backend or its :class:`ShardFormat`. Each error ends with how to recover (:data:`RECOVER`)."""
     c, h, w = backend.image_shape
     images, labels, seconds = [], [], 0.0
     for i, path in enumerate(shard_paths):
-        x, y = load_samples(path)
+        try:
+            x, y = load_samples(path)
+        except ValueError as err:  # not a shard at all: the same way back
+            raise ValueError(f"{err}{RECOVER}") from None
         if x.shape[1:] != (h, w, c):
             raise ValueError(f"{path}: images are {x.shape[1]}x{x.shape[2]} with {x.shape[3]} channel(s) (HWC "
-                             f"{tuple(x.shape[1:])}); backend {backend.name!r} writes HWC {(h, w, c)}")
+                             f"{tuple(x.shape[1:])}); backend {backend.name!r} writes HWC {(h, w, c)}{RECOVER}")
         if len(y) and (y.min() < 0 or y.max() >= backend.num_classes):
             raise ValueError(f"{path}: labels span {y.min()}..{y.max()}; backend {backend.name!r} has classes "
-                             f"0..{backend.num_classes - 1}")
+                             f"0..{backend.num_classes - 1}{RECOVER}")
         with np.load(path) as shard:
             seeds = shard["seeds"] if "seeds" in shard.files else None
             shard_seconds = float(shard["seconds"]) if "seconds" in shard.files else float("nan")
@@ -157,15 +170,41 @@ def load_shards(backend: HasShardFormat, shard_paths: Sequence[str], expected_se
             if seeds is None or len(seeds) != len(x) or list(map(int, seeds)) != expected:
                 held = "no seeds" if seeds is None else f"{len(x)} samples with seeds {_describe(seeds)}"
                 raise ValueError(f"{path}: holds {held}; the plan puts {len(expected)} samples with seeds "
-                                 f"{_describe(expected)} in this shard (a shard of another run or config?)")
+                                 f"{_describe(expected)} in this shard (a shard of another run or config?){RECOVER}")
+        if seeds is not None and len(seeds) == len(y):
+            check_seed_labels(backend, path, seeds, y)
         kept = len(x) if num_samples is None else max(0, min(len(x), num_samples - sum(map(len, images))))
         images.append(x[:kept])
         labels.append(y[:kept])
         seconds += shard_seconds * kept / max(len(x), 1)
     images, labels = np.concatenate(images), np.concatenate(labels)
     if num_samples is not None and len(images) < num_samples:
-        raise ValueError(f"shards {shard_paths[0]} .. hold {len(images)} samples, {num_samples} requested")
+        raise ValueError(f"shards {shard_paths[0]} .. hold {len(images)} samples, {num_samples} requested{RECOVER}")
     return images, labels, seconds
+
+
+#: How to recover from a shard that fails its check, appended to every such error.
+RECOVER = ("; to recover, delete this shard and rerun: the workflow samples it again (or, for "
+           "`offshelf evaluate`, pass the shards `offshelf sample` wrote for these seeds)")
+
+
+def check_seed_labels(backend: HasShardFormat, path, seeds, labels) -> None:
+    """A backend whose labels are a function of the seeds (``seed_labels``): the shard's labels
+    must be the ones its seeds draw; one line naming the file and the first sample that differs."""
+    rule = getattr(backend, "seed_labels", None)
+    if rule is None or not len(seeds):
+        return
+    if rule not in SEED_LABEL_RULES:
+        raise ValueError(f"backend {backend.name!r}: seed_labels = {rule!r}; expected one of {SEED_LABEL_RULES} or None")
+    from offshelf.seeding import draw_labels  # torch: paid only by a backend that declares its labels
+
+    expected = draw_labels([int(s) for s in seeds], backend.num_classes).numpy()
+    wrong = np.flatnonzero(np.asarray(labels) != expected)
+    if len(wrong):
+        i = int(wrong[0])
+        raise ValueError(f"{path}: {len(wrong)} of {len(labels)} labels are not the ones their seeds draw "
+                         f"(offshelf.seeding.draw_labels): seed {int(seeds[i])} has label {int(labels[i])}, its seed "
+                         f"draws {int(expected[i])} (labels reordered or from another shard?){RECOVER}")
 
 
 def seed_list(spec: Sequence[int]) -> list[int]:

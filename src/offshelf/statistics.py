@@ -38,12 +38,24 @@ import torch
 SEED = 20240613
 LEVEL = 0.95
 METRICS = ("fid", "precision", "recall", "accuracy")
+#: Fewest resamples behind an interval (docs/statistics.md "How many resamples"): each end of a 95 %
+#: interval must have at least one replicate beyond it, (B − 1)·0.025 ≥ 1, so B ≥ 41. Fewer give
+#: an interval that is the replicates' min and max (B = 1: a point; the interval may miss its own
+#: estimate, and every paired difference looks significant). 0 = no intervals at all.
+MIN_RESAMPLES = 41
 # Elements of one [chunk, N, D] gather of resampled features: bounds memory (ImageNet: N = 10k,
 # D = 2048) while a digits evaluation (N = 1000, D = 32) does every replicate in one batch.
 _CHUNK_ELEMENTS = 1 << 25
 # Pairwise-distance matrices (samples x samples, reference x samples) are precomputed for recall's
 # half-samples up to this many elements (1 GiB of float32); larger sets recompute per replicate.
 _PRECOMPUTE_ELEMENTS = 1 << 28
+
+
+def check_num_resamples(num_resamples: int, what: str = "num_resamples") -> None:
+    """0 (no intervals) or at least :data:`MIN_RESAMPLES`; anything else cannot make a 95 % interval."""
+    if num_resamples != 0 and not MIN_RESAMPLES <= num_resamples:
+        raise ValueError(f"{what} = {num_resamples}: a 95% interval needs at least {MIN_RESAMPLES} bootstrap "
+                         f"resamples (one beyond each end; docs/statistics.md); use 0 for no intervals")
 
 
 def resample_indices(n: int, num_resamples: int, seed: int = SEED) -> np.ndarray:
@@ -203,6 +215,7 @@ def bootstrap(features: np.ndarray, *, reference_mu: np.ndarray, reference_sigma
     """Replicates of every metric the inputs allow: ``fid`` (and, with reference features,
     ``precision`` and ``recall``; with per-sample correctness, ``accuracy``), plus the per-sample
     arrays they came from. Everything a report needs to pair two settings later."""
+    check_num_resamples(num_resamples)
     n = len(features)
     boot, halves = resample_indices(n, num_resamples, seed), half_indices(n, num_resamples, seed)
     out: dict[str, np.ndarray] = {"fid": fid_replicates(features, reference_mu, reference_sigma, boot)}

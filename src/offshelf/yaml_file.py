@@ -27,6 +27,35 @@ class YAMLSyntaxError(ValueError):
         super().__init__(f"{self.location}: not valid YAML: {problem}")
 
 
+#: Most values a YAML file may hold once its aliases are expanded. Every config and registry is a
+#: few thousand (config.yaml: about 700); the checks that walk a config (offshelf.config) are
+#: linear in this, so a file of 1 KB whose aliases nest 9 deep (9^9 values) is refused at once
+#: instead of hanging them.
+MAX_NODES = 100_000
+
+
+def expanded_size(node: yaml.Node) -> int:
+    """Values (scalars, sequences, mappings, keys) the node holds with every alias expanded,
+    computed once per distinct node: linear in the file, whatever the aliases multiply to."""
+    memo: dict[int, int] = {}
+
+    def size(n: yaml.Node) -> int:
+        key = id(n)
+        if key in memo:
+            return memo[key]
+        memo[key] = 1  # a node reached again inside itself (a recursive alias) counts once
+        if isinstance(n, yaml.MappingNode):
+            total = 1 + sum(size(k) + size(v) for k, v in n.value)
+        elif isinstance(n, yaml.SequenceNode):
+            total = 1 + sum(size(v) for v in n.value)
+        else:
+            total = 1
+        memo[key] = total
+        return total
+
+    return size(node)
+
+
 def read_yaml_file(path: str | os.PathLike) -> Any:
     """``yaml.safe_load`` of the file at ``path``; an unreadable file raises the ``OSError`` of the
     read (the caller names the file's role), a syntax error :class:`YAMLSyntaxError`."""
@@ -36,7 +65,20 @@ def read_yaml_file(path: str | os.PathLike) -> Any:
     except UnicodeDecodeError as err:  # a ValueError, not an OSError: the file was read
         raise YAMLSyntaxError(path, f"not UTF-8 text (byte {err.start}: {err.reason})") from err
     try:
-        return yaml.safe_load(text)
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                return None
+            size = expanded_size(node)
+            if size > MAX_NODES:
+                raise YAMLSyntaxError(path, f"its YAML aliases expand to {size:.3g} values, more than {MAX_NODES:,}; "
+                                            f"refused before reading it (an alias bomb? write the values out)")
+            return loader.construct_document(node)
+        finally:
+            loader.dispose()
+    except RecursionError as err:
+        raise YAMLSyntaxError(path, "nested too deeply") from err
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         problem = err.problem or err.context or "syntax error"

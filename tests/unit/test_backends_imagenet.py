@@ -10,6 +10,7 @@ import torch
 from offshelf.config import load_config
 from offshelf.backends.adm128 import ADM128Backend
 from offshelf.backends.base import Pretrained
+from offshelf.seeding import draw_labels
 from offshelf.shards import save_shard
 from offshelf.stages import sample_shard
 from offshelf.planning.plan import build_plan
@@ -190,7 +191,9 @@ def test_both_fid_protocols_are_wired_and_named_in_every_metrics_file(tmp_path, 
     registry = tmp_path / "registry.yaml"
     registry.write_text(yaml.safe_dump({name: {"sha256": digest, "hash_prefix": None} for name, digest in sha.items()}))
     shard = tmp_path / "shard.npz"
-    save_shard(shard, rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8), np.arange(6), range(6), 1.0)
+    # the labels the seeds draw, as the sampler writes them (load_shards checks them against the seeds)
+    save_shard(shard, rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8),
+               draw_labels(range(6), ADM128Backend.num_classes).numpy(), range(6), 1.0)
 
     results = {}
     for protocol in ("adm_tf", "pytorch_fid"):

@@ -18,6 +18,7 @@ import torch
 
 from offshelf.backbones import digits
 from offshelf.backends.digits import DigitsBackend
+from offshelf.seeding import draw_labels
 from offshelf.shards import load_shards, save_shard
 from conftest import train_tiny_digits
 
@@ -80,8 +81,10 @@ def write(path, images, labels, seeds):
 
 
 def digits_shard(path, n=32, first=0, labels=None, size=8, channels=1):
+    """A shard as the digits sampler writes it: by default the labels its seeds draw."""
     images = np.zeros((n, size, size, channels))
-    return write(path, images, np.arange(n) % 10 if labels is None else labels, range(first, first + n))
+    seeds = range(first, first + n)
+    return write(path, images, draw_labels(seeds, 10).numpy() if labels is None else labels, seeds)
 
 
 @pytest.mark.parametrize("make, expected, message", [
@@ -91,21 +94,26 @@ def digits_shard(path, n=32, first=0, labels=None, size=8, channels=1):
     (lambda p: digits_shard(p, first=32), [[0, 32]], "seeds 32..63; the plan puts 32 samples with seeds 0..31"),
     (lambda p: digits_shard(p, labels=np.full(32, 99)), [[0, 32]], "labels span 99..99"),
     (lambda p: digits_shard(p, labels=np.full(32, -1)), [[0, 32]], "labels span -1..-1"),
+    # issue 23 case 14: right seeds, labels rolled by one (all in range): not the labels the seeds draw
+    (lambda p: digits_shard(p, labels=np.roll(draw_labels(range(32), 10).numpy(), 1)), [[0, 32]],
+     "labels are not the ones their seeds draw (offshelf.seeding.draw_labels)"),
 ])
 def test_foreign_shards_are_refused_naming_the_file(tmp_path, make, expected, message):
     path = make(tmp_path / "shard0.npz")
     with pytest.raises(ValueError) as err:
         load_shards(DigitsBackend(), [path], expected)
     assert str(err.value).startswith(path) and message in str(err.value), str(err.value)
+    assert "to recover, delete this shard and rerun" in str(err.value)  # issue 23 case 15c
 
 
 def test_mixed_sizes_name_the_odd_file(tmp_path):
     good = digits_shard(tmp_path / "shard0.npz")
-    odd = write(tmp_path / "shard1.npz", np.zeros((32, 16, 16, 1)), np.zeros(32, int), range(32, 64))
+    odd = write(tmp_path / "shard1.npz", np.zeros((32, 16, 16, 1)), draw_labels(range(32, 64), 10).numpy(),
+                range(32, 64))
     with pytest.raises(ValueError, match=f"^{odd}: images are 16x16"):
         load_shards(DigitsBackend(), [good, odd], [[0, 32], [32, 32]])
     images, labels, _ = load_shards(DigitsBackend(), [good], [[0, 32]])  # the plan's own shard passes
-    assert images.shape == (32, 8, 8, 1) and labels.tolist() == [i % 10 for i in range(32)]
+    assert images.shape == (32, 8, 8, 1) and labels.tolist() == draw_labels(range(32), 10).tolist()
 
 
 def test_offshelf_evaluate_names_a_foreign_shard(models, tmp_path):
@@ -116,6 +124,21 @@ def test_offshelf_evaluate_names_a_foreign_shard(models, tmp_path):
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
     assert odd in proc.stderr and "3 channel(s)" in proc.stderr
     assert not (tmp_path / "m.json").exists()
+
+
+def test_offshelf_evaluate_refuses_labels_its_seeds_do_not_draw(models, tmp_path):
+    """Issue 23 case 14 through the command: a shard with the right seeds and in-range labels
+    rolled by one is refused in one line naming the file and how to recover; nothing is written
+    (no metrics, no features, no reference features: case 15b)."""
+    rolled = digits_shard(tmp_path / "rolled.npz", labels=np.roll(draw_labels(range(32), 10).numpy(), 1))
+    out = tmp_path / "out" / "m.json"
+    out.parent.mkdir()
+    proc = subprocess.run([str(OFFSHELF), "evaluate", "--backend", "digits", "--checkpoint",
+                           f"evaluator={models['evaluator']}", "--shards", rolled, "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert rolled in proc.stderr and "not the ones their seeds draw" in proc.stderr and "to recover" in proc.stderr
+    assert list(out.parent.iterdir()) == []
 
 
 def test_a_broken_candidate_cannot_win_the_grid():

@@ -148,8 +148,8 @@ def test_too_few_samples_for_half_sample_radii_give_no_recall_interval():
     rng = np.random.default_rng(10)
     x, ref = rng.standard_normal((7, 2)), rng.standard_normal((20, 2))
     reps = statistics.bootstrap(x, reference_mu=np.zeros(2), reference_sigma=np.eye(2), reference_features=ref,
-                                num_resamples=20, nhood_size=3)
-    assert "recall" not in reps and len(reps["precision"]) == 20  # 3 points per half: no 3-NN radius
+                                num_resamples=statistics.MIN_RESAMPLES, nhood_size=3)
+    assert "recall" not in reps and len(reps["precision"]) == statistics.MIN_RESAMPLES  # 3 points per half: no 3-NN radius
     out = statistics.intervals({"fid": 1.0, "precision": 0.5, "recall": 0.5}, reps)
     assert "recall_lo" not in out and out["precision_lo"] <= out["precision_hi"]
 
@@ -251,13 +251,15 @@ def test_evaluate_writes_reproducible_intervals_and_replicates(tmp_path):
     from offshelf import stages
     from offshelf.atomic import save_npz
     from offshelf.backends.digits import DigitsBackend
+    from offshelf.seeding import draw_labels
     from offshelf.shards import save_shard
 
     models = train_tiny_digits(tmp_path, steps=5, batch_size=16)
     backend, files = DigitsBackend(), {"evaluator": models["evaluator"]}
     rng = np.random.default_rng(9)
     shard = tmp_path / "shard0.npz"
-    save_shard(shard, rng.integers(0, 256, (48, 8, 8, 1), dtype=np.uint8), np.arange(48) % 10, range(48), 1.0)
+    save_shard(shard, rng.integers(0, 256, (48, 8, 8, 1), dtype=np.uint8), draw_labels(range(48), 10).numpy(),
+               range(48), 1.0)
     reference = tmp_path / "reference.npz"
     save_npz(reference, **stages.reference_features(backend, files, {}))
 

@@ -115,6 +115,32 @@ def test_experiment_folder_linked_outside_results_is_refused(tmp_path):
     assert not any(elsewhere.iterdir())
 
 
+def test_an_output_folder_linked_outside_results_is_refused(tmp_path):
+    """Issue 23 case 12: the figures folder linked outside results; refused before any job."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "results" / "ci").mkdir(parents=True)
+    (tmp_path / "results" / "ci" / "figures").symlink_to(elsewhere)
+    proc = snakemake("-n", "--configfile", str(CI), "--config", f"results={tmp_path / 'results'}", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Building DAG" not in out, out
+    one_line(out, r"config key 'results' = .*/ci/figures is a link to .*elsewhere, outside the results folder")
+    assert not any(elsewhere.iterdir())
+
+
+def test_a_yaml_alias_bomb_is_refused_by_the_dry_run(tmp_path):
+    """Issue 23 case 11: 1 KB of list aliases nesting 9 deep (9^9 values) hung the config check; the
+    Snakefile reads each --configfile with offshelf's bounded reader, which names the file. (A
+    bomb of *mappings* is expanded by Snakemake's own config merge before the Snakefile runs:
+    `offshelf check-config` refuses it, tests/unit/test_release_refusals.py.)"""
+    lines = ["a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    lines += [f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]" for p, n in zip("abcdefgh", "bcdefghi")]
+    start = time.perf_counter()
+    out = refused(tmp_path, "\n".join(lines) + "\n")
+    assert time.perf_counter() - start < 60
+    one_line(out, rf"^offshelf: {re.escape(str(tmp_path / 'overlay.yaml'))}: .*aliases expand to .* more than 100,000")
+
+
 # ------------------------------------------------------------------ case 6: late errors made early
 
 

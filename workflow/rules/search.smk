@@ -18,7 +18,9 @@ checkpoint search_round:
     params:
         plan=lambda wc: SEARCHES[wc.search].to_dict(),
         evaluations=search_round_evaluations,
-        evaluation=canonical(config["evaluation"]),
+        # what a round's judging uses: rounds force bootstrap off (search_round.py), so a change of
+        # evaluation.bootstrap reruns no round (and none of its sampling)
+        evaluation=canonical({k: v for k, v in config["evaluation"].items() if k != "bootstrap"}),
         sampling=sampling_params(config),
         backend=BACKEND_SPEC,
         checkpoints=CHECKPOINTS,

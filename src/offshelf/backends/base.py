@@ -90,6 +90,11 @@ class Backend(ABC):
     name: ClassVar[str] = ""
     #: classes of the label space (ImageNet: 1000); required
     num_classes: ClassVar[int] = 0
+    #: how its samples' labels follow from their seeds, checked on every shard read
+    #: (:func:`offshelf.shards.load_shards`): ``"draw_labels"`` = :func:`offshelf.seeding.draw_labels`
+    #: of the shard's seeds; None: not a function of the seeds offshelf knows (only their range is
+    #: checked). Declare it where :meth:`sample` is defined, and only if that sample draws its labels so.
+    seed_labels: ClassVar[str | None] = None
     #: the optional capabilities it implements (:class:`~offshelf.backends.capabilities.Capability`)
     capabilities: ClassVar[frozenset[Capability]] = frozenset()
     #: its part of the config schema: a mapping with ``properties`` (its config section) and

@@ -63,6 +63,8 @@ class DDPMSampling:
     capabilities = frozenset({Capability.CALIBRATION, Capability.GRADIENTS, Capability.COST,
                               Capability.ANALYTIC_FIGURES})
     analytic_figures = ("figure3", "figure5")
+    #: :func:`sample_batch` draws sample i's label with ``draw_labels`` from seed i
+    seed_labels = "draw_labels"
 
     def work_per_sample(self, setting: Setting, sampling) -> dict[str, int]:
         """Algorithm 1: per step one denoiser call (two with CFG) and, guided, one classifier

@@ -37,6 +37,7 @@ class DiTModels:
 class DiT256Backend(ImageNetBackend):
     num_train_timesteps = 1000
     name = "dit256"
+    seed_labels = "draw_labels"  # sample(): draw_labels(seeds, ...)
     denoiser_checkpoint = "dit_xl2_256"
     default_reference = "ref_imagenet256"
     capabilities = ImageNetBackend.capabilities | {Capability.COST, Capability.RESPACING}
