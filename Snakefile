@@ -6,7 +6,6 @@
 #   (config/imagenet64_edm.yaml: Table 8; config/imagenet256_dit.yaml: Table 9)
 # Rules are thin and never name a backbone: the config's `backbone` picks a backend
 # (offshelf.backends), which says what each job needs; the logic lives in the `offshelf` package.
-import os
 import sys
 
 import offshelf

@@ -63,9 +63,20 @@ def test_nan_in_a_network_stops_sampling_naming_setting_step_and_tensor(models, 
 
 
 def test_an_overflowing_scale_stops_at_the_guided_mean(models, tmp_path):
+    """The schema bounds a scale (the command line refuses 1e300 before any work), so the guard
+    behind it is reached through the stage function a sample job calls: it stops at the guided mean."""
+    from offshelf import stages
+    from offshelf.guidance import NonFiniteError
+    from offshelf.settings import Setting
+
     proc, out = sample(models, tmp_path, GUIDED.replace("scale=3", "scale=1e300"))
-    assert proc.returncode == 2 and "guided mean" in proc.stderr and "step 4" in proc.stderr, proc.stderr
+    assert proc.returncode == 2 and "setting key 'scale' = 1e+300" in proc.stderr and proc.stderr.count("\n") == 1
     assert not out.exists()
+    backend = DigitsBackend()
+    setting = Setting(regime="uncond", softplus_beta=3, marginal_temperature=0.5, sine_factor=0.3, scale=1e300)
+    loaded = backend.load(models, {"respacing": "5", "variance": "fixed_large"}, setting)
+    with pytest.raises(NonFiniteError, match="guided mean.*step 4|step 4.*guided mean"):
+        stages.sample_shard(backend, loaded, setting, [0, 1, 2, 3], 4)
 
 
 def test_a_healthy_run_still_writes(models, tmp_path):
