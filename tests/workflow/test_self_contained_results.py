@@ -66,7 +66,7 @@ def test_changing_the_bootstrap_reruns_no_search_round(ci_run, tmp_path):
 
     overlay = tmp_path / "bootstrap.yaml"
     config = yaml.safe_load(CI.read_text())
-    overlay.write_text(yaml.safe_dump({"evaluation": dict(config["evaluation"], bootstrap=100)}))
-    jobs = dry_run_jobs("--configfile", str(CI), str(overlay), "--config", f"results={ci_run}")
+    overlay.write_text(yaml.safe_dump({"base": str(CI), "evaluation": dict(config["evaluation"], bootstrap=100)}))
+    jobs = dry_run_jobs("--configfile", str(overlay), "--config", f"results={ci_run}")
     assert jobs.get("evaluate", 0) > 0, jobs  # the change is seen: intervals are redrawn
     assert "search_round" not in jobs and "sample" not in jobs, jobs
