@@ -326,6 +326,16 @@ class SchedulerGuidance:
 
 # --- a diffusers model with guidance ----------------------------------------------------------
 
+def denoiser_signature(model) -> tuple[inspect.Signature, str]:
+    """The signature of a diffusers denoiser's ``forward`` and the name of its sample argument (its
+    first); a module without a ``timestep`` argument is not a diffusers denoiser."""
+    signature = inspect.signature(model.forward)
+    params = list(signature.parameters)
+    if not params or "timestep" not in params:
+        raise TypeError(f"{type(model).__name__}.forward has no 'timestep' argument: not a diffusers denoiser")
+    return signature, params[0]
+
+
 class GuidedModel(nn.Module):
     """A diffusers denoiser whose output carries the guidance: call it exactly like the model
     (``unet(x, t)``, ``transformer(z, timestep=t, class_labels=y)``, SD3's keyword call); it
@@ -339,11 +349,7 @@ class GuidedModel(nn.Module):
         self.model = model
         self.guidance = guidance
         self.target = target
-        self._signature = inspect.signature(model.forward)
-        params = list(self._signature.parameters)
-        if not params or "timestep" not in params:
-            raise TypeError(f"{type(model).__name__}.forward has no 'timestep' argument: not a diffusers denoiser")
-        self._sample_name = params[0]
+        self._signature, self._sample_name = denoiser_signature(model)
 
     def __getattr__(self, name):
         try:

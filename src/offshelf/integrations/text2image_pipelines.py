@@ -34,8 +34,8 @@ import torch
 from torch import nn
 
 from offshelf.guidance import check_finite
-from offshelf.integrations.diffusers import (SchedulerGuidance, check_scheduler, from_x0_eps, noise_levels,
-                                             step_index, to_x0_eps)
+from offshelf.integrations.diffusers import (SchedulerGuidance, check_scheduler, denoiser_signature, from_x0_eps,
+                                             noise_levels, step_index, to_x0_eps)
 from offshelf.integrations.objectives import Objective, chunked_gradient, objective_from
 
 #: TAESD decoders (AutoencoderTiny) per pipeline family, for ``decoder="tiny"`` (downloaded by
@@ -127,11 +127,7 @@ class GuidedDenoiser(nn.Module):
         else:  # the pipeline's VAE: a pipeline component, not a second copy in this module's state
             self.__dict__["decoder"] = decoder
         self.settings = settings
-        self._signature = inspect.signature(model.forward)
-        params = list(self._signature.parameters)
-        if not params or "timestep" not in params:
-            raise TypeError(f"{type(model).__name__}.forward has no 'timestep' argument: not a diffusers denoiser")
-        self._sample_name = params[0]
+        self._signature, self._sample_name = denoiser_signature(model)
         self.__dict__["pipeline"] = None
         self.context: dict = {}
         self._cache: dict = {}
