@@ -3,6 +3,7 @@ reruns exactly the jobs that depend on it, and a killed sampling job loses only 
 
 import math
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -174,7 +175,8 @@ def test_killed_sampling_job_loses_only_its_shard(ci_run, tmp_path):
     Snakemake picks which of two independent shards runs first, so the test follows its choice."""
     results = tmp_path / "results"
     (results / "ci").mkdir(parents=True)
-    os.symlink(ci_run / "ci" / "models", results / "ci" / "models")
+    # the ci run's trained networks, copied (a link out of the results folder is refused: it is written there)
+    shutil.copytree(ci_run / "ci" / "models", results / "ci" / "models")
     config = yaml.safe_load(CI.read_text())
     config["sampling"].update(num_samples=2048, shard_size=1024, batch_size=256, respacing="500")
     config["search"]["low_fidelity"] = 1024  # whole shards
@@ -241,7 +243,7 @@ def test_killed_sampling_job_loses_only_its_shard(ci_run, tmp_path):
     # bitwise: the killed shard alone in a fresh folder equals the resumed one
     fresh = tmp_path / "fresh"
     (fresh / "ci").mkdir(parents=True)
-    os.symlink(ci_run / "ci" / "models", fresh / "ci" / "models")
+    shutil.copytree(ci_run / "ci" / "models", fresh / "ci" / "models")
     fresh_shard = fresh / "ci" / "samples" / "cond_unguided" / f"shard{second}.npz"
     snakemake(str(fresh_shard), "--cores", "1", "--configfile", str(cfg), "--config", f"results={fresh}")
     with np.load(folder / f"shard{second}.npz") as a, np.load(fresh_shard) as b:
