@@ -223,25 +223,24 @@ def check_setting_values(values: dict[str, Any]) -> None:
     check_section(rest, ("$defs", "base"), "setting")
 
 
-def check_respacing(config: dict[str, Any]) -> None:
+def check_respacing(config: dict[str, Any]) -> int | None:
     """``sampling.respacing`` must keep at least one step in every section and no more steps than
-    the schedule has (otherwise the sampler fails at job time with an IndexError)."""
-    respacing = config.get("sampling", {}).get("respacing")
+    the schedule has (otherwise the sampler fails at job time with an IndexError). Returns the
+    number of respaced steps, or None when the backbone takes no respacing."""
     from offshelf.backends import resolve
-
     from offshelf.backends.capabilities import Capability
-
-    cls = resolve(config["backbone"])
-    if respacing is None or Capability.RESPACING not in cls.capabilities:
-        return
-    steps = cls.num_train_timesteps
     from offshelf.diffusion import space_timesteps
 
+    respacing = config.get("sampling", {}).get("respacing")
+    cls = resolve(config["backbone"])
+    if respacing is None or Capability.RESPACING not in cls.capabilities:
+        return None
+    steps = cls.num_train_timesteps
     sections = [] if respacing.startswith("ddim") else [int(c) for c in respacing.split(",")]
     if (respacing.startswith("ddim") and int(respacing[4:]) < 1) or any(c < 1 for c in sections):
         raise ConfigError(f"config key 'sampling.respacing' = {respacing!r}: every section needs at least 1 step")
     try:
-        space_timesteps(steps, respacing)
+        return len(space_timesteps(steps, respacing))
     except ValueError as err:
         raise ConfigError(f"config key 'sampling.respacing' = {respacing!r}: not possible with the "
                           f"{steps}-step schedule of backbone {config['backbone']!r} ({err})") from err
@@ -342,8 +341,7 @@ def validated_plan(config: dict[str, Any], schema_path: str | Path | None = None
     the checks that need the table rows read them from it."""
     check_schema(config, schema_path)
     plan = checked_plan(config)
-    check_respacing(config)
-    check_figure_steps(config)
+    check_figure_steps(config, check_respacing(config))
     check_evaluation_sizes(config, plan)
     check_labels(config)
     check_paths(config)
@@ -505,25 +503,17 @@ def check_labels(config: dict[str, Any]) -> None:
             raise ConfigError(f"config key '{key}': {why}") from None
 
 
-def check_figure_steps(config: dict[str, Any]) -> None:
-    """Figure 4's ``steps`` are steps of the respaced sampler (0 .. N-1 for N respaced steps): a step
-    it never takes would fail the figure job (after the old figure was removed)."""
+def check_figure_steps(config: dict[str, Any], count: int | None) -> None:
+    """Figure 4's ``steps`` are steps of the respaced sampler (0 .. N-1 for the ``count`` = N steps
+    :func:`check_respacing` found; None: the backbone takes no respacing): a step it never takes
+    would fail the figure job (after the old figure was removed)."""
     steps = config.get("figures", {}).get("figure4", {}).get("steps")
-    respacing = config.get("sampling", {}).get("respacing")
-    if not steps or respacing is None:
+    if not steps or count is None:
         return
-    from offshelf.backends import resolve
-    from offshelf.backends.capabilities import Capability
-    from offshelf.diffusion import space_timesteps
-
-    cls = resolve(config["backbone"])
-    if Capability.RESPACING not in cls.capabilities:
-        return
-    count = len(space_timesteps(cls.num_train_timesteps, respacing))
     beyond = [s for s in steps if s >= count]
     if beyond:
         raise ConfigError(f"config key 'figures.figure4.steps' = {steps}: {beyond} beyond the {count} steps of "
-                          f"sampling.respacing {respacing!r} (steps 0..{count - 1})")
+                          f"sampling.respacing {config['sampling']['respacing']!r} (steps 0..{count - 1})")
 
 
 def check_evaluation_sizes(config: dict[str, Any], plan) -> None:
