@@ -324,11 +324,9 @@ def cmd_calibrate(args) -> int:
         except (ValueError, IndexError):
             raise ArgumentError("--probe", f"{name!r} is not a probe name such as offshelf-x0_sp3, "
                                            f"finetuned-xt_relu or combined-x0_relu_sw10") from None
-    files_of = {}
-    for name, probe in zip(args.probe, probes):
-        sources = ctx.backend.files(probe)
-        ctx.check_roles(sources)
-        files_of[name] = ctx.files(sources)
+    sources = {name: ctx.backend.files(probe) for name, probe in zip(args.probe, probes)}
+    ctx.check_roles(*sources.values())  # a role any probe reads is known: checked once, over all of them
+    files_of = {name: ctx.files(files) for name, files in sources.items()}
     calibration = dict(ctx.config.get("calibration", {}), **({"num_samples": args.num_samples}
                                                             if args.num_samples is not None else {}))
     if "num_samples" not in calibration:
