@@ -575,13 +575,22 @@ def workflow_config_file(configfiles) -> Path:
 
 
 TEXT2IMAGE_KEY = "prompts"  # a text-to-image config (offshelf text2image --config) has it; a workflow config never
+# a diffusers text-to-image config (the text2image_diffusers target) has both it and `prompts`
+TEXT2IMAGE_DIFFUSERS_KEY = "pipeline"
 
 
 def check_config_file(path: str | Path) -> str:
-    """Validate one config file as it will be used; return its kind, 'workflow' or 'text2image'.
-    A workflow config is read by :func:`read_config` (its ``base:`` resolved) and validated whole;
-    a text-to-image config (top-level ``prompts``) by :func:`offshelf.text2image.load_config`."""
+    """Validate one config file as it will be used; return its kind, 'workflow', 'text2image' or
+    'text2image_diffusers'. A workflow config is read by :func:`read_config` (its ``base:``
+    resolved) and validated whole; a text-to-image config (top-level ``prompts``) by
+    :func:`offshelf.text2image.load_config`; one that also names a ``pipeline`` (the workflow's
+    text2image_diffusers target) by :func:`offshelf.integrations.clip_schedules.load_config`."""
     data = read_yaml(path)
+    if isinstance(data, dict) and TEXT2IMAGE_DIFFUSERS_KEY in data and "backbone" not in data:
+        from offshelf.integrations.clip_schedules import load_config as load_text2image_diffusers
+
+        load_text2image_diffusers(path)
+        return "text2image_diffusers"
     if isinstance(data, dict) and TEXT2IMAGE_KEY in data and "backbone" not in data:
         from offshelf.text2image import load_config as load_text2image
 

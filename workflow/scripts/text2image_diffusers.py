@@ -1,0 +1,5 @@
+from offshelf.integrations.clip_schedules import load_config, run_config
+from offshelf.jobs import job_log
+
+with job_log(snakemake.log[0], snakemake.threads, snakemake.resources.get("gpu", 0)):
+    run_config(load_config(snakemake.input.config), outdir=snakemake.output[0])
