@@ -79,10 +79,11 @@ def test_per_step_intervals_are_paired_bootstrap_means():
     assert no_intervals[["lo", "hi"]].isna().all().all() and no_intervals.clip_score.notna().all()
 
 
-def test_last_steps_score_is_the_clip_score_of_the_output_image(tmp_path):
+def test_each_steps_score_is_the_clip_score_of_its_decoded_x0(tmp_path):
     """Euler's last step (σ → 0) lands on x̂0, so the CLIP score of the last step's decoded x̂0 is
     the CLIP score of the image the pipeline returns (scale 0: the pipeline's own); the first
-    steps' scores differ from it (they score noisier x̂0)."""
+    steps' scores differ from it (they score noisier x̂0); every step's score is rederived from
+    the plain pipeline's denoiser outputs (its CFG combination read as x̂0 by hand)."""
     pytest.importorskip("diffusers")
     pytest.importorskip("open_clip")
     from offshelf.classifiers.clip import CLIPPromptClassifier, build_random_clip, clip_score
@@ -108,3 +109,24 @@ def test_last_steps_score_is_the_clip_score_of_the_output_image(tmp_path):
     np.testing.assert_allclose(last, expected.numpy(), rtol=1e-4, atol=1e-4)
     first = scores[scores.step == 0].set_index("prompt").loc[prompts, "clip_score"].to_numpy()
     assert np.abs(first - expected.numpy()).max() > 1e-2
+    # every step, rederived from the plain pipeline's own denoiser calls: x̂0 = √(1+σ²)·x − σ·ε of
+    # the CFG combination u + w·(c − u) (Euler, ε-prediction), decoded by the VAE, scored by CLIP
+    from offshelf.integrations.text2image_pipelines import decode_latents
+
+    calls = []
+    hooks = [pipe.unet.register_forward_hook(lambda m, args, out: calls.append((args[0].clone(), out[0].clone())))]
+    try:
+        pipe(prompts, num_inference_steps=4, guidance_scale=3.0, height=16, width=16, output_type="latent",
+             generator=[torch.Generator().manual_seed(4) for _ in prompts])
+    finally:
+        hooks[0].remove()
+    sigmas = pipe.scheduler.sigmas
+    for step, (x_in, eps) in enumerate(calls):
+        uncond, cond = eps.chunk(2)
+        combined, x = uncond + 3.0 * (cond - uncond), x_in[2:]
+        sigma = float(sigmas[step])
+        x0 = (1 + sigma ** 2) ** 0.5 * x - sigma * combined
+        with torch.no_grad():
+            want = clip_score(scorer(decode_latents(pipe.vae, x0)), torch.arange(2), scorer.logit_scale)
+        got = scores[scores.step == step].set_index("prompt").loc[prompts, "clip_score"].to_numpy()
+        np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-5)
