@@ -1,7 +1,9 @@
 """The paper's Figure 7 on a diffusers text-to-image pipeline: the CLIP score of the decoded x̂0 at
 every sampling step, unguided vs CLIP guidance with the linear (γ = 0) and the sine (γ > 0)
 schedule, with bootstrap intervals over the images (prompts × seeds). docs/diffusers.md
-("Figure 7 on a diffusers pipeline"); the workflow target ``text2image_diffusers``.
+("Figure 7 on a diffusers pipeline"); the workflow target ``text2image_diffusers``; its config
+is read by :func:`offshelf.config.load_text2image_diffusers_config` (the schema
+``offshelf/schemas/text2image_diffusers.schema.yaml``), as ``offshelf check-config`` reads it.
 
 Every run renders the same images (prompt p, seed s: its own ``torch.Generator(device)
 .manual_seed(s)``) through ``offshelf.guide(pipe, "clip", scale=..., sine_factor=...)``; a run
@@ -35,50 +37,10 @@ import torch
 
 from offshelf import statistics
 
-SCHEMA_RESOURCE = "schemas/text2image_diffusers.schema.yaml"
 SCORE_COLUMNS = ["run", "prompt", "seed", "step", "clip_score"]
 SUMMARY_COLUMNS = ["run", "step", "clip_score", "lo", "hi", "images"]
-#: A top-level key only these configs have: how ``offshelf check-config`` tells them apart.
-KIND_KEY = "pipeline"
+#: ``intervals`` where a config leaves it out (its keys are read by offshelf.config's check as well)
 DEFAULT_INTERVALS = {"num_resamples": 1000, "level": statistics.LEVEL}
-
-
-def load_config(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and validate a config (its schema, then what a schema cannot say); an error is one
-    line naming the file and the key (:class:`offshelf.config.ConfigError`)."""
-    import jsonschema
-    import yaml
-    from importlib import resources
-
-    from offshelf.config import ConfigError, _explain, check_config_values_finite, read_yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file does not exist")
-    cfg = read_yaml(path)
-    if not isinstance(cfg, dict):
-        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
-    try:
-        check_config_values_finite(cfg)
-    except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from None
-    schema = yaml.safe_load(resources.files("offshelf").joinpath(SCHEMA_RESOURCE).read_text())
-    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(cfg),
-                    key=lambda e: (len(list(e.absolute_path)), str(e.absolute_path)))
-    if errors:
-        raise ConfigError(f"{path}: {_explain(errors[0], schema, cfg)}")
-    names = [run["name"] for run in cfg["runs"]]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"{path}: config key 'runs': run names must be unique, got {names}")
-    window = cfg["guidance"].get("window", [0.0, 1.0])
-    if not window[0] < window[1]:
-        raise ConfigError(f"{path}: config key 'guidance.window' = {window}: expected [start, end] with start < end")
-    resamples = cfg.get("intervals", {}).get("num_resamples", DEFAULT_INTERVALS["num_resamples"])
-    try:
-        statistics.check_num_resamples(resamples, "intervals.num_resamples")
-    except ValueError as err:
-        raise ConfigError(f"{path}: config key {err}") from None
-    return cfg
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,5 +266,5 @@ def run_config(cfg: Mapping[str, Any], outdir: str | os.PathLike) -> dict[str, P
     return run_comparison(pipe, clip, cfg, outdir)
 
 
-__all__ = ["SCORE_COLUMNS", "SUMMARY_COLUMNS", "load_config", "load_pipeline", "load_scorer", "per_step_intervals",
+__all__ = ["DEFAULT_INTERVALS", "SCORE_COLUMNS", "SUMMARY_COLUMNS", "load_pipeline", "load_scorer", "per_step_intervals",
            "plot_clip_scores", "render_run", "run_comparison", "run_config"]
