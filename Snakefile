@@ -2,6 +2,7 @@
 #   snakemake --cores all                                          # digits benchmark (config.yaml)
 #   snakemake --cores all --configfile config/ci.yaml              # tiny, for tests
 #   snakemake --cores all tune                                     # offshelf tune: the config's `tune` section
+#   snakemake --cores all text2image_diffusers                     # Figure 7 on a diffusers pipeline (docs/diffusers.md)
 #   snakemake --profile profiles/slurm-gpu --configfile config/imagenet128_ddpm.yaml   # Tables 1-7
 #   (config/imagenet64_edm.yaml: Table 8; config/imagenet256_dit.yaml: Table 9)
 # Rules are thin and never name a backbone: the config's `backbone` picks a backend
