@@ -453,7 +453,9 @@ def test_sdxl_guidance_rescale_scale_zero_is_bitwise_and_x0_is_read_after_the_re
     """SDXL with guidance_rescale = 0.7: scale 0 is the pipeline's own output bitwise; the guidance
     (and the observer) read x̂0 from the prediction the scheduler integrates, the CFG combination
     *after* diffusers' rescale_noise_cfg (checked at the first step against the plain pipeline's
-    own denoiser outputs, recombined by hand); and the reward still rises with the scale."""
+    own denoiser outputs, recombined by hand); the scheduler then integrates exactly the guided
+    prediction (the correction applied after the CFG and the rescale); the reward still rises
+    with the scale."""
     import offshelf
     from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import rescale_noise_cfg
 
@@ -468,14 +470,22 @@ def test_sdxl_guidance_rescale_scale_zero_is_bitwise_and_x0_is_read_after_the_re
     expected = rescale_noise_cfg(uncond + 4.0 * (cond - uncond), cond, guidance_rescale=0.7)
     scheduler = copy_scheduler_for(pipe)
     sigma = float(scheduler.sigmas[0])
-    seen = []
+    seen, integrated = [], []
     guided = offshelf.guide(pipe, mse_reward, scale=30.0, callback=lambda **info: seen.append(info))
+    step = guided.scheduler.step
+    guided.scheduler.step = lambda output, *args, **kwargs: (integrated.append(output.clone()),
+                                                             step(output, *args, **kwargs))[1]
     call(guided, "sdxl", **rescale)
     latents = seen[0]["pred_xstart"]
     # Euler, ε-prediction: model input x = z/√(σ²+1); x̂0 = z − σ·ε = √(σ²+1)·x − σ·ε
     x_in = _first_model_input(pipe, "sdxl", **rescale)
     a, b = 1 / (1 + sigma ** 2) ** 0.5, sigma / (1 + sigma ** 2) ** 0.5
     torch.testing.assert_close(latents, (x_in - b * expected) / a, rtol=1e-5, atol=1e-4)
+    # the scheduler integrates the guided prediction ε' = ε − (a/b)·κ·g: the correction lands after
+    # the pipeline's CFG and rescale, not rescaled with them
+    guided_eps = expected - (a / b) * seen[0]["weight"] * seen[0]["grad"]
+    assert (guided_eps - expected).abs().max() > 1e-2  # the correction is not negligible here
+    torch.testing.assert_close(integrated[0], guided_eps, rtol=1e-5, atol=1e-5)
     rewards = torch.stack([mse_reward(call(offshelf.guide(pipe, mse_reward, scale=s), "sdxl", **rescale) * 2 - 1)
                            for s in (0.0, 30.0, 300.0)])
     assert (rewards[1:] > rewards[:-1]).all(), rewards

@@ -24,9 +24,9 @@ At ``scale=0``, outside the guidance window and between every-k-th steps the den
 returned untouched: the pipeline's own output, bitwise. Flux's "true CFG" calls the transformer
 twice per step (positive, then negative prompt): Δ is computed on the first call of a step and
 added to both, so the combination moves by Δ too. With ``guidance_rescale`` φ > 0 (SD, SDXL) x̂0
-is read after the rescale, but Δ, added to both branches, passes through the pipeline's rescale
-as well: the step integrates rescale(pred_cfg_unrescaled + Δ, c + Δ, φ), whose guidance part is Δ
-rescaled by a std ratio near 1 rather than exactly Δ (docs/diffusers.md).
+is read after the rescale and both branches return pred' itself: the pipeline combines two equal
+predictions into pred' and rescales it by std(pred')/std(pred') = 1, so the scheduler integrates
+pred' (up to rounding), the correction applied after the pipeline's CFG and rescale.
 
 Schedulers that call the model twice per step or repeat timesteps (Heun, KDPM2, PNDM, any with
 ``order > 1``) are refused by name, by ``guide`` and again at call time if swapped in later: a
@@ -179,6 +179,7 @@ class GuidedDenoiser(nn.Module):
         half = len(sample) // 2
         cfg = (bool(getattr(pipe, "do_classifier_free_guidance", False)) and len(sample) % 2 == 0
                and torch.equal(sample[:half], sample[half:]))
+        rescaled = cfg and self._rescale(pipe) > 0
         if i not in self._cache:
             if cfg:
                 combined, x = self._combine_cfg(pipe, prediction[:half].float(), prediction[half:].float()), sample[half:]
@@ -188,30 +189,39 @@ class GuidedDenoiser(nn.Module):
             if observe is not None:
                 with torch.no_grad():
                     observe(step=i, pred_xstart=x0, decode=self._decoding(bound.arguments, self.pipeline.vae))
-            self._cache = {i: self._delta(combined, x0, eps, a, b, a_all, b_all, kind, i, scheduler,
-                                          bound.arguments) if active else None}
-        delta = self._cache[i]
-        if delta is None:
+            delta = self._delta(combined, x0, eps, a, b, a_all, b_all, kind, i, scheduler,
+                                bound.arguments) if active else None
+            # with the rescale on, the guided prediction itself (see _combine_cfg), else Δ to add
+            self._cache = {i: None if delta is None else (combined + delta if rescaled else delta)}
+        correction = self._cache[i]
+        if correction is None:
             return out
         if cfg:
-            delta = torch.cat([delta, delta])
-        if delta.shape != prediction.shape:
+            correction = torch.cat([correction, correction])
+        if correction.shape != prediction.shape:
             raise ValueError(f"step {i}: a second denoiser call with batch {len(prediction)} after one with "
-                             f"{len(delta)}: cannot apply the step's guidance")
-        corrected = (prediction.float() + delta).to(prediction.dtype)
+                             f"{len(correction) // (2 if cfg else 1)}: cannot apply the step's guidance")
+        corrected = (correction if rescaled else prediction.float() + correction).to(prediction.dtype)
         if isinstance(out, tuple):
             return (corrected,) + tuple(out[1:])
         out.sample = corrected
         return out
 
     @staticmethod
-    def _combine_cfg(pipe, uncond: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def _rescale(pipe) -> float:
+        return float(getattr(pipe, "guidance_rescale", 0.0) or 0.0)
+
+    @classmethod
+    def _combine_cfg(cls, pipe, uncond: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """The prediction the pipeline's scheduler integrates: its CFG combination, then (SD, SDXL)
-        its ``guidance_rescale`` (Lin et al. 2024, Sec. 3.4) when that is on. The guidance reads x̂0
-        from it; its Δ is added to both branches before the pipeline's own combination, so with
-        ``guidance_rescale`` > 0 the pipeline rescales the guided prediction (docs/diffusers.md)."""
+        its ``guidance_rescale`` φ (Lin et al. 2024, Sec. 3.4) when that is on. The guidance reads
+        x̂0 from it. With φ > 0 both branches then return the guided prediction pred' itself, not
+        branch + Δ: the pipeline's combination of two equal predictions is pred' and its rescale
+        multiplies by std(pred')/std(pred') = 1, so the correction lands after the pipeline's CFG
+        and rescale, as without the rescale (adding Δ to both branches would have the pipeline
+        rescale Δ as well)."""
         combined = uncond + float(pipe.guidance_scale) * (cond - uncond)
-        rescale = float(getattr(pipe, "guidance_rescale", 0.0) or 0.0)
+        rescale = cls._rescale(pipe)
         if rescale > 0:
             from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import rescale_noise_cfg
 
