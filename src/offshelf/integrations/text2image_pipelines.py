@@ -44,7 +44,7 @@ from torch import nn
 
 from offshelf.guidance import check_finite
 from offshelf.integrations.diffusers import (SchedulerGuidance, check_scheduler, denoiser_signature, from_x0_eps,
-                                             noise_levels, step_index, to_x0_eps)
+                                             noise_levels, prediction_type, step_index, to_x0_eps)
 from offshelf.integrations.objectives import Objective, chunked_gradient, objective_from
 
 #: TAESD decoders (AutoencoderTiny) per pipeline family, for ``decoder="tiny"`` (downloaded by
@@ -170,7 +170,7 @@ class GuidedDenoiser(nn.Module):
         sample, timestep = bound.arguments[self._sample_name], bound.arguments.get("timestep")
         i = find_step(scheduler, timestep)
         active = self.settings.active(i, len(scheduler.timesteps))
-        if i in self._cache and self._cache[i] is None or (not active and observe is None):
+        if (i in self._cache and self._cache[i] is None) or (not active and observe is None):
             return out  # not guided, and this step was observed already (Flux's second true-CFG call)
         prediction = out[0] if isinstance(out, tuple) else out.sample
         if prediction.shape != sample.shape:
@@ -230,7 +230,7 @@ class GuidedDenoiser(nn.Module):
 
     def _read(self, prediction: torch.Tensor, x: torch.Tensor, i: int, scheduler):
         """``(x̂0, ε, a, b, a_all, b_all, kind)`` of the step's prediction for the model input ``x``."""
-        kind = SchedulerGuidance(scheduler, None, 0.0, 0.0, "adm").kind
+        kind = prediction_type(scheduler)
         a_all, b_all = noise_levels(scheduler)
         a, b = float(a_all[i]), float(b_all[i])
         check_finite("denoiser output", prediction, i)
