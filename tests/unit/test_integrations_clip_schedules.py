@@ -130,3 +130,27 @@ def test_each_steps_score_is_the_clip_score_of_its_decoded_x0(tmp_path):
             want = clip_score(scorer(decode_latents(pipe.vae, x0)), torch.arange(2), scorer.logit_scale)
         got = scores[scores.step == step].set_index("prompt").loc[prompts, "clip_score"].to_numpy()
         np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_a_nan_in_the_decoded_x0_stops_the_run_at_its_step(tmp_path):
+    """A decoder that returns NaN (an fp16 VAE overflowing): the run stops at the first step with
+    one line naming the run, what is not finite and the step, before any table is written."""
+    pytest.importorskip("diffusers")
+    pytest.importorskip("open_clip")
+    from offshelf.classifiers.clip import build_random_clip
+    from offshelf.guidance import NonFiniteError
+    from offshelf.integrations.clip_schedules import run_comparison
+    from offshelf.integrations.tiny_pipelines import build
+
+    pipe = build("sd", tmp_path / "tok")
+    pipe.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        pipe.vae.decoder.conv_out.bias.fill_(float("nan"))
+    clip = build_random_clip(dict(embed_dim=8, vision_cfg=dict(image_size=16, layers=1, width=16, patch_size=8,
+                                                               head_width=8),
+                                  text_cfg=dict(context_length=77, vocab_size=49408, width=16, heads=2, layers=1)))
+    cfg = dict(prompts=["a red cat"], seeds=[0], device="cpu", guidance=dict(scale=1.0),
+               sampling=dict(num_inference_steps=2, height=16, width=16), runs=[dict(name="unguided", scale=0.0)])
+    with pytest.raises(NonFiniteError, match=r"^step 0: run unguided: CLIP score of the decoded x̂0") as stopped:
+        run_comparison(pipe, clip, cfg, tmp_path / "out")
+    assert "\n" not in str(stopped.value) and not (tmp_path / "out" / "clip_scores.csv").exists()

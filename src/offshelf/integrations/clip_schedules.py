@@ -97,6 +97,7 @@ def render_run(pipe, clip, cfg: Mapping[str, Any], run: Mapping[str, Any]) -> tu
     seed-major (all prompts for the first seed, then the next), rows as :data:`SCORE_COLUMNS`."""
     import offshelf
     from offshelf.classifiers.clip import CLIPPromptClassifier, clip_score
+    from offshelf.guidance import check_finite
 
     prompts, seeds, device = list(cfg["prompts"]), list(cfg["seeds"]), cfg["device"]
     model, tokenizer = clip
@@ -110,7 +111,11 @@ def render_run(pipe, clip, cfg: Mapping[str, Any], run: Mapping[str, Any]) -> tu
     def observe(step, pred_xstart, decode):
         labels = current["labels"]
         images = decode(pred_xstart).to(next(scorer.buffers()).device)
-        scores = clip_score(scorer(images), labels, scorer.logit_scale).tolist()
+        scores = clip_score(scorer(images), labels, scorer.logit_scale)
+        # a NaN stops the run here, at its step (an fp16 VAE overflowing is the usual cause)
+        check_finite(f"run {run['name']}: CLIP score of the decoded x̂0 (fp16 VAE overflow? set pipeline.vae to an "
+                     "fp16-safe VAE or pipeline.dtype: float32)", scores, step)
+        scores = scores.tolist()
         rows.extend((run["name"], prompts[k], seed, step, score)
                     for k, seed, score in zip(labels.tolist(), current["seeds"], scores))
 
@@ -222,9 +227,6 @@ def run_comparison(pipe, clip, cfg: Mapping[str, Any], outdir: str | os.PathLike
                                                              ncol=len(cfg["seeds"]))
         print(f"{run['name']}: {len(images)} images in {timings[run['name']]:.1f} s", flush=True)
     scores = pd.concat(tables, ignore_index=True)
-    if not np.isfinite(scores["clip_score"].to_numpy()).all():
-        raise FloatingPointError("a CLIP score is not finite: the decoded x̂0 holds NaN/inf (fp16 VAE overflow? "
-                                 "set pipeline.vae to an fp16-safe VAE or pipeline.dtype: float32)")
     summary, replicates = per_step_intervals(scores, intervals["num_resamples"], intervals["level"])
     written["clip_scores"] = save_csv(outdir / "clip_scores.csv", scores)
     written["clip_score_per_step"] = save_csv(outdir / "clip_score_per_step.csv", summary)
