@@ -1,7 +1,8 @@
 """Figure 7 on a diffusers pipeline (offshelf.integrations.clip_schedules): its config is checked
 by `offshelf check-config` in one line naming the key; the per-step intervals are paired bootstrap
 means; each step's score is the CLIP score of the decoded x̂0 of the pipeline's own CFG prediction
-(the last step's: the output image's, Euler landing on x̂0). The workflow target itself: tests/workflow/test_text2image_diffusers.py."""
+(the last step's: the output image's, Euler landing on x̂0). The workflow target itself:
+tests/workflow/test_text2image_diffusers.py."""
 
 from pathlib import Path
 

@@ -188,18 +188,13 @@ def plot_clip_scores(summary, path: str | os.PathLike, level: float) -> Path:
     return Path(path)
 
 
-def slug(text: str) -> str:
-    from offshelf.text2image import slug as _slug
-
-    return _slug(text)
-
-
 def run_comparison(pipe, clip, cfg: Mapping[str, Any], outdir: str | os.PathLike) -> dict[str, Path]:
     """Every run of ``cfg`` on ``pipe`` (module docstring); returns the files written."""
     import pandas as pd
 
     from offshelf import images as images_io
     from offshelf.atomic import save_csv, save_json
+    from offshelf.text2image import slug
 
     outdir = Path(outdir)
     intervals = dict(DEFAULT_INTERVALS, **cfg.get("intervals", {}))
@@ -268,5 +263,6 @@ def run_config(cfg: Mapping[str, Any], outdir: str | os.PathLike) -> dict[str, P
     return run_comparison(pipe, clip, cfg, outdir)
 
 
-__all__ = ["DEFAULT_INTERVALS", "SCORE_COLUMNS", "SUMMARY_COLUMNS", "load_pipeline", "load_scorer", "per_step_intervals",
+__all__ = ["DEFAULT_INTERVALS", "SCORE_COLUMNS", "SUMMARY_COLUMNS", "load_pipeline", "load_scorer",
+           "per_step_intervals",
            "plot_clip_scores", "render_run", "run_comparison", "run_config"]

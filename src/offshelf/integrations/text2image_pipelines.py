@@ -182,7 +182,8 @@ class GuidedDenoiser(nn.Module):
         rescaled = cfg and self._rescale(pipe) > 0
         if i not in self._cache:
             if cfg:
-                combined, x = self._combine_cfg(pipe, prediction[:half].float(), prediction[half:].float()), sample[half:]
+                combined = self._combine_cfg(pipe, prediction[:half].float(), prediction[half:].float())
+                x = sample[half:]
             else:
                 combined, x = prediction.float(), sample
             x0, eps, a, b, a_all, b_all, kind = self._read(combined, x.float(), i, scheduler)
@@ -244,7 +245,8 @@ class GuidedDenoiser(nn.Module):
         def decode(u):
             packed = u.ndim == 3
             if packed and img_ids is None:
-                raise ValueError(f"{type(self.model).__name__}: packed (B, tokens, C) latents without img_ids to unpack")
+                raise ValueError(f"{type(self.model).__name__}: packed (B, tokens, C) latents without img_ids "
+                                 "to unpack")
             return decode_latents(decoder, unpack_flux_latents(u, img_ids) if packed else u)
         return decode
 
