@@ -5,7 +5,7 @@
     offshelf evaluate   --config config/ci.yaml --shards s.npz --out metrics.json
     offshelf tune       --config config.yaml --classifier offshelf --regime uncond --out results/digits/tune/
     offshelf held-out   --folder imagenet/val --resolution 128 --out held_out_128.npz   # tune's images on ImageNet
-    offshelf plan       --config config/imagenet128_ddpm.yaml [--seconds-per-denoiser S --seconds-per-classifier S]
+    offshelf plan       --config config/imagenet128_ddpm.yaml [--costs benchmarks/gpu_throughput.json]
     offshelf checkpoints list | fetch NAME... | verify NAME PATH
     offshelf generate   --pipeline DIR --prompt "a cat" --objective clip --scale 1 --out DIR   # docs/diffusers.md
     offshelf check-config FILE...        # validate each config file (YAML errors with file:line)
@@ -448,30 +448,32 @@ def cmd_tune(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    """The sampling work of a workflow config, per table and in total; hours given per-evaluation costs."""
+    """The sampling work of a workflow config, per table and in total; GPU-hours given per-evaluation
+    costs (a --costs file, or the two seconds by hand: both through planning.costs.evaluation_costs)."""
     from offshelf.config import read_config, validated_plan
-    from offshelf.planning.costs import cost_plan, describe_job_counts
+    from offshelf.planning.costs import cost_plan, describe_job_counts, evaluation_costs
 
     config = read_config(args.config)
-    plan = validated_plan(config)  # built once: the job counts and the costs read it
-    seconds = None
-    if args.seconds_per_denoiser is not None or args.seconds_per_classifier is not None:
-        if args.seconds_per_denoiser is None or args.seconds_per_classifier is None:
-            raise ArgumentError("--seconds-per-denoiser", "give both per-evaluation costs, or neither")
-        seconds = {"denoiser": args.seconds_per_denoiser, "classifier": args.seconds_per_classifier}
-    rows = cost_plan(config, plan, seconds)
+    plan = validated_plan(config)  # validates the config; built once: the job counts and the costs read it
+    costs = evaluation_costs(config["backbone"], args.costs, args.seconds_per_denoiser, args.seconds_per_classifier)
+    rows = cost_plan(config, plan, costs)
     print(describe_job_counts(config, plan))
-    head = ["table", "settings", "samples", "denoiser evaluations", "classifier gradients"] + (["hours"] if seconds else [])
+    head = ["table", "settings", "samples", "denoiser evaluations", "classifier gradients"]
+    head += ["GPU-hours"] if costs else []
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for r in rows:
         cells = [r["table"], r["settings"], r["samples"], f"{r['denoiser']:,}", f"{r['classifier']:,}"]
-        print("| " + " | ".join(map(str, cells + ([f"{r['hours']:.1f}"] if seconds else []))) + " |")
-    if seconds:
-        print(f"hours = (denoiser evaluations × {seconds['denoiser']:g} s + classifier gradients × "
-              f"{seconds['classifier']:g} s) / 3600, per image at your batch size; evaluation not counted")
+        cells += [f"{r['hours']:,.2f}"] if costs else []
+        print("| " + " | ".join(map(str, cells)) + " |")
+    if costs:
+        print(f"GPU-hours = (denoiser evaluations × {costs.denoiser:g} s + classifier gradients × "
+              f"{costs.classifier:g} s) / 3600, seconds per image per evaluation (a CFG pair counts as two "
+              f"denoiser evaluations); the total counts settings shared by tables once; evaluation not counted")
+        print(f"costs: {costs.source}; this config samples at sampling.batch_size = "
+              f"{config['sampling'].get('batch_size')}")
     else:
-        print("No GPU costs given: pass --seconds-per-denoiser and --seconds-per-classifier (per image, measured "
-              "with benchmarks/guidance_overhead.py on your GPU) for GPU-hours.")
+        print("No GPU costs given: pass --costs FILE (benchmarks/gpu_throughput.py on your GPU writes one), or "
+              "--seconds-per-denoiser and --seconds-per-classifier (per image, measured by hand), for GPU-hours.")
     return 0
 
 
@@ -683,8 +685,12 @@ def _add_plan(commands) -> None:
     """offshelf plan."""
     plan = commands.add_parser("plan", help="sampling work (network evaluations; GPU-hours given costs) per table")
     plan.add_argument("--config", required=True, help="a workflow config")
-    plan.add_argument("--seconds-per-denoiser", type=float, help="one denoiser evaluation, per image (s)")
-    plan.add_argument("--seconds-per-classifier", type=float, help="one classifier forward+backward, per image (s)")
+    plan.add_argument("--costs", help="a costs file (benchmarks/gpu_throughput.json): seconds per image per "
+                                      "evaluation for the config's backbone, for GPU-hours")
+    plan.add_argument("--seconds-per-denoiser", type=float,
+                      help="shorthand for a hand measurement: one denoiser evaluation, per image (s)")
+    plan.add_argument("--seconds-per-classifier", type=float,
+                      help="shorthand for a hand measurement: one classifier forward+backward, per image (s)")
     plan.set_defaults(run=cmd_plan)
 
 
