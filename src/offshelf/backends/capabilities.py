@@ -29,6 +29,7 @@ class Capability(StrEnum):
     RESPACING = "respacing"                      # a discrete schedule sampling.respacing respaces
     PAPER_COMPARABLE = "paper_comparable"        # numbers comparable with the paper's (a flag)
     STOCHASTIC = "stochastic_sampling"           # EDM's churn: settings with S_churn > 0 (a flag)
+    GPU = "gpu"                                  # its networks run on a GPU: each job loading them asks for one (a flag)
 
 
 #: capability -> the members (methods, class attributes) a backend declaring it defines
@@ -44,6 +45,7 @@ MEMBERS: dict[Capability, tuple[str, ...]] = {
     Capability.RESPACING: ("num_train_timesteps",),
     Capability.PAPER_COMPARABLE: (),
     Capability.STOCHASTIC: (),
+    Capability.GPU: (),
 }
 
 #: capabilities that need others (tuning calibrates along the family's reverse process)
