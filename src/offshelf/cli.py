@@ -271,17 +271,15 @@ def cmd_sample(args) -> int:
     reason = unavailable(ctx.backend, setting)
     if reason:
         raise ArgumentError("--setting", f"backend {ctx.backend.name!r} cannot run {setting.name}: {reason}")
-    classes = None
+    classes = wanted = None
     if args.classes:
-        import inspect
-
         try:
             wanted = [int(c) for c in args.classes.split(",")]
         except ValueError:
             raise ArgumentError("--classes", f"{args.classes!r}: give class indices, e.g. 3,7") from None
-        if "labels" not in inspect.signature(ctx.backend.sample).parameters:
-            raise ArgumentError("--classes", f"backend {ctx.backend.name!r} draws each seed's class itself "
-                                             f"(its sample() takes no labels)")
+        reason = unavailable(ctx.backend, setting, chosen_classes=True)
+        if reason:
+            raise ArgumentError("--classes", reason)
         num_classes = getattr(ctx.backend, "num_classes", None)
         bad = [c for c in wanted if c < 0 or (num_classes and c >= num_classes)]
         if bad:
@@ -299,7 +297,7 @@ def cmd_sample(args) -> int:
     models = stages.load_models(ctx.backend, files, ctx.sampling, setting, ctx.checkpoints)
     images, labels, seconds = stages.sample_shard(ctx.backend, models, setting, seeds, batch_size, progress=True,
                                                   labels=classes)
-    save_shard(args.out, images, labels, seeds, seconds)
+    save_shard(args.out, images, labels, seeds, seconds, classes=wanted)  # evaluate checks labels against them
     save_grid(images, grid, scale=max(1, 64 // images.shape[1]))
     print(f"{setting.name}: {len(images)} samples (seeds {seeds[0]}..{seeds[-1]}) in {seconds:.1f} s -> "
           f"{args.out}, {grid}")
@@ -390,7 +388,8 @@ def cmd_evaluate(args) -> int:
         # job writes them (what a report pairs against a baseline row; docs/statistics.md); the
         # shards are checked before anything is written beside --out
         result = stages.evaluate(ctx.backend, stages.load_judge(ctx.backend, files, reference), args.shards,
-                                 ctx.config.get("evaluation", {}), args.num_samples, features_path=features)
+                                 ctx.config.get("evaluation", {}), args.num_samples, features_path=features,
+                                 chosen_classes=True)  # offshelf sample --classes shards: labels as recorded
         if made is not None:
             shutil.move(made, Path(args.out).with_suffix(".reference.npz"))
     save_json(args.out, result)
