@@ -450,3 +450,29 @@ def test_the_plan_is_built_once_per_validation(config, tmp_path, monkeypatch):
     assert isinstance(plan, Plan) and len(counter.read_text().split()) == 1
     with pytest.raises(dataclasses.FrozenInstanceError):
         plan.settings = {}
+
+
+def test_read_rounds_parses_a_round_file_again_only_when_it_changed(config, tmp_path, monkeypatch):
+    """The workflow's input functions ask for the rounds once per job they expand: an unchanged file
+    (same mtime_ns, size, inode) is not parsed again; a rewritten one is, and a deleted one is gone."""
+    import offshelf.planning.searches as searches
+    from offshelf.atomic import save_json
+
+    plan = next(iter(build_plan(config).searches.values()))
+    folder = tmp_path / "search"
+    round0 = searches.search_round_record(plan, None, {})
+    round1 = dict(round0, round=1)
+    save_json(folder / plan.name / "round0.json", round0)
+    save_json(folder / plan.name / "round1.json", round1)
+    parsed = []
+    real_loads = json.loads
+    monkeypatch.setattr(searches, "json", type("CountingJson", (), {
+        "loads": staticmethod(lambda text: parsed.append(text) or real_loads(text))}))
+    first = list(searches.read_rounds(folder, [plan.name]))
+    assert [r["round"] for r in first] == [0, 1] and len(parsed) == 2
+    assert list(searches.read_rounds(folder, [plan.name])) == first and len(parsed) == 2  # nothing parsed again
+    save_json(folder / plan.name / "round1.json", dict(round1, final=not round1["final"]))  # a rerun round
+    again = list(searches.read_rounds(folder, [plan.name]))
+    assert again[1]["final"] == (not round1["final"]) and len(parsed) == 3  # only the changed file
+    (folder / plan.name / "round1.json").unlink()
+    assert [r["round"] for r in searches.read_rounds(folder, [plan.name])] == [0]
