@@ -159,3 +159,41 @@ def test_a_job_asks_for_a_gpu_exactly_when_its_backend_runs_on_one():
     assert gpus_per_job(create({"name": "dit256", "options": {"imagenet": {"device": "cuda"}}})) == 1
     assert gpus_per_job(create({"name": "edm64", "options": {"imagenet": {"device": "cpu"}}})) == 0
     assert gpus_per_job(create({"name": "digits", "options": {}})) == 0
+
+
+# A workflow job: job_log (what every GPU script enters) with one GPU asked for, its log on disk.
+WORKFLOW_JOB = r"""
+import os, sys
+import offshelf.devices as devices
+
+devices.gpu_count = lambda: int(os.environ["STAND_IN_GPU_COUNT"])  # the stand-in for the driver's device query
+from offshelf.jobs import job_log
+
+with job_log(sys.argv[1], threads=1, gpus=1):
+    print("job ran with CUDA_VISIBLE_DEVICES=" + os.environ["CUDA_VISIBLE_DEVICES"])
+"""
+
+
+def test_a_workflow_job_waits_for_its_gpu_in_its_log(tmp_path):
+    """job_log(gpus=1) on a one-GPU machine whose GPU another job holds: the job's log says it
+    waits, then the job runs on the GPU once it is free, the device in the log's header."""
+    env = job_environment(tmp_path, gpus=1)
+    release, holder_record, log = tmp_path / "release", tmp_path / "holder.json", tmp_path / "job.log"
+    with open(tmp_path / "holder.log", "w") as holder_log:
+        holder = subprocess.Popen([sys.executable, "-c", JOB, str(holder_record), str(release)], env=env,
+                                  stderr=holder_log)
+        job = None
+        try:
+            wait_for(lambda: holder_record.with_suffix(".claimed").exists(), "the holder to claim GPU 0")
+            job = subprocess.Popen([sys.executable, "-c", WORKFLOW_JOB, str(log)], env=env)
+            wait_for(lambda: log.exists() and "held by other offshelf jobs" in log.read_text(), "the job to wait")
+            assert job.poll() is None and "job ran" not in log.read_text()  # waiting, not sharing
+            release.touch()
+            assert job.wait(timeout=60) == 0 and holder.wait(timeout=60) == 0
+        finally:
+            for proc in (holder, job):
+                if proc is not None and proc.poll() is None:
+                    proc.kill()
+    text = log.read_text()
+    assert "CUDA_VISIBLE_DEVICES=0 argv=" in text and text.rstrip().endswith("job ran with CUDA_VISIBLE_DEVICES=0")
+    assert text.index("held by other offshelf jobs") < text.index("came free") < text.index("job ran")
