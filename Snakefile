@@ -12,6 +12,7 @@ import sys
 import offshelf
 from offshelf import backends
 from offshelf.config import ConfigError, merge, read_config, validated_plan, workflow_config_file
+from offshelf.devices import gpus_per_job
 from offshelf.planning.costs import describe_job_counts
 from offshelf.planning.params import cache_dir, canonical, num_shards, pretrained_path, sampling_params, shard_seeds
 from offshelf.planning.searches import read_rounds
@@ -49,6 +50,7 @@ PROBES = PLAN.probes
 GUIDED_PROBES = PLAN.guided_probes  # guided calibration name -> its guided setting
 LIBRARY = offshelf.__version__  # a param of every job: a library release reruns them
 THREADS = config.get("threads_per_job", 1)
+GPUS_PER_JOB = gpus_per_job(BACKEND)  # resources.gpu of the rules that load networks; --resources gpu=N caps them
 CHECKPOINTS = canonical(config.get("checkpoints", {}))
 # Used with `--sdm conda`: the same pinned requirements the Makefile installs.
 CONDA_ENV = f"{workflow.basedir}/envs/offshelf.yaml"

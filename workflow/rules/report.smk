@@ -58,6 +58,8 @@ if "figure4" in FIGURES:
         log:
             f"{LOGS}/figures/figure4.log",
         threads: THREADS
+        resources:
+            gpu=GPUS_PER_JOB,  # one GPU when the backend runs on one (offshelf.devices)
         conda: CONDA_ENV
         script:
             "../scripts/figure_gradients.py"
