@@ -93,7 +93,7 @@ rule report:
                               caption="../report/samples.rst")} if GRIDS is not None else {}),
     params:
         plan={k: config[k] for k in ("tables", "bases", "regimes", "scales", "search", "cfg_scales", "sampling", "calibration",
-                                     "backbone", "imagenet", "backend_options") if k in config},
+                                     "backbone", "imagenet", "backend_options", "report_note") if k in config},
         experiment=config["experiment"],
         comparable=Capability.PAPER_COMPARABLE in BACKEND.capabilities,
         library=LIBRARY,
