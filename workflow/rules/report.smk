@@ -80,7 +80,7 @@ rule report:
         # grids of the rows' fixed settings; a searched row's are inputs of its search's result
         grids=report_grids(),
     output:
-        report=report(f"{EXP}/report/README.md", category="Report"),
+        report=report(f"{EXP}/report/README.md", category="Report", caption="../report/readme.rst"),
         # each table as a page the HTML report shows (it only links Markdown), the paper's numbers beside
         tables=report(directory(f"{EXP}/report/tables"), patterns=["{table}.html"], category="Tables",
                       labels=lambda wc: {"table": table_heading(wc.table), "title": config["tables"][wc.table]["title"]},
