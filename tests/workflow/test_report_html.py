@@ -197,8 +197,14 @@ SHOW_TABLE = SHOW_RESULT.replace('category: "Samples"', 'category: "Tables"').re
 
 @pytest.fixture(scope="module")
 def screenshots(tmp_path_factory):
-    """Where this run keeps its screenshots (pytest keeps the last three runs' temporary folders)."""
-    folder = tmp_path_factory.mktemp("report_screenshots")
+    """Where this run keeps its screenshots: $OFFSHELF_SCREENSHOTS if set (a folder kept after the
+    run, e.g. CI's artifacts), else a pytest temporary folder (pytest keeps the newest three
+    sessions' of every user: on a shared machine, minutes)."""
+    from pathlib import Path
+
+    folder = Path(os.environ["OFFSHELF_SCREENSHOTS"]) if os.environ.get("OFFSHELF_SCREENSHOTS") else \
+        tmp_path_factory.mktemp("report_screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
     print(f"report screenshots: {folder}")
     return folder
 
@@ -211,8 +217,14 @@ def headless(browser: str) -> list[str]:
 def screenshot(browser: str, page, shot) -> np.ndarray:
     from PIL import Image
 
-    proc = subprocess.run(headless(browser) + [f"--screenshot={shot}", page.as_uri()], capture_output=True, text=True,
-                          timeout=300)
+    for attempt in (1, 2):  # on a loaded machine headless Chromium now and then never exits: one more try
+        try:
+            proc = subprocess.run(headless(browser) + [f"--screenshot={shot}", page.as_uri()], capture_output=True,
+                                  text=True, timeout=150)
+            break
+        except subprocess.TimeoutExpired:
+            if attempt == 2:
+                raise
     assert proc.returncode == 0 and shot.is_file(), f"chromium failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
     screen = np.asarray(Image.open(shot).convert("RGB"))
     assert screen.shape == (WINDOW[1], WINDOW[0], 3) and screen.std() > 10, f"blank screenshot {shot}"
