@@ -187,3 +187,38 @@ def test_the_html_page_shows_the_markdown_tables_cells_with_the_paper_beside():
     assert rows[1:] == markdown_rows and rows[1][1] == "5"
     assert "<h3>Table 7: title &amp; &lt;more&gt;</h3>" in page and "Tiny models: undertrained." in page
     assert '<th class="paper">paper fid</th>' in page and statistics.LEVEL == 0.95
+
+
+def test_the_markdown_report_folder_holds_every_image_it_shows(tmp_path):
+    """write_report copies the figures into the report folder and links them there: the folder
+    copied alone still shows them (it linked ../figures/, outside it). Each table also gets its
+    HTML page, and the config's report_note opens both."""
+    import json
+    import shutil
+
+    from offshelf.config import read_yaml, validate_config
+    from offshelf.report import write_report
+    from workflow_utils import REPO
+
+    config = validate_config(read_yaml(REPO / "config" / "ci.yaml"))
+    assert "undertrained" in config["report_note"]
+    metrics = tmp_path / "metrics" / "cond_unguided.json"
+    metrics.parent.mkdir()
+    metrics.write_text(json.dumps({"fid": 1.0, "n": 64}))
+    figures = []
+    for name in ("figure1", "figure3"):
+        figures.append(tmp_path / "figures" / f"{name}.png")
+        figures[-1].parent.mkdir(exist_ok=True)
+        figures[-1].write_bytes(name.encode())  # bytes to compare, not an image to look at
+    out = tmp_path / "exp" / "report" / "README.md"
+    write_report(config, [str(metrics)], [], [str(f) for f in figures], str(out), "ci")
+    copy = tmp_path / "elsewhere" / "report"
+    shutil.copytree(out.parent, copy)
+    text = (copy / "README.md").read_text()
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert links == ["figures/figure1.png", "figures/figure3.png"]
+    assert [(copy / link).read_bytes() for link in links] == [b"figure1", b"figure3"]
+    assert "*Figure 3*" in text and text.index("**Note.**") < text.index("## Figures")
+    for table in config["tables"]:
+        page = (copy / "tables" / f"{table}.html").read_text()
+        assert "<table>" in page and "not meant to look like digits" in page, table
