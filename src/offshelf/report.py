@@ -23,7 +23,8 @@ from offshelf.calibration import integral_calibration_error
 from offshelf.atomic import atomic_write, save_csv, save_text
 from offshelf.grids import read_layout
 from offshelf.planning.rows import evaluation_name, table_rows
-from offshelf.tables import add_differences, add_paired_differences, add_reported_estimates, html_table, markdown, table_frame
+from offshelf.tables import (add_differences, add_paired_differences, add_reported_estimates, html_table, markdown,
+                             table_frame)
 
 
 def _intro(plan_config: dict, experiment: str, comparable: bool) -> list[str]:
@@ -99,7 +100,9 @@ def write_report(plan_config: dict, metric_files: list[str], calibration_files: 
             parts.append(part)
         frame = pd.concat(parts, ignore_index=True)
         n_eval = (mine[0].num_samples or plan_config["sampling"]["num_samples"]) if mine else None
-        replicates = lambda setting, n=n_eval: _replicates(features.get(evaluation_name(plan_config, setting, n)), cache)  # noqa: E731
+        def replicates(setting: str, n=n_eval) -> dict | None:
+            return _replicates(features.get(evaluation_name(plan_config, setting, n)), cache)
+
         frame = add_reported_estimates(add_paired_differences(frame, replicates), replicates)
         if comparable:
             frame = add_differences(frame)
@@ -110,8 +113,8 @@ def write_report(plan_config: dict, metric_files: list[str], calibration_files: 
         text = markdown(frame, list(spec.get("columns", ["fid"])), title)
         save_text(out.parent / f"{table}.md", text)
         # the HTML report's view of the table (Markdown is only a download link there)
-        save_text(out.parent / report_table_page(table), html_table(frame, list(spec.get("columns", ["fid"])), title,
-                                                           plan_config.get("report_note", "")))
+        page = html_table(frame, list(spec.get("columns", ["fid"])), title, plan_config.get("report_note", ""))
+        save_text(out.parent / report_table_page(table), page)
         sections += [text, f"CSV: [{table}.csv]({table}.csv)", ""]
         if grid_files:
             sections += _samples_section(table, frame, plan_config, grids, Path(samples_dir), out.parent)
@@ -122,7 +125,8 @@ def write_report(plan_config: dict, metric_files: list[str], calibration_files: 
             target = out.parent / report_figure(Path(f).stem)
             target.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(target, lambda tmp, src=f: shutil.copyfile(src, tmp))
-            sections += [f"![{Path(f).stem}]({report_figure(Path(f).stem)})", "", FIGURE_CAPTIONS.get(Path(f).stem, ""), ""]
+            caption = FIGURE_CAPTIONS.get(Path(f).stem)
+            sections += [f"![{Path(f).stem}]({report_figure(Path(f).stem)})", ""] + ([caption, ""] if caption else [])
     save_text(out, "\n".join(sections))
     return frames
 
