@@ -282,7 +282,7 @@ def check_cells_inside_intervals(rows: list[list[str]], where: str) -> int:
     return checked
 
 
-def test_html_report_shows_every_table_as_a_table_beside_the_papers_numbers(html_report, screenshots):
+def test_html_report_shows_every_table_as_a_table_beside_the_papers_numbers(html_report, screenshots, tmp_path):
     """Each table is an HTML page of the report (category Tables, captioned), the bytes the report
     folder holds. Chromium renders it: a <table> whose header puts the paper's columns beside each
     regime's, whose rows are the config's, whose numbers are the CSV's, every estimate inside its
@@ -333,7 +333,7 @@ def test_html_report_shows_every_table_as_a_table_beside_the_papers_numbers(html
     top = int(np.nonzero(border.sum(axis=1) > 300)[0].min())
     left = int(np.nonzero(border[top])[0].min())
     patch = alone[top:top + 70, left:left + 450]  # the header row and the first rows: paper and measured columns
-    page = screenshots / "show_table.html"
+    page = tmp_path / "show_table.html"  # a copy of the whole report: not kept
     subcategory = next(s for s, paths in categories["Tables"].items() if path in paths)
     inject = SHOW_TABLE % {"path": json.dumps(path), "subcategory": json.dumps(subcategory)}
     head, tag, tail = text.rpartition("</body>")
