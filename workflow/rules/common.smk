@@ -1,7 +1,7 @@
 # Input and params functions of the rules: which files a job reads, from the backend's answer.
 import json
 
-from offshelf.backends.base import Pretrained, Trained
+from offshelf.backends.base import Trained
 from offshelf.backends.capabilities import Capability
 from offshelf.planning.params import calibration_params, first_seeds
 from offshelf.planning.probes import figure_guided_probes
@@ -32,28 +32,14 @@ def evaluation_files():
     return files_of(BACKEND.evaluation_files())
 
 
-def all_sources():
-    """Every file a job of this config reads."""
-    settings = list(SETTINGS.values()) + [plan.setting for plan in SEARCHES.values()] + [probe_setting(p) for p in PROBES]
-    settings += list(GUIDED_PROBES.values())
-    settings += [FIGURE4_SETTING] if "figure4" in config.get("figures", {}) else []
-    sources = [BACKEND.evaluation_files()] + [BACKEND.files(s) for s in settings]
-    return {source for files in sources for source in files.values()}
-
-
 def trained_roles():
-    """Roles the workflow trains, in the config's order."""
-    needed = {s.role for s in all_sources() if isinstance(s, Trained)}
-    return [role for role in TRAINING if role in needed]
+    """Roles the workflow trains, in the config's order (the plan's: it counts their jobs too)."""
+    return PLAN.trained_roles(config, BACKEND)
 
 
 def fetched_files():
     """Registry filename -> name of every pretrained file the cache must hold."""
-    from offshelf.checkpoints import get as registry_entry
-
-    local = CHECKPOINTS.get("local", {})
-    return {registry_entry(s.name, CHECKPOINTS.get("registry")).filename: s.name for s in all_sources()
-            if isinstance(s, Pretrained) and s.name not in local}
+    return PLAN.fetched_files(config, BACKEND)
 
 
 def shard_seed_range(shard):
@@ -122,9 +108,8 @@ def grid_shards_of(setting):
     return grid_shards(config, PLAN.sampled_counts(setting, search_rounds()), setting)
 
 
-# Figure 4's sample: the paper's uncond, off-the-shelf x̂0 guidance (its Softplus/schedule knobs are
-# the figure's own params).
-FIGURE4_SETTING = Setting(regime="uncond", classifier="offshelf", input="x0", softplus_beta=3.0, sine_factor=0.3)
+# Figure 4's sample: the paper's uncond, off-the-shelf x̂0 guidance (offshelf.planning.probes)
+from offshelf.planning.probes import FIGURE4_SETTING
 
 
 # Guidance-scale search (search.smk)

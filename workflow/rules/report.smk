@@ -1,4 +1,5 @@
 # Tables beside the paper's numbers, figures, one Markdown report.
+from offshelf.planning.plan import report_figures
 from offshelf.report import table_heading
 
 # The HTML report's landing page (snakemake --report): what the workflow is, and where to look.
@@ -6,8 +7,7 @@ report: "../report/workflow.rst"
 
 # Figures a config asks for (calibration curves, the gradient panel) and the analytic figures
 # (Gaussian mixture, DDPM guidance schedules) of the backend's family.
-FIGURES = sorted([f for f in ("figure1", "figure2", "figure4") if f in config.get("figures", {})]
-                 + list(BACKEND.analytic_figures if Capability.ANALYTIC_FIGURES in BACKEND.capabilities else ()))
+FIGURES = report_figures(config, BACKEND)
 
 
 rule figure_calibration:

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from offshelf.planning.params import config_backend, num_shards
-from offshelf.planning.searches import SearchPlan
 from offshelf.search import max_evaluations, max_rounds
 
 # A workflow whose DAG holds tens of thousands of jobs takes minutes and gigabytes before the
@@ -47,50 +46,79 @@ def check_shards(config: dict) -> None:
         raise _too_many(config, {"sample": shards, "total": shards}, limit)
 
 
-def count_jobs(config: dict, evaluations: Mapping[str, tuple[str, int]], calibrate: int,
-               searches: Mapping[str, SearchPlan]) -> dict[str, int]:
-    """The per-setting jobs a config plans, counted without building a single job: ``sample``
-    (each setting's shards, up to the most samples any table evaluates of it), ``evaluate``
-    (metrics files), ``calibrate`` (probes), their ``total``, and ``settings`` / ``shards``
-    (shards of a setting sampled in full). Jobs that do not scale with the config (training,
-    downloads, reference features, the report, figures) are not counted: a handful per experiment.
-    The guidance-scale searches (``searches`` of them) are counted apart, at their most
-    (offshelf.search.max_evaluations / max_rounds: every extension and refinement taken):
-    ``search_sample`` and ``search_evaluate`` (the finalists' full evaluations; the low-fidelity
-    ones are drawn and judged inside the rounds) and ``search_round`` jobs, also in the ``total``.
-    Refuses above ``max_jobs`` (:class:`TooManyJobsError`); settings are bounded by the size of
-    the config itself (rows × regimes × scale grid)."""
+# Per-experiment jobs: a handful each, whatever the size of the config.
+EXPERIMENT_COUNTS = ("train_model", "fetch_checkpoint", "reference_features", "figure", "sample_grid", "report",
+                     "all")
+
+
+def count_jobs(config: dict, plan, backend) -> dict[str, int]:
+    """Every job a fresh run of ``plan`` (offshelf.planning.plan.Plan, built from ``config``; this
+    module is below it) runs, by kind, counted without building a single job; the guidance-scale
+    searches at their most (offshelf.search.max_evaluations / max_rounds: every extension and
+    refinement taken), so ``total`` is exact for a run whose searches take every step, an upper
+    bound otherwise.
+
+    Per setting: ``sample`` (each setting's shards, up to the most samples any table evaluates of
+    it), ``evaluate`` (metrics files), ``calibrate`` (probes, unguided and guided). Per search:
+    ``search_round``, ``search_sample`` and ``search_evaluate`` (the finalists' full evaluations;
+    the low-fidelity ones are drawn and judged inside the rounds), ``search_result``, and
+    ``search_grid`` (the finalists' sample grids). Per experiment (rule names): ``train_model``,
+    ``fetch_checkpoint``, ``reference_features``, ``figure`` (one job per calibration figure and
+    Figure 4, one for all analytic figures), ``sample_grid`` (the fixed settings' grids), ``report``
+    and ``all``. Also ``settings`` / ``shards`` (shards of a setting sampled in full), ``searches``,
+    and ``first_dag``: the jobs Snakemake's first "Job stats" lists before any search round has run
+    (the rest are added as the rounds finish). Refuses above ``max_jobs``
+    (:class:`TooManyJobsError`); settings are bounded by the size of the config itself
+    (rows × regimes × scale grid)."""
+    from offshelf.backends.capabilities import Capability
+    from offshelf.planning.plan import report_figures
+
     limit = config.get("max_jobs", DEFAULT_MAX_JOBS)
     check_shards(config)
     most: dict[str, int] = {}  # setting -> most samples any evaluation of it reads
-    for setting, n in evaluations.values():
+    for setting, n in plan.evaluations.values():
         most[setting] = max(most.get(setting, 0), n)
-    sample = sum(num_shards(config, n) for n in most.values())
-    counts = dict(sample=sample, evaluate=len(evaluations), calibrate=calibrate)
-    if searches:
-        counts.update({k: 0 for k in SEARCH_COUNTS})
-        for plan in searches.values():
-            full = max_evaluations(plan.spec)[1]  # the low-fidelity ones are drawn inside the rounds
-            counts["search_sample"] += full * num_shards(config, plan.spec.full_fidelity)
-            counts["search_evaluate"] += full
-            counts["search_round"] += max_rounds(plan.spec)
-    counts.update(total=sum(counts.values()), settings=len(most), shards=num_shards(config))
-    if searches:
-        counts["searches"] = len(searches)
+    grids = config.get("grids") is not None
+    counts = dict(sample=sum(num_shards(config, n) for n in most.values()), evaluate=len(plan.evaluations),
+                  calibrate=len(plan.probes) + len(plan.guided_probes))
+    counts.update({k: 0 for k in SEARCH_COUNTS + ("search_result", "search_grid")})
+    for search in plan.searches.values():
+        full = max_evaluations(search.spec)[1]  # the low-fidelity ones are drawn inside the rounds
+        counts["search_sample"] += full * num_shards(config, search.spec.full_fidelity)
+        counts["search_evaluate"] += full
+        counts["search_round"] += max_rounds(search.spec)
+        counts["search_result"] += 1
+        counts["search_grid"] += full if grids else 0
+    figures = report_figures(config, backend)
+    analytic = set(getattr(backend, "analytic_figures", ())) & set(figures)
+    counts.update(
+        train_model=len(plan.trained_roles(config, backend)),
+        fetch_checkpoint=len(plan.fetched_files(config, backend)),
+        reference_features=int(Capability.REFERENCE_FEATURES in backend.capabilities),
+        figure=len(set(figures) - analytic) + bool(analytic),
+        sample_grid=len(plan.settings) if grids else 0,
+        report=1, all=1)
+    counts["total"] = sum(counts.values())
+    late = counts["search_sample"] + counts["search_evaluate"] + counts["search_grid"]
+    counts.update(first_dag=counts["total"] - late - (counts["search_round"] - len(plan.searches)),
+                  settings=len(most), shards=num_shards(config), searches=len(plan.searches))
     if counts["total"] > limit:
         raise _too_many(config, counts, limit)
     return counts
 
 
 def describe_job_counts(config: dict, plan) -> str:
-    """One line for the start of a run: what ``plan`` (offshelf.planning.plan.Plan, built from
-    ``config``; this module is below it) counts, and the bound it is held to."""
+    """The job count of ``plan``, in one line: printed by `offshelf plan` and at the start of a run."""
     c = plan.job_counts
-    search = (f"; {c['searches']} guidance-scale searches: at most {c['search_sample']} sample, "
-              f"{c['search_evaluate']} evaluate, {c['search_round']} round" if "searches" in c else "")
+    search = (f"; {c['searches']} guidance-scale searches: {c['search_round']} round, {c['search_sample']} sample, "
+              f"{c['search_evaluate']} evaluate, {c['search_grid']} sample_grid, {c['search_result']} result"
+              if c["searches"] else "")
+    experiment = ", ".join(f"{c[k]} {k}" for k in EXPERIMENT_COUNTS if c[k])
+    bound = (f"at most (a search that stops early runs fewer); Snakemake's first 'Job stats' lists "
+             f"{c['first_dag']} of them, before the search rounds add theirs" if c["searches"] else "exactly")
     return (f"offshelf: {c['total']} jobs planned ({c['sample']} sample: {c['settings']} settings x up to "
-            f"{c['shards']} shards; {c['evaluate']} evaluate; {c['calibrate']} calibrate{search}; plus the "
-            f"per-experiment jobs); max_jobs = {config.get('max_jobs', DEFAULT_MAX_JOBS)}")
+            f"{c['shards']} shards; {c['evaluate']} evaluate; {c['calibrate']} calibrate{search}; per experiment: "
+            f"{experiment}), {bound}; max_jobs = {config.get('max_jobs', DEFAULT_MAX_JOBS)}")
 
 
 def cost_plan(config: dict, plan, costs: EvaluationCosts | None = None) -> list[dict[str, Any]]:

@@ -4,15 +4,16 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping
 
 from offshelf.planning.costs import check_shards, count_jobs
 from offshelf.planning.params import config_backend
-from offshelf.planning.probes import calibrates_guided, figure_guided_settings, figure_probes, guided_probe
+from offshelf.planning.probes import (FIGURE4_SETTING, calibrates_guided, figure_guided_settings, figure_probes,
+                                      guided_probe)
 from offshelf.planning.rows import Row, evaluation_name, table_rows
 from offshelf.planning.searches import SearchPlan, lookup_setting, proposed
-from offshelf.settings import Setting
+from offshelf.settings import Setting, probe_setting
 
 # A file build_plan appends a line to on each build (tests count them: the Snakefile builds one plan)
 COUNT_BUILDS = "OFFSHELF_COUNT_PLAN_BUILDS"
@@ -24,9 +25,9 @@ class Plan:
     fixed settings by name (a searched row's scales come from its search's round records);
     ``evaluations``: metrics file stem -> (setting name, number of samples); ``searches``: search
     name -> :class:`SearchPlan`; ``probes``: unguided calibrations, by probe name; ``guided_probes``:
-    guided calibrations by setting name (empty unless ``calibrates_guided``); ``job_counts``: the
-    per-setting jobs (:func:`offshelf.planning.costs.count_jobs`); ``all_samples``: the samples a
-    setting gets (``sampling.num_samples``)."""
+    guided calibrations by setting name (empty unless ``calibrates_guided``); ``job_counts``: every
+    job the workflow runs, by kind, searches at their most (:func:`offshelf.planning.costs.count_jobs`);
+    ``all_samples``: the samples a setting gets (``sampling.num_samples``)."""
 
     rows: tuple[Row, ...]
     settings: Mapping[str, Setting]
@@ -64,6 +65,45 @@ class Plan:
             counts = [self.searches[found[0]["search"]].spec.full_fidelity]
         return counts
 
+    def sources(self, config: dict, backend) -> set:
+        """Every file (offshelf.backends.base.FileSource) a job of this plan reads: the networks of
+        each setting, search, probe and Figure 4, and the judge's."""
+        settings = list(self.settings.values()) + [plan.setting for plan in self.searches.values()]
+        settings += [probe_setting(p) for p in self.probes] + list(self.guided_probes.values())
+        settings += [FIGURE4_SETTING] if "figure4" in config.get("figures", {}) else []
+        files = [backend.evaluation_files()] + [backend.files(s) for s in settings]
+        return {source for role_files in files for source in role_files.values()}
+
+    def trained_roles(self, config: dict, backend) -> list[str]:
+        """Roles the workflow trains (rule train_model), in the config's order."""
+        from offshelf.backends.base import Trained
+        from offshelf.backends.capabilities import Capability
+
+        if Capability.TRAINING not in backend.capabilities:
+            return []
+        needed = {s.role for s in self.sources(config, backend) if isinstance(s, Trained)}
+        return [role for role in backend.training_from_config(config) if role in needed]
+
+    def fetched_files(self, config: dict, backend) -> dict[str, str]:
+        """Registry filename -> name of every pretrained file the checkpoint cache must hold (rule
+        fetch_checkpoint): those not given a ``checkpoints.local`` path."""
+        from offshelf.backends.base import Pretrained
+        from offshelf.checkpoints import get as registry_entry
+
+        checkpoints = config.get("checkpoints", {})
+        local = checkpoints.get("local", {})
+        return {registry_entry(s.name, checkpoints.get("registry")).filename: s.name
+                for s in self.sources(config, backend) if isinstance(s, Pretrained) and s.name not in local}
+
+
+def report_figures(config: dict, backend) -> list[str]:
+    """The report's figures: those the config asks for (calibration curves, the gradient panel) and
+    the analytic figures of the backend's family (one figure_analytic job makes them all)."""
+    from offshelf.backends.capabilities import Capability
+
+    analytic = backend.analytic_figures if Capability.ANALYTIC_FIGURES in backend.capabilities else ()
+    return sorted([f for f in ("figure1", "figure2", "figure4") if f in config.get("figures", {})] + list(analytic))
+
 
 def _count_build() -> None:
     path = os.environ.get(COUNT_BUILDS)
@@ -79,7 +119,8 @@ def build_plan(config: dict) -> Plan:
     _count_build()
     check_shards(config)
     all_samples = config["sampling"]["num_samples"]
-    rows = tuple(table_rows(config, backend=config_backend(config)))
+    backend = config_backend(config)
+    rows = tuple(table_rows(config, backend=backend))
     settings: dict[str, Setting] = {}
     evaluations: dict[str, tuple[str, int]] = {}
     searches: dict[str, SearchPlan] = {}
@@ -100,7 +141,7 @@ def build_plan(config: dict) -> Plan:
                                   guided_probe(config, row.search.setting if row.search else row.candidates[0]))
         for s in figure_guided_settings(config):
             guided.setdefault(s.name, s)
-    counts = count_jobs(config, evaluations, len(probes) + len(guided), searches)
-    return Plan(rows=rows, settings=settings, evaluations=evaluations, searches=searches, probes=probes,
-                guided_probes=guided, calibrates_guided=calibrates_guided(config), job_counts=counts,
+    plan = Plan(rows=rows, settings=settings, evaluations=evaluations, searches=searches, probes=probes,
+                guided_probes=guided, calibrates_guided=calibrates_guided(config), job_counts={},
                 all_samples=all_samples)
+    return replace(plan, job_counts=count_jobs(config, plan, backend))

@@ -40,6 +40,11 @@ def figure_probes(config: dict) -> list[str]:
     return [p for figure in ("figure1", "figure2") for p in config.get("figures", {}).get(figure, {}).get("probes", [])]
 
 
+# Figure 4's sample: the paper's uncond, off-the-shelf x̂0 guidance (its Softplus/schedule knobs are
+# the figure's own params).
+FIGURE4_SETTING = Setting(regime="uncond", classifier="offshelf", input="x0", softplus_beta=3.0, sine_factor=0.3)
+
+
 def figure_guided_settings(config: dict) -> list[Setting]:
     """The guided calibrations Figures 1-2 show (with guided calibration on)."""
     return [s for figure in ("figure1", "figure2") if figure in config.get("figures", {})
