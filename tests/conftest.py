@@ -36,15 +36,18 @@ def reference_dir() -> Path:
 def ci_run(tmp_path_factory) -> Path:
     """The whole ci workflow (config/ci.yaml) run for real, once per session: the results folder
     that the end-to-end tests (tests/workflow: test_workflow_e2e.py, test_report_html.py, and
-    test_slurm.py, which compares the cluster's outputs with it) read."""
+    test_slurm.py, which compares the cluster's outputs with it) read; ``snakemake.log`` in it holds
+    what Snakemake printed."""
     import time
 
     from workflow_utils import REPO, snakemake
 
     results = tmp_path_factory.mktemp("ci_results")
     start = time.perf_counter()
-    snakemake("--cores", "2", "--configfile", str(REPO / "config" / "ci.yaml"), "--config", f"results={results}",
-              timeout=1800)
+    proc = snakemake("--cores", "2", "--configfile", str(REPO / "config" / "ci.yaml"), "--config", f"results={results}",
+                     timeout=1800)
+    # what the run printed (the plan's job count, then each job): a log, which results comparisons skip
+    (results / "snakemake.log").write_text(proc.stdout + proc.stderr)
     print(f"ci workflow: {time.perf_counter() - start:.0f} s")
     return results
 

@@ -408,8 +408,13 @@ def test_job_counts_bound_the_searches(config):
     assert counts["search_round"] == sum(max_rounds(p.spec) for p in searches.values()) == 38 * 4
     # the fixed settings (unguided, CFG) apart: one evaluation each, every shard
     assert counts["evaluate"] == len(build_plan(config).settings) and counts["sample"] == counts["settings"] * counts["shards"]
+    # and every other job a run makes: per search its result and finalist's grid, per experiment a handful
+    assert counts["search_result"] == counts["search_grid"] == 38
     assert counts["total"] == sum(counts[k] for k in ("sample", "evaluate", "calibrate", "search_sample",
-                                                       "search_evaluate", "search_round"))
+                                                       "search_evaluate", "search_round", "search_result",
+                                                       "search_grid", "train_model", "fetch_checkpoint",
+                                                       "reference_features", "figure", "sample_grid", "report",
+                                                       "all"))
 
 
 def test_searched_rows_report_the_chosen_scale_its_trace_and_an_edge(config):
@@ -476,3 +481,38 @@ def test_read_rounds_parses_a_round_file_again_only_when_it_changed(config, tmp_
     assert again[1]["final"] == (not round1["final"]) and len(parsed) == 3  # only the changed file
     (folder / plan.name / "round1.json").unlink()
     assert [r["round"] for r in searches.read_rounds(folder, [plan.name])] == [0]
+
+
+def test_job_count_of_a_small_config_by_hand():
+    """config/ci.yaml cut to Table 7 in the cond regime, without figures: every job a run makes,
+    counted by hand from the rules (workflow/rules/*.smk), and the share Snakemake's first dry run
+    lists (before the search rounds, checkpoints, add the rest)."""
+    from offshelf.planning.costs import describe_job_counts
+
+    config = yaml.safe_load((REPO / "config" / "ci.yaml").read_text())
+    config.update(regimes=["cond"], tables={"table7": config["tables"]["table7"]}, figures={})
+    validate_config(config)
+    plan = build_plan(config)
+    counts = plan.job_counts
+    shards = 64 // 32  # sampling.num_samples / shard_size
+    # fixed settings: the unguided baseline and CFG at its one scale; the two guided rows (fine-tuned
+    # CG, off-the-shelf) each get a search
+    assert len(plan.settings) == 2 and len(plan.searches) == 2
+    by_hand = {
+        "sample": 2 * shards, "evaluate": 2, "calibrate": 0,  # Table 7 shows no calibration error
+        # each search: round 0 (the initial scale), round 1 (one step past the edge), the final round
+        # (the finalist); the one finalist sampled in full, evaluated, its grid drawn; one result
+        "search_round": 2 * 3, "search_sample": 2 * shards, "search_evaluate": 2, "search_grid": 2,
+        "search_result": 2,
+        # every setting loads denoiser, off-the-shelf and fine-tuned networks; the evaluator judges
+        "train_model": 4, "fetch_checkpoint": 0, "reference_features": 1,
+        "figure": 1,  # Figures 3 and 5, the DDPM family's analytic figures, in one job
+        "sample_grid": 2, "report": 1, "all": 1,
+    }
+    assert {k: counts[k] for k in by_hand} == by_hand
+    assert counts["total"] == sum(by_hand.values()) == 32
+    # before any round has run, Snakemake knows each search's round 0 and result, not the later
+    # rounds nor the finalists' sample, evaluate and grid jobs they propose
+    assert counts["first_dag"] == 32 - 2 * 2 - 2 * shards - 2 - 2 == 20
+    line = describe_job_counts(config, plan)
+    assert line.startswith("offshelf: 32 jobs planned (") and "at most" in line and "lists 20 of them" in line

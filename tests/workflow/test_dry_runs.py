@@ -28,6 +28,8 @@ def test_dry_run_lists_the_full_graph_without_any_file(name, tmp_path, monkeypat
     monkeypatch.setenv("OFFSHELF_CACHE", str(tmp_path / "empty-cache"))  # nothing downloaded, no network
     jobs = dry_run_jobs("--configfile", f"config/{name}.yaml", "--config", f"results={tmp_path / 'results'}")
     assert jobs == EXPECTED_JOBS[name]
+    # no search here: the plan's count (what `offshelf plan` and the run print) is the whole graph, exactly
+    assert planned_jobs(REPO / "config" / f"{name}.yaml") == {"total": sum(jobs.values()), "first_dag": sum(jobs.values())}
 
 
 def test_dry_run_lists_every_stage(tmp_path):
@@ -37,6 +39,17 @@ def test_dry_run_lists_every_stage(tmp_path):
                  "all"):
         assert jobs.get(rule, 0) >= 1, f"stage {rule} missing from the dry run: {jobs}"
     assert jobs["train_model"] == 4
+    # with searches, Snakemake's first graph lacks what their rounds (checkpoints) add: the plan says how many it lists
+    assert planned_jobs(REPO / "config.yaml")["first_dag"] == sum(jobs.values())
+
+
+def planned_jobs(config_file):
+    """The plan's total job count and the part of it Snakemake's first dry run lists."""
+    from offshelf.config import read_config
+    from offshelf.planning.plan import build_plan
+
+    counts = build_plan(read_config(config_file)).job_counts
+    return {"total": counts["total"], "first_dag": counts["first_dag"]}
 
 
 def test_snakemake_builds_the_plan_once(tmp_path):

@@ -22,6 +22,35 @@ CI = REPO / "config" / "ci.yaml"
 # ci_run (conftest.py): the ci workflow, run once per session for this module and test_report_html.py
 
 
+def test_the_printed_job_count_is_the_number_of_jobs_the_run_ran(ci_run):
+    """One job count, and correct: the run's one `offshelf: N jobs planned` line (the plan's,
+    offshelf.planning.costs.count_jobs) names as many jobs as Snakemake ran, rule by rule (ci's
+    searches take every step the count allows for: at most is exact here)."""
+    import re
+    from collections import Counter
+
+    from offshelf.config import read_config
+    from offshelf.planning.plan import build_plan
+
+    log = (ci_run / "snakemake.log").read_text()
+    planned = re.findall(r"^offshelf: (\d+) jobs planned \(.*", log, flags=re.M)
+    assert len(planned) == 1, planned
+    ran = Counter(re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):$", log, flags=re.M))
+    finished = len(re.findall(r"^Finished jobid: ", log, flags=re.M))
+    steps = re.findall(r"^(\d+) of (\d+) steps \(100%\) done$", log, flags=re.M)
+    assert steps[-1] == (str(finished), str(finished)), steps[-1:]  # every job started, and finished
+    assert int(planned[0]) == finished == sum(ran.values()), (planned, finished, ran)
+    counts = build_plan(read_config(CI)).job_counts
+    by_rule = {"sample": counts["sample"] + counts["search_sample"], "evaluate": counts["evaluate"] + counts["search_evaluate"],
+               "search_round": counts["search_round"], "search_result": counts["search_result"],
+               "sample_grid": counts["sample_grid"] + counts["search_grid"],
+               "calibrate": ran["calibrate"], "calibrate_guided": counts["calibrate"] - ran["calibrate"],
+               "figure_calibration": ran["figure_calibration"], "figure_gradients": ran["figure_gradients"],
+               "figure_analytic": counts["figure"] - ran["figure_calibration"] - ran["figure_gradients"],
+               **{rule: counts[rule] for rule in ("train_model", "reference_features", "report", "all")}}
+    assert dict(ran) == by_rule
+
+
 def test_report_has_numbers_for_every_row(ci_run):
     report = ci_run / "ci" / "report"
     assert (report / "README.md").is_file()
