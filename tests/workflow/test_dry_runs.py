@@ -45,10 +45,9 @@ def test_dry_run_lists_every_stage(tmp_path):
 
 def planned_jobs(config_file):
     """The plan's total job count and the part of it Snakemake's first dry run lists."""
-    from offshelf.config import read_config
-    from offshelf.planning.plan import build_plan
+    from offshelf.config import read_config, validated_plan
 
-    counts = build_plan(read_config(config_file)).job_counts
+    counts = validated_plan(read_config(config_file)).job_counts
     return {"total": counts["total"], "first_dag": counts["first_dag"]}
 
 

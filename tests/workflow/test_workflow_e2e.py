@@ -29,8 +29,7 @@ def test_the_printed_job_count_is_the_number_of_jobs_the_run_ran(ci_run):
     import re
     from collections import Counter
 
-    from offshelf.config import read_config
-    from offshelf.planning.plan import build_plan
+    from offshelf.config import read_config, validated_plan
 
     log = (ci_run / "snakemake.log").read_text()
     planned = re.findall(r"^offshelf: (\d+) jobs planned \(.*", log, flags=re.M)
@@ -40,7 +39,7 @@ def test_the_printed_job_count_is_the_number_of_jobs_the_run_ran(ci_run):
     steps = re.findall(r"^(\d+) of (\d+) steps \(100%\) done$", log, flags=re.M)
     assert steps[-1] == (str(finished), str(finished)), steps[-1:]  # every job started, and finished
     assert int(planned[0]) == finished == sum(ran.values()), (planned, finished, ran)
-    counts = build_plan(read_config(CI)).job_counts
+    counts = validated_plan(read_config(CI)).job_counts
     by_rule = {"sample": counts["sample"] + counts["search_sample"], "evaluate": counts["evaluate"] + counts["search_evaluate"],
                "search_round": counts["search_round"], "search_result": counts["search_result"],
                "sample_grid": counts["sample_grid"] + counts["search_grid"],
