@@ -8,7 +8,8 @@ are read from its `rule NAME:` / `checkpoint NAME:` lines. JOB_CPU_SECONDS: the 
 system (e.g. a `/usr/bin/time` of the run less the Snakemake process's own utime + stime, read from
 /proc/PID/stat while it ran). Each rule's start-up is measured here, in fresh interpreters that do
 only what its job does before any work: the preamble's imports and the script's top-level imports
-(search rounds after round 0 also import what they draw and judge with: torch, the backend).
+and what it imports inside its work before doing any (INNER_IMPORTS: a search round after round 0
+imports the backend it draws and judges with, a training job torch).
 Measure on the machine that ran the workflow, under the same load: both numbers are CPU seconds.
 """
 
@@ -25,8 +26,10 @@ from pathlib import Path
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "workflow" / "scripts"
 PREAMBLE = "import pickle\nfrom snakemake import script\nimport snakemake.io\n"
-# a search round that draws and judges (every round but 0) imports these inside its job (search_round.py)
+# imports a job makes inside its work, before any: a search round that draws and judges (every round
+# but 0; search_round.py), a training job (every trained backend trains with torch)
 ROUND_DRAWS = "from offshelf import backends, stages\nfrom offshelf.settings import Setting\nfrom offshelf.shards import seed_list\n"
+INNER_IMPORTS = {"search_round (draws)": ROUND_DRAWS, "train_model": "import torch\n"}
 SCRIPT_OF_RULE = {"calibrate_guided": "calibrate", "figure_calibration": "figure_calibration",
                   "figure_analytic": "figure_analytic", "figure_gradients": "figure_gradients"}
 
@@ -74,7 +77,7 @@ def main() -> int:
         if rule == "all":  # no process: Snakemake's own target
             continue
         script = SCRIPTS / f"{SCRIPT_OF_RULE.get(rule, rule)}.py"
-        code = PREAMBLE + top_level_imports(script) + ("\n" + ROUND_DRAWS if kind.endswith("(draws)") else "")
+        code = PREAMBLE + top_level_imports(script) + "\n" + INNER_IMPORTS.get(kind, "")
         each, torch = startup_cpu(code, args.repeats)
         total_startup += n * each
         torch_jobs += n if torch else 0
