@@ -1,5 +1,5 @@
 # Tables beside the paper's numbers, figures, one Markdown report.
-from offshelf.planning.plan import report_figures
+from offshelf.planning.probes import report_figures
 from offshelf.report import table_heading
 
 # The HTML report's landing page (snakemake --report): what the workflow is, and where to look.

@@ -8,9 +8,10 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from offshelf.planning.params import config_backend, num_shards
+from offshelf.planning.probes import report_figures
 from offshelf.search import max_evaluations, max_rounds
 
 # A workflow whose DAG holds tens of thousands of jobs takes minutes and gigabytes before the
@@ -71,7 +72,6 @@ def count_jobs(config: dict, plan, backend) -> dict[str, int]:
     (:class:`TooManyJobsError`); settings are bounded by the size of the config itself
     (rows × regimes × scale grid)."""
     from offshelf.backends.capabilities import Capability
-    from offshelf.planning.plan import report_figures
 
     limit = config.get("max_jobs", DEFAULT_MAX_JOBS)
     check_shards(config)

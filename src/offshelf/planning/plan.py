@@ -96,15 +96,6 @@ class Plan:
                 for s in self.sources(config, backend) if isinstance(s, Pretrained) and s.name not in local}
 
 
-def report_figures(config: dict, backend) -> list[str]:
-    """The report's figures: those the config asks for (calibration curves, the gradient panel) and
-    the analytic figures of the backend's family (one figure_analytic job makes them all)."""
-    from offshelf.backends.capabilities import Capability
-
-    analytic = backend.analytic_figures if Capability.ANALYTIC_FIGURES in backend.capabilities else ()
-    return sorted([f for f in ("figure1", "figure2", "figure4") if f in config.get("figures", {})] + list(analytic))
-
-
 def _count_build() -> None:
     path = os.environ.get(COUNT_BUILDS)
     if path:

@@ -49,3 +49,12 @@ def figure_guided_settings(config: dict) -> list[Setting]:
     """The guided calibrations Figures 1-2 show (with guided calibration on)."""
     return [s for figure in ("figure1", "figure2") if figure in config.get("figures", {})
             for settings in figure_guided_probes(config, figure).values() for s in settings]
+
+
+def report_figures(config: dict, backend) -> list[str]:
+    """The report's figures: those the config asks for (calibration curves, the gradient panel) and
+    the analytic figures of the backend's family (one figure_analytic job makes them all)."""
+    from offshelf.backends.capabilities import Capability
+
+    analytic = backend.analytic_figures if Capability.ANALYTIC_FIGURES in backend.capabilities else ()
+    return sorted([f for f in ("figure1", "figure2", "figure4") if f in config.get("figures", {})] + list(analytic))
