@@ -120,3 +120,79 @@ def test_a_non_finite_score_stops_the_search_naming_the_candidate():
 def test_bad_beam_input_names_the_key(make, key):
     with pytest.raises(BeamSearchError, match=key):
         make()
+
+
+# ----------------------------------------------------------------------------
+# on offshelf's knobs: `offshelf tune --method tfg-beam`
+
+def test_tfg_beam_on_digits_maps_the_knobs_and_counts_its_samples(tmp_path):
+    """run_tfg_beam on toy digits networks: the trace's rounds are the schedule beam_rounds gives
+    for the FIDs it recorded, each candidate is the setting the knob map says (s from μ's ladder,
+    β = 1/width from σ's, τ1 = τ2 = 1, γ = 0), and its cost is the samples it drew × steps."""
+    import pandas as pd
+    import yaml
+
+    from conftest import train_tiny_digits
+    from offshelf.backends.digits import DigitsBackend
+    from offshelf.beam_search import BeamSpec
+    from offshelf.tuning import TuneSpec, beam_knobs, run_tfg_beam
+
+    files = train_tiny_digits(tmp_path, steps=5, batch_size=16)
+    backend = DigitsBackend()
+    guiding = {role: files[role] for role in ("denoiser", "offshelf", "finetuned")}
+    sampling = {"respacing": "4", "variance": "fixed_large"}
+    models = backend.load(guiding, sampling)
+    spec = TuneSpec(regime="uncond", search={"full_fidelity": 12, "low_fidelity": 8})
+    summary = run_tfg_beam(backend, models, spec, tmp_path / "beam", guiding, {"evaluator": files["evaluator"]},
+                           sampling=sampling, batch_size=16, beam={"rounds": 2, "samples_per_candidate": 8})
+    knobs, dropped = beam_knobs(backend, spec)
+    assert [k.name for k in knobs] == ["scale", "softplus_width"] and dropped == {}
+    assert [k.ladder() for k in knobs] == [[0.25, 0.5, 1.0, 2.0, 4.0, 8.0], [0.001, 0.01, 0.1, 1.0]]
+
+    trace = pd.read_csv(tmp_path / "beam" / "beam_trace.csv")
+    screened = trace[trace["round"] != "final"]
+    fids = {(row.scale, row.softplus_width): row.fid for row in screened.itertuples()}
+    replay = beam_rounds(BeamSpec(knobs=knobs, rounds=2), lambda c: fids[c])
+    assert [list(r.candidates) for r in replay] == [
+        [tuple(x) for x in screened[screened["round"].astype(str) == str(i)][["scale", "softplus_width"]].values]
+        for i in range(2)]
+    assert [list(r.candidates)[:3] for r in replay][0] == [(0.25, 0.001), (0.5, 0.001), (0.25, 0.01)]
+    final = trace[trace["round"] == "final"]
+    assert len(final) == 1 and int(final["num_samples"].iloc[0]) == 12
+    assert tuple(final[["scale", "softplus_width"]].values[0]) == replay[-1].ranking[0][0]
+
+    base = yaml.safe_load((tmp_path / "beam" / "tuned.yaml").read_text())["tfg_beam_offshelf_uncond"]
+    scale, width = replay[-1].ranking[0][0]
+    assert base == {"method": "guided", "classifier": "offshelf", "input": "x0", "softplus_beta": 1.0 / width,
+                    "joint_temperature": 1.0, "marginal_temperature": 1.0, "sine_factor": 0.0, "scale": scale}
+    # every candidate drew 8 samples once; the finalist 4 more seeds on top of its screen
+    assert summary["samples"] == 8 * len(screened) + 4 and summary["denoiser_evaluations"] == summary["samples"] * 4
+    assert summary["candidates_per_round"] == [3, len(replay[1].candidates)]
+
+
+def test_tfg_beam_drops_the_softplus_width_of_a_family_without_relu():
+    from offshelf.backends.digits import DigitsBackend
+    from offshelf.tuning import TuneSpec, beam_knobs
+
+    knobs, dropped = beam_knobs(DigitsBackend(), TuneSpec(regime="uncond", network="vit", softplus_betas=(math.inf,)))
+    assert [k.name for k in knobs] == ["scale"] and list(dropped) == ["softplus_width"]
+
+
+def test_unknown_beam_key_names_it():
+    from offshelf.tuning import TuneError, TuneSpec, beam_spec
+
+    with pytest.raises(TuneError, match=r"unknown beam key\(s\) \['beams'\]"):
+        beam_spec(TuneSpec(), TFG_KNOBS, {"beams": 3})
+    with pytest.raises(TuneError, match="beam.rounds must be an integer >= 1"):
+        beam_spec(TuneSpec(), TFG_KNOBS, {"rounds": 0})
+
+
+def test_beam_keys_without_the_beam_method_are_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "offshelf.cli", "tune", "--backend", "digits", "--beam", "rounds=2",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "--beam" in proc.stderr and "only --method tfg-beam takes beam keys" in proc.stderr
+    assert "Traceback" not in proc.stderr
