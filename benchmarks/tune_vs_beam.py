@@ -4,8 +4,9 @@ docs/tuning.md §8).
 Per classifier family and regime: run the calibrated tuner (`run_tune`, its defaults), then TFG's
 beam search (`run_tfg_beam`) twice: as published (64 samples per candidate, top-2, 6 rounds, the
 best finalist at the tuner's full fidelity, 500), and at the tuner's budget (samples per candidate
-scaled so that the beam's denoiser evaluations match the calibrated tuner's total: Stage 1, the
-guided β choice and Stage 2). Both searches draw their own samples on seeds 40,000,000…; their
+such that the most candidates the rounds can screen, plus the finalist's full draw, cost what the
+calibrated tuner spent in all: Stage 1, the guided β choice and Stage 2; the beam spends at most
+that, less when its rounds run out of neighbours). Both searches draw their own samples on seeds 40,000,000…; their
 chosen settings are then drawn again on seeds 0 … N−1, which chose nothing, and judged by the
 digits evaluation network (which guides nothing): FID with the basic bootstrap 95 % interval, and
 the paired difference beam − calibrated on the same seeds and bootstrap indices. Prints a
@@ -31,7 +32,8 @@ from offshelf.backends.digits import DigitsBackend
 from offshelf.metrics import extract_features, feature_statistics, frechet_distance
 from offshelf.settings import Setting
 from offshelf.stages import sample_shard
-from offshelf.tuning import TuneSpec, run_tfg_beam, run_tune
+from offshelf.beam_search import BeamSpec, max_candidates
+from offshelf.tuning import TuneSpec, beam_knobs, run_tfg_beam, run_tune
 
 
 def calibrated_cost(summary: dict) -> int:
@@ -82,9 +84,12 @@ def main(argv=None):
     budget = calibrated_cost(tuned)
     published, published_seconds = timed(run_tfg_beam, backend, models, spec, out / "beam_published", guiding,
                                          judging, **common)
-    # at the tuner's budget: K candidates × n + the finalist's (full − n) more samples = budget / per_sample
-    candidates = sum(published["candidates_per_round"])
-    n_equal = int((budget / per_sample - args.full_fidelity) // (candidates - 1))
+    # at the tuner's budget: the most candidates the rounds can screen (max_candidates, whatever the
+    # FIDs) × n, plus the finalist's (full − n) more seeds, = the tuner's samples; so the beam never
+    # spends more than the tuner, and spends less when its rounds run out of neighbours early
+    knobs, _ = beam_knobs(backend, spec)
+    most = max_candidates(BeamSpec(knobs=knobs))
+    n_equal = int((budget / per_sample - args.full_fidelity) // (most - 1))
     n_equal = max(1, min(n_equal, args.full_fidelity))
     equal, equal_seconds = timed(run_tfg_beam, backend, models, spec, out / "beam_equal", guiding, judging,
                                  beam={"samples_per_candidate": n_equal}, **common)

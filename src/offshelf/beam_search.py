@@ -111,6 +111,15 @@ class BeamSpec:
         return dict(zip(self.names, candidate))
 
 
+def max_candidates(spec: BeamSpec) -> int:
+    """The most candidates the screening rounds can evaluate, whatever the scores: round 0's start
+    and its one-knob neighbours, then at most ``top_k`` × (knobs) a round, never more than the
+    ladders' grid holds. A budget for the rounds divided by this bounds the samples per candidate."""
+    grid = math.prod(len(k.ladder()) for k in spec.knobs)
+    knobs = len(spec.knobs)
+    return min(1 + knobs + (spec.rounds - 1) * spec.top_k * knobs, grid)
+
+
 def initial_candidate(spec: BeamSpec) -> Candidate:
     return tuple(k.initial for k in spec.knobs)
 
@@ -186,5 +195,6 @@ def run_beam_search(spec: BeamSpec, objective: Callable[[Candidate, int], float]
     return BeamResult(best, value, tuple(rounds), tuple(finals))
 
 
-__all__ = ["BeamSearchError", "Knob", "TFG_KNOBS", "BeamSpec", "Candidate", "initial_candidate", "neighbours",
+__all__ = ["BeamSearchError", "Knob", "TFG_KNOBS", "BeamSpec", "Candidate", "max_candidates", "initial_candidate",
+           "neighbours",
            "BeamRound", "beam_rounds", "BeamResult", "run_beam_search"]

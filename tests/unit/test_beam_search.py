@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from offshelf.beam_search import (TFG_KNOBS, BeamSearchError, BeamSpec, Knob, beam_rounds, neighbours,
-                                  run_beam_search)
+from offshelf.beam_search import (TFG_KNOBS, BeamSearchError, BeamSpec, Knob, beam_rounds, max_candidates,
+                                  neighbours, run_beam_search)
 
 RHO = [0.25, 0.5, 1.0, 2.0, 4.0, 8.0]
 MU = [0.25, 0.5, 1.0, 2.0, 4.0, 8.0]
@@ -64,6 +64,16 @@ def test_candidate_schedule_equals_the_published_rule_by_hand():
                      (at(0, 2, 2), at(1, 1, 2)), (at(1, 2, 2), at(2, 1, 2)), (at(2, 2, 2), at(3, 1, 2))]
     # six rounds stop one step short of the minimum (3, 2, 2): 29 candidates screened
     assert len(rounds[-1].ranking) == 29 and at(3, 2, 2) not in [c for c, _ in rounds[-1].ranking]
+
+
+def test_max_candidates_bounds_every_schedule():
+    """TFG's three knobs: 4 in round 0, then at most 2 members × 3 knobs in each of 5 rounds = 34
+    (the hand schedule above screens 29); σ alone: its 4-rung ladder; ρ × σ: 3 + 5 × 4 = 23 of 24."""
+    assert max_candidates(BeamSpec()) == 34
+    assert max_candidates(BeamSpec(knobs=(TFG_KNOBS[2],))) == 4
+    assert max_candidates(BeamSpec(knobs=(TFG_KNOBS[0], TFG_KNOBS[2]))) == 23
+    for score in (ladder_score, lambda c: 0.0, lambda c: -sum(c), lambda c: sum(c)):
+        assert len(beam_rounds(BeamSpec(), score)[-1].ranking) <= 34
 
 
 def test_a_knob_at_its_maximum_proposes_nothing_and_rounds_run_empty():
