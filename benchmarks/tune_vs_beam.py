@@ -6,7 +6,8 @@ beam search (`run_tfg_beam`) twice: as published (64 samples per candidate, top-
 best finalist at the tuner's full fidelity, 500), and at the tuner's budget (samples per candidate
 such that the most candidates the rounds can screen, plus the finalist's full draw, cost what the
 calibrated tuner spent in all: Stage 1, the guided β choice and Stage 2; the beam spends at most
-that, less when its rounds run out of neighbours). Both searches draw their own samples on seeds 40,000,000…; their
+that, less when its rounds run out of neighbours); and, whatever it costs, with every candidate
+screened on the finalists' 500 samples (``--full-screen-samples``: the beam without screening noise). Both searches draw their own samples on seeds 40,000,000…; their
 chosen settings are then drawn again on seeds 0 … N−1, which chose nothing, and judged by the
 digits evaluation network (which guides nothing): FID with the basic bootstrap 95 % interval, and
 the paired difference beam − calibrated on the same seeds and bootstrap indices. Prints a
@@ -49,6 +50,8 @@ def main(argv=None):
     parser.add_argument("--network", default="", help="the classifier family (mlp, vit; default: the ResNet)")
     parser.add_argument("--samples", type=int, default=500, help="fresh samples per chosen setting (seeds 0 … N−1)")
     parser.add_argument("--full-fidelity", type=int, default=500, help="both searches' finalist samples")
+    parser.add_argument("--full-screen-samples", type=int, default=500,
+                        help="a third beam with this many samples per candidate, whatever it costs (0: none)")
     parser.add_argument("--bootstrap", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--threads", type=int, default=1)
@@ -94,6 +97,13 @@ def main(argv=None):
     equal, equal_seconds = timed(run_tfg_beam, backend, models, spec, out / "beam_equal", guiding, judging,
                                  beam={"samples_per_candidate": n_equal}, **common)
 
+    variants = [("tfg-beam (published, 64/candidate)", published, published_seconds),
+                (f"tfg-beam (equal budget, {n_equal}/candidate)", equal, equal_seconds)]
+    if args.full_screen_samples:  # screening noise removed: every candidate on as many samples as a finalist
+        full, full_seconds = timed(run_tfg_beam, backend, models, spec, out / "beam_full_screen", guiding, judging,
+                                   beam={"samples_per_candidate": args.full_screen_samples}, **common)
+        variants.append((f"tfg-beam ({args.full_screen_samples}/candidate, over budget)", full, full_seconds))
+
     def fresh(setting: Setting):
         images, _, _ = sample_shard(backend, models, setting, list(range(args.samples)), args.batch_size)
         features = extract_features(images, extractor.features, extractor.batch_size)
@@ -116,8 +126,7 @@ def main(argv=None):
     base_fid, base_rep, base_interval = fresh(setting_of(tuned))
     rows["calibrated"] = dict(setting=setting_of(tuned).name, fid=base_fid, fid_lo=base_interval["fid_lo"],
                               fid_hi=base_interval["fid_hi"], denoiser_evaluations=budget, seconds=tuned_seconds)
-    for label, summary, seconds in (("tfg-beam (published, 64/candidate)", published, published_seconds),
-                                    (f"tfg-beam (equal budget, {n_equal}/candidate)", equal, equal_seconds)):
+    for label, summary, seconds in variants:
         fid, rep, interval = fresh(setting_of(summary))
         diff, lo, hi = statistics.paired_difference("fid", fid, base_fid, rep["fid"], base_rep["fid"])
         rows[label] = dict(setting=setting_of(summary).name, fid=fid, fid_lo=interval["fid_lo"],
@@ -126,7 +135,7 @@ def main(argv=None):
                            candidates=sum(summary["candidates_per_round"]), dropped_knobs=summary["dropped_knobs"])
     result = {"regime": args.regime, "network": args.network or "resnet", "judge": extractor.name,
               "fresh_seeds": [0, args.samples - 1], "rows": rows, "calibrated_summary": tuned,
-              "beam_published_summary": published, "beam_equal_summary": equal}
+              "beam_summaries": {label: summary for label, summary, _ in variants}}
     (out / "result.json").write_text(json.dumps(result, indent=2, default=str))
     family_name = {"": "ResNet", "mlp": "MLP", "vit": "ViT"}.get(args.network, args.network)
     for label, row in rows.items():
