@@ -1,17 +1,17 @@
-"""offshelf tune (calibrated) against TFG's beam search on the digits benchmark (issue 27 item 3;
-docs/tuning.md §8).
+"""offshelf tune (calibrated) against TFG's beam search on digits (issue 27 item 3, docs/tuning.md §8).
 
 Per classifier family and regime: run the calibrated tuner (`run_tune`, its defaults), then TFG's
-beam search (`run_tfg_beam`) twice: as published (64 samples per candidate, top-2, 6 rounds, the
-best finalist at the tuner's full fidelity, 500), and at the tuner's budget (samples per candidate
+beam search (`run_tfg_beam`) three times: as published (64 samples per candidate, top-2, 6 rounds,
+the best finalist at the tuner's full fidelity, 500); at the tuner's budget (samples per candidate
 such that the most candidates the rounds can screen, plus the finalist's full draw, cost what the
 calibrated tuner spent in all: Stage 1, the guided β choice and Stage 2; the beam spends at most
 that, less when its rounds run out of neighbours); and, whatever it costs, with every candidate
-screened on the finalists' 500 samples (``--full-screen-samples``: the beam without screening noise). Both searches draw their own samples on seeds 40,000,000…; their
-chosen settings are then drawn again on seeds 0 … N−1, which chose nothing, and judged by the
-digits evaluation network (which guides nothing): FID with the basic bootstrap 95 % interval, and
-the paired difference beam − calibrated on the same seeds and bootstrap indices. Prints a
-Markdown table row per method; writes result.json to --out.
+screened on the finalists' 500 samples (``--full-screen-samples``: the beam without screening
+noise). Both searches draw their own samples on seeds 40,000,000…; their chosen settings are then
+drawn again on seeds 0 … N−1, which chose nothing, and judged by the digits evaluation network
+(which guides nothing): FID with the basic bootstrap 95 % interval, and the paired difference
+beam − calibrated on the same seeds and bootstrap indices. Prints a Markdown table row per
+method; writes result.json to --out.
 
     PYTHONPATH=src .venv/bin/python benchmarks/tune_vs_beam.py --models results/digits/models \\
         --regime uncond --out results/bench_beam/uncond
@@ -118,7 +118,8 @@ def main(argv=None):
 
         if summary.get("method") == "tfg-beam":
             return beam_setting(spec, summary["knobs"])
-        return Setting(regime=args.regime, network=args.network, softplus_beta=float(summary["chosen"]["softplus_beta"]),
+        return Setting(regime=args.regime, network=args.network,
+                       softplus_beta=float(summary["chosen"]["softplus_beta"]),
                        marginal_temperature=summary["chosen"]["marginal_temperature"],
                        sine_factor=summary["sine_factor"], scale=summary["scale"])
 

@@ -778,7 +778,8 @@ def run_tfg_beam(backend, models, spec: TuneSpec, out_dir, guiding_files: Mappin
         rank = {c: i for i, (c, _) in enumerate(r.ranking)}
         for c in r.candidates:
             rows.append(dict(round=r.index, **search.as_dict(c), setting=beam_setting(spec, search.as_dict(c)).name,
-                             num_samples=search.samples_per_candidate, fid=dict(r.ranking)[c], rank_after_round=rank[c]))
+                             num_samples=search.samples_per_candidate, fid=dict(r.ranking)[c],
+                             rank_after_round=rank[c]))
     for c, value in result.finals:
         rows.append(dict(round="final", **search.as_dict(c), setting=beam_setting(spec, search.as_dict(c)).name,
                          num_samples=search.full_samples, fid=value, rank_after_round=None))
