@@ -412,8 +412,10 @@ def cmd_tune(args) -> int:
     from offshelf import stages
     from offshelf.settings import Setting
     from offshelf.backends.capabilities import Capability, require, unavailable
-    from offshelf.tuning import TuneSpec, run_tune
+    from offshelf.tuning import TuneSpec, run_tfg_beam, run_tune
 
+    if args.beam and args.method != "tfg-beam":
+        raise ArgumentError("--beam", "only --method tfg-beam takes beam keys")
     ctx = Context(args)
     require(ctx.backend, Capability.TUNING, "offshelf tune")  # before any file is read
     search = _pairs(args.search, "--search")
@@ -434,6 +436,16 @@ def cmd_tune(args) -> int:
     guiding = ctx.files(ctx.backend.files(setting))
     models = stages.load_models(ctx.backend, guiding, ctx.sampling, setting, ctx.checkpoints)
     judging = stages.verified_files(ctx.files(sources), sources, ctx.checkpoints)
+    if args.method == "tfg-beam":
+        summary = run_tfg_beam(ctx.backend, models, spec, args.out, guiding, judging, ctx.config.get("evaluation", {}),
+                               ctx.sampling, ctx.batch_size(args), progress=False,
+                               beam=_pairs(args.beam, "--beam"))
+        dropped = "".join(f"; {k} not searched: {why}" for k, why in summary["dropped_knobs"].items())
+        print(f"{summary['base']}: {', '.join(f'{k}={v:g}' for k, v in summary['knobs'].items())} (TFG's beam search, "
+              f"{sum(summary['candidates_per_round'])} candidates in {summary['rounds']} rounds{dropped}; FID "
+              f"{summary['search_fid']:.4g} by {summary['judge']}); {summary['denoiser_evaluations']:,} denoiser "
+              f"evaluations -> {Path(args.out) / 'tuned.yaml'}")
+        return 0
     summary = run_tune(ctx.backend, models, spec, args.out, guiding, judging, ctx.config.get("evaluation", {}),
                        ctx.sampling, ctx.batch_size(args), progress=False)
     print(f"{summary['base']}: softplus_beta={summary['chosen']['softplus_beta']:g} "
@@ -661,6 +673,11 @@ def _add_tune(commands) -> None:
     tune.add_argument("--sine-factor", type=float, help="γ of Eq. 5 where calibration supports the bump, else 0 (default 0.3)")
     tune.add_argument("--search", action="append", default=[], metavar="KEY=VALUE",
                       help="scale search keys: initial=[1,3,10] low_fidelity=100 full_fidelity=500 factor=3 ...")
+    tune.add_argument("--method", choices=["calibrated", "tfg-beam"], default="calibrated",
+                      help="calibrated: the two stages above (default); tfg-beam: TFG's hyper-parameter beam search "
+                           "over the scale and the Softplus width, judged the same way (docs/tuning.md §8)")
+    tune.add_argument("--beam", action="append", default=[], metavar="KEY=VALUE",
+                      help="tfg-beam keys: top_k=2 rounds=6 samples_per_candidate=64 finalists=1 full_samples=500")
     tune.add_argument("--sampling", action="append", default=[], metavar="KEY=VALUE")
     tune.add_argument("--out", required=True, help="output folder: tuned.yaml and the evidence files")
     tune.set_defaults(run=cmd_tune)
