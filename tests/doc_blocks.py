@@ -1,14 +1,18 @@
 """The fenced code blocks of README.md and docs/*.md, and the markers that say who runs them.
 
-Every block is run by a test unless a marker says why it cannot be (docs/README.md, "Code blocks"):
+Every block is run by a test unless a marker says why it cannot be (README.md, "Tests"):
 
 * a ``python`` or ``bash`` block without a marker is run by tests/unit/test_docs.py, in a
   folder that shows the repository (its files linked, new files land beside them);
 * ``<!-- runs: workflow; test: FILE::FUNCTION -->`` above a block: it starts Snakemake (or needs a
   workflow's results), so the named test in tests/workflow/ runs it; ``file: NAME`` adds that the
   block is a file the test saves under NAME;
-* ``<!-- needs: gpu -->``, ``<!-- needs: download -->`` (weights, or packages from a registry), or
-  ``<!-- needs: root -->`` (a SLURM cluster): not run, for that reason;
+* ``<!-- needs: gpu -->``, ``<!-- needs: download -->`` (weights, data, or packages from a
+  registry), ``<!-- needs: root -->`` (a SLURM cluster) or ``<!-- needs: make-run -->`` (the
+  results of the default workflow, minutes of CPU); several may be listed (``needs: gpu,
+  download``): not run, for that reason;
+* ``<!-- file: NAME -->`` on a ``yaml`` block: a file the page's other blocks use; the unit test
+  saves it under NAME before it runs them;
 * a ``yaml`` block is parsed; a ``text`` block (a diagram, an output) holds no code. A fence
   without a language is an error: say what the block is.
 
@@ -29,7 +33,7 @@ DOCUMENTS = ("README.md", "docs/*.md")
 FENCE = re.compile(r"^(?P<indent>\s*)(?P<fence>```+|~~~+)\s*(?P<language>[^\s`]*)\s*$")
 MARKER = re.compile(r"^\s*<!--\s*(?P<body>[a-z]+:.*?)\s*-->\s*$")
 RUNNABLE = {"python", "bash"}
-NEEDS = {"gpu", "download", "root"}
+NEEDS = {"gpu", "download", "root", "make-run"}
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,10 @@ class Block:
     @property
     def where(self) -> str:
         return f"{self.path}:{self.line}"
+
+    @property
+    def needs(self) -> set[str]:
+        return {value.strip() for value in self.marks.get("needs", "").split(",") if value.strip()}
 
 
 def documents(repo: Path = REPO) -> list[Path]:
