@@ -5,12 +5,15 @@ that run's folder (their own files land in the test's folder)."""
 
 import json
 import math
+import os
 import subprocess
 
 import pytest
 import yaml
 
-from doc_blocks import block_environment, claimed_by, repo_view
+from doc_blocks import REPO, block_environment, claimed_by, repo_view
+from offshelf.results_doc import BEGIN, END
+from workflow_utils import dry_run_jobs, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -53,3 +56,22 @@ def test_readme_cli_block_runs(ci_run, tmp_path):
     (tuned,) = yaml.safe_load((folder / "tune" / "tuned.yaml").read_text()).values()
     assert tuned["method"] == "guided" and tuned["marginal_temperature"] in (0.2, 0.5, 1.0)
     assert not any(p.name in ("shard.npz", "metrics.json", "tune") for p in ci_run.rglob("*")), "wrote into ci_run"
+
+
+def test_the_workflow_refreshes_the_results_page(ci_run, tmp_path):
+    """Config key ``results_doc`` (config.yaml: docs/results.md, so ``make run`` refreshes it): the
+    publish_results job copies the report's tables between the page's markers and leaves every
+    hand-written line as it was. Here on the ci run, whose report is current: that job alone runs."""
+    page = tmp_path / "results.md"
+    before, after = f"# Results\n\nWritten by hand.\n\n{BEGIN}\n", f"{END}\n\n## Findings, by hand\n"
+    page.write_text(f"{before}the tables of an older run\n{after}")
+    os.utime(page, (0, 0))  # older than the report, as a page checked out before the run
+    args = ("--configfile", str(REPO / "config" / "ci.yaml"), "--config", f"results={ci_run}", f"results_doc={page}")
+    assert dry_run_jobs(*args) == {"publish_results": 1, "all": 1}
+    snakemake("--cores", "1", *args)
+    text = page.read_text()
+    assert text.startswith(before) and text.endswith(after) and "an older run" not in text
+    report = (ci_run / "ci" / "report" / "README.md").read_text()
+    for heading in [line for line in report.splitlines() if line.startswith("**Table ")]:
+        assert heading in text, heading
+    assert "![" not in text and "CSV: [" not in text
