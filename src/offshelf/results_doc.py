@@ -45,14 +45,14 @@ def check_results_doc(path: str | Path, key: str = "results_doc") -> None:
 
 def report_tables(report_text: str) -> str:
     """What a results page shows of a Markdown report (offshelf.report.write_report): its text and
-    tables, headings one level down (the page has its own title), without what only the report's
+    tables, headings two levels down (the page's title and its section hold them), without what only the report's
     folder holds: images (figures, sample grids), the Samples sections and the CSV links."""
     kept, skipping = [], None
     for line in report_text.splitlines():
         if line.startswith("#"):
             skipping = "figures" if line.lstrip("#").strip().lower().startswith("figures") else None
             if skipping is None:
-                kept.append("#" + line)
+                kept.append("##" + line)
             continue
         if skipping == "figures":
             continue

@@ -167,7 +167,7 @@ A caption under the figure.
 
 def test_report_tables_keep_text_and_tables_and_drop_what_only_the_report_folder_holds():
     text = report_tables(REPORT)
-    for kept in ("## offshelf report: digits", "### Networks", "| denoiser | width 32 | loss 0.1 |",
+    for kept in ("### offshelf report: digits", "#### Networks", "| denoiser | width 32 | loss 0.1 |",
                  "**Table 1: Recurrent guidance (500 samples)**", "| baseline (baseline) | 0.43 [0.3, 0.5] |",
                  "Cells: estimate [95% bootstrap interval].", "**Table 2: ReLU vs Softplus (500 samples)**",
                  "| ReLU (baseline) | 0.41 [0.3, 0.5] |"):
