@@ -13,7 +13,7 @@ Every block is run by a test unless a marker says why it cannot be (README.md, "
   download``): not run, for that reason;
 * ``<!-- file: NAME -->`` on a ``yaml`` block: a file the page's other blocks use; the unit test
   saves it under NAME before it runs them;
-* a ``yaml`` block is parsed; a ``text`` block (a diagram, an output) holds no code. A fence
+* a ``yaml`` or ``json`` block is parsed; a ``text`` block (a diagram, an output) holds no code. A fence
   without a language is an error: say what the block is.
 
 A marker is an HTML comment on the line right above the fence (invisible on GitHub), with

@@ -1,6 +1,7 @@
 """The documentation's code blocks run (tests/doc_blocks.py: the markers), and the results page's
 generated part is the workflow's to write and nothing else (offshelf.results_doc)."""
 
+import json
 import re
 import subprocess
 import sys
@@ -28,9 +29,9 @@ def problems(block) -> list[str]:
     """Why a block is neither run nor properly marked (empty: it is)."""
     found = []
     if not block.language:
-        found.append("a fence without a language: say what the block is (python, bash, yaml, text)")
-    if block.language not in RUNNABLE | {"yaml", "text"}:
-        found.append(f"language {block.language!r}: expected python, bash, yaml or text")
+        found.append("a fence without a language: say what the block is (python, bash, yaml, json, text)")
+    if block.language not in RUNNABLE | {"yaml", "json", "text"}:
+        found.append(f"language {block.language!r}: expected python, bash, yaml, json or text")
     unknown = set(block.marks) - {"needs", "runs", "test", "file"}
     if unknown:
         found.append(f"unknown marker key(s) {sorted(unknown)}: expected needs, runs, test, file")
@@ -98,9 +99,10 @@ def test_shell_block_runs(block, tmp_path):
     _run(["bash", "-euo", "pipefail", "-c", block.text], block, tmp_path)
 
 
-@pytest.mark.parametrize("block", [b for b in BLOCKS if b.language == "yaml"], ids=lambda b: b.where)
-def test_yaml_block_parses(block):
-    assert isinstance(yaml.safe_load(block.text), dict), block.where
+@pytest.mark.parametrize("block", [b for b in BLOCKS if b.language in ("yaml", "json")], ids=lambda b: b.where)
+def test_data_block_parses(block):
+    data = json.loads(block.text) if block.language == "json" else yaml.safe_load(block.text)
+    assert isinstance(data, dict), block.where
 
 
 def test_a_failing_block_fails_its_test(tmp_path):
