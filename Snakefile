@@ -72,8 +72,11 @@ include: "workflow/rules/grids.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/text2image.smk"
 include: "workflow/rules/tune.smk"
+include: "workflow/rules/publish.smk"
 
 rule all:
     input:
         f"{EXP}/report/README.md",
+        # config.yaml's docs/results.md: the report's tables on the results page (publish.smk)
+        config.get("results_doc", []),
     default_target: True
