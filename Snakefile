@@ -2,6 +2,7 @@
 #   snakemake --cores all                                          # digits benchmark (config.yaml)
 #   snakemake --cores all --configfile config/ci.yaml              # tiny, for tests
 #   snakemake --cores all tune                                     # offshelf tune: the config's `tune` section
+#   snakemake --cores all pareto                                   # FID against compute: the config's `pareto` table
 #   snakemake --profile profiles/slurm-gpu --configfile config/imagenet128_ddpm.yaml   # Tables 1-7
 #   (config/imagenet64_edm.yaml: Table 8; config/imagenet256_dit.yaml: Table 9)
 # Rules are thin and never name a backbone: the config's `backbone` picks a backend
@@ -12,6 +13,7 @@ import offshelf
 from offshelf import backends
 from offshelf.config import ConfigError, merge, read_config, validated_plan, workflow_config_file
 from offshelf.planning.costs import describe_job_counts
+from offshelf.planning.plan import pareto_config
 from offshelf.planning.params import cache_dir, canonical, num_shards, pretrained_path, sampling_params, shard_seeds
 from offshelf.planning.searches import read_rounds
 from offshelf.settings import Setting, probe_setting
@@ -43,7 +45,8 @@ BACKEND_SPEC = canonical(backends.spec_from_config(config))  # a param of every 
 BACKEND = backends.create(BACKEND_SPEC)
 SETTINGS = PLAN.settings  # the tables' fixed settings; a searched row's scales come from its search's rounds
 EVALUATIONS = PLAN.evaluations  # metrics file stem -> (setting name, number of samples)
-SEARCHES = PLAN.searches  # search name -> offshelf.planning.searches.SearchPlan (workflow/rules/search.smk)
+# search name -> offshelf.planning.searches.SearchPlan (workflow/rules/search.smk): the tables' and the pareto target's
+SEARCHES = PLAN.all_searches
 PROBES = PLAN.probes
 GUIDED_PROBES = PLAN.guided_probes  # guided calibration name -> its guided setting
 LIBRARY = offshelf.__version__  # a param of every job: a library release reruns them
@@ -69,6 +72,7 @@ include: "workflow/rules/grids.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/text2image.smk"
 include: "workflow/rules/tune.smk"
+include: "workflow/rules/pareto.smk"
 
 rule all:
     input:

@@ -461,13 +461,17 @@ def cmd_plan(args) -> int:
         seconds = {"denoiser": args.seconds_per_denoiser, "classifier": args.seconds_per_classifier}
     rows = cost_plan(config, plan, seconds)
     print(describe_job_counts(config, plan))
-    head = ["table", "settings", "samples", "denoiser evaluations", "classifier gradients"] + (["hours"] if seconds else [])
+    # forwards and backwards apart where the backend counts them (DDPM: Best-of-N and SMC score without a backward)
+    backwards = any("classifier_backward" in r for r in rows)
+    head = (["table", "settings", "samples", "denoiser evaluations", "classifier forwards"]
+            + (["classifier backwards"] if backwards else []) + (["hours"] if seconds else []))
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for r in rows:
         cells = [r["table"], r["settings"], r["samples"], f"{r['denoiser']:,}", f"{r['classifier']:,}"]
+        cells += [f"{r.get('classifier_backward', 0):,}"] if backwards else []
         print("| " + " | ".join(map(str, cells + ([f"{r['hours']:.1f}"] if seconds else []))) + " |")
     if seconds:
-        print(f"hours = (denoiser evaluations × {seconds['denoiser']:g} s + classifier gradients × "
+        print(f"hours = (denoiser evaluations × {seconds['denoiser']:g} s + classifier forwards × "
               f"{seconds['classifier']:g} s) / 3600, per image at your batch size; evaluation not counted")
     else:
         print("No GPU costs given: pass --seconds-per-denoiser and --seconds-per-classifier (per image, measured "

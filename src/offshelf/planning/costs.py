@@ -83,9 +83,14 @@ def describe_job_counts(config: dict, plan) -> str:
     c = plan.job_counts
     search = (f"; {c['searches']} guidance-scale searches: at most {c['search_sample']} sample, "
               f"{c['search_evaluate']} evaluate, {c['search_round']} round" if "searches" in c else "")
+    pareto = ""
+    if plan.pareto is not None:  # a named target: `all` does not run it
+        p = plan.pareto.job_counts
+        pareto = (f"; target `pareto` (not in `all`): {p['total']} jobs ({p['sample']} sample, {p['evaluate']} "
+                  f"evaluate" + (f", {p['searches']} searches" if "searches" in p else "") + ")")
     return (f"offshelf: {c['total']} jobs planned ({c['sample']} sample: {c['settings']} settings x up to "
             f"{c['shards']} shards; {c['evaluate']} evaluate; {c['calibrate']} calibrate{search}; plus the "
-            f"per-experiment jobs); max_jobs = {config.get('max_jobs', DEFAULT_MAX_JOBS)}")
+            f"per-experiment jobs){pareto}; max_jobs = {config.get('max_jobs', DEFAULT_MAX_JOBS)}")
 
 
 def cost_plan(config: dict, plan, seconds: dict[str, float] | None = None) -> list[dict[str, Any]]:
@@ -99,8 +104,8 @@ def cost_plan(config: dict, plan, seconds: dict[str, float] | None = None) -> li
     backend = config_backend(config)
     require(backend, Capability.COST, "a cost plan")  # declared, not found out by calling
     most: dict[str, dict[str, int]] = {}  # table -> setting (or search) -> most samples it reads
-    settings = dict(plan.settings)
-    for row in plan.rows:
+    settings = {**plan.settings, **(plan.pareto.settings if plan.pareto else {})}
+    for row in plan.rows + (plan.pareto.rows if plan.pareto else ()):
         if row.unavailable:
             continue
         table = most.setdefault(row.table, {})
@@ -122,6 +127,8 @@ def cost_plan(config: dict, plan, seconds: dict[str, float] | None = None) -> li
             out["samples"] += n
             out["denoiser"] += n * work["denoiser"]
             out["classifier"] += n * work["classifier"]
+            if "classifier_backward" in work:  # the backends counting forwards and backwards apart
+                out["classifier_backward"] = out.get("classifier_backward", 0) + n * work["classifier_backward"]
         if seconds:
             out["hours"] = (out["denoiser"] * seconds["denoiser"] + out["classifier"] * seconds["classifier"]) / 3600
         return out
