@@ -29,6 +29,8 @@ class Capability(StrEnum):
     RESPACING = "respacing"                      # a discrete schedule sampling.respacing respaces
     PAPER_COMPARABLE = "paper_comparable"        # numbers comparable with the paper's (a flag)
     STOCHASTIC = "stochastic_sampling"           # EDM's churn: settings with S_churn > 0 (a flag)
+    PARTICLES = "particle_sampling"              # Best-of-N and SMC settings (offshelf.samplers.particles; a flag)
+    THROUGH_DENOISER = "through_denoiser"        # guided settings with through_denoiser (a flag)
 
 
 #: capability -> the members (methods, class attributes) a backend declaring it defines
@@ -44,6 +46,8 @@ MEMBERS: dict[Capability, tuple[str, ...]] = {
     Capability.RESPACING: ("num_train_timesteps",),
     Capability.PAPER_COMPARABLE: (),
     Capability.STOCHASTIC: (),
+    Capability.PARTICLES: (),
+    Capability.THROUGH_DENOISER: (),
 }
 
 #: capabilities that need others (tuning calibrates along the family's reverse process)
@@ -90,4 +94,10 @@ def unavailable(backend: Any, setting: Any) -> str | None:
     if getattr(setting, "S_churn", 0) and Capability.STOCHASTIC not in backend.capabilities:
         return (f"S_churn > 0 is EDM's stochastic sampling; backend {_name(backend)!r} does not declare "
                 f"capability {Capability.STOCHASTIC.value!r}")
+    if getattr(setting, "method", None) in ("best_of_n", "smc") and Capability.PARTICLES not in backend.capabilities:
+        return (f"{setting.method} samples candidates or particles (offshelf.samplers.particles); backend "
+                f"{_name(backend)!r} does not declare capability {Capability.PARTICLES.value!r}")
+    if getattr(setting, "through_denoiser", False) and Capability.THROUGH_DENOISER not in backend.capabilities:
+        return (f"through_denoiser backpropagates through the denoiser; backend {_name(backend)!r} does not declare "
+                f"capability {Capability.THROUGH_DENOISER.value!r}")
     return backend.unsupported(setting)
