@@ -71,7 +71,10 @@ def pareto_frame(plan_config: dict, metric_files: Sequence[str], feature_files: 
         frame[key] = math.nan
     frame["front"] = False
     for index, line in frame[frame["status"] == "ok"].iterrows():
-        work = work_of(by_name[line["setting"]])
+        work = dict(work_of(by_name[line["setting"]]))
+        if "classifier" in work:  # a backend counting classifier gradients only (EDM, DiT): a forward and a backward each
+            work.setdefault("classifier_forward", work["classifier"])
+            work.setdefault("classifier_backward", work["classifier"])
         for key in WORK_KEYS:
             frame.loc[index, key] = work.get(key, math.nan)
     frame["seconds_per_sample"] = frame.get("seconds", math.nan) / frame["num_samples"]
