@@ -91,7 +91,7 @@ def test_imagenet_workflow_rehearsal(name, tmp_path, standins_dir, base_url):
     # the pareto target (offshelf.pareto; not in `all`) at the rehearsal's size, on ADM-128 where every
     # method runs; EDM's and DiT's are planned and counted (tests/unit/test_pareto.py) but not run here
     targets = ("all", "pareto") if name in PARETO_REHEARSED else ()
-    _run(name, "--configfile", str(config_path), *targets)
+    _run(name, *targets, "--configfile", str(config_path))  # targets first: --configfile takes several
 
     _assert_downloaded(tmp_path / "cache", FETCHED[name], standins_dir, base_url)
     exp = Path(cfg["results"]) / cfg["experiment"]
