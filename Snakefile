@@ -3,6 +3,7 @@
 #   snakemake --cores all --configfile config/ci.yaml              # tiny, for tests
 #   snakemake --cores all tune                                     # offshelf tune: the config's `tune` section
 #   snakemake --cores all pareto                                   # FID against compute: the config's `pareto` table
+#   snakemake --cores all text2image_diffusers                     # Figure 7 on a diffusers pipeline (docs/diffusers.md)
 #   snakemake --profile profiles/slurm-gpu --configfile config/imagenet128_ddpm.yaml   # Tables 1-7
 #   (config/imagenet64_edm.yaml: Table 8; config/imagenet256_dit.yaml: Table 9)
 # Rules are thin and never name a backbone: the config's `backbone` picks a backend
@@ -12,6 +13,7 @@ import sys
 import offshelf
 from offshelf import backends
 from offshelf.config import ConfigError, merge, read_config, validated_plan, workflow_config_file
+from offshelf.devices import gpus_per_job
 from offshelf.planning.costs import describe_job_counts
 from offshelf.planning.plan import pareto_config
 from offshelf.planning.params import cache_dir, canonical, num_shards, pretrained_path, sampling_params, shard_seeds
@@ -51,6 +53,7 @@ PROBES = PLAN.probes
 GUIDED_PROBES = PLAN.guided_probes  # guided calibration name -> its guided setting
 LIBRARY = offshelf.__version__  # a param of every job: a library release reruns them
 THREADS = config.get("threads_per_job", 1)
+GPUS_PER_JOB = gpus_per_job(BACKEND)  # resources.gpu of the rules that load networks; --resources gpu=N caps them
 CHECKPOINTS = canonical(config.get("checkpoints", {}))
 # Used with `--sdm conda`: the same pinned requirements the Makefile installs.
 CONDA_ENV = f"{workflow.basedir}/envs/offshelf.yaml"
@@ -73,8 +76,11 @@ include: "workflow/rules/report.smk"
 include: "workflow/rules/text2image.smk"
 include: "workflow/rules/tune.smk"
 include: "workflow/rules/pareto.smk"
+include: "workflow/rules/publish.smk"
 
 rule all:
     input:
         f"{EXP}/report/README.md",
+        # config.yaml's docs/results.md: the report's tables on the results page (publish.smk)
+        config.get("results_doc", []),
     default_target: True

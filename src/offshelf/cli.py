@@ -5,7 +5,7 @@
     offshelf evaluate   --config config/ci.yaml --shards s.npz --out metrics.json
     offshelf tune       --config config.yaml --classifier offshelf --regime uncond --out results/digits/tune/
     offshelf held-out   --folder imagenet/val --resolution 128 --out held_out_128.npz   # tune's images on ImageNet
-    offshelf plan       --config config/imagenet128_ddpm.yaml [--seconds-per-denoiser S --seconds-per-classifier S]
+    offshelf plan       --config config/imagenet128_ddpm.yaml [--costs benchmarks/gpu_throughput.json]
     offshelf checkpoints list | fetch NAME... | verify NAME PATH
     offshelf generate   --pipeline DIR --prompt "a cat" --objective clip --scale 1 --out DIR   # docs/diffusers.md
     offshelf check-config FILE...        # validate each config file (YAML errors with file:line)
@@ -271,17 +271,15 @@ def cmd_sample(args) -> int:
     reason = unavailable(ctx.backend, setting)
     if reason:
         raise ArgumentError("--setting", f"backend {ctx.backend.name!r} cannot run {setting.name}: {reason}")
-    classes = None
+    classes = wanted = None
     if args.classes:
-        import inspect
-
         try:
             wanted = [int(c) for c in args.classes.split(",")]
         except ValueError:
             raise ArgumentError("--classes", f"{args.classes!r}: give class indices, e.g. 3,7") from None
-        if "labels" not in inspect.signature(ctx.backend.sample).parameters:
-            raise ArgumentError("--classes", f"backend {ctx.backend.name!r} draws each seed's class itself "
-                                             f"(its sample() takes no labels)")
+        reason = unavailable(ctx.backend, setting, chosen_classes=True)
+        if reason:
+            raise ArgumentError("--classes", reason)
         num_classes = getattr(ctx.backend, "num_classes", None)
         bad = [c for c in wanted if c < 0 or (num_classes and c >= num_classes)]
         if bad:
@@ -299,7 +297,7 @@ def cmd_sample(args) -> int:
     models = stages.load_models(ctx.backend, files, ctx.sampling, setting, ctx.checkpoints)
     images, labels, seconds = stages.sample_shard(ctx.backend, models, setting, seeds, batch_size, progress=True,
                                                   labels=classes)
-    save_shard(args.out, images, labels, seeds, seconds)
+    save_shard(args.out, images, labels, seeds, seconds, classes=wanted)  # evaluate checks labels against them
     save_grid(images, grid, scale=max(1, 64 // images.shape[1]))
     print(f"{setting.name}: {len(images)} samples (seeds {seeds[0]}..{seeds[-1]}) in {seconds:.1f} s -> "
           f"{args.out}, {grid}")
@@ -390,7 +388,8 @@ def cmd_evaluate(args) -> int:
         # job writes them (what a report pairs against a baseline row; docs/statistics.md); the
         # shards are checked before anything is written beside --out
         result = stages.evaluate(ctx.backend, stages.load_judge(ctx.backend, files, reference), args.shards,
-                                 ctx.config.get("evaluation", {}), args.num_samples, features_path=features)
+                                 ctx.config.get("evaluation", {}), args.num_samples, features_path=features,
+                                 chosen_classes=True)  # offshelf sample --classes shards: labels as recorded
         if made is not None:
             shutil.move(made, Path(args.out).with_suffix(".reference.npz"))
     save_json(args.out, result)
@@ -413,8 +412,10 @@ def cmd_tune(args) -> int:
     from offshelf import stages
     from offshelf.settings import Setting
     from offshelf.backends.capabilities import Capability, require, unavailable
-    from offshelf.tuning import TuneSpec, run_tune
+    from offshelf.tuning import TuneSpec, run_tfg_beam, run_tune
 
+    if args.beam and args.method != "tfg-beam":
+        raise ArgumentError("--beam", "only --method tfg-beam takes beam keys")
     ctx = Context(args)
     require(ctx.backend, Capability.TUNING, "offshelf tune")  # before any file is read
     search = _pairs(args.search, "--search")
@@ -435,6 +436,16 @@ def cmd_tune(args) -> int:
     guiding = ctx.files(ctx.backend.files(setting))
     models = stages.load_models(ctx.backend, guiding, ctx.sampling, setting, ctx.checkpoints)
     judging = stages.verified_files(ctx.files(sources), sources, ctx.checkpoints)
+    if args.method == "tfg-beam":
+        summary = run_tfg_beam(ctx.backend, models, spec, args.out, guiding, judging, ctx.config.get("evaluation", {}),
+                               ctx.sampling, ctx.batch_size(args), progress=False,
+                               beam=_pairs(args.beam, "--beam"))
+        dropped = "".join(f"; {k} not searched: {why}" for k, why in summary["dropped_knobs"].items())
+        print(f"{summary['base']}: {', '.join(f'{k}={v:g}' for k, v in summary['knobs'].items())} (TFG's beam search, "
+              f"{sum(summary['candidates_per_round'])} candidates in {summary['rounds']} rounds{dropped}; FID "
+              f"{summary['search_fid']:.4g} by {summary['judge']}); {summary['denoiser_evaluations']:,} denoiser "
+              f"evaluations -> {Path(args.out) / 'tuned.yaml'}")
+        return 0
     summary = run_tune(ctx.backend, models, spec, args.out, guiding, judging, ctx.config.get("evaluation", {}),
                        ctx.sampling, ctx.batch_size(args), progress=False)
     print(f"{summary['base']}: softplus_beta={summary['chosen']['softplus_beta']:g} "
@@ -448,34 +459,36 @@ def cmd_tune(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    """The sampling work of a workflow config, per table and in total; hours given per-evaluation costs."""
+    """The sampling work of a workflow config, per table and in total; GPU-hours given per-evaluation
+    costs (a --costs file, or the two seconds by hand: both through planning.costs.evaluation_costs)."""
     from offshelf.config import read_config, validated_plan
-    from offshelf.planning.costs import cost_plan, describe_job_counts
+    from offshelf.planning.costs import cost_plan, describe_job_counts, evaluation_costs
 
     config = read_config(args.config)
-    plan = validated_plan(config)  # built once: the job counts and the costs read it
-    seconds = None
-    if args.seconds_per_denoiser is not None or args.seconds_per_classifier is not None:
-        if args.seconds_per_denoiser is None or args.seconds_per_classifier is None:
-            raise ArgumentError("--seconds-per-denoiser", "give both per-evaluation costs, or neither")
-        seconds = {"denoiser": args.seconds_per_denoiser, "classifier": args.seconds_per_classifier}
-    rows = cost_plan(config, plan, seconds)
+    plan = validated_plan(config)  # validates the config; built once: the job counts and the costs read it
+    costs = evaluation_costs(config["backbone"], args.costs, args.seconds_per_denoiser, args.seconds_per_classifier)
+    rows = cost_plan(config, plan, costs)
     print(describe_job_counts(config, plan))
     # forwards and backwards apart where the backend counts them (DDPM: Best-of-N and SMC score without a backward)
     backwards = any("classifier_backward" in r for r in rows)
-    head = (["table", "settings", "samples", "denoiser evaluations", "classifier forwards"]
-            + (["classifier backwards"] if backwards else []) + (["hours"] if seconds else []))
+    head = ["table", "settings", "samples", "denoiser evaluations", "classifier forwards"]
+    head += (["classifier backwards"] if backwards else []) + (["GPU-hours"] if costs else [])
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for r in rows:
         cells = [r["table"], r["settings"], r["samples"], f"{r['denoiser']:,}", f"{r['classifier']:,}"]
         cells += [f"{r.get('classifier_backward', 0):,}"] if backwards else []
-        print("| " + " | ".join(map(str, cells + ([f"{r['hours']:.1f}"] if seconds else []))) + " |")
-    if seconds:
-        print(f"hours = (denoiser evaluations × {seconds['denoiser']:g} s + classifier forwards × "
-              f"{seconds['classifier']:g} s) / 3600, per image at your batch size; evaluation not counted")
+        cells += [f"{r['hours']:,.2f}"] if costs else []
+        print("| " + " | ".join(map(str, cells)) + " |")
+    if costs:
+        print(f"GPU-hours = (denoiser evaluations × {costs.denoiser:g} s + classifier forwards × "
+              f"{costs.classifier:g} s) / 3600, seconds per image per evaluation (a CFG pair counts as two "
+              f"denoiser evaluations; a classifier forward is costed as a whole gradient); the total counts "
+              f"settings shared by tables once; evaluation not counted")
+        print(f"costs: {costs.source}; this config samples at sampling.batch_size = "
+              f"{config['sampling'].get('batch_size')}")
     else:
-        print("No GPU costs given: pass --seconds-per-denoiser and --seconds-per-classifier (per image, measured "
-              "with benchmarks/guidance_overhead.py on your GPU) for GPU-hours.")
+        print("No GPU costs given: pass --costs FILE (benchmarks/gpu_throughput.py on your GPU writes one), or "
+              "--seconds-per-denoiser and --seconds-per-classifier (per image, measured by hand), for GPU-hours.")
     return 0
 
 
@@ -664,6 +677,11 @@ def _add_tune(commands) -> None:
     tune.add_argument("--sine-factor", type=float, help="γ of Eq. 5 where calibration supports the bump, else 0 (default 0.3)")
     tune.add_argument("--search", action="append", default=[], metavar="KEY=VALUE",
                       help="scale search keys: initial=[1,3,10] low_fidelity=100 full_fidelity=500 factor=3 ...")
+    tune.add_argument("--method", choices=["calibrated", "tfg-beam"], default="calibrated",
+                      help="calibrated: the two stages above (default); tfg-beam: TFG's hyper-parameter beam search "
+                           "over the scale and the Softplus width, judged the same way (docs/tuning.md §8)")
+    tune.add_argument("--beam", action="append", default=[], metavar="KEY=VALUE",
+                      help="tfg-beam keys: top_k=2 rounds=6 samples_per_candidate=64 finalists=1 full_samples=500")
     tune.add_argument("--sampling", action="append", default=[], metavar="KEY=VALUE")
     tune.add_argument("--out", required=True, help="output folder: tuned.yaml and the evidence files")
     tune.set_defaults(run=cmd_tune)
@@ -687,8 +705,12 @@ def _add_plan(commands) -> None:
     """offshelf plan."""
     plan = commands.add_parser("plan", help="sampling work (network evaluations; GPU-hours given costs) per table")
     plan.add_argument("--config", required=True, help="a workflow config")
-    plan.add_argument("--seconds-per-denoiser", type=float, help="one denoiser evaluation, per image (s)")
-    plan.add_argument("--seconds-per-classifier", type=float, help="one classifier forward+backward, per image (s)")
+    plan.add_argument("--costs", help="a costs file (benchmarks/gpu_throughput.json): seconds per image per "
+                                      "evaluation for the config's backbone, for GPU-hours")
+    plan.add_argument("--seconds-per-denoiser", type=float,
+                      help="shorthand for a hand measurement: one denoiser evaluation, per image (s)")
+    plan.add_argument("--seconds-per-classifier", type=float,
+                      help="shorthand for a hand measurement: one classifier forward+backward, per image (s)")
     plan.set_defaults(run=cmd_plan)
 
 

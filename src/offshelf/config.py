@@ -18,7 +18,8 @@ Order of the checks, each refusing before the next runs:
    plan's guiding classifiers;
 6. output paths: ``<results>/<experiment>`` and ``<results>/logs/<experiment>`` provably inside
    ``results``, no link below them leading outside it (every output folder: figures, report,
-   samples, metrics...), and no regular file where a folder must go.
+   samples, metrics...), and no regular file where a folder must go; ``results_doc``, the one
+   output outside it, a page that exists with its markers (:mod:`offshelf.results_doc`).
 
 A config is read one way, :func:`read_config` (the Snakefile, ``offshelf plan``, ``check-config``
 and every ``--config`` option): one file, complete or naming its base (``base: FILE``, relative
@@ -268,6 +269,13 @@ def check_paths(config: dict[str, Any]) -> None:
                               f"outside the results folder {root}")
     for folder in (results / experiment, results / "logs" / experiment):
         check_links_inside(folder, root, config["results"])
+    if "results_doc" in config:  # the one output outside `results`: the generated part of a results page
+        from offshelf.results_doc import ResultsDocError, check_results_doc
+
+        try:
+            check_results_doc(config["results_doc"])
+        except ResultsDocError as err:
+            raise ConfigError(str(err)) from None
 
 
 def check_links_inside(folder: Path, root: Path, results_value: str) -> None:
@@ -575,13 +583,21 @@ def workflow_config_file(configfiles) -> Path:
 
 
 TEXT2IMAGE_KEY = "prompts"  # a text-to-image config (offshelf text2image --config) has it; a workflow config never
+# a diffusers text-to-image config (the text2image_diffusers target) has both it and `prompts`
+TEXT2IMAGE_DIFFUSERS_KEY = "pipeline"
+TEXT2IMAGE_DIFFUSERS_SCHEMA = "schemas/text2image_diffusers.schema.yaml"  # inside the package, as SCHEMA_RESOURCE
 
 
 def check_config_file(path: str | Path) -> str:
-    """Validate one config file as it will be used; return its kind, 'workflow' or 'text2image'.
-    A workflow config is read by :func:`read_config` (its ``base:`` resolved) and validated whole;
-    a text-to-image config (top-level ``prompts``) by :func:`offshelf.text2image.load_config`."""
+    """Validate one config file as it will be used; return its kind, 'workflow', 'text2image' or
+    'text2image_diffusers'. A workflow config is read by :func:`read_config` (its ``base:``
+    resolved) and validated whole; a text-to-image config (top-level ``prompts``) by
+    :func:`offshelf.text2image.load_config`; one that also names a ``pipeline`` (the workflow's
+    text2image_diffusers target) by :func:`offshelf.integrations.clip_schedules.load_config`."""
     data = read_yaml(path)
+    if isinstance(data, dict) and TEXT2IMAGE_DIFFUSERS_KEY in data and "backbone" not in data:
+        load_text2image_diffusers_config(path)
+        return "text2image_diffusers"
     if isinstance(data, dict) and TEXT2IMAGE_KEY in data and "backbone" not in data:
         from offshelf.text2image import load_config as load_text2image
 
@@ -592,6 +608,44 @@ def check_config_file(path: str | Path) -> str:
         return "text2image"
     validate_config(read_config(path))
     return "workflow"
+
+
+def load_text2image_diffusers_config(path: str | Path) -> dict[str, Any]:
+    """Read and validate a config of the text2image_diffusers target
+    (:mod:`offshelf.integrations.clip_schedules`): its schema
+    (``schemas/text2image_diffusers.schema.yaml``), then what a schema cannot say; an error is
+    one :class:`ConfigError` line naming the file and the key."""
+    import jsonschema
+
+    from offshelf import statistics
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file does not exist")
+    cfg = read_yaml(path)
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    try:
+        check_config_values_finite(cfg)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    schema = yaml.safe_load(resources.files("offshelf").joinpath(TEXT2IMAGE_DIFFUSERS_SCHEMA).read_text())
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(cfg),
+                    key=lambda e: (len(list(e.absolute_path)), str(e.absolute_path)))
+    if errors:
+        raise ConfigError(f"{path}: {_explain(errors[0], schema, cfg)}")
+    names = [run["name"] for run in cfg["runs"]]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: config key 'runs': run names must be unique, got {names}")
+    window = cfg["guidance"].get("window", [0.0, 1.0])
+    if not window[0] < window[1]:
+        raise ConfigError(f"{path}: config key 'guidance.window' = {window}: expected [start, end] with start < end")
+    if "num_resamples" in cfg.get("intervals", {}):  # absent: clip_schedules.DEFAULT_INTERVALS
+        try:
+            statistics.check_num_resamples(cfg["intervals"]["num_resamples"], "intervals.num_resamples")
+        except ValueError as err:
+            raise ConfigError(f"{path}: config key {err}") from None
+    return cfg
 
 
 def load_config(path: str | Path) -> dict[str, Any]:

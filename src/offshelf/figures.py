@@ -54,6 +54,11 @@ def calibration_curves(panels: dict, path, title: str) -> None:
 
 
 def gaussian_mixture_directions(path, means=((-2.0, 0.0), (2.0, 0.0), (0.0, 2.5)), target: int = 0) -> None:
+    """Figure 3, saved to ``path`` (:func:`gaussian_mixture_figure`)."""
+    save_figure(gaussian_mixture_figure(means, target), path)
+
+
+def gaussian_mixture_figure(means=((-2.0, 0.0), (2.0, 0.0), (0.0, 2.5)), target: int = 0):
     """Figure 3 (Prop. 4.2, identity covariances): the joint direction ∇log p(x, y) = μ_y − x
     points at the target mode; the conditional direction ∇log p(y|x) = μ_y − Σ_k p(k|x) μ_k can
     point into low-density regions."""
@@ -75,11 +80,19 @@ def gaussian_mixture_directions(path, means=((-2.0, 0.0), (2.0, 0.0), (0.0, 2.5)
         ax.scatter(*means.T, c="tab:red", marker="x")
         ax.scatter(*means[target], s=120, facecolors="none", edgecolors="tab:red")
         ax.set_title(name)
+        ax.set_xlabel("x₁")
+        ax.set_ylabel("x₂")
         ax.set_aspect("equal")
-    save_figure(fig, path)
+    fig.suptitle("Gaussian mixture: guidance directions toward the circled mode (arrows: unit length)", fontsize=10)
+    return fig
 
 
 def guidance_schedules(betas: np.ndarray, sine_factors, path) -> None:
+    """Figure 5, saved to ``path`` (:func:`guidance_schedules_figure`)."""
+    save_figure(guidance_schedules_figure(betas, sine_factors), path)
+
+
+def guidance_schedules_figure(betas: np.ndarray, sine_factors):
     """Figure 5: the guidance weight Σ_t (here the fixed-large variance β_t of the respaced
     schedule) and Σ_t + γ·sin(πt/T)·Σ_max for each sine factor γ."""
     num_steps = len(betas)
@@ -91,13 +104,20 @@ def guidance_schedules(betas: np.ndarray, sine_factors, path) -> None:
         ax.plot(steps, weight, label=f"γ = {sine_factor:g}" + (" (original)" if sine_factor == 0 else ""))
     ax.invert_xaxis()
     ax.set_xlabel("sampling step t (T → 0)")
-    ax.set_ylabel("guidance weight")
+    ax.set_ylabel("guidance weight Σ_t + γ·sin(πt/T)·Σ_max")
+    ax.set_title("Guidance schedule by sine factor γ", fontsize=10)
     ax.legend(fontsize=7)
-    save_figure(fig, path)
+    return fig
 
 
 def gradient_panels(panels: dict[str, list[np.ndarray]], steps: list[int], path) -> None:
-    """Figure 4: rows of images (x̂0 and classifier gradient per step) for each guidance mode."""
+    """Figure 4, saved to ``path`` (:func:`gradient_figure`)."""
+    save_figure(gradient_figure(panels, steps), path)
+
+
+def gradient_figure(panels: dict[str, list[np.ndarray]], steps: list[int]):
+    """Figure 4: rows of images (x̂0 and classifier gradient per step) for each guidance mode; the
+    shared axes say what the rows and columns are (the images themselves have no axes)."""
     rows = list(panels)
     fig, axes = plt.subplots(len(rows), len(steps), figsize=(1.4 * len(steps), 1.5 * len(rows)), squeeze=False)
     for r, name in enumerate(rows):
@@ -113,4 +133,6 @@ def gradient_panels(panels: dict[str, list[np.ndarray]], steps: list[int], path)
                 ax.set_title(f"t={step}", fontsize=8)
             if c == 0:
                 ax.set_ylabel(name, fontsize=7)
-    save_figure(fig, path)
+    fig.supxlabel("sampling step t (T → 0)", fontsize=8)
+    fig.supylabel("image / gradient per guidance mode", fontsize=8)
+    return fig

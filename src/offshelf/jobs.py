@@ -7,16 +7,17 @@ import contextlib
 import os
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
+
+from offshelf.devices import claim_gpu
 
 
 class job_log:
     """Context for a workflow job: tee stdout/stderr into its log file, pin torch's threads to the
     job's share of cores (no oversubscription when Snakemake runs jobs in parallel) and, for a job
-    that asked for a GPU on a multi-GPU workstation, give it one GPU of its own."""
+    that asked for a GPU, give it one GPU of its own (:func:`offshelf.devices.claim_gpu`)."""
 
     def __init__(self, log_path: str | os.PathLike | None, threads: int = 1, gpus: int = 0):
         self.log_path, self.threads, self.gpus = log_path, max(1, int(threads)), int(gpus or 0)
@@ -25,13 +26,14 @@ class job_log:
         pin_cpu_threads(self.threads)
         self._stack = contextlib.ExitStack()
         self._log = None
-        if self.gpus > 0:
-            claim_gpu(self._stack)
         if self.log_path:
             Path(self.log_path).parent.mkdir(parents=True, exist_ok=True)
             handle = self._log = self._stack.enter_context(open(self.log_path, "a", buffering=1))
             self._stack.enter_context(contextlib.redirect_stdout(handle))
             self._stack.enter_context(contextlib.redirect_stderr(handle))
+        if self.gpus > 0:
+            claim_gpu(self._stack)  # after the log opened: a wait for a free GPU is written there
+        if self.log_path:
             print(f"[offshelf] {time.strftime('%Y-%m-%d %H:%M:%S')} threads={self.threads} "
                   f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')} argv={sys.argv}", flush=True)
         return self
@@ -60,37 +62,6 @@ def pin_cpu_threads(threads: int) -> None:
         os.environ[name] = str(threads)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(threads)
-
-
-def visible_gpu_count() -> int:
-    """GPUs the NVIDIA driver exposes, counted without initialising CUDA in this process (after
-    CUDA starts, CUDA_VISIBLE_DEVICES no longer has any effect)."""
-    folder = Path("/proc/driver/nvidia/gpus")
-    return len(list(folder.iterdir())) if folder.is_dir() else 0
-
-
-def claim_gpu(stack, lock_dir: str | os.PathLike | None = None, count: int | None = None) -> int | None:
-    """Pin this job to the first GPU no other offshelf job holds: an exclusive ``flock`` on
-    ``offshelf-gpu<i>.lock``, kept until the job exits, then ``CUDA_VISIBLE_DEVICES=i``.
-
-    SLURM (``--gpus``) already sets CUDA_VISIBLE_DEVICES: then nothing is done. Locally,
-    ``snakemake --resources gpu=N`` caps concurrent GPU jobs at N, so a free device exists.
-    Returns the claimed index, or None (no GPU, or already pinned)."""
-    import fcntl
-
-    if os.environ.get("CUDA_VISIBLE_DEVICES"):
-        return None
-    count = visible_gpu_count() if count is None else count
-    lock_dir = Path(lock_dir or tempfile.gettempdir())
-    for index in range(count):
-        handle = stack.enter_context(open(lock_dir / f"offshelf-gpu{index}.lock", "w"))
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            continue
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(index)
-        return index
-    return None
 
 
 # ------------------------------------------------------------------ after a killed Snakemake

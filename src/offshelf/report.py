@@ -23,7 +23,8 @@ from offshelf.calibration import integral_calibration_error
 from offshelf.atomic import atomic_write, save_csv, save_text
 from offshelf.grids import read_layout
 from offshelf.planning.rows import evaluation_name, table_rows
-from offshelf.tables import add_differences, add_paired_differences, markdown, table_frame
+from offshelf.tables import (add_differences, add_paired_differences, add_reported_estimates, html_table, markdown,
+                             table_frame)
 
 
 def _intro(plan_config: dict, experiment: str, comparable: bool) -> list[str]:
@@ -50,7 +51,8 @@ def _intro(plan_config: dict, experiment: str, comparable: bool) -> list[str]:
                     "each table names the sha256 of the extractor and reference files its metrics used; "
                     "precision/recall against the reference batch's images where it has any; `diff_*` = "
                     "measured − paper.")
-    return [f"# offshelf report: {experiment}", "", " ".join(text), ""]
+    note = [f"**Note.** {plan_config['report_note']}", ""] if plan_config.get("report_note") else []
+    return [f"# offshelf report: {experiment}", ""] + note + [" ".join(text), ""]
 
 
 def write_report(plan_config: dict, metric_files: list[str], calibration_files: list[str], figure_files: list[str],
@@ -98,8 +100,10 @@ def write_report(plan_config: dict, metric_files: list[str], calibration_files: 
             parts.append(part)
         frame = pd.concat(parts, ignore_index=True)
         n_eval = (mine[0].num_samples or plan_config["sampling"]["num_samples"]) if mine else None
-        frame = add_paired_differences(frame, lambda setting, n=n_eval: _replicates(
-            features.get(evaluation_name(plan_config, setting, n)), cache))
+        def replicates(setting: str, n=n_eval) -> dict | None:
+            return _replicates(features.get(evaluation_name(plan_config, setting, n)), cache)
+
+        frame = add_reported_estimates(add_paired_differences(frame, replicates), replicates)
         if comparable:
             frame = add_differences(frame)
         frames[table] = frame
@@ -108,14 +112,48 @@ def write_report(plan_config: dict, metric_files: list[str], calibration_files: 
         title = f"{table_heading(table)}: {spec['title']}" + (f" ({n} samples)" if n else "")
         text = markdown(frame, list(spec.get("columns", ["fid"])), title)
         save_text(out.parent / f"{table}.md", text)
+        # the HTML report's view of the table (Markdown is only a download link there)
+        page = html_table(frame, list(spec.get("columns", ["fid"])), title, plan_config.get("report_note", ""))
+        save_text(out.parent / report_table_page(table), page)
         sections += [text, f"CSV: [{table}.csv]({table}.csv)", ""]
         if grid_files:
             sections += _samples_section(table, frame, plan_config, grids, Path(samples_dir), out.parent)
     if figure_files:
+        # copied beside the report, so that the report folder alone (copied, zipped) shows them
         sections += ["## Figures", ""]
-        sections += [f"![{Path(f).stem}]({os.path.relpath(f, out.parent)})\n" for f in figure_files]
+        for f in figure_files:
+            target = out.parent / report_figure(Path(f).stem)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(target, lambda tmp, src=f: shutil.copyfile(src, tmp))
+            caption = FIGURE_CAPTIONS.get(Path(f).stem)
+            sections += [f"![{Path(f).stem}]({report_figure(Path(f).stem)})", ""] + ([caption, ""] if caption else [])
     save_text(out, "\n".join(sections))
     return frames
+
+
+def report_table_page(table: str) -> str:
+    """A table's HTML page inside the report folder (relative to it): ``tables/<table>.html``."""
+    return f"tables/{table}.html"
+
+
+def report_figure(figure: str) -> str:
+    """A figure's copy inside the report folder (relative to it)."""
+    return f"figures/{figure}.png"
+
+
+#: One line under each figure of the Markdown report (the HTML report's captions:
+#: workflow/report/figure*.rst say the same at more length).
+FIGURE_CAPTIONS = {
+    "figure1": "*Figure 1*: expected calibration error (ECE) of each classifier along the reverse process, "
+               "per sampling step; the legend gives each curve's mean over steps (the integral calibration error, ICE).",
+    "figure2": "*Figure 2*: ECE along the reverse process of the off-the-shelf classifier with ReLU and with "
+               "Softplus(β = 3).",
+    "figure3": "*Figure 3*: a 2-d Gaussian mixture (density in grey, modes ×, target mode circled): the joint "
+               "direction ∇log p(x, y) points at the target mode, the conditional ∇log p(y | x) can point elsewhere.",
+    "figure4": "*Figure 4*: the predicted x̂0 and the classifier gradient along one trajectory, with the "
+               "conditional and the joint (marginal-temperature) guidance direction.",
+    "figure5": "*Figure 5*: the guidance weight per sampling step for each sine factor γ of the schedule.",
+}
 
 
 #: The keys of a search's ``result.json`` naming files the report reads (the chosen scale's).

@@ -134,13 +134,18 @@ def load_sample_dir(folder, pattern: str = "*.npz", require_labels: bool = True)
     return np.concatenate(images), (None if labels[0] is None else np.concatenate(labels))
 
 
-def save_shard(path, images: np.ndarray, labels: np.ndarray, seeds: Sequence[int], seconds: float) -> None:
-    """ADM evaluator layout (``arr_0`` uint8 NHWC, ``arr_1`` labels) plus provenance (seeds, seconds)."""
-    save_npz(path, arr_0=images, arr_1=labels, seeds=np.asarray(seeds, dtype=np.int64), seconds=np.float64(seconds))
+def save_shard(path, images: np.ndarray, labels: np.ndarray, seeds: Sequence[int], seconds: float,
+               classes: Sequence[int] | None = None) -> None:
+    """ADM evaluator layout (``arr_0`` uint8 NHWC, ``arr_1`` labels) plus provenance (seeds, seconds)
+    and, for samples of chosen classes (``offshelf sample --classes``), the ``classes`` cycled over
+    the shard's samples (sample i: ``classes[i mod len]``), so its labels can be checked against them."""
+    extra = {} if classes is None else {"classes": np.asarray(classes, dtype=np.int64)}
+    save_npz(path, arr_0=images, arr_1=labels, seeds=np.asarray(seeds, dtype=np.int64), seconds=np.float64(seconds),
+             **extra)
 
 
 def load_shards(backend: HasShardFormat, shard_paths: Sequence[str], expected_seeds: Sequence[Sequence[int]] | None = None,
-                num_samples: int | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+                num_samples: int | None = None, chosen_classes: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
     """Images and labels of the shards in order, cut to the first ``num_samples``, and the sampling
     time of the samples kept (a partly used shard counts pro rata).
 
@@ -148,7 +153,10 @@ def load_shards(backend: HasShardFormat, shard_paths: Sequence[str], expected_se
     backend's image shape, the planned seeds (``expected_seeds[i]``: first seed and count, or the
     full list), labels within the backend's classes and, for a backend whose labels are a function
     of the seeds (``seed_labels``), equal to the labels the shard's seeds draw. ``backend``: the
-    backend or its :class:`ShardFormat`. Each error ends with how to recover (:data:`RECOVER`)."""
+    backend or its :class:`ShardFormat`. A shard of chosen classes (``offshelf sample --classes``:
+    it records them) is read only with ``chosen_classes`` (``offshelf evaluate``; the workflow's
+    samples draw their classes from their seeds), its labels checked against the classes it records.
+    Each error ends with how to recover (:data:`RECOVER`)."""
     c, h, w = backend.image_shape
     images, labels, seconds = [], [], 0.0
     for i, path in enumerate(shard_paths):
@@ -165,13 +173,19 @@ def load_shards(backend: HasShardFormat, shard_paths: Sequence[str], expected_se
         with np.load(path) as shard:
             seeds = shard["seeds"] if "seeds" in shard.files else None
             shard_seconds = float(shard["seconds"]) if "seconds" in shard.files else float("nan")
+            classes = shard["classes"] if "classes" in shard.files else None
         if expected_seeds is not None:
             expected = seed_list(expected_seeds[i])
             if seeds is None or len(seeds) != len(x) or list(map(int, seeds)) != expected:
                 held = "no seeds" if seeds is None else f"{len(x)} samples with seeds {_describe(seeds)}"
                 raise ValueError(f"{path}: holds {held}; the plan puts {len(expected)} samples with seeds "
                                  f"{_describe(expected)} in this shard (a shard of another run or config?){RECOVER}")
-        if seeds is not None and len(seeds) == len(y):
+        if classes is not None:
+            if not chosen_classes:
+                raise ValueError(f"{path}: holds samples of chosen classes {classes.tolist()} (offshelf sample "
+                                 f"--classes); the plan's samples draw their class from their seed{RECOVER}")
+            check_chosen_labels(path, classes, y)
+        elif seeds is not None and len(seeds) == len(y):
             check_seed_labels(backend, path, seeds, y)
         kept = len(x) if num_samples is None else max(0, min(len(x), num_samples - sum(map(len, images))))
         images.append(x[:kept])
@@ -205,6 +219,21 @@ def check_seed_labels(backend: HasShardFormat, path, seeds, labels) -> None:
         raise ValueError(f"{path}: {len(wrong)} of {len(labels)} labels are not the ones their seeds draw "
                          f"(offshelf.seeding.draw_labels): seed {int(seeds[i])} has label {int(labels[i])}, its seed "
                          f"draws {int(expected[i])} (labels reordered or from another shard?){RECOVER}")
+
+
+def check_chosen_labels(path, classes: np.ndarray, labels: np.ndarray) -> None:
+    """A shard of chosen classes: sample i's label must be ``classes[i mod len(classes)]``, the cycle
+    ``offshelf sample --classes`` gives its seeds; one line naming the file and the first that differs."""
+    if classes.ndim != 1 or classes.dtype.kind not in "iu" or not len(classes):
+        raise ValueError(f"{path}: 'classes' is {classes.dtype} of shape {classes.shape}, expected the 1-D "
+                         f"integer classes offshelf sample --classes chose{RECOVER}")
+    expected = classes[np.arange(len(labels)) % len(classes)]
+    wrong = np.flatnonzero(np.asarray(labels) != expected)
+    if len(wrong):
+        i = int(wrong[0])
+        raise ValueError(f"{path}: {len(wrong)} of {len(labels)} labels are not the classes the shard records "
+                         f"({classes.tolist()}, cycled over its samples): sample {i} has label {int(labels[i])}, "
+                         f"expected {int(expected[i])} (labels reordered or from another shard?){RECOVER}")
 
 
 def seed_list(spec: Sequence[int]) -> list[int]:

@@ -45,7 +45,7 @@ def sample_shard(backend: Backend, models, setting: Setting, seeds: Sequence[int
     always in the workflow: the class each seed draws itself (the backend's ``sample``).
 
     A NaN or inf anywhere stops the shard with the setting's name: nothing is returned to write."""
-    reason = unavailable(backend, setting)
+    reason = unavailable(backend, setting, chosen_classes=labels is not None)
     if reason:
         raise UnsupportedError(f"backend {backend.name!r} cannot run setting {setting.name}: {reason}")
     seeds = [int(s) for s in seeds]
@@ -55,7 +55,7 @@ def sample_shard(backend: Backend, models, setting: Setting, seeds: Sequence[int
     for i in range(0, len(seeds), batch_size):
         batch = seeds[i:i + batch_size]
         try:
-            given = {} if chosen is None else {"labels": chosen[i:i + batch_size]}  # only where asked: plug-ins
+            given = {} if chosen is None else {"labels": chosen[i:i + batch_size]}  # only where declared: plug-ins
             x, y = backend.sample(models, setting, batch, progress=progress, **given)
             check_finite("sampled images", x, step=-1)
         except NonFiniteError as err:
@@ -101,10 +101,12 @@ def load_judge(backend: Backend, files: Mapping[str, str], reference_features_pa
 
 def evaluate(backend: Backend, judge: Judge, shard_paths: Sequence[str],
              evaluation: Mapping[str, Any] | None = None, num_samples: int | None = None,
-             expected_seeds: Sequence[Sequence[int]] | None = None, features_path=None) -> dict[str, Any]:
+             expected_seeds: Sequence[Sequence[int]] | None = None, features_path=None,
+             chosen_classes: bool = False) -> dict[str, Any]:
     """:func:`evaluate_samples` of the shards' first ``num_samples`` samples (checked to hold
-    ``expected_seeds``), with their summed sampling time."""
-    images, labels, seconds = load_shards(backend, shard_paths, expected_seeds, num_samples)
+    ``expected_seeds``), with their summed sampling time. ``chosen_classes``: shards of
+    ``offshelf sample --classes`` are read too (``offshelf evaluate``; never the workflow's)."""
+    images, labels, seconds = load_shards(backend, shard_paths, expected_seeds, num_samples, chosen_classes)
     seeds = None if expected_seeds is None else np.concatenate([seed_list(s) for s in expected_seeds])[:len(images)]
     return evaluate_samples(judge, images, labels, seconds, evaluation, seeds, features_path,
                             where=f"shards {shard_paths[0]} ..")

@@ -30,6 +30,10 @@ INTERVAL_METRICS = ("fid", "precision", "recall", "accuracy")
 LEGEND = ("Cells: estimate [95% bootstrap interval] (paired difference row − baseline row, same seeds; "
           "* = its 95% interval excludes 0). The baseline row of each table is marked (baseline). "
           "See docs/statistics.md.")
+CORRECTED_LEGEND = ("†: the plain estimate lies outside its own interval, so the cell shows the point the interval "
+                    "is built around instead: for FID the bias-corrected estimate 2·FID − median(bootstrap FIDs) (the "
+                    "basic interval corrects FID's finite-sample bias, which can put it below the plain estimate; "
+                    "docs/statistics.md). The plain estimate stays in the CSV (`<metric>`; shown: `<metric>_shown`).")
 GUIDED_ICE_LEGEND = ("`ice` is measured along unguided conditional trajectories; `ice_guided`, of the same classifier "
                      "along trajectories it guides itself with the row's design at one fixed scale per regime "
                      "(calibration.guided_scale; docs/method.md §6).")
@@ -135,6 +139,59 @@ def add_paired_differences(frame: pd.DataFrame, replicates: Callable[[str], Mapp
     return frame
 
 
+def add_reported_estimates(frame: pd.DataFrame, replicates: Callable[[str], Mapping[str, Any] | None]) -> pd.DataFrame:
+    """What each cell prints, inside its own interval: ``<metric>_shown`` and ``<metric>_corrected``
+    (and ``<metric>_diff_shown`` / ``<metric>_diff_corrected`` for the paired differences of
+    :func:`add_paired_differences`, which must have run). The plain estimate where it lies in its
+    interval; else the point the interval is built around (offshelf.statistics.interval_centre,
+    for FID the bias-corrected estimate), from the setting's saved replicates (``replicates``, as
+    for :func:`add_paired_differences`). A cell outside its interval whose replicates are missing
+    is an error naming the row, never printed as it is."""
+    from offshelf.statistics import DIFF_BOUNDS, METHODS, interval_centre
+
+    frame = frame.copy()
+    has_diffs = any(f"{m}_diff" in frame for m in INTERVAL_METRICS)
+    for metric in INTERVAL_METRICS:
+        if metric not in frame:
+            continue
+        frame[f"{metric}_shown"], frame[f"{metric}_corrected"] = frame[metric], False
+        if has_diffs:
+            frame[f"{metric}_diff_shown"], frame[f"{metric}_diff_corrected"] = frame[f"{metric}_diff"], False
+    for regime in dict.fromkeys(frame["regime"]):
+        rows = frame[(frame["regime"] == regime) & (frame["status"] == "ok")]
+        base = rows[rows["baseline"]]
+        for index, row in rows.iterrows():
+            for metric in INTERVAL_METRICS:
+                if metric not in frame or not _outside(row[metric], row.get(f"{metric}_lo"), row.get(f"{metric}_hi")):
+                    continue
+                reps = _replicates_of(replicates, row, metric, "its estimate")
+                frame.loc[index, [f"{metric}_shown", f"{metric}_corrected"]] = [
+                    interval_centre(row[metric], reps, *METHODS[metric]), True]
+            for metric in INTERVAL_METRICS if has_diffs else ():
+                if not _outside(row.get(f"{metric}_diff"), row.get(f"{metric}_diff_lo"), row.get(f"{metric}_diff_hi")):
+                    continue
+                reps = _replicates_of(replicates, row, metric, "its difference against the baseline row")
+                base_reps = _replicates_of(replicates, base.iloc[0], metric, "the baseline of a difference")
+                frame.loc[index, [f"{metric}_diff_shown", f"{metric}_diff_corrected"]] = [
+                    interval_centre(row[f"{metric}_diff"], reps - base_reps, METHODS[metric][0], DIFF_BOUNDS[metric]),
+                    True]
+    return frame
+
+
+def _outside(value, lo, hi) -> bool:
+    """``value`` is a number outside the finite interval [lo, hi] (False where any is missing)."""
+    return not any(_isnan(v) for v in (value, lo, hi)) and not lo <= value <= hi
+
+
+def _replicates_of(replicates: Callable[[str], Mapping[str, Any] | None], row, metric: str, what: str) -> np.ndarray:
+    reps = replicates(row["setting"])
+    if reps is None or f"replicate_{metric}" not in reps:
+        raise ValueError(f"table {row['table']!r}, row {row['row']!r} ({row['setting']}): {what} ({metric}) lies "
+                         f"outside its interval and the setting's bootstrap replicates (replicate_{metric} in its "
+                         f".features.npz) are missing; rerun its evaluate job")
+    return np.asarray(reps[f"replicate_{metric}"], np.float64)
+
+
 def _check_paired(row, base, reps: Mapping[str, Any], base_reps: Mapping[str, Any]) -> None:
     where = f"table {row['table']!r}, regime {row['regime']}: row {row['row']!r} ({row['setting']}) vs baseline " \
             f"{base['row']!r} ({base['setting']})"
@@ -155,23 +212,40 @@ def add_differences(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def _fmt(value, digits: int = 3) -> str:
+def _fmt(value, digits: int = 3, rounding: str = "nearest") -> str:
+    """``digits`` decimals (significant digits below 1e-3), trailing zeros dropped. ``rounding``
+    ``down`` / ``up`` rounds outward, as an interval's ends must be printed: an estimate inside
+    its interval then stays inside it once both are printed."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}g}" if abs(value) < 1e-3 else f"{value:.{digits}f}".rstrip("0").rstrip(".")
-    return str(value)
+    if not isinstance(value, float):
+        return str(value)
+    small = abs(value) < 1e-3
+
+    def text(v: float) -> str:
+        return f"{v:.{digits}g}" if small else f"{v:.{digits}f}".rstrip("0").rstrip(".")
+
+    shown = text(value)
+    if rounding == "nearest" or value == 0 or not math.isfinite(value):
+        return shown
+    quantum = 10.0 ** (math.floor(math.log10(abs(value))) - digits + 1) if small else 10.0 ** -digits
+    if rounding == "down" and float(shown) > value:
+        shown = text(float(shown) - quantum)
+    elif rounding == "up" and float(shown) < value:
+        shown = text(float(shown) + quantum)
+    return shown
 
 
-def markdown(frame: pd.DataFrame, columns: list[str], title: str) -> str:
-    """One line per paper row: the paper's numbers, then each regime's measured numbers and the
-    scale the row's best candidate used."""
+def table_cells(frame: pd.DataFrame, columns: list[str]) -> tuple[list[str], list[list[str]], list[str]]:
+    """What a table shows, whatever it is rendered as: the header, one line of cells per paper row
+    (the paper's numbers, then each regime's measured numbers and the scale the row's best
+    candidate used) and the legend's paragraphs."""
     regimes = list(dict.fromkeys(frame["regime"]))
     columns = with_guided_ice(columns, frame)
     header = ["row"] + [f"paper {_paper_label(c)}" for c in columns if f"paper_{_paper_key(c)}" in frame]
     for regime in regimes:
         header += [f"{regime} {c}" for c in columns] + [f"{regime} scale"]
-    lines = [f"**{title}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = []
     for label in dict.fromkeys(frame["row"]):
         part = frame[frame["row"] == label]
         first = part.iloc[0]
@@ -186,17 +260,61 @@ def markdown(frame: pd.DataFrame, columns: list[str], title: str) -> str:
             r = r.iloc[0]
             cells += [_cell(r, c) for c in columns]
             cells.append(_scale_cell(r))
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(cells)
+    legend = []
     if any(f"{c}_lo" in frame for c in columns):
-        lines += ["", LEGEND]
+        legend.append(LEGEND)
+    if any("†" in cell for cells in lines for cell in cells):
+        legend.append(CORRECTED_LEGEND)
     if "search_trace" in frame:
-        lines += ["", SEARCH_LEGEND]
-        if "scale_on_edge" in frame and frame["scale_on_edge"].fillna("").astype(bool).any():
-            lines.append(EDGE_LEGEND)
+        edge = "scale_on_edge" in frame and frame["scale_on_edge"].fillna("").astype(bool).any()
+        legend.append(SEARCH_LEGEND + ("\n" + EDGE_LEGEND if edge else ""))
     if "ice_guided" in columns:
-        lines += ["", GUIDED_ICE_LEGEND]
-    lines += provenance_lines(frame)
-    return "\n".join(lines) + "\n"
+        legend.append(GUIDED_ICE_LEGEND)
+    provenance = provenance_lines(frame)[1:]
+    legend += ["\n".join(provenance)] if provenance else []
+    return header, lines, legend
+
+
+def markdown(frame: pd.DataFrame, columns: list[str], title: str) -> str:
+    """The table in Markdown (:func:`table_cells`), its legend below it."""
+    header, lines, legend = table_cells(frame, columns)
+    text = [f"**{title}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    text += ["| " + " | ".join(cells) + " |" for cells in lines]
+    for paragraph in legend:
+        text += ["", paragraph]
+    return "\n".join(text) + "\n"
+
+
+TABLE_STYLE = ("body{font-family:sans-serif;font-size:14px;margin:12px}"
+               "table{border-collapse:collapse;white-space:nowrap}"
+               "th,td{border:1px solid #bbb;padding:3px 8px;text-align:left}"
+               "th{background:#eee}th.paper,td.paper{background:#f3f3fb}"
+               "p.legend{font-size:12px;max-width:70em;color:#333}")
+
+
+PAPER_CLASS = ' class="paper"'
+
+
+def html_table(frame: pd.DataFrame, columns: list[str], title: str, note: str = "") -> str:
+    """The table as a self-contained HTML page (:func:`table_cells`: the same cells as the
+    Markdown), the paper's columns shaded beside the measured ones: what the HTML report shows.
+    ``note``: a paragraph above the table (e.g. the config's caveat)."""
+    from html import escape
+
+    header, lines, legend = table_cells(frame, columns)
+    paper = [h.startswith("paper ") for h in header]
+
+    def row(tag: str, cells: list[str]) -> str:
+        return "<tr>" + "".join(f"<{tag}{PAPER_CLASS if p else ''}>{escape(c)}</{tag}>"
+                                for c, p in zip(cells, paper)) + "</tr>"
+
+    body = [f"<h3>{escape(title)}</h3>"] + ([f'<p class="note">{escape(note)}</p>'] if note else [])
+    body += ["<table>", "<thead>" + row("th", header) + "</thead>", "<tbody>"]
+    body += [row("td", cells) for cells in lines] + ["</tbody>", "</table>"]
+    body += [f'<p class="legend">{escape(p).replace(chr(10), "<br>")}</p>' for p in legend]
+    return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>" + escape(title) + "</title><style>"
+            + TABLE_STYLE + "</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
 def _scale_cell(r) -> str:
@@ -246,16 +364,36 @@ def cell(r, column: str) -> str:
 
 def _cell(r, column: str) -> str:
     """``0.336 [0.31, 0.36] (−0.021*)``: the estimate, its interval where there is one, and the
-    paired difference against the baseline row (starred when its interval excludes 0)."""
-    text = _fmt(r.get(column))
+    paired difference against the baseline row (starred when its interval excludes 0). The
+    interval's ends are rounded outward, and an estimate outside its interval is shown as the
+    point the interval is built around, marked ``†`` (:func:`add_reported_estimates`); one that
+    would still print outside its interval is an error, never a cell."""
+    value, corrected = _shown(r, column)
+    text = _fmt(value) + ("†" if corrected else "")
     lo, hi = r.get(f"{column}_lo"), r.get(f"{column}_hi")
     if not _isnan(lo) and not _isnan(hi):
-        text += f" [{_fmt(lo, 2)}, {_fmt(hi, 2)}]"
+        if _outside(value, lo, hi):
+            raise ValueError(f"table {r.get('table')!r}, row {r.get('row')!r}, regime {r.get('regime')}: {column} "
+                             f"{float(value)} lies outside its interval [{float(lo)}, {float(hi)}]; the table needs its reported "
+                             f"estimate (offshelf.tables.add_reported_estimates) before it is printed")
+        text += f" [{_fmt(lo, 2, 'down')}, {_fmt(hi, 2, 'up')}]"
     diff, dlo, dhi = (r.get(f"{column}_diff{s}") for s in ("", "_lo", "_hi"))
     if not bool(r.get("baseline", False)) and not any(_isnan(v) for v in (diff, dlo, dhi)):
+        diff, corrected = _shown(r, f"{column}_diff")
+        if _outside(diff, dlo, dhi):
+            raise ValueError(f"table {r.get('table')!r}, row {r.get('row')!r}, regime {r.get('regime')}: {column} "
+                             f"difference {float(diff)} lies outside its interval [{float(dlo)}, {float(dhi)}]; the table needs "
+                             f"its reported estimate (offshelf.tables.add_reported_estimates) before it is printed")
         sign = "−" if diff < 0 else "+"
-        text += f" ({sign}{_fmt(abs(float(diff)))}{'*' if dlo > 0 or dhi < 0 else ''})"
+        text += f" ({sign}{_fmt(abs(float(diff)))}{'†' if corrected else ''}{'*' if dlo > 0 or dhi < 0 else ''})"
     return text
+
+
+def _shown(r, column: str) -> tuple[Any, bool]:
+    """A cell's estimate and whether it is the corrected one (:func:`add_reported_estimates`)."""
+    if f"{column}_shown" in r and not _isnan(r[f"{column}_shown"]):
+        return r[f"{column}_shown"], bool(r.get(f"{column}_corrected", False))
+    return r.get(column), False
 
 
 def _paper_label(column: str) -> str:

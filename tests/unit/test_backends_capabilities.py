@@ -54,6 +54,14 @@ def test_declared_capabilities_are_what_the_backend_implements(cls):
     assert cls.num_classes > 0 and cls.name
 
 
+@pytest.mark.parametrize("cls", CLASSES, ids=IDS)
+def test_chosen_classes_are_declared_exactly_where_sample_takes_labels(cls):
+    """The flag `chosen_classes` (offshelf sample --classes) is a parameter of the required sample(),
+    not a member: its declaration must match the signature, which no caller reads."""
+    takes_labels = "labels" in inspect.signature(cls.sample).parameters
+    assert (Capability.CHOSEN_CLASSES in cls.capabilities) == takes_labels, cls.name
+
+
 def test_the_planner_reads_a_declaration_without_an_instance():
     assert "tuning" in resolve("digits").capabilities and "tuning" in resolve("adm128").capabilities
     assert "tuning" not in resolve("edm64").capabilities and "tuning" not in resolve("dit256").capabilities

@@ -8,6 +8,7 @@ before a model is read."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,6 +16,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
+
+from workflow_utils import REPO
 
 OFFSHELF = [sys.executable, "-m", "offshelf"]
 ROLES = ("denoiser", "offshelf", "finetuned")
@@ -274,3 +277,69 @@ def test_check_config_says_it_runs_a_plugin_backbones_module(tmp_path):
     assert "imports the backbone's module" in " ".join(help_text.split())
     docs = (Path(__file__).resolve().parents[2] / "docs" / "backends.md").read_text()
     assert "### Trust: a plug-in backbone is code that runs" in docs
+
+
+# --- offshelf sample --classes: declared, recorded in the shard, accepted by offshelf evaluate ------
+
+@pytest.fixture(scope="module")
+def digits_results(tmp_path_factory):
+    """A results folder with the ci config's networks (tiny, trained here), where --config finds them."""
+    import shutil
+
+    from conftest import train_tiny_digits
+
+    results = tmp_path_factory.mktemp("results")
+    models = results / "ci" / "models"
+    models.mkdir(parents=True)
+    for role, path in train_tiny_digits(tmp_path_factory.mktemp("digits"), steps=20, batch_size=32).items():
+        shutil.copy(path, models / f"{role}.pt")
+    return results
+
+
+CLASSES_SETTING = "regime=cond,softplus_beta=3,marginal_temperature=0.5,sine_factor=0.3,scale=1"
+
+
+def test_evaluate_accepts_the_shards_sample_classes_writes_and_checks_their_labels(digits_results, tmp_path):
+    """`offshelf sample --classes 3,7` records the classes in its shard; `offshelf evaluate` reads it
+    (its labels are the chosen ones, not the ones the seeds draw) and still refuses a shard whose
+    labels are not the recorded classes; the workflow's shard reader refuses chosen classes."""
+    import numpy as np
+
+    from offshelf.shards import load_shards, save_shard
+    from offshelf.backends import create
+
+    common = ["--config", "config/ci.yaml", "--results", str(digits_results)]
+    shard = tmp_path / "chosen.npz"
+    sampled = offshelf("sample", *common, "--setting", CLASSES_SETTING, "--seeds", "0:6", "--classes", "3,7",
+                       "--out", str(shard), cwd=REPO)
+    assert sampled.returncode == 0, sampled.stderr
+    with np.load(shard) as data:
+        assert data["classes"].tolist() == [3, 7] and data["arr_1"].tolist() == [3, 7, 3, 7, 3, 7]
+        images, seeds, seconds = data["arr_0"], data["seeds"], float(data["seconds"])
+    evaluated = offshelf("evaluate", *common, "--shards", str(shard), "--out", str(tmp_path / "m.json"), cwd=REPO)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads((tmp_path / "m.json").read_text())["n"] == 6
+    # the same images with two labels swapped: refused, naming the file and the first wrong sample
+    swapped = tmp_path / "swapped.npz"
+    save_shard(swapped, images, np.array([7, 3, 3, 7, 3, 7]), seeds, seconds, classes=[3, 7])
+    refused = offshelf("evaluate", *common, "--shards", str(swapped), "--out", str(tmp_path / "s.json"), cwd=REPO)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert f"{swapped}: 2 of 6 labels are not the classes the shard records ([3, 7]" in refused.stderr
+    assert "sample 0 has label 7, expected 3" in refused.stderr and not (tmp_path / "s.json").exists()
+    # the workflow's samples draw their classes from their seeds: a chosen-class shard is not one of them
+    with pytest.raises(ValueError, match=rf"{shard}: holds samples of chosen classes \[3, 7\]"):
+        load_shards(create({"name": "digits", "options": {}}), [str(shard)], [[0, 6]])
+
+
+def test_sample_classes_asks_the_declared_capability(digits_results, tmp_path, monkeypatch):
+    """--classes is allowed by the backend's declaration (capability chosen_classes), not by the
+    signature of its sample(): digits' sample() takes labels=, but undeclared it is refused."""
+    from offshelf.backends.capabilities import Capability
+    from offshelf.backends.digits import DigitsBackend
+
+    monkeypatch.setattr(DigitsBackend, "capabilities", DigitsBackend.capabilities - {Capability.CHOSEN_CLASSES})
+    err = refused(offshelf("sample", "--config", "config/ci.yaml", "--results", str(digits_results), "--setting",
+                                CLASSES_SETTING, "--seeds", "0:2", "--classes", "3", "--out",
+                                str(tmp_path / "s.npz"), cwd=REPO), "sample", "--classes")
+    assert "backend 'digits' draws each seed's class itself: it does not declare capability 'chosen_classes'" in err
+    assert not (tmp_path / "s.npz").exists()

@@ -15,6 +15,7 @@ hub), saved with ``save_pretrained`` and reloaded with ``HF_HUB_OFFLINE=1``. The
   guidance window and every-k-th step.
 """
 
+import copy
 import json
 
 import pytest
@@ -412,3 +413,122 @@ def test_flux_latents_are_unpacked_as_the_pipeline_unpacks_them():
     assert torch.equal(unpack_flux_latents(packed, ids), latents)
     assert torch.equal(unpack_flux_latents(packed, ids),
                        diffusers.FluxPipeline._unpack_latents(packed, 6 * 8, 10 * 8, 8))
+
+
+@pytest.mark.parametrize("name", ["HeunDiscreteScheduler", "KDPM2DiscreteScheduler", "FlowMatchHeunDiscreteScheduler"])
+def test_two_call_schedulers_are_refused_by_name(pipelines, name):
+    """Heun-type schedulers (order 2: two model calls per step at two noise levels) are refused in
+    one line naming the scheduler, by guide() and again when swapped into a guided copy later (the
+    correction is computed once per step index: it cannot serve two calls at two sigmas)."""
+    import offshelf
+
+    family = "sd3" if name.startswith("FlowMatch") else "sd"
+    base = pipelines[family]
+    config = {k: v for k, v in base.scheduler.config.items() if not k.startswith("_")}
+    scheduler = getattr(diffusers, name).from_config(config)
+    assert scheduler.order == 2
+    pipe = type(base).from_pipe(base, scheduler=scheduler)
+    with pytest.raises(ValueError, match=f"^{name} is not supported by offshelf guidance") as refused:
+        offshelf.guide(pipe, mse_reward, scale=1.0)
+    assert "\n" not in str(refused.value)
+    guided = offshelf.guide(base, mse_reward, scale=1.0)
+    guided.scheduler = scheduler
+    with pytest.raises(ValueError, match=f"^{name} is not supported by offshelf guidance"):
+        call(guided, family)
+
+
+def _step_predictions(pipe, family, **options):
+    """Every (uncond, cond) denoiser output of a plain pipeline call, per step, via a forward hook."""
+    outputs = []
+    model = pipe.unet if family in ("sd", "sdxl") else pipe.transformer
+    handle = model.register_forward_hook(lambda module, args, out: outputs.append(out[0].detach().clone()))
+    try:
+        call(pipe, family, **options)
+    finally:
+        handle.remove()
+    return outputs
+
+
+def test_sdxl_guidance_rescale_scale_zero_is_bitwise_and_x0_is_read_after_the_rescale(pipelines):
+    """SDXL with guidance_rescale = 0.7: scale 0 is the pipeline's own output bitwise; the guidance
+    (and the observer) read x̂0 from the prediction the scheduler integrates, the CFG combination
+    *after* diffusers' rescale_noise_cfg (checked at the first step against the plain pipeline's
+    own denoiser outputs, recombined by hand); the scheduler then integrates exactly the guided
+    prediction (the correction applied after the CFG and the rescale); the reward still rises
+    with the scale."""
+    import offshelf
+    from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import rescale_noise_cfg
+
+    pipe = pipelines["sdxl"]
+    rescale = dict(guidance_rescale=0.7)
+    own = call(pipe, "sdxl", **rescale)
+    assert not torch.equal(own, call(pipe, "sdxl"))  # the rescale acts on this pipeline
+    assert torch.equal(call(offshelf.guide(pipe, mse_reward, scale=0.0), "sdxl", **rescale), own)
+
+    first = _step_predictions(pipe, "sdxl", **rescale)[0].float()
+    uncond, cond = first.chunk(2)
+    expected = rescale_noise_cfg(uncond + 4.0 * (cond - uncond), cond, guidance_rescale=0.7)
+    scheduler = copy_scheduler_for(pipe)
+    sigma = float(scheduler.sigmas[0])
+    seen, integrated = [], []
+    guided = offshelf.guide(pipe, mse_reward, scale=30.0, callback=lambda **info: seen.append(info))
+    step = guided.scheduler.step
+    guided.scheduler.step = lambda output, *args, **kwargs: (integrated.append(output.clone()),
+                                                             step(output, *args, **kwargs))[1]
+    call(guided, "sdxl", **rescale)
+    latents = seen[0]["pred_xstart"]
+    # Euler, ε-prediction: model input x = z/√(σ²+1); x̂0 = z − σ·ε = √(σ²+1)·x − σ·ε
+    x_in = _first_model_input(pipe, "sdxl", **rescale)
+    a, b = 1 / (1 + sigma ** 2) ** 0.5, sigma / (1 + sigma ** 2) ** 0.5
+    torch.testing.assert_close(latents, (x_in - b * expected) / a, rtol=1e-5, atol=1e-4)
+    # the scheduler integrates the guided prediction ε' = ε − (a/b)·κ·g: the correction lands after
+    # the pipeline's CFG and rescale, not rescaled with them
+    guided_eps = expected - (a / b) * seen[0]["weight"] * seen[0]["grad"]
+    assert (guided_eps - expected).abs().max() > 1e-2  # the correction is not negligible here
+    torch.testing.assert_close(integrated[0], guided_eps, rtol=1e-5, atol=1e-5)
+    rewards = torch.stack([mse_reward(call(offshelf.guide(pipe, mse_reward, scale=s), "sdxl", **rescale) * 2 - 1)
+                           for s in (0.0, 30.0, 300.0)])
+    assert (rewards[1:] > rewards[:-1]).all(), rewards
+
+
+def copy_scheduler_for(pipe):
+    scheduler = copy.deepcopy(pipe.scheduler)
+    scheduler.set_timesteps(3)
+    return scheduler
+
+
+def _first_model_input(pipe, family, **options):
+    inputs = []
+    model = pipe.unet if family in ("sd", "sdxl") else pipe.transformer
+    handle = model.register_forward_pre_hook(lambda module, args: inputs.append(args[0].detach().clone()))
+    try:
+        call(pipe, family, **options)
+    finally:
+        handle.remove()
+    return inputs[0][len(inputs[0]) // 2:].float()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_observer_sees_every_steps_x0_and_changes_nothing(pipelines, family):
+    """observe= sees x̂0 once per step (every step, at scale 0 as well) and the pipeline's VAE as
+    ``decode``; the output is still the pipeline's own, bitwise; with guidance on, the observed x̂0
+    is the one the guidance took its gradient at."""
+    import offshelf
+
+    pipe = pipelines[family]
+    steps, decoded = [], []
+
+    def observe(step, pred_xstart, decode):
+        steps.append(step)
+        decoded.append(decode(pred_xstart))
+
+    unguided = call(offshelf.guide(pipe, mse_reward, scale=0.0, observe=observe), family)
+    assert torch.equal(unguided, call(pipe, family))
+    assert steps == [0, 1, 2] and all(d.shape == (2, 3, SIZE, SIZE) and d.abs().max() <= 1 for d in decoded)
+    observed, seen = [], []
+    guided = offshelf.guide(pipe, mse_reward, scale=0.05, every=2,
+                            observe=lambda step, pred_xstart, decode: observed.append((step, pred_xstart)),
+                            callback=lambda **info: seen.append(info))
+    call(guided, family)
+    assert [s for s, _ in observed] == [0, 1, 2] and [info["step"] for info in seen] == [0, 2]
+    assert torch.equal(observed[2][1], seen[1]["pred_xstart"])

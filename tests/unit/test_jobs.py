@@ -1,6 +1,5 @@
-"""Job plumbing: one GPU per job on a multi-GPU workstation, atomic writes that survive kills."""
+"""Job plumbing: atomic writes that survive kills (one GPU per job: test_devices.py)."""
 
-import contextlib
 import os
 import subprocess
 import sys
@@ -12,29 +11,6 @@ import pytest
 
 from offshelf import atomic
 from offshelf.atomic import save_npz
-from offshelf.jobs import claim_gpu
-
-
-def test_each_job_claims_its_own_gpu(tmp_path, monkeypatch):
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    with contextlib.ExitStack() as first, contextlib.ExitStack() as second:
-        assert claim_gpu(first, tmp_path, count=2) == 0
-        assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
-        monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
-        assert claim_gpu(second, tmp_path, count=2) == 1
-        monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
-        with contextlib.ExitStack() as third:
-            assert claim_gpu(third, tmp_path, count=2) is None  # both held
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    with contextlib.ExitStack() as again:
-        assert claim_gpu(again, tmp_path, count=2) == 0  # released when the jobs ended
-
-
-def test_scheduler_pinning_is_respected(tmp_path, monkeypatch):
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")  # SLURM --gpus already chose
-    with contextlib.ExitStack() as stack:
-        assert claim_gpu(stack, tmp_path, count=8) is None
-    assert os.environ["CUDA_VISIBLE_DEVICES"] == "3"
 
 
 def test_atomic_write_clears_only_provably_dead_writers_leftovers(tmp_path):

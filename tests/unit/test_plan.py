@@ -149,7 +149,7 @@ def test_cost_plan_counts_network_evaluations_by_hand():
     r recurrent passes at every step but the last; EDM's Heun: 2N − 1 calls and N gradients (churn
     adds none: Table C.1's 256 stochastic steps count as 256 deterministic ones)."""
     from offshelf.config import load_config
-    from offshelf.planning.costs import cost_plan
+    from offshelf.planning.costs import EvaluationCosts, cost_plan
 
     ddpm_config = load_config(REPO / "config" / "imagenet128_ddpm.yaml")
     ddpm = {r["table"]: r for r in cost_plan(ddpm_config, build_plan(ddpm_config))}
@@ -158,12 +158,114 @@ def test_cost_plan_counts_network_evaluations_by_hand():
     # Table 7: unguided (no gradient), fine-tuned CG, ResNet-101 and ResNet-50, 50k samples each
     assert ddpm["table7"]["denoiser"] == 4 * 50_000 * 250 and ddpm["table7"]["classifier"] == 3 * 50_000 * 250
     edm_config = load_config(REPO / "config" / "imagenet64_edm.yaml")
-    edm = cost_plan(edm_config, build_plan(edm_config), {"denoiser": 0.01, "classifier": 0.02})
+    edm = cost_plan(edm_config, build_plan(edm_config), EvaluationCosts(denoiser=0.01, classifier=0.02, source="test"))
     total = edm[-1]
     per_n = {n: (2 * n - 1, n) for n in (10, 18, 36, 256)}  # guided and unguided rows per step count
     assert total["denoiser"] == sum(2 * 50_000 * d for d, _ in per_n.values())
     assert total["classifier"] == sum(50_000 * g for _, g in per_n.values())
     assert total["hours"] == pytest.approx((total["denoiser"] * 0.01 + total["classifier"] * 0.02) / 3600)
+
+
+def write_costs(path, backbones, **top):
+    """A hand-made costs file in benchmarks/gpu_throughput.py's format."""
+    data = {"device": "hand-made stand-in", "torch": "none", "command": "written by the test", **top,
+            "backbones": {name: {"levers": {"precision": "fp32"}, "batch": 64, "seconds_per_denoiser": d,
+                                 "seconds_per_classifier": c} for name, (d, c) in backbones.items()}}
+    path.write_text(json.dumps(data))
+    return path
+
+
+def printed_table(out: str) -> dict[str, list[str]]:
+    """``offshelf plan``'s Markdown table: row label -> its cells."""
+    rows = [line.strip("|").split("|") for line in out.splitlines() if line.startswith("| ")]
+    return {cells[0].strip(): [c.strip() for c in cells[1:]] for cells in rows}  # the header row under "table"
+
+
+def count(cell: str) -> int:
+    return int(cell.replace(",", ""))
+
+
+def test_plan_costs_file_gives_gpu_hours_per_table_and_in_total_by_hand(tmp_path, capsys):
+    """ImageNet-128 DDPM with 0.0036 s per denoiser evaluation and 0.0072 s per classifier gradient
+    (per image): hours = evaluations × seconds / 3600, i.e. 1 h per million denoiser evaluations
+    and 2 h per million gradients. The file's edm64 entry is another backbone's: never read."""
+    from offshelf.cli import main
+
+    costs = write_costs(tmp_path / "costs.json", {"edm64": (1.0, 1.0), "adm128": (0.0036, 0.0072)})
+    assert main(["plan", "--config", str(REPO / "config" / "imagenet128_ddpm.yaml"), "--costs", str(costs)]) == 0
+    out = capsys.readouterr().out
+    table = printed_table(out)
+    assert table["table"][-1] == "GPU-hours"
+    # Table 1: r = 1, 2, 3 and ours, 10,000 samples each at 250 steps: 250 + 499 + 748 + 250 = 1747
+    # passes, each one denoiser evaluation and one gradient: 17,470,000 of each
+    assert count(table["table1"][2]) == count(table["table1"][3]) == 17_470_000
+    assert table["table1"][4] == "52.41"  # 17.47 h + 2 × 17.47 h
+    # Table 7: 4 rows × 50,000 samples × 250 steps of the denoiser, 3 of them guided
+    assert (count(table["table7"][2]), count(table["table7"][3])) == (50_000_000, 37_500_000)
+    assert table["table7"][4] == "125.00"  # 50 h + 2 × 37.5 h
+    # the total counts each setting once (Table 1's "ours" is Tables 2-6's baseline too)
+    assert (count(table["total"][2]), count(table["total"][3])) == (102_470_000, 89_970_000)
+    assert table["total"][4] == "282.41"  # 102.47 h + 2 × 89.97 h
+    for label, cells in table.items():
+        if label != "table":  # every row: its own counts × the file's seconds
+            assert cells[4] == f"{(count(cells[2]) * 0.0036 + count(cells[3]) * 0.0072) / 3600:,.2f}", label
+    assert f"costs: {costs}, backbone adm128: batch 64" in out and "written by the test" in out
+    # the by-hand shorthand goes through the same function: the same hours
+    assert main(["plan", "--config", str(REPO / "config" / "imagenet128_ddpm.yaml"),
+                 "--seconds-per-denoiser", "0.0036", "--seconds-per-classifier", "0.0072"]) == 0
+    assert {k: v[4] for k, v in printed_table(capsys.readouterr().out).items()} == {k: v[4] for k, v in table.items()}
+
+
+def test_plan_costs_count_the_cfg_pair_as_two_denoiser_evaluations(tmp_path, capsys):
+    """DiT-256, Table 9: the CFG baseline and the guided row (CFG + classifier through the VAE
+    decoder), 50,000 samples × 250 steps, both evaluate the DiT twice per step (the CFG pair); only
+    the guided row takes a gradient. 0.0018 s per DiT evaluation, 0.0144 s per gradient."""
+    from offshelf.cli import main
+
+    costs = write_costs(tmp_path / "costs.json", {"dit256": (0.0018, 0.0144)})
+    assert main(["plan", "--config", str(REPO / "config" / "imagenet256_dit.yaml"), "--costs", str(costs)]) == 0
+    row = printed_table(capsys.readouterr().out)["table9"]
+    assert (count(row[2]), count(row[3])) == (2 * 50_000 * 250 * 2, 50_000 * 250)
+    assert row[4] == "75.00"  # 50,000,000 × 0.0018 / 3600 = 25 h, + 12,500,000 × 0.0144 / 3600 = 50 h
+
+
+def test_plan_refuses_a_costs_file_without_the_configs_backbone_in_one_line(tmp_path, capsys):
+    from offshelf.cli import main
+
+    costs = write_costs(tmp_path / "costs.json", {"edm64": (0.01, 0.02)})
+    assert main(["plan", "--config", str(REPO / "config" / "imagenet128_ddpm.yaml"), "--costs", str(costs)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert str(costs) in err and "'backbones.adm128'" in err and "it has edm64" in err
+    assert main(["plan", "--config", str(REPO / "config" / "imagenet128_ddpm.yaml"), "--costs", str(costs),
+                 "--seconds-per-denoiser", "1", "--seconds-per-classifier", "1"]) == 2
+    assert "not both" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change, key", [
+    (lambda d: d.pop("command"), "'command'"),
+    (lambda d: d.update(backbones=[]), "'backbones'"),
+    (lambda d: d["backbones"]["adm128"].update(seconds_per_denoiser="fast"), "'backbones.adm128.seconds_per_denoiser'"),
+    (lambda d: d["backbones"]["adm128"].update(seconds_per_classifier=float("nan")), "'backbones.adm128.seconds_per_classifier'"),
+    (lambda d: d["backbones"]["adm128"].update(seconds_per_denoiser=-0.1), "'backbones.adm128.seconds_per_denoiser'"),
+    (lambda d: d["backbones"]["adm128"].pop("seconds_per_classifier"), "'backbones.adm128.seconds_per_classifier'"),
+    (lambda d: d["backbones"]["adm128"].update(batch=0), "'backbones.adm128.batch'"),
+    (lambda d: d["backbones"]["adm128"].update(levers="fp32"), "'backbones.adm128.levers'"),
+])
+def test_a_malformed_costs_file_is_refused_naming_file_and_key(tmp_path, change, key):
+    from offshelf.planning.costs import CostsFileError, read_costs
+
+    path = write_costs(tmp_path / "costs.json", {"adm128": (0.01, 0.02)})
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+    with pytest.raises(CostsFileError) as refused:
+        read_costs(path, "adm128")
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith(f"costs file {path}: key {key}")
+    path.write_text("{not json")
+    with pytest.raises(CostsFileError, match=f"costs file {path}: not readable as JSON"):
+        read_costs(path, "adm128")
 
 
 # --- guidance-scale search: the workflow's glue (search.smk calls these) ---------------------------
@@ -348,3 +450,29 @@ def test_the_plan_is_built_once_per_validation(config, tmp_path, monkeypatch):
     assert isinstance(plan, Plan) and len(counter.read_text().split()) == 1
     with pytest.raises(dataclasses.FrozenInstanceError):
         plan.settings = {}
+
+
+def test_read_rounds_parses_a_round_file_again_only_when_it_changed(config, tmp_path, monkeypatch):
+    """The workflow's input functions ask for the rounds once per job they expand: an unchanged file
+    (same mtime_ns, size, inode) is not parsed again; a rewritten one is, and a deleted one is gone."""
+    import offshelf.planning.searches as searches
+    from offshelf.atomic import save_json
+
+    plan = next(iter(build_plan(config).searches.values()))
+    folder = tmp_path / "search"
+    round0 = searches.search_round_record(plan, None, {})
+    round1 = dict(round0, round=1)
+    save_json(folder / plan.name / "round0.json", round0)
+    save_json(folder / plan.name / "round1.json", round1)
+    parsed = []
+    real_loads = json.loads
+    monkeypatch.setattr(searches, "json", type("CountingJson", (), {
+        "loads": staticmethod(lambda text: parsed.append(text) or real_loads(text))}))
+    first = list(searches.read_rounds(folder, [plan.name]))
+    assert [r["round"] for r in first] == [0, 1] and len(parsed) == 2
+    assert list(searches.read_rounds(folder, [plan.name])) == first and len(parsed) == 2  # nothing parsed again
+    save_json(folder / plan.name / "round1.json", dict(round1, final=not round1["final"]))  # a rerun round
+    again = list(searches.read_rounds(folder, [plan.name]))
+    assert again[1]["final"] == (not round1["final"]) and len(parsed) == 3  # only the changed file
+    (folder / plan.name / "round1.json").unlink()
+    assert [r["round"] for r in searches.read_rounds(folder, [plan.name])] == [0]

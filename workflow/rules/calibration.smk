@@ -15,6 +15,8 @@ rule calibrate:
     log:
         f"{LOGS}/calibrate/{{probe}}.log",
     threads: THREADS
+    resources:
+        gpu=GPUS_PER_JOB,  # one GPU when the backend runs on one (offshelf.devices)
     conda: CONDA_ENV
     script:
         "../scripts/calibrate.py"
@@ -35,6 +37,8 @@ rule calibrate_guided:
     log:
         f"{LOGS}/calibrate/guided/{{setting}}.log",
     threads: THREADS
+    resources:
+        gpu=GPUS_PER_JOB,  # one GPU when the backend runs on one (offshelf.devices)
     conda: CONDA_ENV
     script:
         "../scripts/calibrate.py"

@@ -17,6 +17,8 @@ if Capability.REFERENCE_FEATURES in BACKEND.capabilities:
         log:
             f"{LOGS}/reference_features.log",
         threads: THREADS
+        resources:
+            gpu=GPUS_PER_JOB,  # one GPU when the backend runs on one (offshelf.devices)
         conda: CONDA_ENV
         script:
             "../scripts/reference_features.py"
@@ -41,6 +43,8 @@ rule evaluate:
     log:
         f"{LOGS}/evaluate/{{setting}}.log",
     threads: THREADS
+    resources:
+        gpu=GPUS_PER_JOB,  # one GPU when the backend runs on one (offshelf.devices)
     conda: CONDA_ENV
     script:
         "../scripts/evaluate.py"

@@ -1,4 +1,8 @@
 # Tables beside the paper's numbers, figures, one Markdown report.
+from offshelf.report import table_heading
+
+# The HTML report's landing page (snakemake --report): what the workflow is, and where to look.
+report: "../report/workflow.rst"
 
 # Figures a config asks for (calibration curves, the gradient panel) and the analytic figures
 # (Gaussian mixture, DDPM guidance schedules) of the backend's family.
@@ -10,7 +14,7 @@ rule figure_calibration:
     input:
         unpack(lambda wc: figure_calibration_inputs(wc.figure)),
     output:
-        report(f"{EXP}/figures/{{figure}}.png", category="Figures"),
+        report(f"{EXP}/figures/{{figure}}.png", category="Figures", caption="../report/figure_calibration.rst"),
     wildcard_constraints:
         figure="figure1|figure2",
     params:
@@ -27,8 +31,8 @@ rule figure_calibration:
 
 rule figure_analytic:
     output:
-        figure3=report(f"{EXP}/figures/figure3.png", category="Figures"),
-        figure5=report(f"{EXP}/figures/figure5.png", category="Figures"),
+        figure3=report(f"{EXP}/figures/figure3.png", category="Figures", caption="../report/figure3.rst"),
+        figure5=report(f"{EXP}/figures/figure5.png", category="Figures", caption="../report/figure5.rst"),
     params:
         sampling=config["sampling"],
         sine_factors=[0.0, 0.1, 0.2, 0.3, 0.4],
@@ -47,7 +51,7 @@ if "figure4" in FIGURES:
         input:
             **setting_files(FIGURE4_SETTING),
         output:
-            report(f"{EXP}/figures/figure4.png", category="Figures"),
+            report(f"{EXP}/figures/figure4.png", category="Figures", caption="../report/figure4.rst"),
         params:
             figure=canonical(config["figures"]["figure4"]),
             setting=FIGURE4_SETTING.to_dict(),
@@ -58,6 +62,8 @@ if "figure4" in FIGURES:
         log:
             f"{LOGS}/figures/figure4.log",
         threads: THREADS
+        resources:
+            gpu=GPUS_PER_JOB,  # one GPU when the backend runs on one (offshelf.devices)
         conda: CONDA_ENV
         script:
             "../scripts/figure_gradients.py"
@@ -76,14 +82,20 @@ rule report:
         # grids of the rows' fixed settings; a searched row's are inputs of its search's result
         grids=report_grids(),
     output:
-        report=report(f"{EXP}/report/README.md", category="Report"),
+        report=report(f"{EXP}/report/README.md", category="Report", caption="../report/readme.rst"),
+        # each table as a page the HTML report shows (it only links Markdown), the paper's numbers beside
+        tables=report(directory(f"{EXP}/report/tables"), patterns=["{table}.html"], category="Tables",
+                      labels=lambda wc: {"table": table_heading(wc.table), "title": config["tables"][wc.table]["title"]},
+                      caption="../report/table.rst"),
+        # the figures' copies inside the report folder, so that it shows them wherever it is copied
+        figures=expand(f"{EXP}/report/figures/{{figure}}.png", figure=FIGURES),
         # each row's grid, copied per table so the HTML report files it under its table
         **({"samples": report(directory(f"{EXP}/report/samples"), patterns=[SAMPLE_PATTERN], category="Samples",
                               subcategory=lambda wc: sample_category(config, wc.table), labels=lambda wc: sample_labels(config, wc.table, wc.row, wc.regime),
                               caption="../report/samples.rst")} if GRIDS is not None else {}),
     params:
         plan={k: config[k] for k in ("tables", "bases", "regimes", "scales", "search", "cfg_scales", "sampling", "calibration",
-                                     "backbone", "imagenet", "backend_options") if k in config},
+                                     "backbone", "imagenet", "backend_options", "report_note") if k in config},
         experiment=config["experiment"],
         comparable=Capability.PAPER_COMPARABLE in BACKEND.capabilities,
         library=LIBRARY,

@@ -16,6 +16,8 @@ rule sample:
     log:
         f"{LOGS}/sample/{{setting}}/shard{{shard}}.log",
     threads: THREADS
+    resources:
+        gpu=GPUS_PER_JOB,  # one GPU when the backend runs on one (offshelf.devices)
     conda: CONDA_ENV
     script:
         "../scripts/sample.py"

@@ -28,6 +28,8 @@ checkpoint search_round:
     log:
         f"{LOGS}/search/{{search}}/round{{round}}.log",
     threads: THREADS
+    resources:
+        gpu=GPUS_PER_JOB,  # one GPU when the backend runs on one (offshelf.devices)
     conda: CONDA_ENV
     script:
         "../scripts/search_round.py"

@@ -18,3 +18,24 @@ rule text2image:
     conda: CONDA_ENV
     script:
         "../scripts/text2image.py"
+
+
+# Figure 7 on a diffusers text-to-image pipeline (SDXL by default): CLIP score of the decoded x̂0
+# per step, unguided vs linear vs sine schedule, with bootstrap intervals over prompts × seeds
+# (offshelf.integrations.clip_schedules, docs/diffusers.md). GPU and downloads for the shipped
+# config; offline on tiny pipelines in tests/workflow/test_text2image_diffusers.py. Not part of `all`:
+#   snakemake --cores all text2image_diffusers [--config text2image_diffusers_config=my.yaml]
+rule text2image_diffusers:
+    input:
+        config=config.get("text2image_diffusers_config", "config/text2image_diffusers.yaml"),
+    output:
+        directory(f"{config['results']}/text2image_diffusers"),
+    params:
+        library=LIBRARY,
+    log:
+        f"{config['results']}/logs/text2image_diffusers.log",
+    resources:
+        gpu=1,
+    conda: CONDA_ENV
+    script:
+        "../scripts/text2image_diffusers.py"

@@ -31,6 +31,8 @@ rule tune:
     log:
         f"{LOGS}/tune/{TUNE.folder}.log",
     threads: THREADS
+    resources:
+        gpu=GPUS_PER_JOB,  # one GPU when the backend runs on one (offshelf.devices)
     conda: CONDA_ENV
     script:
         "../scripts/tune.py"

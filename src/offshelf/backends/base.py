@@ -162,9 +162,9 @@ class Backend(ABC):
     def sample(self, models: Any, setting: Setting, seeds: list[int], progress: bool = False,
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Images in [-1, 1] (float, NCHW) and their target labels for ``seeds``; each sample
-        depends on its own seed only, so any split into batches gives the same images. The
-        built-in backends also take ``labels=`` (a class per seed, ``offshelf sample --classes``);
-        the workflow never passes it, so a backend need not."""
+        depends on its own seed only, so any split into batches gives the same images. A backend
+        declaring capability ``chosen_classes`` also takes ``labels=`` (a class per seed,
+        ``offshelf sample --classes``); the workflow never passes it, so a backend need not."""
 
     @abstractmethod
     def to_uint8(self, images: torch.Tensor) -> np.ndarray:

@@ -31,6 +31,8 @@ class Capability(StrEnum):
     STOCHASTIC = "stochastic_sampling"           # EDM's churn: settings with S_churn > 0 (a flag)
     PARTICLES = "particle_sampling"              # Best-of-N and SMC settings (offshelf.samplers.particles; a flag)
     THROUGH_DENOISER = "through_denoiser"        # guided settings with through_denoiser (a flag)
+    GPU = "gpu"                                  # its networks run on a GPU: each job loading them asks for one (a flag)
+    CHOSEN_CLASSES = "chosen_classes"            # sample(labels=...): a class per seed, chosen by the caller (a flag)
 
 
 #: capability -> the members (methods, class attributes) a backend declaring it defines
@@ -48,6 +50,8 @@ MEMBERS: dict[Capability, tuple[str, ...]] = {
     Capability.STOCHASTIC: (),
     Capability.PARTICLES: (),
     Capability.THROUGH_DENOISER: (),
+    Capability.GPU: (),
+    Capability.CHOSEN_CLASSES: (),  # a parameter of the required ``sample``, not a member
 }
 
 #: capabilities that need others (tuning calibrates along the family's reverse process)
@@ -86,11 +90,12 @@ def implemented(cls: type) -> frozenset[Capability]:
                      if names and all(getattr(cls, n, None) not in (None, ()) for n in names))
 
 
-def unavailable(backend: Any, setting: Any) -> str | None:
+def unavailable(backend: Any, setting: Any, chosen_classes: bool = False) -> str | None:
     """Why ``backend`` cannot run ``setting`` (the report prints it), or None: first what its
     declared capabilities rule out, then the family's own :meth:`~offshelf.backends.base.Backend.unsupported`.
     The planner, the sample job, the command line and the tuner all ask through this, so a row
-    with churn on a deterministic sampler is reported, never run deterministic under a stochastic name."""
+    with churn on a deterministic sampler is reported, never run deterministic under a stochastic name.
+    ``chosen_classes``: the caller gives each seed's class (``offshelf sample --classes``)."""
     if getattr(setting, "S_churn", 0) and Capability.STOCHASTIC not in backend.capabilities:
         return (f"S_churn > 0 is EDM's stochastic sampling; backend {_name(backend)!r} does not declare "
                 f"capability {Capability.STOCHASTIC.value!r}")
@@ -100,4 +105,7 @@ def unavailable(backend: Any, setting: Any) -> str | None:
     if getattr(setting, "through_denoiser", False) and Capability.THROUGH_DENOISER not in backend.capabilities:
         return (f"through_denoiser backpropagates through the denoiser; backend {_name(backend)!r} does not declare "
                 f"capability {Capability.THROUGH_DENOISER.value!r}")
+    if chosen_classes and Capability.CHOSEN_CLASSES not in backend.capabilities:
+        return (f"backend {_name(backend)!r} draws each seed's class itself: it does not declare capability "
+                f"{Capability.CHOSEN_CLASSES.value!r} (a sample() that takes labels=)")
     return backend.unsupported(setting)

@@ -71,7 +71,8 @@ class DDPMSampling:
 
     #: what the mixin brings; a backend using it adds these to its own ``capabilities``
     capabilities = frozenset({Capability.CALIBRATION, Capability.GRADIENTS, Capability.COST,
-                              Capability.ANALYTIC_FIGURES, Capability.PARTICLES, Capability.THROUGH_DENOISER})
+                              Capability.ANALYTIC_FIGURES, Capability.CHOSEN_CLASSES, Capability.PARTICLES,
+                              Capability.THROUGH_DENOISER})
     analytic_figures = ("figure3", "figure5")
     #: :func:`sample_batch` draws sample i's label with ``draw_labels`` from seed i
     seed_labels = "draw_labels"

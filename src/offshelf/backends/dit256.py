@@ -40,7 +40,7 @@ class DiT256Backend(ImageNetBackend):
     seed_labels = "draw_labels"  # sample(): draw_labels(seeds, ...)
     denoiser_checkpoint = "dit_xl2_256"
     default_reference = "ref_imagenet256"
-    capabilities = ImageNetBackend.capabilities | {Capability.COST, Capability.RESPACING}
+    capabilities = ImageNetBackend.capabilities | {Capability.COST, Capability.RESPACING, Capability.CHOSEN_CLASSES}
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

@@ -31,7 +31,7 @@ class EDM64Backend(ImageNetBackend):
     name = "edm64"
     denoiser_checkpoint = "edm_imagenet64_cond"
     default_reference = "ref_imagenet64_edm"
-    capabilities = ImageNetBackend.capabilities | {Capability.COST, Capability.STOCHASTIC}
+    capabilities = ImageNetBackend.capabilities | {Capability.COST, Capability.STOCHASTIC, Capability.CHOSEN_CLASSES}
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

@@ -57,7 +57,8 @@ class ImageNetBackend(Backend):
     """Base of adm128, edm64 and dit256. Options: the config's ``imagenet`` section."""
 
     num_classes = NUM_CLASSES
-    capabilities = frozenset({Capability.PAPER_COMPARABLE, Capability.REFERENCE_FEATURES, Capability.PROVENANCE})
+    capabilities = frozenset({Capability.PAPER_COMPARABLE, Capability.REFERENCE_FEATURES, Capability.PROVENANCE,
+                              Capability.GPU})
     config_schema = "schemas/imagenet.schema.yaml"  # the `imagenet:` section
     #: registry name of the diffusion network
     denoiser_checkpoint: str = ""
@@ -67,7 +68,9 @@ class ImageNetBackend(Backend):
     def __init__(self, options: Mapping[str, Any] | None = None):
         super().__init__(options)
         if not REFERENCE_HAS_IMAGES.get(self.reference_name, True):  # EDM's fid-refs: mu/sigma only
-            self.capabilities = type(self).capabilities - {Capability.REFERENCE_FEATURES}
+            self.capabilities = self.capabilities - {Capability.REFERENCE_FEATURES}
+        if self.imagenet.get("device", "cuda") == "cpu":  # its jobs ask for no GPU (offshelf.devices)
+            self.capabilities = self.capabilities - {Capability.GPU}
 
     @classmethod
     def options_from_config(cls, config: Mapping[str, Any]) -> dict[str, Any]:

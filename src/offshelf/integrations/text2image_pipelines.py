@@ -8,7 +8,9 @@ own call (prompts, negative prompts, its CFG, ``generator``, ``num_inference_ste
 call at scheduler step i of N (Algorithm 3's path, docs/diffusers.md):
 
     pred     = the denoiser's output; with the pipeline's CFG (a doubled batch [uncond, cond]):
-               pred_cfg = u + w·(c − u), w the pipeline's guidance_scale
+               pred_cfg = u + w·(c − u), w the pipeline's guidance_scale; with SD/SDXL's
+               guidance_rescale φ > 0, pred_cfg = rescale_noise_cfg(pred_cfg, c, φ), what the
+               scheduler integrates
     (x̂0, ε)  = pred_cfg read in the scheduler's parameterisation (ε, v, flow velocity) for the
                model input a·x0 + b·ε (offshelf.integrations.diffusers.noise_levels)
     g        = ∇_{ẑ0} J(D(ẑ0)) at ẑ0 = x̂0: J the objective (calibrated classifier log-probability,
@@ -21,7 +23,14 @@ call at scheduler step i of N (Algorithm 3's path, docs/diffusers.md):
 At ``scale=0``, outside the guidance window and between every-k-th steps the denoiser's output is
 returned untouched: the pipeline's own output, bitwise. Flux's "true CFG" calls the transformer
 twice per step (positive, then negative prompt): Δ is computed on the first call of a step and
-added to both, so the combination moves by Δ too.
+added to both, so the combination moves by Δ too. With ``guidance_rescale`` φ > 0 (SD, SDXL) x̂0
+is read after the rescale and both branches return pred' itself: the pipeline combines two equal
+predictions into pred' and rescales it by std(pred')/std(pred') = 1, so the scheduler integrates
+pred' (up to rounding), the correction applied after the pipeline's CFG and rescale.
+
+Schedulers that call the model twice per step or repeat timesteps (Heun, KDPM2, PNDM, any with
+``order > 1``) are refused by name, by ``guide`` and again at call time if swapped in later: a
+correction computed once per step index cannot be applied to two calls at two noise levels.
 """
 
 from __future__ import annotations
@@ -35,7 +44,7 @@ from torch import nn
 
 from offshelf.guidance import check_finite
 from offshelf.integrations.diffusers import (SchedulerGuidance, check_scheduler, denoiser_signature, from_x0_eps,
-                                             noise_levels, step_index, to_x0_eps)
+                                             noise_levels, prediction_type, step_index, to_x0_eps)
 from offshelf.integrations.objectives import Objective, chunked_gradient, objective_from
 
 #: TAESD decoders (AutoencoderTiny) per pipeline family, for ``decoder="tiny"`` (downloaded by
@@ -140,7 +149,10 @@ class GuidedDenoiser(nn.Module):
             return getattr(super().__getattr__("model"), name)
 
     def begin(self, context: dict) -> None:
-        """A pipeline call starts: its prompts (for CLIP); the per-step cache is cleared."""
+        """A pipeline call starts: its prompts (for CLIP); the per-step cache is cleared. The
+        scheduler is checked again: one swapped in after ``guide`` (``guided.scheduler = ...``)
+        is refused as ``guide`` refuses it."""
+        check_scheduler(self.pipeline.scheduler)
         self.context = context
         self._cache = {}
         self.last = {}
@@ -149,15 +161,17 @@ class GuidedDenoiser(nn.Module):
 
     def forward(self, *args, **kwargs):
         out = self.model(*args, **kwargs)
-        if self.settings.scale == 0:
+        observe = self.context.get("observe")
+        if self.settings.scale == 0 and observe is None:
             return out
         pipe = self.pipeline
         scheduler = pipe.scheduler
         bound = self._signature.bind(*args, **kwargs)
         sample, timestep = bound.arguments[self._sample_name], bound.arguments.get("timestep")
         i = find_step(scheduler, timestep)
-        if not self.settings.active(i, len(scheduler.timesteps)):
-            return out
+        active = self.settings.active(i, len(scheduler.timesteps))
+        if (i in self._cache and self._cache[i] is None) or (not active and observe is None):
+            return out  # not guided, and this step was observed already (Flux's second true-CFG call)
         prediction = out[0] if isinstance(out, tuple) else out.sample
         if prediction.shape != sample.shape:
             raise ValueError(f"{type(self.model).__name__} output {tuple(prediction.shape)} does not fit its input "
@@ -165,46 +179,89 @@ class GuidedDenoiser(nn.Module):
         half = len(sample) // 2
         cfg = (bool(getattr(pipe, "do_classifier_free_guidance", False)) and len(sample) % 2 == 0
                and torch.equal(sample[:half], sample[half:]))
+        rescaled = cfg and self._rescale(pipe) > 0
         if i not in self._cache:
             if cfg:
-                uncond, cond = prediction[:half].float(), prediction[half:].float()
-                combined, x = uncond + float(pipe.guidance_scale) * (cond - uncond), sample[half:]
+                combined = self._combine_cfg(pipe, prediction[:half].float(), prediction[half:].float())
+                x = sample[half:]
             else:
                 combined, x = prediction.float(), sample
-            self._cache = {i: self._delta(combined, x.float(), i, scheduler, bound.arguments)}
-        delta = self._cache[i]
+            x0, eps, a, b, a_all, b_all, kind = self._read(combined, x.float(), i, scheduler)
+            if observe is not None:
+                with torch.no_grad():
+                    observe(step=i, pred_xstart=x0, decode=self._decoding(bound.arguments, self.pipeline.vae))
+            delta = self._delta(combined, x0, eps, a, b, a_all, b_all, kind, i, scheduler,
+                                bound.arguments) if active else None
+            # with the rescale on, the guided prediction itself (see _combine_cfg), else Δ to add
+            self._cache = {i: None if delta is None else (combined + delta if rescaled else delta)}
+        correction = self._cache[i]
+        if correction is None:
+            return out
         if cfg:
-            delta = torch.cat([delta, delta])
-        if delta.shape != prediction.shape:
+            correction = torch.cat([correction, correction])
+        if correction.shape != prediction.shape:
             raise ValueError(f"step {i}: a second denoiser call with batch {len(prediction)} after one with "
-                             f"{len(delta)}: cannot apply the step's guidance")
-        corrected = (prediction.float() + delta).to(prediction.dtype)
+                             f"{len(correction) // (2 if cfg else 1)}: cannot apply the step's guidance")
+        corrected = (correction if rescaled else prediction.float() + correction).to(prediction.dtype)
         if isinstance(out, tuple):
             return (corrected,) + tuple(out[1:])
         out.sample = corrected
         return out
 
-    def _delta(self, prediction: torch.Tensor, x: torch.Tensor, i: int, scheduler, arguments: dict) -> torch.Tensor:
-        s = self.settings
-        weights = SchedulerGuidance(scheduler, None, s.scale, s.sine_factor, s.schedule, s.variance, s.sigma_max)
+    @staticmethod
+    def _rescale(pipe) -> float:
+        return float(getattr(pipe, "guidance_rescale", 0.0) or 0.0)
+
+    @classmethod
+    def _combine_cfg(cls, pipe, uncond: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The prediction the pipeline's scheduler integrates: its CFG combination, then (SD, SDXL)
+        its ``guidance_rescale`` φ (Lin et al. 2024, Sec. 3.4) when that is on. The guidance reads
+        x̂0 from it. With φ > 0 both branches then return the guided prediction pred' itself, not
+        branch + Δ: the pipeline's combination of two equal predictions is pred' and its rescale
+        multiplies by std(pred')/std(pred') = 1, so the correction lands after the pipeline's CFG
+        and rescale, as without the rescale (adding Δ to both branches would have the pipeline
+        rescale Δ as well)."""
+        combined = uncond + float(pipe.guidance_scale) * (cond - uncond)
+        rescale = cls._rescale(pipe)
+        if rescale > 0:
+            from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import rescale_noise_cfg
+
+            combined = rescale_noise_cfg(combined, cond, guidance_rescale=rescale)
+        return combined
+
+    def _read(self, prediction: torch.Tensor, x: torch.Tensor, i: int, scheduler):
+        """``(x̂0, ε, a, b, a_all, b_all, kind)`` of the step's prediction for the model input ``x``."""
+        kind = prediction_type(scheduler)
         a_all, b_all = noise_levels(scheduler)
         a, b = float(a_all[i]), float(b_all[i])
         check_finite("denoiser output", prediction, i)
-        x0, eps = to_x0_eps(prediction, x, a, b, weights.kind)
-        packed = x0.ndim == 3
+        x0, eps = to_x0_eps(prediction, x, a, b, kind)
+        return x0, eps, a, b, a_all, b_all, kind
+
+    def _decoding(self, arguments: dict, decoder: nn.Module):
+        """Latents (packed for Flux) → images in [−1, 1] through ``decoder``."""
         img_ids = arguments.get("img_ids")
-        if packed and img_ids is None:
-            raise ValueError(f"{type(self.model).__name__}: packed (B, tokens, C) latents without img_ids to unpack")
 
         def decode(u):
-            return decode_latents(self.decoder, unpack_flux_latents(u, img_ids) if packed else u)
+            packed = u.ndim == 3
+            if packed and img_ids is None:
+                raise ValueError(f"{type(self.model).__name__}: packed (B, tokens, C) latents without img_ids "
+                                 "to unpack")
+            return decode_latents(decoder, unpack_flux_latents(u, img_ids) if packed else u)
+        return decode
 
+    def _delta(self, prediction: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor, a: float, b: float,
+               a_all: torch.Tensor, b_all: torch.Tensor, kind: str, i: int, scheduler, arguments: dict
+               ) -> torch.Tensor:
+        s = self.settings
+        weights = SchedulerGuidance(scheduler, None, s.scale, s.sine_factor, s.schedule, s.variance, s.sigma_max)
+        decode = self._decoding(arguments, self.decoder)
         with self._checkpointing():
             grad, value = chunked_gradient(self.objective, x0, decode, dict(self.context, step=i),
                                            s.decoder_chunk)
         check_finite("guidance gradient", grad, i)
         weight = weights.x0_weight(i, a_all, b_all, None, 1, 1)
-        guided = from_x0_eps(x0 + weight * grad, eps - (a / b) * weight * grad, a, b, weights.kind)
+        guided = from_x0_eps(x0 + weight * grad, eps - (a / b) * weight * grad, a, b, kind)
         check_finite("guided prediction", guided, i)
         self.last = dict(step=i, value=value, grad=grad, weight=weight, pred_xstart=x0)
         callback = self.context.get("callback")
@@ -253,7 +310,8 @@ def _guided_class(cls: type) -> type:
 
         def __call__(self, *args, **kwargs):
             denoiser = self.offshelf_denoiser
-            denoiser.begin({"prompts": _prompts(signature, args, kwargs), "callback": self.offshelf_callback})
+            denoiser.begin({"prompts": _prompts(signature, args, kwargs), "callback": self.offshelf_callback,
+                            "observe": self.offshelf_observe})
             return cls.__call__(self, *args, **kwargs)
 
         __call__.__signature__ = signature
@@ -299,7 +357,8 @@ def guide_text2image(pipe, objective, *, scale: float = 1.0, target=None, softpl
                      joint_temperature: float = 1.0, marginal_temperature: float = 0.5, sine_factor: float = 0.3,
                      schedule: str = "adm", variance: str | None = None, sigma_max: float | None = None,
                      adapter=None, clip=None, texts=None, decoder="vae", window: tuple[float, float] = (0.0, 1.0),
-                     every: int = 1, decoder_chunk: int | None = None, checkpoint: bool = False, callback=None):
+                     every: int = 1, decoder_chunk: int | None = None, checkpoint: bool = False, callback=None,
+                     observe=None):
     """A copy of the text-to-image pipeline ``pipe`` guided by ``objective`` (module docstring);
     ``pipe`` is not changed. ``objective``: a classifier with ``target=`` (its class, one or one
     per image; Softplus β, τ1, τ2 as in the paper), ``"clip"`` with ``clip=`` (similarity to
@@ -308,7 +367,11 @@ def guide_text2image(pipe, objective, *, scale: float = 1.0, target=None, softpl
     ``decoder``: ``"vae"`` (default), ``"tiny"`` (TAESD for the family, from the hub cache) or an
     ``AutoencoderTiny`` module. ``window``, ``every``, ``decoder_chunk``, ``checkpoint``: cost
     controls (:class:`Text2ImageGuidance`). ``callback(step=, value=, grad=, weight=,
-    pred_xstart=)`` sees every guided step. The copy's ``offshelf_denoiser.last`` holds the last one."""
+    pred_xstart=)`` sees every guided step. The copy's ``offshelf_denoiser.last`` holds the last one.
+    ``observe(step=, pred_xstart=, decode=)`` sees every step, guided or not (scale 0 included),
+    before its correction: x̂0 read from the prediction the pipeline integrates (after its CFG and
+    ``guidance_rescale``) and ``decode`` (the pipeline's VAE, latents → images in [−1, 1]); it
+    changes nothing (the CLIP score per step of ``offshelf.integrations.clip_schedules``)."""
     check_scheduler(pipe.scheduler)
     attribute = "unet" if getattr(pipe, "unet", None) is not None else "transformer"
     model = getattr(pipe, attribute, None)
@@ -329,6 +392,7 @@ def guide_text2image(pipe, objective, *, scale: float = 1.0, target=None, softpl
     guided.offshelf_denoiser = denoiser
     guided.offshelf_guidance = settings
     guided.offshelf_callback = callback
+    guided.offshelf_observe = observe
     guided.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
     return guided
 

@@ -3,6 +3,11 @@ evaluations its sampling takes, per table and in total."""
 
 from __future__ import annotations
 
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping
 
 from offshelf.planning.params import config_backend, num_shards
@@ -93,11 +98,11 @@ def describe_job_counts(config: dict, plan) -> str:
             f"per-experiment jobs){pareto}; max_jobs = {config.get('max_jobs', DEFAULT_MAX_JOBS)}")
 
 
-def cost_plan(config: dict, plan, seconds: dict[str, float] | None = None) -> list[dict[str, Any]]:
+def cost_plan(config: dict, plan, costs: EvaluationCosts | None = None) -> list[dict[str, Any]]:
     """What sampling a config costs (``plan``: its offshelf.planning.plan.Plan), per table and in total (settings shared by tables counted once
-    in the total): samples, denoiser and classifier network evaluations, and, given ``seconds``
-    per ``denoiser`` evaluation and per ``classifier`` forward+backward (per image, at the batch
-    size you run), the hours: Σ count × seconds / 3600. Evaluation is not counted. A searched row
+    in the total): samples, denoiser and classifier network evaluations, and, given ``costs``
+    (seconds per image for one denoiser evaluation and one classifier gradient, at the batch they
+    were measured at), the hours (:func:`gpu_hours`). Evaluation is not counted. A searched row
     counts its search at its most (every extension and refinement taken; offshelf.search)."""
     from offshelf.backends.capabilities import Capability, require
 
@@ -129,8 +134,115 @@ def cost_plan(config: dict, plan, seconds: dict[str, float] | None = None) -> li
             out["classifier"] += n * work["classifier"]
             if "classifier_backward" in work:  # the backends counting forwards and backwards apart
                 out["classifier_backward"] = out.get("classifier_backward", 0) + n * work["classifier_backward"]
-        if seconds:
-            out["hours"] = (out["denoiser"] * seconds["denoiser"] + out["classifier"] * seconds["classifier"]) / 3600
+        if costs is not None:
+            out["hours"] = gpu_hours(out["denoiser"], out["classifier"], costs)
         return out
 
     return [line(table, samples) for table, samples in most.items()] + [line("total", total)]
+
+
+# ------------------------------------------------------------------ seconds per network evaluation
+#
+# GPU-hours need what one network evaluation costs on the GPU the run will use. They come from a
+# costs file (benchmarks/gpu_throughput.py writes one per device), or, as a shorthand for a number
+# measured by hand, from two command-line values; both become one EvaluationCosts here.
+
+class CostsFileError(ValueError):
+    """A costs file that cannot be read as one; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class EvaluationCosts:
+    """Seconds per image for one denoiser evaluation and for one classifier gradient (forward and
+    input-gradient backward; DiT's goes through the VAE decoder), at the batch they were measured at.
+    A CFG pair is two denoiser evaluations: the backends' ``work_per_sample`` counts both, so the
+    seconds here are for one. ``source`` says where the numbers come from (printed beside the hours)."""
+
+    denoiser: float
+    classifier: float
+    source: str
+
+
+def _positive_seconds(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise CostsFileError(f"{where} = {value!r}: expected a positive finite number of seconds per image "
+                             f"per evaluation")
+    return float(value)
+
+
+def read_costs(path: str | os.PathLike, backbone: str) -> EvaluationCosts:
+    """The costs of ``backbone`` in a costs file (benchmarks/gpu_throughput.py's format)::
+
+        {"device": str, "torch": str, "command": str,
+         "backbones": {"<backbone>": {"levers": {...}, "batch": int,
+                                      "seconds_per_denoiser": float, "seconds_per_classifier": float}}}
+
+    Other keys are allowed (the benchmark's own measurements). A missing or malformed key raises
+    :class:`CostsFileError`, one line naming the file and the key."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CostsFileError(f"costs file {path}: no such file (benchmarks/gpu_throughput.py writes one)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CostsFileError(f"costs file {path}: not readable as JSON ({err})") from None
+
+    def fail(key: str, expected: str, value: Any = None) -> CostsFileError:
+        shown = "" if value is None else f" = {value!r}"
+        return CostsFileError(f"costs file {path}: key '{key}'{shown}: expected {expected}")
+
+    if not isinstance(data, dict):
+        raise CostsFileError(f"costs file {path}: expected a JSON object at the top, got {type(data).__name__}")
+    for key in ("device", "torch", "command"):
+        if not isinstance(data.get(key), str):
+            raise fail(key, "a string (where and how the costs were measured)", data.get(key))
+    backbones = data.get("backbones")
+    if not isinstance(backbones, dict):
+        raise fail("backbones", "an object of per-backbone costs", backbones)
+    if backbone not in backbones:
+        measured = ", ".join(sorted(backbones)) or "none"
+        raise CostsFileError(f"costs file {path}: no key 'backbones.{backbone}' (the config's backbone); it "
+                             f"has {measured}: measure {backbone} with benchmarks/gpu_throughput.py")
+    entry = backbones[backbone]
+    where = f"backbones.{backbone}"
+    if not isinstance(entry, dict):
+        raise fail(where, "an object with levers, batch, seconds_per_denoiser, seconds_per_classifier", entry)
+    if not isinstance(entry.get("levers"), dict):
+        raise fail(f"{where}.levers", "an object (the speed levers the costs were measured with)", entry.get("levers"))
+    batch = entry.get("batch")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise fail(f"{where}.batch", "a positive integer (images per batch when measured)", batch)
+    for key in ("seconds_per_denoiser", "seconds_per_classifier"):
+        if key not in entry:
+            raise fail(f"{where}.{key}", "a positive finite number of seconds per image per evaluation")
+    seconds = {key: _positive_seconds(entry[key], f"costs file {path}: key '{where}.{key}'")
+               for key in ("seconds_per_denoiser", "seconds_per_classifier")}
+    levers = ", ".join(f"{k}={v}" for k, v in sorted(entry["levers"].items())) or "none"
+    source = (f"{path}, backbone {backbone}: batch {batch}, levers {levers}; on {data['device']}, torch "
+              f"{data['torch']}; measured by `{data['command']}`")
+    return EvaluationCosts(seconds["seconds_per_denoiser"], seconds["seconds_per_classifier"], source)
+
+
+def evaluation_costs(backbone: str, costs_file: str | os.PathLike | None = None,
+                     seconds_per_denoiser: float | None = None,
+                     seconds_per_classifier: float | None = None) -> EvaluationCosts | None:
+    """The costs ``offshelf plan`` turns into hours: a costs file's entry for ``backbone``, or the
+    two seconds given by hand (both, never with a file), or None (no hours)."""
+    by_hand = (seconds_per_denoiser, seconds_per_classifier)
+    if costs_file is not None:
+        if any(s is not None for s in by_hand):
+            raise ValueError("--costs: give a costs file or --seconds-per-denoiser/--seconds-per-classifier, not both")
+        return read_costs(costs_file, backbone)
+    if all(s is None for s in by_hand):
+        return None
+    if any(s is None for s in by_hand):
+        raise ValueError("--seconds-per-denoiser: give both per-evaluation costs (or a --costs file), or neither")
+    return EvaluationCosts(
+        _positive_seconds(seconds_per_denoiser, "--seconds-per-denoiser"),
+        _positive_seconds(seconds_per_classifier, "--seconds-per-classifier"),
+        "--seconds-per-denoiser / --seconds-per-classifier, measured by hand")
+
+
+def gpu_hours(denoiser_evaluations: int, classifier_gradients: int, costs: EvaluationCosts) -> float:
+    """Σ count × seconds per image per evaluation / 3600."""
+    return (denoiser_evaluations * costs.denoiser + classifier_gradients * costs.classifier) / 3600

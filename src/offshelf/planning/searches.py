@@ -154,14 +154,35 @@ def finalists(plan: SearchPlan, final: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
+#: path -> ((mtime_ns, size, inode), record): the round files :func:`read_rounds` has parsed. The
+#: workflow's input functions ask for the rounds once per job they expand (thousands of times per
+#: DAG); a file whose modification time, size and inode (a round is written to a temporary file
+#: renamed into place: a new inode) are unchanged is not read again.
+_ROUNDS_READ: dict[Path, tuple[tuple[int, int, int], dict[str, Any]]] = {}
+
+
+def read_round(path: Path) -> dict[str, Any] | None:
+    """One round file's checked record (:func:`check_round`), or None when there is none; parsed
+    again only when its (mtime_ns, size, inode) changed since the last read in this process."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    key = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+    cached = _ROUNDS_READ.get(path)
+    if cached is None or cached[0] != key:
+        cached = _ROUNDS_READ[path] = (key, check_round(json.loads(path.read_text()), path))
+    return cached[1]
+
+
 def read_rounds(folder: str | Path, searches: Iterable[str]) -> Iterator[dict[str, Any]]:
     """The round records of ``searches`` made so far under ``folder`` (``<search>/round<k>.json``,
     k = 0, 1... up to the first missing one), lazily: a caller that finds what it wants early reads
-    no further."""
+    no further. A record is shared between calls (:func:`read_round`): read it, never change it."""
     for search in searches:
         k = 0
-        while (path := Path(folder) / search / f"round{k}.json").exists():
-            yield check_round(json.loads(path.read_text()), path)
+        while (record := read_round(Path(folder) / search / f"round{k}.json")) is not None:
+            yield record
             k += 1
 
 
