@@ -98,3 +98,21 @@ def test_pareto_table_counts_work_and_marks_the_front(tmp_path):
     text = pareto_markdown(frame, "t")
     assert text.count("| yes |") == 2 and "clf bwd" in text
     assert not math.isnan(by_label.loc["Best-of-2", "fid"])
+
+
+def test_offshelf_plan_counts_the_pareto_target_apart_from_the_total(config):
+    from offshelf.planning.costs import cost_plan
+
+    lines = {r["table"]: r for r in cost_plan(config, build_plan(config))}
+    without = {k: v for k, v in config.items() if k != "pareto"}
+    assert lines["total"] == {r["table"]: r for r in cost_plan(without, build_plan(without))}["total"]
+    pareto = lines["pareto (own target, not in total)"]
+    # forwards without a backward, by hand: Best-of-2/4/8 score 2 + 4 + 8 candidates (500 samples x 2
+    # regimes); SMC k = 4, m = 5 at 25 steps scores each particle after steps 20, 15, 10, 5 and at the
+    # end: 4 x 5 = 20 per sample, over every sample its λ search may draw (low and full fidelity, at most)
+    from offshelf.search import max_evaluations
+
+    smc = [r.search.spec for r in build_plan(config).pareto.rows if r.label.startswith("SMC")]
+    smc_samples = sum(low * s.low_fidelity + full * s.full_fidelity for s in smc for low, full in [max_evaluations(s)])
+    assert len(smc) == 2 and smc_samples > 0
+    assert pareto["classifier"] - pareto["classifier_backward"] == 1000 * (2 + 4 + 8) + 20 * smc_samples

@@ -100,7 +100,7 @@ def describe_job_counts(config: dict, plan) -> str:
 
 def cost_plan(config: dict, plan, costs: EvaluationCosts | None = None) -> list[dict[str, Any]]:
     """What sampling a config costs (``plan``: its offshelf.planning.plan.Plan), per table and in total (settings shared by tables counted once
-    in the total): samples, denoiser and classifier network evaluations, and, given ``costs``
+    in the total; the ``pareto`` target, not part of ``all``, on its own line, outside the total): samples, denoiser and classifier network evaluations, and, given ``costs``
     (seconds per image for one denoiser evaluation and one classifier gradient, at the batch they
     were measured at), the hours (:func:`gpu_hours`). Evaluation is not counted. A searched row
     counts its search at its most (every extension and refinement taken; offshelf.search)."""
@@ -121,7 +121,9 @@ def cost_plan(config: dict, plan, costs: EvaluationCosts | None = None) -> list[
             table[row.search.name] = low * row.search.spec.low_fidelity + full * row.search.spec.full_fidelity
             settings[row.search.name] = row.search.setting  # every scale costs the same per sample
     total: dict[str, int] = {}
-    for table in most.values():
+    for label, table in most.items():
+        if label == "pareto":  # a target of its own (`snakemake pareto`): its own line, outside the total of `all`
+            continue
         for name, n in table.items():
             total[name] = max(total.get(name, 0), n)
 
@@ -138,7 +140,9 @@ def cost_plan(config: dict, plan, costs: EvaluationCosts | None = None) -> list[
             out["hours"] = gpu_hours(out["denoiser"], out["classifier"], costs)
         return out
 
-    return [line(table, samples) for table, samples in most.items()] + [line("total", total)]
+    tables = [line(table, samples) for table, samples in most.items() if table != "pareto"]
+    pareto = [line("pareto (own target, not in total)", most["pareto"])] if "pareto" in most else []
+    return tables + pareto + [line("total", total)]
 
 
 # ------------------------------------------------------------------ seconds per network evaluation
