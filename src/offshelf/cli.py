@@ -469,17 +469,23 @@ def cmd_plan(args) -> int:
     costs = evaluation_costs(config["backbone"], args.costs, args.seconds_per_denoiser, args.seconds_per_classifier)
     rows = cost_plan(config, plan, costs)
     print(describe_job_counts(config, plan))
-    head = ["table", "settings", "samples", "denoiser evaluations", "classifier gradients"]
+    head = ["table", "settings", "samples", "denoiser evaluations", "classifier forwards"]
     head += ["GPU-hours"] if costs else []
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for r in rows:
         cells = [r["table"], r["settings"], r["samples"], f"{r['denoiser']:,}", f"{r['classifier']:,}"]
         cells += [f"{r['hours']:,.2f}"] if costs else []
         print("| " + " | ".join(map(str, cells)) + " |")
+    # Best-of-N and SMC score with a classifier forward alone: say where backwards are fewer than forwards
+    fewer = [f"{r['table']} {r['classifier_backward']:,}" for r in rows
+             if r.get("classifier_backward", r["classifier"]) != r["classifier"]]
+    if fewer:
+        print(f"classifier backwards, where fewer than forwards (Best-of-N, SMC): {'; '.join(fewer)}")
     if costs:
-        print(f"GPU-hours = (denoiser evaluations × {costs.denoiser:g} s + classifier gradients × "
+        print(f"GPU-hours = (denoiser evaluations × {costs.denoiser:g} s + classifier forwards × "
               f"{costs.classifier:g} s) / 3600, seconds per image per evaluation (a CFG pair counts as two "
-              f"denoiser evaluations); the total counts settings shared by tables once; evaluation not counted")
+              f"denoiser evaluations; a classifier forward is costed as a whole gradient); the total counts "
+              f"settings shared by tables once; evaluation not counted")
         print(f"costs: {costs.source}; this config samples at sampling.batch_size = "
               f"{config['sampling'].get('batch_size')}")
     else:

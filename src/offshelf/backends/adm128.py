@@ -55,7 +55,7 @@ class ADM128Backend(DDPMSampling, ImageNetBackend):
 
     def files(self, setting: Setting) -> dict[str, Pretrained]:
         names = super().files(setting)
-        if setting.method == "guided" and setting.classifier in ("finetuned", "combined"):
+        if setting.uses_classifier and setting.classifier in ("finetuned", "combined"):
             names["finetuned"] = Pretrained(ADM_PRESETS["finetuned"])
         return names
 

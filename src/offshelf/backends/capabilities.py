@@ -29,6 +29,8 @@ class Capability(StrEnum):
     RESPACING = "respacing"                      # a discrete schedule sampling.respacing respaces
     PAPER_COMPARABLE = "paper_comparable"        # numbers comparable with the paper's (a flag)
     STOCHASTIC = "stochastic_sampling"           # EDM's churn: settings with S_churn > 0 (a flag)
+    PARTICLES = "particle_sampling"              # Best-of-N and SMC settings (offshelf.samplers.particles; a flag)
+    THROUGH_DENOISER = "through_denoiser"        # guided settings with through_denoiser (a flag)
     GPU = "gpu"                                  # its networks run on a GPU: each job loading them asks for one (a flag)
     CHOSEN_CLASSES = "chosen_classes"            # sample(labels=...): a class per seed, chosen by the caller (a flag)
 
@@ -46,6 +48,8 @@ MEMBERS: dict[Capability, tuple[str, ...]] = {
     Capability.RESPACING: ("num_train_timesteps",),
     Capability.PAPER_COMPARABLE: (),
     Capability.STOCHASTIC: (),
+    Capability.PARTICLES: (),
+    Capability.THROUGH_DENOISER: (),
     Capability.GPU: (),
     Capability.CHOSEN_CLASSES: (),  # a parameter of the required ``sample``, not a member
 }
@@ -95,6 +99,12 @@ def unavailable(backend: Any, setting: Any, chosen_classes: bool = False) -> str
     if getattr(setting, "S_churn", 0) and Capability.STOCHASTIC not in backend.capabilities:
         return (f"S_churn > 0 is EDM's stochastic sampling; backend {_name(backend)!r} does not declare "
                 f"capability {Capability.STOCHASTIC.value!r}")
+    if getattr(setting, "method", None) in ("best_of_n", "smc") and Capability.PARTICLES not in backend.capabilities:
+        return (f"{setting.method} samples candidates or particles (offshelf.samplers.particles); backend "
+                f"{_name(backend)!r} does not declare capability {Capability.PARTICLES.value!r}")
+    if getattr(setting, "through_denoiser", False) and Capability.THROUGH_DENOISER not in backend.capabilities:
+        return (f"through_denoiser backpropagates through the denoiser; backend {_name(backend)!r} does not declare "
+                f"capability {Capability.THROUGH_DENOISER.value!r}")
     if chosen_classes and Capability.CHOSEN_CLASSES not in backend.capabilities:
         return (f"backend {_name(backend)!r} draws each seed's class itself: it does not declare capability "
                 f"{Capability.CHOSEN_CLASSES.value!r} (a sample() that takes labels=)")

@@ -72,7 +72,7 @@ class DigitsBackend(DDPMSampling, Backend):
             raise ValueError(f"setting {setting.name}: network {network!r} is not a digits classifier family; "
                              f"known: {known} (or leave it out for the default ResNet)")
         role, has_relu = digits.CLASSIFIER_FAMILIES[network]
-        if (not has_relu and setting.method == "guided" and setting.classifier != "finetuned"
+        if (not has_relu and setting.uses_classifier and setting.classifier != "finetuned"
                 and not math.isinf(setting.softplus_beta)):
             raise ValueError(f"setting {setting.name}: softplus_beta = {setting.softplus_beta:g}, but network "
                              f"{network!r} ({role}) has no ReLU (GELU activations), so Softplus surgery does not "

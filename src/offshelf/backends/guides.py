@@ -8,7 +8,8 @@ from offshelf.settings import Setting
 
 
 def guidance_for(setting: Setting, offshelf: torch.nn.Module | None, finetuned: torch.nn.Module | None = None):
-    """The guidance a setting describes, for every backend (None when unguided or CFG).
+    """The guidance a setting describes, for every backend (None when unguided or CFG; for
+    Best-of-N and SMC the classifier that scores, :mod:`offshelf.samplers.particles`).
 
     The off-the-shelf classifier gets Softplus(β) surgery (on a copy) and the calibrated
     temperatures, and sees the setting's input (x̂0 or x_t); the fine-tuned classifier is used as
@@ -16,7 +17,7 @@ def guidance_for(setting: Setting, offshelf: torch.nn.Module | None, finetuned: 
     from offshelf.classifiers.softplus import softplus_surgery
     from offshelf.guidance import ClassifierGuidance, SwitchedGuidance
 
-    if setting.method != "guided":
+    if not setting.uses_classifier:
         return None
 
     def off_the_shelf() -> ClassifierGuidance:

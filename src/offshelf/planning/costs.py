@@ -88,14 +88,19 @@ def describe_job_counts(config: dict, plan) -> str:
     c = plan.job_counts
     search = (f"; {c['searches']} guidance-scale searches: at most {c['search_sample']} sample, "
               f"{c['search_evaluate']} evaluate, {c['search_round']} round" if "searches" in c else "")
+    pareto = ""
+    if plan.pareto is not None:  # a named target: `all` does not run it
+        p = plan.pareto.job_counts
+        pareto = (f"; target `pareto` (not in `all`): {p['total']} jobs ({p['sample']} sample, {p['evaluate']} "
+                  f"evaluate" + (f", {p['searches']} searches" if "searches" in p else "") + ")")
     return (f"offshelf: {c['total']} jobs planned ({c['sample']} sample: {c['settings']} settings x up to "
             f"{c['shards']} shards; {c['evaluate']} evaluate; {c['calibrate']} calibrate{search}; plus the "
-            f"per-experiment jobs); max_jobs = {config.get('max_jobs', DEFAULT_MAX_JOBS)}")
+            f"per-experiment jobs){pareto}; max_jobs = {config.get('max_jobs', DEFAULT_MAX_JOBS)}")
 
 
 def cost_plan(config: dict, plan, costs: EvaluationCosts | None = None) -> list[dict[str, Any]]:
     """What sampling a config costs (``plan``: its offshelf.planning.plan.Plan), per table and in total (settings shared by tables counted once
-    in the total): samples, denoiser and classifier network evaluations, and, given ``costs``
+    in the total; the ``pareto`` target, not part of ``all``, on its own line, outside the total): samples, denoiser and classifier network evaluations, and, given ``costs``
     (seconds per image for one denoiser evaluation and one classifier gradient, at the batch they
     were measured at), the hours (:func:`gpu_hours`). Evaluation is not counted. A searched row
     counts its search at its most (every extension and refinement taken; offshelf.search)."""
@@ -104,8 +109,8 @@ def cost_plan(config: dict, plan, costs: EvaluationCosts | None = None) -> list[
     backend = config_backend(config)
     require(backend, Capability.COST, "a cost plan")  # declared, not found out by calling
     most: dict[str, dict[str, int]] = {}  # table -> setting (or search) -> most samples it reads
-    settings = dict(plan.settings)
-    for row in plan.rows:
+    settings = {**plan.settings, **(plan.pareto.settings if plan.pareto else {})}
+    for row in plan.rows + (plan.pareto.rows if plan.pareto else ()):
         if row.unavailable:
             continue
         table = most.setdefault(row.table, {})
@@ -116,7 +121,9 @@ def cost_plan(config: dict, plan, costs: EvaluationCosts | None = None) -> list[
             table[row.search.name] = low * row.search.spec.low_fidelity + full * row.search.spec.full_fidelity
             settings[row.search.name] = row.search.setting  # every scale costs the same per sample
     total: dict[str, int] = {}
-    for table in most.values():
+    for label, table in most.items():
+        if label == "pareto":  # a target of its own (`snakemake pareto`): its own line, outside the total of `all`
+            continue
         for name, n in table.items():
             total[name] = max(total.get(name, 0), n)
 
@@ -127,11 +134,15 @@ def cost_plan(config: dict, plan, costs: EvaluationCosts | None = None) -> list[
             out["samples"] += n
             out["denoiser"] += n * work["denoiser"]
             out["classifier"] += n * work["classifier"]
+            if "classifier_backward" in work:  # the backends counting forwards and backwards apart
+                out["classifier_backward"] = out.get("classifier_backward", 0) + n * work["classifier_backward"]
         if costs is not None:
             out["hours"] = gpu_hours(out["denoiser"], out["classifier"], costs)
         return out
 
-    return [line(table, samples) for table, samples in most.items()] + [line("total", total)]
+    tables = [line(table, samples) for table, samples in most.items() if table != "pareto"]
+    pareto = [line("pareto (own target, not in total)", most["pareto"])] if "pareto" in most else []
+    return tables + pareto + [line("total", total)]
 
 
 # ------------------------------------------------------------------ seconds per network evaluation
