@@ -350,18 +350,32 @@ def main(argv=None) -> int:
                 if fastest == label:
                     d, c = per_evaluation(backbone, *nets, device, args.repeats)
                     report["backbones"][name] = {"levers": levers_dict(levers), "batch": backbone.batch,
-                                                 "seconds_per_denoiser": d, "seconds_per_classifier": c,
-                                                 "config": label}
+                                                 "seconds_per_denoiser": d, "seconds_per_classifier": c}
+                    details["fastest"] = label
                 if label == "bf16 + channels_last" and remaining() > 10:
                     details["largest_batch"] = largest_batch(backbone, levers, device)
                     log(f"{name}: largest batch {details['largest_batch']} (batch_size: auto's probe)")
         if phase == "eager" and device.type == "cuda":
             torch.cuda.empty_cache()
+    check_costs_format(report)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(report))
     log(f"wrote {out} and {out.with_suffix('.md')}; {len(report['skipped'])} configuration(s) skipped")
     return 0
+
+
+def check_costs_format(report: dict) -> None:
+    """The part ``offshelf plan --costs`` reads, exactly: device, torch, command (str) and per backbone
+    levers (mapping), batch (int), seconds_per_denoiser and seconds_per_classifier (positive floats)."""
+    for key in ("device", "torch", "command"):
+        assert isinstance(report[key], str), key
+    for name, costs in report["backbones"].items():
+        assert name in TRAJECTORY_STEPS, name
+        assert set(costs) == {"levers", "batch", "seconds_per_denoiser", "seconds_per_classifier"}, (name, set(costs))
+        assert isinstance(costs["levers"], dict) and isinstance(costs["batch"], int) and costs["batch"] > 0, name
+        for key in ("seconds_per_denoiser", "seconds_per_classifier"):
+            assert isinstance(costs[key], float) and costs[key] > 0, (name, key)
 
 
 def markdown(report: dict) -> str:
@@ -378,7 +392,7 @@ def markdown(report: dict) -> str:
     lines += ["", "| backbone | fastest levers | largest batch (auto) | s/image per denoiser eval | "
               "s/image per classifier grad |", "|---|---|---|---|---|"]
     for name, costs in report["backbones"].items():
-        lines.append(f"| {name} | {costs['config']} | {report['details'][name].get('largest_batch', '-')} | "
+        lines.append(f"| {name} | {report['details'][name]['fastest']} | {report['details'][name].get('largest_batch', '-')} | "
                      f"{costs['seconds_per_denoiser']:.3g} | {costs['seconds_per_classifier']:.3g} |")
     if report["skipped"]:
         lines += ["", "Skipped: " + "; ".join(f"{s['backbone']} {s['config']} ({s['reason']})"

@@ -163,8 +163,8 @@ class LeveredNet(nn.Module):
             if self._compiled is None:
                 self._compiled = torch.compile(self.net, mode=self.compile_mode)
             run = self._compiled
-            signature = (tuple((tuple(a.shape), a.dtype, a.requires_grad) if isinstance(a, torch.Tensor) else a
-                               for a in args), torch.is_grad_enabled())
+            signature = (tuple((tuple(a.shape), a.dtype, a.requires_grad) if isinstance(a, torch.Tensor)
+                               else type(a).__name__ for a in args), torch.is_grad_enabled())
         first = signature is not None and signature not in self._signatures
         start = time.perf_counter()
         if self.autocast_dtype is not None:
