@@ -38,14 +38,15 @@ AUTOCAST_DTYPES = {"bf16": torch.bfloat16}
 
 @dataclasses.dataclass(frozen=True)
 class Levers:
-    """The levers of ``sampling:``. ``denoiser_precision`` None: the family's own default (ADM's
-    ``imagenet.fp16``, EDM's checkpoint ``use_fp16``: fp16 on CUDA only; fp32 elsewhere)."""
+    """The network levers of ``sampling:`` (``batch_size: auto`` is the sampling stage's:
+    :func:`auto_batch_size`). ``denoiser_precision`` None: the family's own default (ADM's
+    ``imagenet.fp16``, EDM's checkpoint ``use_fp16``: fp16 on CUDA only; fp32 elsewhere).
+    Which backend supports which: :data:`offshelf.backends.capabilities.LEVERS`."""
 
     denoiser_precision: str | None = None
     classifier_precision: str = "fp32"
     channels_last: bool = False
     compile_mode: str | None = None
-    auto_batch: bool = False
 
     @classmethod
     def from_sampling(cls, sampling: Mapping[str, Any] | None) -> Levers:
@@ -55,8 +56,7 @@ class Levers:
         levers = cls(denoiser_precision=precision.get("denoiser"),
                      classifier_precision=precision.get("classifier", "fp32"),
                      channels_last=bool(sampling.get("channels_last", False)),
-                     compile_mode=None if not compile_ else compile_.get("mode", "default"),
-                     auto_batch=sampling.get("batch_size") == "auto")
+                     compile_mode=None if not compile_ else compile_.get("mode", "default"))
         levers.check()
         return levers
 
@@ -71,17 +71,6 @@ class Levers:
         if self.compile_mode not in (None, *COMPILE_MODES):
             raise ValueError(f"config key 'sampling.compile.mode' = {self.compile_mode!r}: expected one of "
                              f"{', '.join(COMPILE_MODES)}")
-
-    def requested(self) -> dict[str, str]:
-        """Config key -> the lever it asks for, for the levers that are on
-        (:func:`offshelf.backends.capabilities.requested_levers`)."""
-        from offshelf.backends.capabilities import requested_levers
-
-        return requested_levers({"precision": {"denoiser": self.denoiser_precision,
-                                               "classifier": self.classifier_precision},
-                                 "channels_last": self.channels_last,
-                                 "compile": {"mode": self.compile_mode} if self.compile_mode else False,
-                                 "batch_size": "auto" if self.auto_batch else 1})
 
     def description(self) -> str:
         """What a shard records of its levers (compact, stable)."""
