@@ -42,7 +42,6 @@ Writes ``--out`` (JSON: ``device``, ``torch``, ``command``, ``backbones`` -> {``
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import platform
 import shlex
@@ -56,7 +55,7 @@ import torch
 from torch import nn
 
 from offshelf.guidance import ClassifierGuidance, Guidance, calibrated_gradient
-from offshelf.levers import CompileClock, Levers, auto_batch_size, job_compile_seconds
+from offshelf.levers import CompileClock, Levers, auto_batch_size
 from offshelf.seeding import StackedRandomGenerator
 
 TRAJECTORY_STEPS = {"adm128": 250, "edm64": 18, "dit256": 250}
