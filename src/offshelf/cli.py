@@ -241,12 +241,17 @@ class Context:
                 self.inputs.append((f"--config's {role}", files[role]))
         return files
 
-    def batch_size(self, args) -> int:
-        if args.batch_size is not None and args.batch_size < 1:
-            raise ArgumentError("--batch-size", f"{args.batch_size}: must be >= 1")
+    def batch_size(self, args) -> int | str:
+        """``--batch-size``, else the config's ``sampling.batch_size``: a positive int or ``auto``
+        (offshelf.levers.auto_batch_size, resolved by the stage that samples)."""
+        if args.batch_size is not None and args.batch_size != "auto" and (
+                not str(args.batch_size).isdigit() or int(args.batch_size) < 1):
+            raise ArgumentError("--batch-size", f"{args.batch_size}: must be >= 1 (or auto)")
         size = args.batch_size if args.batch_size is not None else self.sampling.get("batch_size")
-        if not size or size < 1:
-            raise ArgumentError("--batch-size", "give a positive batch size (or a config with sampling.batch_size)")
+        if size == "auto":
+            return size
+        if not size or int(size) < 1:
+            raise ArgumentError("--batch-size", "give a positive batch size or auto (or a config with sampling.batch_size)")
         return int(size)
 
 
@@ -262,6 +267,7 @@ def _default_options(cls) -> dict[str, Any]:
 def cmd_sample(args) -> int:
     from offshelf import stages
     from offshelf.images import save_grid
+    from offshelf.levers import Levers
     from offshelf.shards import save_shard
 
     from offshelf.backends.capabilities import unavailable
@@ -295,9 +301,10 @@ def cmd_sample(args) -> int:
     check_outputs([("--out", args.out), ("--grid" if args.grid else "--out (its grid beside it)", grid)],
                   ctx.inputs + setting_file)
     models = stages.load_models(ctx.backend, files, ctx.sampling, setting, ctx.checkpoints)
+    facts = {"levers": Levers.from_sampling(ctx.sampling).description()}
     images, labels, seconds = stages.sample_shard(ctx.backend, models, setting, seeds, batch_size, progress=True,
-                                                  labels=classes)
-    save_shard(args.out, images, labels, seeds, seconds, classes=wanted)  # evaluate checks labels against them
+                                                  labels=classes, facts=facts)
+    save_shard(args.out, images, labels, seeds, seconds, facts, classes=wanted)  # evaluate checks labels against them
     save_grid(images, grid, scale=max(1, 64 // images.shape[1]))
     print(f"{setting.name}: {len(images)} samples (seeds {seeds[0]}..{seeds[-1]}) in {seconds:.1f} s -> "
           f"{args.out}, {grid}")
@@ -597,7 +604,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="a backend option (overrides the config's)")
     parser.add_argument("--checkpoint", action="append", default=[], metavar="ROLE=PATH",
                         help="the file of a role (denoiser, offshelf, evaluator...)")
-    parser.add_argument("--batch-size", type=int, help="default: the config's sampling.batch_size")
+    parser.add_argument("--batch-size", help="a positive int or auto (the largest that fits in free device memory); "
+                                            "default: the config's sampling.batch_size")
 
 
 def cmd_held_out(args) -> int:

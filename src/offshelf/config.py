@@ -451,6 +451,20 @@ def check_capabilities(config: dict[str, Any], plan) -> None:
             require(backend, capability, key)
         except UnsupportedError as err:
             raise ConfigError(f"config key 'backbone' = {config['backbone']!r}: {err}") from None
+    check_levers(config, backend)
+
+
+def check_levers(config: dict[str, Any], backend) -> None:
+    """The speed levers of ``sampling:`` must be ones the backend declares
+    (:data:`offshelf.backends.capabilities.LEVERS`), and the denoiser's precision set in one place."""
+    from offshelf.backends.capabilities import unsupported_lever
+
+    reason = unsupported_lever(backend, config["sampling"])
+    if reason:
+        raise ConfigError(reason)
+    if "denoiser" in (config["sampling"].get("precision") or {}) and "fp16" in config.get("imagenet", {}):
+        raise ConfigError("config keys 'imagenet.fp16' and 'sampling.precision.denoiser' both set the denoiser's "
+                          "precision; keep sampling.precision.denoiser (fp16 is ADM's own conversion)")
 
 
 def check_judge(config: dict[str, Any], plan) -> None:

@@ -329,7 +329,7 @@ GUIDED_COLUMNS = ["softplus_beta", "marginal_temperature", "step", "t", "ece", "
 
 
 def guided_calibration(backend, models, spec: TuneSpec, temperatures: Mapping[float, float],
-                       judge: Callable[[torch.Tensor], torch.Tensor], batch_size: int) -> pd.DataFrame:
+                       judge: Callable[[torch.Tensor], torch.Tensor], batch_size: int | str) -> pd.DataFrame:
     """Per (β, step): the ECE of the guide's confidence (softmax f, τ = 1, as every calibration
     profile) along ``spec.guided_samples`` trajectories that β itself guides (its τ2 from
     ``temperatures``, γ = ``spec.sine_factor``, s = ``spec.guided_scale``), where a prediction is
@@ -342,7 +342,10 @@ def guided_calibration(backend, models, spec: TuneSpec, temperatures: Mapping[fl
     for beta, tau in temperatures.items():
         setting = replace(variant_setting(spec, beta), method="guided", marginal_temperature=float(tau),
                           sine_factor=spec.sine_factor, scale=spec.guided_scale)
-        table = backend.calibration_profile(models, setting, seeds, batch_size, spec.num_bins, guided=True,
+        from offshelf import stages
+
+        batch = stages.resolve_batch_size(backend, models, setting, batch_size, len(seeds))
+        table = backend.calibration_profile(models, setting, seeds, batch, spec.num_bins, guided=True,
                                             judge=judge)
         if not np.isfinite(table["ece"]).all():
             raise TuneError(f"non-finite ECE along the trajectories {setting.name} guides")
@@ -576,7 +579,7 @@ def sampler(backend, models, batch_size: int, progress: bool = False) -> Callabl
 
 def run_tune(backend, models, spec: TuneSpec, out_dir, guiding_files: Mapping[str, str],
              judging_files: Mapping[str, str], evaluation: Mapping[str, Any] | None = None,
-             sampling: Mapping[str, Any] | None = None, batch_size: int = 256, progress: bool = False,
+             sampling: Mapping[str, Any] | None = None, batch_size: int | str = 256, progress: bool = False,
              reference_features: Mapping[str, np.ndarray] | None = None) -> dict:
     """Both stages for a DDPM-family backend; writes into ``out_dir``:
 

@@ -90,6 +90,52 @@ def implemented(cls: type) -> frozenset[Capability]:
                      if names and all(getattr(cls, n, None) not in (None, ()) for n in names))
 
 
+#: The speed levers of ``sampling:`` (offshelf.levers) each built-in backend supports, declared here
+#: so the config check knows them without loading a network. ``denoiser_fp16`` is the family's own
+#: fp16 conversion (ADM's ``use_fp16``, EDM's ``use_fp16``); DiT's transformer has none. channels_last
+#: converts the 4-D weights of every network (the ADM and EDM UNets, the ResNets, DiT's VAE decoder;
+#: in DiT's transformer only the patch embedding has any). A backend not listed (a plug-in) supports none.
+LEVERS: dict[str, frozenset[str]] = {
+    "digits": frozenset({"denoiser_bf16", "classifier_bf16", "channels_last", "compile", "auto_batch"}),
+    "adm128": frozenset({"denoiser_fp16", "denoiser_bf16", "classifier_bf16", "channels_last", "compile",
+                         "auto_batch"}),
+    "edm64": frozenset({"denoiser_fp16", "denoiser_bf16", "classifier_bf16", "channels_last", "compile",
+                        "auto_batch"}),
+    "dit256": frozenset({"denoiser_bf16", "classifier_bf16", "channels_last", "compile", "auto_batch"}),
+}
+
+
+def requested_levers(sampling: Any) -> dict[str, str]:
+    """Config key -> lever name for each lever ``sampling`` turns on (fp32 and false are off; a
+    denoiser precision of fp32 is always available: it turns a family's own fp16 off)."""
+    sampling = sampling or {}
+    precision = sampling.get("precision") or {}
+    asked = {}
+    if precision.get("denoiser") not in (None, "fp32"):
+        asked["sampling.precision.denoiser"] = f"denoiser_{precision['denoiser']}"
+    if precision.get("classifier") not in (None, "fp32"):
+        asked["sampling.precision.classifier"] = f"classifier_{precision['classifier']}"
+    if sampling.get("channels_last"):
+        asked["sampling.channels_last"] = "channels_last"
+    if sampling.get("compile"):
+        asked["sampling.compile"] = "compile"
+    if sampling.get("batch_size") == "auto":
+        asked["sampling.batch_size"] = "auto_batch"
+    return asked
+
+
+def unsupported_lever(backend: Any, sampling: Any) -> str | None:
+    """One line naming the first ``sampling`` key asking for a lever ``backend`` does not declare
+    (:data:`LEVERS`), or None."""
+    supported = LEVERS.get(_name(backend), frozenset())
+    for key, lever in requested_levers(sampling).items():
+        if lever not in supported:
+            value = key.removeprefix("sampling.")
+            return (f"config key {key!r}: backend {_name(backend)!r} does not support the speed lever {lever!r} "
+                    f"(it supports: {', '.join(sorted(supported)) or 'none'}); remove {value!r} or change it")
+    return None
+
+
 def unavailable(backend: Any, setting: Any, chosen_classes: bool = False) -> str | None:
     """Why ``backend`` cannot run ``setting`` (the report prints it), or None: first what its
     declared capabilities rule out, then the family's own :meth:`~offshelf.backends.base.Backend.unsupported`.
