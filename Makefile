@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml envs/requirements.txt
 	$(VENV)/bin/pip install --quiet --no-deps -e .
 	rm -f $(VENV)/.installed-* && touch $@
 
-.PHONY: install run test test-fast test-workflow test-rehearsal
+.PHONY: install run test test-fast test-workflow test-rehearsal benchmark-tiny
 install: $(STAMP)
 
 # Through offshelf's wrapper: after a killed run it unlocks (only when no Snakemake runs here).
@@ -45,5 +45,10 @@ test-workflow: $(STAMP)
 REHEARSAL_TMP ?= $(CURDIR)/.pytest-rehearsal
 test-rehearsal: $(STAMP)
 	$(PYTEST) -q -m rehearsal --durations=0 --basetemp=$(REHEARSAL_TMP) || [ $$? -eq 5 ]
+
+# The GPU benchmark's tiny CPU mode, so the prepared GPU command (benchmarks/gpu_throughput.py)
+# cannot rot: tiny networks, every lever but compile, about 30 s of CPU. Its files go to a scratch folder.
+benchmark-tiny: $(STAMP)
+	out=$$(mktemp -d) && $(VENV)/bin/python benchmarks/gpu_throughput.py --device cpu --tiny --out $$out/gpu_throughput.json && rm -rf $$out
 
 test: test-fast test-workflow test-rehearsal

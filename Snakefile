@@ -2,6 +2,7 @@
 #   snakemake --cores all                                          # digits benchmark (config.yaml)
 #   snakemake --cores all --configfile config/ci.yaml              # tiny, for tests
 #   snakemake --cores all tune                                     # offshelf tune: the config's `tune` section
+#   snakemake --cores all pareto                                   # FID against compute: the config's `pareto` table
 #   snakemake --cores all text2image_diffusers                     # Figure 7 on a diffusers pipeline (docs/diffusers.md)
 #   snakemake --profile profiles/slurm-gpu --configfile config/imagenet128_ddpm.yaml   # Tables 1-7
 #   (config/imagenet64_edm.yaml: Table 8; config/imagenet256_dit.yaml: Table 9)
@@ -14,6 +15,7 @@ from offshelf import backends
 from offshelf.config import ConfigError, merge, read_config, validated_plan, workflow_config_file
 from offshelf.devices import gpus_per_job
 from offshelf.planning.costs import describe_job_counts
+from offshelf.planning.plan import pareto_config
 from offshelf.planning.params import cache_dir, canonical, num_shards, pretrained_path, sampling_params, shard_seeds
 from offshelf.planning.searches import read_rounds
 from offshelf.settings import Setting, probe_setting
@@ -45,7 +47,8 @@ BACKEND_SPEC = canonical(backends.spec_from_config(config))  # a param of every 
 BACKEND = backends.create(BACKEND_SPEC)
 SETTINGS = PLAN.settings  # the tables' fixed settings; a searched row's scales come from its search's rounds
 EVALUATIONS = PLAN.evaluations  # metrics file stem -> (setting name, number of samples)
-SEARCHES = PLAN.searches  # search name -> offshelf.planning.searches.SearchPlan (workflow/rules/search.smk)
+# search name -> offshelf.planning.searches.SearchPlan (workflow/rules/search.smk): the tables' and the pareto target's
+SEARCHES = PLAN.all_searches
 PROBES = PLAN.probes
 GUIDED_PROBES = PLAN.guided_probes  # guided calibration name -> its guided setting
 LIBRARY = offshelf.__version__  # a param of every job: a library release reruns them
@@ -72,8 +75,12 @@ include: "workflow/rules/grids.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/text2image.smk"
 include: "workflow/rules/tune.smk"
+include: "workflow/rules/pareto.smk"
+include: "workflow/rules/publish.smk"
 
 rule all:
     input:
         f"{EXP}/report/README.md",
+        # config.yaml's docs/results.md: the report's tables on the results page (publish.smk)
+        config.get("results_doc", []),
     default_target: True

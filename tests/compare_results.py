@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-TIMING_KEYS = {"seconds", "train_seconds"}
+TIMING_KEYS = {"seconds", "train_seconds", "compile_seconds"}
 SKIPPED_SUFFIXES = {".log"}
 SKIPPED_PARTS = {"logs", ".snakemake"}
 

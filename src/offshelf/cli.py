@@ -241,12 +241,17 @@ class Context:
                 self.inputs.append((f"--config's {role}", files[role]))
         return files
 
-    def batch_size(self, args) -> int:
-        if args.batch_size is not None and args.batch_size < 1:
-            raise ArgumentError("--batch-size", f"{args.batch_size}: must be >= 1")
+    def batch_size(self, args) -> int | str:
+        """``--batch-size``, else the config's ``sampling.batch_size``: a positive int or ``auto``
+        (offshelf.levers.auto_batch_size, resolved by the stage that samples)."""
+        if args.batch_size is not None and args.batch_size != "auto" and (
+                not str(args.batch_size).isdigit() or int(args.batch_size) < 1):
+            raise ArgumentError("--batch-size", f"{args.batch_size}: must be >= 1 (or auto)")
         size = args.batch_size if args.batch_size is not None else self.sampling.get("batch_size")
-        if not size or size < 1:
-            raise ArgumentError("--batch-size", "give a positive batch size (or a config with sampling.batch_size)")
+        if size == "auto":
+            return size
+        if not size or int(size) < 1:
+            raise ArgumentError("--batch-size", "give a positive batch size or auto (or a config with sampling.batch_size)")
         return int(size)
 
 
@@ -262,6 +267,7 @@ def _default_options(cls) -> dict[str, Any]:
 def cmd_sample(args) -> int:
     from offshelf import stages
     from offshelf.images import save_grid
+    from offshelf.levers import Levers
     from offshelf.shards import save_shard
 
     from offshelf.backends.capabilities import unavailable
@@ -295,9 +301,10 @@ def cmd_sample(args) -> int:
     check_outputs([("--out", args.out), ("--grid" if args.grid else "--out (its grid beside it)", grid)],
                   ctx.inputs + setting_file)
     models = stages.load_models(ctx.backend, files, ctx.sampling, setting, ctx.checkpoints)
+    facts = {"levers": Levers.from_sampling(ctx.sampling).description()}
     images, labels, seconds = stages.sample_shard(ctx.backend, models, setting, seeds, batch_size, progress=True,
-                                                  labels=classes)
-    save_shard(args.out, images, labels, seeds, seconds, classes=wanted)  # evaluate checks labels against them
+                                                  labels=classes, facts=facts)
+    save_shard(args.out, images, labels, seeds, seconds, facts, classes=wanted)  # evaluate checks labels against them
     save_grid(images, grid, scale=max(1, 64 // images.shape[1]))
     print(f"{setting.name}: {len(images)} samples (seeds {seeds[0]}..{seeds[-1]}) in {seconds:.1f} s -> "
           f"{args.out}, {grid}")
@@ -412,8 +419,10 @@ def cmd_tune(args) -> int:
     from offshelf import stages
     from offshelf.settings import Setting
     from offshelf.backends.capabilities import Capability, require, unavailable
-    from offshelf.tuning import TuneSpec, run_tune
+    from offshelf.tuning import TuneSpec, run_tfg_beam, run_tune
 
+    if args.beam and args.method != "tfg-beam":
+        raise ArgumentError("--beam", "only --method tfg-beam takes beam keys")
     ctx = Context(args)
     require(ctx.backend, Capability.TUNING, "offshelf tune")  # before any file is read
     search = _pairs(args.search, "--search")
@@ -434,6 +443,16 @@ def cmd_tune(args) -> int:
     guiding = ctx.files(ctx.backend.files(setting))
     models = stages.load_models(ctx.backend, guiding, ctx.sampling, setting, ctx.checkpoints)
     judging = stages.verified_files(ctx.files(sources), sources, ctx.checkpoints)
+    if args.method == "tfg-beam":
+        summary = run_tfg_beam(ctx.backend, models, spec, args.out, guiding, judging, ctx.config.get("evaluation", {}),
+                               ctx.sampling, ctx.batch_size(args), progress=False,
+                               beam=_pairs(args.beam, "--beam"))
+        dropped = "".join(f"; {k} not searched: {why}" for k, why in summary["dropped_knobs"].items())
+        print(f"{summary['base']}: {', '.join(f'{k}={v:g}' for k, v in summary['knobs'].items())} (TFG's beam search, "
+              f"{sum(summary['candidates_per_round'])} candidates in {summary['rounds']} rounds{dropped}; FID "
+              f"{summary['search_fid']:.4g} by {summary['judge']}); {summary['denoiser_evaluations']:,} denoiser "
+              f"evaluations -> {Path(args.out) / 'tuned.yaml'}")
+        return 0
     summary = run_tune(ctx.backend, models, spec, args.out, guiding, judging, ctx.config.get("evaluation", {}),
                        ctx.sampling, ctx.batch_size(args), progress=False)
     print(f"{summary['base']}: softplus_beta={summary['chosen']['softplus_beta']:g} "
@@ -457,17 +476,23 @@ def cmd_plan(args) -> int:
     costs = evaluation_costs(config["backbone"], args.costs, args.seconds_per_denoiser, args.seconds_per_classifier)
     rows = cost_plan(config, plan, costs)
     print(describe_job_counts(config, plan))
-    head = ["table", "settings", "samples", "denoiser evaluations", "classifier gradients"]
+    head = ["table", "settings", "samples", "denoiser evaluations", "classifier forwards"]
     head += ["GPU-hours"] if costs else []
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for r in rows:
         cells = [r["table"], r["settings"], r["samples"], f"{r['denoiser']:,}", f"{r['classifier']:,}"]
         cells += [f"{r['hours']:,.2f}"] if costs else []
         print("| " + " | ".join(map(str, cells)) + " |")
+    # Best-of-N and SMC score with a classifier forward alone: say where backwards are fewer than forwards
+    fewer = [f"{r['table']} {r['classifier_backward']:,}" for r in rows
+             if r.get("classifier_backward", r["classifier"]) != r["classifier"]]
+    if fewer:
+        print(f"classifier backwards, where fewer than forwards (Best-of-N, SMC): {'; '.join(fewer)}")
     if costs:
-        print(f"GPU-hours = (denoiser evaluations × {costs.denoiser:g} s + classifier gradients × "
+        print(f"GPU-hours = (denoiser evaluations × {costs.denoiser:g} s + classifier forwards × "
               f"{costs.classifier:g} s) / 3600, seconds per image per evaluation (a CFG pair counts as two "
-              f"denoiser evaluations); the total counts settings shared by tables once; evaluation not counted")
+              f"denoiser evaluations; a classifier forward is costed as a whole gradient); the total counts "
+              f"settings shared by tables once; evaluation not counted")
         print(f"costs: {costs.source}; this config samples at sampling.batch_size = "
               f"{config['sampling'].get('batch_size')}")
     else:
@@ -579,7 +604,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="a backend option (overrides the config's)")
     parser.add_argument("--checkpoint", action="append", default=[], metavar="ROLE=PATH",
                         help="the file of a role (denoiser, offshelf, evaluator...)")
-    parser.add_argument("--batch-size", type=int, help="default: the config's sampling.batch_size")
+    parser.add_argument("--batch-size", help="a positive int or auto (the largest that fits in free device memory); "
+                                            "default: the config's sampling.batch_size")
 
 
 def cmd_held_out(args) -> int:
@@ -661,6 +687,11 @@ def _add_tune(commands) -> None:
     tune.add_argument("--sine-factor", type=float, help="γ of Eq. 5 where calibration supports the bump, else 0 (default 0.3)")
     tune.add_argument("--search", action="append", default=[], metavar="KEY=VALUE",
                       help="scale search keys: initial=[1,3,10] low_fidelity=100 full_fidelity=500 factor=3 ...")
+    tune.add_argument("--method", choices=["calibrated", "tfg-beam"], default="calibrated",
+                      help="calibrated: the two stages above (default); tfg-beam: TFG's hyper-parameter beam search "
+                           "over the scale and the Softplus width, judged the same way (docs/tuning.md §8)")
+    tune.add_argument("--beam", action="append", default=[], metavar="KEY=VALUE",
+                      help="tfg-beam keys: top_k=2 rounds=6 samples_per_candidate=64 finalists=1 full_samples=500")
     tune.add_argument("--sampling", action="append", default=[], metavar="KEY=VALUE")
     tune.add_argument("--out", required=True, help="output folder: tuned.yaml and the evidence files")
     tune.set_defaults(run=cmd_tune)

@@ -18,7 +18,8 @@ Order of the checks, each refusing before the next runs:
    plan's guiding classifiers;
 6. output paths: ``<results>/<experiment>`` and ``<results>/logs/<experiment>`` provably inside
    ``results``, no link below them leading outside it (every output folder: figures, report,
-   samples, metrics...), and no regular file where a folder must go.
+   samples, metrics...), and no regular file where a folder must go; ``results_doc``, the one
+   output outside it, a page that exists with its markers (:mod:`offshelf.results_doc`).
 
 A config is read one way, :func:`read_config` (the Snakefile, ``offshelf plan``, ``check-config``
 and every ``--config`` option): one file, complete or naming its base (``base: FILE``, relative
@@ -268,6 +269,13 @@ def check_paths(config: dict[str, Any]) -> None:
                               f"outside the results folder {root}")
     for folder in (results / experiment, results / "logs" / experiment):
         check_links_inside(folder, root, config["results"])
+    if "results_doc" in config:  # the one output outside `results`: the generated part of a results page
+        from offshelf.results_doc import ResultsDocError, check_results_doc
+
+        try:
+            check_results_doc(config["results_doc"])
+        except ResultsDocError as err:
+            raise ConfigError(str(err)) from None
 
 
 def check_links_inside(folder: Path, root: Path, results_value: str) -> None:
@@ -443,6 +451,20 @@ def check_capabilities(config: dict[str, Any], plan) -> None:
             require(backend, capability, key)
         except UnsupportedError as err:
             raise ConfigError(f"config key 'backbone' = {config['backbone']!r}: {err}") from None
+    check_levers(config, backend)
+
+
+def check_levers(config: dict[str, Any], backend) -> None:
+    """The speed levers of ``sampling:`` must be ones the backend declares
+    (:data:`offshelf.backends.capabilities.LEVERS`), and the denoiser's precision set in one place."""
+    from offshelf.backends.capabilities import unsupported_lever
+
+    reason = unsupported_lever(backend, config["sampling"])
+    if reason:
+        raise ConfigError(reason)
+    if "denoiser" in (config["sampling"].get("precision") or {}) and "fp16" in config.get("imagenet", {}):
+        raise ConfigError("config keys 'imagenet.fp16' and 'sampling.precision.denoiser' both set the denoiser's "
+                          "precision; keep sampling.precision.denoiser (fp16 is ADM's own conversion)")
 
 
 def check_judge(config: dict[str, Any], plan) -> None:

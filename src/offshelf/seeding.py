@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 
 
@@ -46,8 +47,14 @@ class StackedRandomGenerator:
         return torch.stack([torch.randint(high, (), generator=g, device=self.device) for g in self.generators])
 
 
+# The entropy that tags the label stream (ASCII "label"), beside each sample's seed.
+LABEL_STREAM = 0x6C6162656C
+
+
 def draw_labels(seeds: Sequence[int], num_classes: int) -> torch.Tensor:
-    """The class of sample ``seed``: drawn from a generator of its own (offset so it never
-    shares a stream with the sample's noise)."""
-    return torch.tensor([int(torch.randint(num_classes, (), generator=torch.Generator().manual_seed(s + (1 << 40))))
-                         for s in seeds])
+    """The class of sample ``seed``: drawn from a stream of its own, independent of its noise.
+    Not a torch CPU generator seeded with an offset (the old ``s + 2**40``): that generator keeps
+    only the seed's low 32 bits (mt19937), so it *was* sample s's noise stream and the label a
+    function of the noise's first draw. NumPy's SeedSequence hashes all of (tag, seed)."""
+    return torch.tensor([int(np.random.default_rng([LABEL_STREAM, int(s)]).integers(num_classes)) for s in seeds],
+                        dtype=torch.long)

@@ -11,7 +11,13 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 REGIMES = ("cond", "uncond")
-METHODS = ("unguided", "guided", "cfg")
+METHODS = ("unguided", "guided", "cfg", "best_of_n", "smc")
+#: methods that run the guiding classifier (its files, its probe): a gradient per step (``guided``),
+#: a score per candidate (``best_of_n``) or a potential per particle (``smc``; offshelf.samplers.particles)
+CLASSIFIER_METHODS = ("guided", "best_of_n", "smc")
+#: methods whose ``scale`` changes their samples (and that a guidance-scale search tunes): the
+#: guidance scale s, and SMC's potential scale λ
+SCALED_METHODS = ("guided", "smc")
 CLASSIFIERS = ("offshelf", "finetuned", "combined")
 INPUTS = ("x0", "xt")
 
@@ -46,6 +52,12 @@ class Setting:
     deterministic sampler; then the other three change no sample and are reset in the name. Neither
     the name nor :meth:`to_dict` (a sample job's params) carries them at their defaults: settings
     without churn keep their names and jobs.
+    ``through_denoiser`` (guided): the gradient is backpropagated through the denoiser and the x̂0
+    formula (``_td`` in the name). ``best_of_n``: ``num_candidates`` unguided samples per image, the
+    one the guiding classifier scores highest kept (``_bon<N>``); ``smc``: ``num_particles`` unguided
+    particles per image resampled after every ``resample_every``-th step with the potential
+    λ·log p̃(y | x̂0), λ = ``scale`` (``_s<λ>_smc<k>-m<m>``); :mod:`offshelf.samplers.particles`. Like
+    the churn keys, these are left out of :meth:`to_dict` at their defaults.
     """
 
     regime: str = "cond"
@@ -66,6 +78,10 @@ class Setting:
     S_min: float = 0.0
     S_max: float = math.inf
     S_noise: float = 1.0
+    through_denoiser: bool = False
+    num_candidates: int = 1
+    num_particles: int = 1
+    resample_every: int = 1
 
     def __post_init__(self):
         for name, allowed in (("regime", REGIMES), ("method", METHODS), ("classifier", CLASSIFIERS), ("input", INPUTS)):
@@ -82,7 +98,10 @@ class Setting:
             raise ValueError(f"setting: S_min ({self.S_min}) above S_max ({self.S_max}) churns no step")
         if self.recurrent_steps < 1:
             raise ValueError(f"setting key 'recurrent_steps' must be >= 1, got {self.recurrent_steps}")
-        if self.method == "guided" and self.classifier == "finetuned" and self.input != "xt":
+        for key in ("num_candidates", "num_particles", "resample_every"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"setting key {key!r} must be >= 1, got {getattr(self, key)}")
+        if self.uses_classifier and self.classifier == "finetuned" and self.input != "xt":
             raise ValueError("setting: the fine-tuned (noise-aware) classifier takes x_t; set input: xt")
 
     @classmethod
@@ -95,15 +114,20 @@ class Setting:
         for key, value in values.items():  # numpy scalars and YAML strings → plain Python
             if key in ("regime", "method", "classifier", "input", "network"):
                 clean[key] = str(value)
-            elif key in ("recurrent_steps", "switch_step", "num_steps"):
+            elif key in ("recurrent_steps", "switch_step", "num_steps") + PARTICLE_KEYS:
                 clean[key] = int(value)
+            elif key == "through_denoiser":
+                if not isinstance(value, (bool, int)) or value not in (0, 1):
+                    raise ValueError(f"setting key 'through_denoiser' must be true or false, got {value!r}")
+                clean[key] = bool(value)
             else:
                 clean[key] = float(value)
         return cls(**clean)
 
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)
-        for key in CHURN_KEYS:  # at their defaults they are absent: older jobs' params stay as they were
+        for key in CHURN_KEYS + PARTICLE_KEYS + ("through_denoiser",):  # at their defaults they are absent:
+            # older jobs' params stay as they were
             if values[key] == getattr(Setting, key):
                 values.pop(key)
         return values
@@ -113,15 +137,32 @@ class Setting:
         s = self.canonical()
         return {key: getattr(s, key) for key in CHURN_KEYS}
 
+    @property
+    def uses_classifier(self) -> bool:
+        """Whether the guiding classifier runs (:data:`CLASSIFIER_METHODS`)."""
+        return self.method in CLASSIFIER_METHODS
+
     def canonical(self) -> "Setting":
         """Reset the knobs this method ignores, so equal experiments share one name."""
         churn = {key: getattr(self, key) for key in CHURN_KEYS} if self.S_churn else {}
+        if self.method in ("best_of_n", "smc"):  # no gradient: schedule, recurrence, Σ_max do not apply
+            kept = dict(regime=self.regime, method=self.method, classifier=self.classifier, input=self.input,
+                        softplus_beta=self.softplus_beta, joint_temperature=self.joint_temperature,
+                        marginal_temperature=self.marginal_temperature, network=self.network,
+                        num_steps=self.num_steps, **churn)
+            if self.classifier == "combined":
+                kept["switch_step"] = self.switch_step
+            if self.method == "best_of_n":
+                return Setting(**kept, num_candidates=self.num_candidates)
+            return Setting(**kept, scale=self.scale, num_particles=self.num_particles,
+                           resample_every=self.resample_every)
         if self.method == "unguided":
             return Setting(regime=self.regime, method="unguided", num_steps=self.num_steps, **churn)
         if self.method == "cfg":
             return Setting(regime=self.regime, method="cfg", cfg_scale=self.cfg_scale, num_steps=self.num_steps,
                            **churn)
         s = self if churn else replace(self, **{key: getattr(Setting, key) for key in CHURN_KEYS})
+        s = replace(s, **{key: getattr(Setting, key) for key in PARTICLE_KEYS})
         return s if s.classifier == "combined" else replace(s, switch_step=Setting.switch_step)
 
     @property
@@ -135,8 +176,15 @@ class Setting:
         if s.method == "cfg":
             return f"{s.regime}_cfg-w{fmt(s.cfg_scale)}{steps}"
         beta = "relu" if math.isinf(s.softplus_beta) else f"sp{fmt(s.softplus_beta)}"
-        name = (f"{s.regime}_{s.classifier}-{s.input}_{beta}_tj{fmt(s.joint_temperature)}"
-                f"_tm{fmt(s.marginal_temperature)}_g{fmt(s.sine_factor)}_s{fmt(s.scale)}_r{s.recurrent_steps}")
+        classifier = (f"{s.regime}_{s.classifier}-{s.input}_{beta}_tj{fmt(s.joint_temperature)}"
+                      f"_tm{fmt(s.marginal_temperature)}")
+        if s.method == "best_of_n":
+            name = f"{classifier}_bon{s.num_candidates}"
+        elif s.method == "smc":
+            name = f"{classifier}_s{fmt(s.scale)}_smc{s.num_particles}-m{s.resample_every}"
+        else:
+            name = f"{classifier}_g{fmt(s.sine_factor)}_s{fmt(s.scale)}_r{s.recurrent_steps}"
+            name += "_td" if s.through_denoiser else ""
         if s.classifier == "combined":
             name += f"_sw{s.switch_step}"
         if s.cfg_scale != Setting.cfg_scale:
@@ -158,6 +206,7 @@ class Setting:
 
 PROBE_NETWORK_MARKER = "_net-"
 CHURN_KEYS = ("S_churn", "S_min", "S_max", "S_noise")
+PARTICLE_KEYS = ("num_candidates", "num_particles", "resample_every")
 
 
 def network_slug(network: str) -> str:

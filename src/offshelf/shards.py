@@ -135,13 +135,23 @@ def load_sample_dir(folder, pattern: str = "*.npz", require_labels: bool = True)
 
 
 def save_shard(path, images: np.ndarray, labels: np.ndarray, seeds: Sequence[int], seconds: float,
-               classes: Sequence[int] | None = None) -> None:
-    """ADM evaluator layout (``arr_0`` uint8 NHWC, ``arr_1`` labels) plus provenance (seeds, seconds)
-    and, for samples of chosen classes (``offshelf sample --classes``), the ``classes`` cycled over
-    the shard's samples (sample i: ``classes[i mod len]``), so its labels can be checked against them."""
+               facts: Mapping[str, Any] | None = None, classes: Sequence[int] | None = None) -> None:
+    """ADM evaluator layout (``arr_0`` uint8 NHWC, ``arr_1`` labels) plus provenance (seeds, seconds),
+    ``facts`` of the job that drew it (:data:`SHARD_FACTS`: the batch size it used, e.g. the one
+    ``batch_size: auto`` found, its speed levers and their compile seconds) and, for samples of
+    chosen classes (``offshelf sample --classes``), the ``classes`` cycled over the shard's samples
+    (sample i: ``classes[i mod len]``), so its labels can be checked against them."""
     extra = {} if classes is None else {"classes": np.asarray(classes, dtype=np.int64)}
+    for key, value in (facts or {}).items():
+        if key not in SHARD_FACTS:
+            raise ValueError(f"save_shard: fact {key!r}; expected one of {', '.join(SHARD_FACTS)}")
+        extra[key] = np.asarray(value, dtype=SHARD_FACTS[key])
     save_npz(path, arr_0=images, arr_1=labels, seeds=np.asarray(seeds, dtype=np.int64), seconds=np.float64(seconds),
              **extra)
+
+
+#: what a shard may record of the job that drew it, and as which dtype (none changes its images)
+SHARD_FACTS = {"batch_size": np.int64, "compile_seconds": np.float64, "levers": np.str_}
 
 
 def load_shards(backend: HasShardFormat, shard_paths: Sequence[str], expected_seeds: Sequence[Sequence[int]] | None = None,

@@ -38,17 +38,35 @@ def load_models(backend: Backend, files: Mapping[str, str], sampling: Mapping[st
     return backend.load(verified_files(files, sources, checkpoints), sampling, setting)
 
 
-def sample_shard(backend: Backend, models, setting: Setting, seeds: Sequence[int], batch_size: int,
-                 progress: bool = False, labels: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray, float]:
-    """uint8 NHWC images, labels and the wall seconds of one shard (``seeds``, in batches).
+def resolve_batch_size(backend: Backend, models, setting: Setting, batch_size: int | str, count: int) -> int:
+    """``sampling.batch_size`` for a job of ``count`` samples: an int as it is; ``auto`` the largest
+    batch that fits in free device memory (a short probe of this setting's sampling,
+    :func:`offshelf.levers.auto_batch_size`; on a CPU :data:`offshelf.levers.CPU_AUTO_BATCH`)."""
+    if batch_size != "auto":
+        return int(batch_size)
+    from offshelf.levers import auto_batch_size, probe_sampler
+
+    probe = probe_sampler(lambda probed, seeds: backend.sample(probed, setting, seeds), models)
+    return auto_batch_size(getattr(models, "device", "cpu"), probe, count)
+
+
+def sample_shard(backend: Backend, models, setting: Setting, seeds: Sequence[int], batch_size: int | str,
+                 progress: bool = False, labels: Sequence[int] | None = None,
+                 facts: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+    """uint8 NHWC images, labels and the wall seconds of one shard (``seeds``, in batches of
+    ``batch_size``: an int or ``auto``, :func:`resolve_batch_size`).
     ``labels``: the class of each seed's sample (``offshelf sample --classes``); default, and
     always in the workflow: the class each seed draws itself (the backend's ``sample``).
+    ``facts``, when given, receives the batch size used and the networks' compile seconds (the shard records both).
 
     A NaN or inf anywhere stops the shard with the setting's name: nothing is returned to write."""
+    from offshelf.levers import job_compile_seconds
+
     reason = unavailable(backend, setting, chosen_classes=labels is not None)
     if reason:
         raise UnsupportedError(f"backend {backend.name!r} cannot run setting {setting.name}: {reason}")
     seeds = [int(s) for s in seeds]
+    batch_size = resolve_batch_size(backend, models, setting, batch_size, len(seeds))
     chosen = None if labels is None else torch.as_tensor([int(c) for c in labels])
     start = time.perf_counter()
     images, labels = [], []
@@ -64,7 +82,10 @@ def sample_shard(backend: Backend, models, setting: Setting, seeds: Sequence[int
         labels.append(y.cpu().numpy())
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    return np.concatenate(images), np.concatenate(labels).astype(np.int64), time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    if facts is not None:
+        facts.update(batch_size=batch_size, compile_seconds=job_compile_seconds(models))
+    return np.concatenate(images), np.concatenate(labels).astype(np.int64), seconds
 
 
 def reference_features(backend: Backend, files: Mapping[str, str], evaluation: Mapping[str, Any]) -> dict:
@@ -163,7 +184,7 @@ def evaluate_samples(judge: Judge, images: np.ndarray, labels: np.ndarray, secon
     return result
 
 
-def calibration_profile(backend: Backend, models, probe: Setting, calibration: Mapping[str, Any], batch_size: int,
+def calibration_profile(backend: Backend, models, probe: Setting, calibration: Mapping[str, Any], batch_size: int | str,
                         guided: bool = False):
     """Per-step ECE of ``probe``'s classifier; its seeds sit far from the sampling seeds
     (independent trajectories). ``guided``: along the trajectories ``probe`` (a guided setting)
@@ -173,4 +194,5 @@ def calibration_profile(backend: Backend, models, probe: Setting, calibration: M
     seeds = list(range(10_000_000, 10_000_000 + calibration["num_samples"]))
     # `guided` goes only where asked: a backend written before guided profiles still runs unguided ones
     extra = {"guided": True} if guided else {}
+    batch_size = resolve_batch_size(backend, models, probe, batch_size, len(seeds))
     return backend.calibration_profile(models, probe, seeds, batch_size, calibration.get("num_bins", 15), **extra)

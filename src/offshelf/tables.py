@@ -357,6 +357,11 @@ def provenance_lines(frame: pd.DataFrame) -> list[str]:
     return lines if len(lines) > 1 else []
 
 
+def cell(r, column: str) -> str:
+    """A measured cell as every table writes it (:func:`_cell`), for tables made elsewhere (offshelf.pareto)."""
+    return _cell(r, column)
+
+
 def _cell(r, column: str) -> str:
     """``0.336 [0.31, 0.36] (−0.021*)``: the estimate, its interval where there is one, and the
     paired difference against the baseline row (starred when its interval excludes 0). The

@@ -329,7 +329,7 @@ GUIDED_COLUMNS = ["softplus_beta", "marginal_temperature", "step", "t", "ece", "
 
 
 def guided_calibration(backend, models, spec: TuneSpec, temperatures: Mapping[float, float],
-                       judge: Callable[[torch.Tensor], torch.Tensor], batch_size: int) -> pd.DataFrame:
+                       judge: Callable[[torch.Tensor], torch.Tensor], batch_size: int | str) -> pd.DataFrame:
     """Per (β, step): the ECE of the guide's confidence (softmax f, τ = 1, as every calibration
     profile) along ``spec.guided_samples`` trajectories that β itself guides (its τ2 from
     ``temperatures``, γ = ``spec.sine_factor``, s = ``spec.guided_scale``), where a prediction is
@@ -342,7 +342,10 @@ def guided_calibration(backend, models, spec: TuneSpec, temperatures: Mapping[fl
     for beta, tau in temperatures.items():
         setting = replace(variant_setting(spec, beta), method="guided", marginal_temperature=float(tau),
                           sine_factor=spec.sine_factor, scale=spec.guided_scale)
-        table = backend.calibration_profile(models, setting, seeds, batch_size, spec.num_bins, guided=True,
+        from offshelf import stages
+
+        batch = stages.resolve_batch_size(backend, models, setting, batch_size, len(seeds))
+        table = backend.calibration_profile(models, setting, seeds, batch, spec.num_bins, guided=True,
                                             judge=judge)
         if not np.isfinite(table["ece"]).all():
             raise TuneError(f"non-finite ECE along the trajectories {setting.name} guides")
@@ -374,31 +377,45 @@ def choose_beta_along_guided(stage1: "CalibrationResult", guided: pd.DataFrame, 
 
 # --------------------------------------------------------------------------- Stage 2
 
-def fid_objective(sample: Callable[[Setting, list[int]], np.ndarray], features: Callable[[np.ndarray], np.ndarray],
-                  reference_mu: np.ndarray, reference_sigma: np.ndarray, base: Setting,
-                  seed_offset: int = SEARCH_SEED_OFFSET) -> Callable[[float, int], float]:
-    """``evaluate(scale, n)``: the FID of ``n`` samples of ``base`` at ``scale``, judged by
-    ``features`` against the reference statistics. Seeds are ``seed_offset + 0 … n−1`` at every scale
-    (common random numbers: a low-fidelity batch is the prefix of a high-fidelity one, and two scales
-    differ only by their guidance), and the images of each (scale, n) are kept in memory so a longer
+def setting_fid_objective(sample: Callable[[Setting, list[int]], np.ndarray],
+                          features: Callable[[np.ndarray], np.ndarray], reference_mu: np.ndarray,
+                          reference_sigma: np.ndarray,
+                          seed_offset: int = SEARCH_SEED_OFFSET) -> Callable[[Setting, int], float]:
+    """``evaluate(setting, n)``: the FID of ``n`` samples of ``setting``, judged by ``features``
+    against the reference statistics. Seeds are ``seed_offset + 0 … n−1`` for every setting (common
+    random numbers: a low-fidelity batch is the prefix of a high-fidelity one, and two settings
+    differ only by their guidance), and the images of each setting are kept in memory so a longer
     evaluation samples only the seeds it adds."""
     from offshelf.metrics import extract_features, frechet_distance_few_samples
 
-    drawn: dict[float, np.ndarray] = {}
+    drawn: dict[str, np.ndarray] = {}
 
-    def evaluate(scale: float, n: int) -> float:
-        have = drawn.get(float(scale), np.zeros((0,), np.uint8))
+    def evaluate(setting: Setting, n: int) -> float:
+        have = drawn.get(setting.name, np.zeros((0,), np.uint8))
         if len(have) < n:
-            extra = sample(replace(base, scale=float(scale)), list(range(seed_offset + len(have), seed_offset + n)))
+            extra = sample(setting, list(range(seed_offset + len(have), seed_offset + n)))
             have = extra if len(have) == 0 else np.concatenate([have, extra])
-            drawn[float(scale)] = have
+            drawn[setting.name] = have
         feats = extract_features(have[:n], features, 512)
         value = frechet_distance_few_samples(feats, reference_mu, reference_sigma)
         if not math.isfinite(value):
-            raise TuneError(f"FID of {n} samples at scale {scale:g} is {value}")
+            raise TuneError(f"FID of {n} samples of {setting.name} is {value}")
         return value
 
     evaluate.samples_drawn = lambda: sum(len(v) for v in drawn.values())  # type: ignore[attr-defined]
+    return evaluate
+
+
+def fid_objective(sample: Callable[[Setting, list[int]], np.ndarray], features: Callable[[np.ndarray], np.ndarray],
+                  reference_mu: np.ndarray, reference_sigma: np.ndarray, base: Setting,
+                  seed_offset: int = SEARCH_SEED_OFFSET) -> Callable[[float, int], float]:
+    """``evaluate(scale, n)``: :func:`setting_fid_objective` of ``base`` at ``scale``."""
+    by_setting = setting_fid_objective(sample, features, reference_mu, reference_sigma, seed_offset)
+
+    def evaluate(scale: float, n: int) -> float:
+        return by_setting(replace(base, scale=float(scale)), n)
+
+    evaluate.samples_drawn = by_setting.samples_drawn  # type: ignore[attr-defined]
     return evaluate
 
 
@@ -536,9 +553,33 @@ def refuse_what_cannot_be_tuned(backend, models, spec: TuneSpec, guiding_files: 
     return search
 
 
+def reference_statistics(backend, judging_files: Mapping[str, str], evaluation: Mapping[str, Any] | None,
+                         reference_features: Mapping[str, np.ndarray] | None = None):
+    """The judge's reference statistics (mu, sigma): the backend's own, else those of the
+    reference features (computed here when the workflow's are not given)."""
+    from offshelf import stages
+    from offshelf.metrics import feature_statistics
+
+    if reference_features is None:
+        reference_features = stages.reference_features(backend, judging_files, evaluation or {})
+    ref = backend.reference(judging_files, reference_features).stats
+    return ref if ref is not None else feature_statistics(reference_features["features"])
+
+
+def sampler(backend, models, batch_size: int, progress: bool = False) -> Callable[[Setting, list[int]], np.ndarray]:
+    """``sample(setting, seeds)``: uint8 images through ``stages.sample_shard``, the workflow's own sampling path."""
+    from offshelf import stages
+
+    def sample(setting: Setting, seeds: list[int]) -> np.ndarray:
+        images_u8, _, _ = stages.sample_shard(backend, models, setting, seeds, batch_size, progress=progress)
+        return images_u8
+
+    return sample
+
+
 def run_tune(backend, models, spec: TuneSpec, out_dir, guiding_files: Mapping[str, str],
              judging_files: Mapping[str, str], evaluation: Mapping[str, Any] | None = None,
-             sampling: Mapping[str, Any] | None = None, batch_size: int = 256, progress: bool = False,
+             sampling: Mapping[str, Any] | None = None, batch_size: int | str = 256, progress: bool = False,
              reference_features: Mapping[str, np.ndarray] | None = None) -> dict:
     """Both stages for a DDPM-family backend; writes into ``out_dir``:
 
@@ -549,9 +590,7 @@ def run_tune(backend, models, spec: TuneSpec, out_dir, guiding_files: Mapping[st
       denoiser evaluations).
 
     ``reference_features``: the workflow's reference features (default: computed here)."""
-    from offshelf import stages
     from offshelf.atomic import save_csv, save_json
-    from offshelf.metrics import feature_statistics
     from offshelf.search import evaluation_to_dict, run_search
 
     search = refuse_what_cannot_be_tuned(backend, models, spec, guiding_files, judging_files)
@@ -577,17 +616,10 @@ def run_tune(backend, models, spec: TuneSpec, out_dir, guiding_files: Mapping[st
         guided = guided_calibration(backend, models, spec, temperature_per_beta(stage1.integrals, spec.criterion),
                                     judge, batch_size)
         stage1 = choose_beta_along_guided(stage1, guided, spec)
-    if reference_features is None:
-        reference_features = stages.reference_features(backend, judging_files, evaluation or {})
-    ref = backend.reference(judging_files, reference_features).stats
-    ref = ref if ref is not None else feature_statistics(reference_features["features"])
+    ref = reference_statistics(backend, judging_files, evaluation, reference_features)
     base = tuned_setting(spec, stage1, 1.0)
-
-    def sample(setting: Setting, seeds: list[int]) -> np.ndarray:
-        images_u8, _, _ = stages.sample_shard(backend, models, setting, seeds, batch_size, progress=progress)
-        return images_u8
-
-    objective = fid_objective(sample, extractor.features, ref.mu, ref.sigma, base)
+    objective = fid_objective(sampler(backend, models, batch_size, progress), extractor.features, ref.mu, ref.sigma,
+                              base)
     result = run_search(search, objective)
     setting = tuned_setting(spec, stage1, result.scale)
 
@@ -639,6 +671,144 @@ def tune_summary(spec: TuneSpec, name: str, setting: Setting, stage1, guided, re
     }
 
 
+# --------------------------------------------------------------------------- TFG's beam search on offshelf's knobs
+
+#: ``offshelf tune --method``: the calibrated tuner (both stages above) or TFG's beam search
+METHODS = ("calibrated", "tfg-beam")
+
+#: TFG's ladders on offshelf's knobs (docs/tuning.md §8). μ's ladder (0.25 ×2 up to 8) drives the
+#: scale s: both weight ∇ log p(y | x̂0) taken at x̂0, without backprop through the denoiser. σ's
+#: ladder (0.001 ×10 up to 1) drives the Softplus width 1/β: both smooth the classifier TFG and
+#: offshelf differentiate, TFG by averaging it over Gaussian noise on its input, Softplus by
+#: smoothing each ReLU over a width 1/β; a role analogue, not the same operation. ρ (the gradient
+#: through the denoiser) has no Setting knob: not searched, as TFG drops a knob of factor 1.
+OFFSHELF_BEAM_KNOBS = {"scale": "mu", "softplus_width": "sigma"}
+
+
+def beam_knobs(backend, spec: TuneSpec):
+    """The knobs the beam searches for ``spec``'s classifier, and those it drops with the reason:
+    a family without ReLU (digits' ViT: GELU) has no Softplus width to search."""
+    from offshelf.backends.capabilities import unavailable
+    from offshelf.beam_search import TFG_KNOBS, Knob
+
+    published = {k.name: k for k in TFG_KNOBS}
+    knobs, dropped = [], {}
+    for name, tfg_name in OFFSHELF_BEAM_KNOBS.items():
+        ladder = published[tfg_name]
+        knob = Knob(name, ladder.initial, ladder.factor, ladder.maximum)
+        if name == "softplus_width":
+            reason = None
+            for width in knob.ladder():
+                try:  # a backend answers with a reason, or refuses the setting outright (digits' ViT)
+                    reason = reason or unavailable(backend, beam_setting(spec, {"scale": 1.0, name: width}))
+                except ValueError as err:
+                    reason = str(err)
+            if reason:
+                dropped[name] = reason
+                continue
+        knobs.append(knob)
+    return tuple(knobs), dropped
+
+
+def beam_setting(spec: TuneSpec, knobs: Mapping[str, float]) -> Setting:
+    """A beam candidate as an offshelf setting: the classifier's plain log-probability (τ1 = τ2 = 1,
+    as TFG differentiates it), no sine bump (TFG has none), β = 1 / width (ReLU without the knob)."""
+    width = knobs.get("softplus_width")
+    return Setting(regime=spec.regime, method="guided", classifier=spec.classifier, input=spec.input,
+                   network=spec.network, softplus_beta=math.inf if width is None else 1.0 / float(width),
+                   joint_temperature=1.0, marginal_temperature=1.0, sine_factor=0.0, scale=float(knobs["scale"]))
+
+
+def beam_spec(spec: TuneSpec, knobs, overrides: Mapping[str, Any] | None = None):
+    """TFG's published search on ``knobs``; its finalists are drawn at the calibrated tuner's full
+    fidelity (``tune.search.full_fidelity``, 500), so both methods' winners are judged on as many
+    samples. ``overrides``: BeamSpec keys (``offshelf tune --beam KEY=VALUE``)."""
+    from offshelf.beam_search import BeamSearchError, BeamSpec
+
+    values = {"full_samples": search_spec(spec).full_fidelity, **dict(overrides or {})}
+    known = set(BeamSpec.__dataclass_fields__) - {"knobs"}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise TuneError(f"unknown beam key(s) {unknown}; allowed: {', '.join(sorted(known))}")
+    try:
+        return BeamSpec(knobs=tuple(knobs), **values)
+    except (BeamSearchError, TypeError) as err:
+        raise TuneError(str(err)) from None
+
+
+def run_tfg_beam(backend, models, spec: TuneSpec, out_dir, guiding_files: Mapping[str, str],
+                 judging_files: Mapping[str, str], evaluation: Mapping[str, Any] | None = None,
+                 sampling: Mapping[str, Any] | None = None, batch_size: int = 256, progress: bool = False,
+                 reference_features: Mapping[str, np.ndarray] | None = None,
+                 beam: Mapping[str, Any] | None = None) -> dict:
+    """TFG's beam search (:mod:`offshelf.beam_search`) over :data:`OFFSHELF_BEAM_KNOBS`, each
+    candidate scored by the FID of its samples (the same judge, reference and seeds as Stage 2 of
+    :func:`run_tune`). Writes ``tuned.yaml`` (a ``bases:`` entry ``tfg_beam_<classifier>_<regime>``),
+    ``beam_trace.csv`` (every candidate: round, knobs, setting, samples, FID, screening rank) and
+    ``summary.json`` (the choice, the schedule, the dropped knobs, the cost in denoiser evaluations)."""
+    from offshelf.atomic import save_csv, save_json
+    from offshelf.backends.capabilities import Capability, UnsupportedError, require
+    from offshelf.beam_search import BeamSearchError, run_beam_search
+    from offshelf.judge import JudgeIsGuideError, check_judge_is_not_a_guide, paths_by_source
+
+    try:
+        require(backend, Capability.TUNING, "offshelf tune")
+    except UnsupportedError as err:
+        raise TuneError(str(err)) from None
+    knobs, dropped = beam_knobs(backend, spec)
+    search = beam_spec(spec, knobs, beam)
+    candidates = [beam_setting(spec, {k.name: k.initial for k in knobs})]
+    try:
+        check_judge_is_not_a_guide(backend, candidates, paths_by_source(backend, candidates, dict(guiding_files),
+                                                                         dict(judging_files)))
+    except JudgeIsGuideError as err:
+        raise TuneError(f"{err}; a search judged by its own guide would reward adversarial samples") from None
+
+    extractor = backend.feature_extractor(judging_files)
+    ref = reference_statistics(backend, judging_files, evaluation, reference_features)
+    by_setting = setting_fid_objective(sampler(backend, models, batch_size, progress), extractor.features,
+                                       ref.mu, ref.sigma)
+    try:
+        result = run_beam_search(search, lambda c, n: by_setting(beam_setting(spec, search.as_dict(c)), n))
+    except BeamSearchError as err:
+        raise TuneError(str(err)) from None
+    setting = beam_setting(spec, search.as_dict(result.best))
+
+    per_sample = (backend.work_per_sample(setting, sampling)["denoiser"] if sampling and "respacing" in sampling
+                  else models.diffusion.num_steps)
+    rows = []
+    for r in result.rounds:
+        rank = {c: i for i, (c, _) in enumerate(r.ranking)}
+        for c in r.candidates:
+            rows.append(dict(round=r.index, **search.as_dict(c), setting=beam_setting(spec, search.as_dict(c)).name,
+                             num_samples=search.samples_per_candidate, fid=dict(r.ranking)[c],
+                             rank_after_round=rank[c]))
+    for c, value in result.finals:
+        rows.append(dict(round="final", **search.as_dict(c), setting=beam_setting(spec, search.as_dict(c)).name,
+                         num_samples=search.full_samples, fid=value, rank_after_round=None))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    name = f"tfg_beam_{spec.folder}".replace("-", "_").replace(".", "_")
+    _save_yaml(out / "tuned.yaml", tuned_base(name, setting))
+    save_csv(out / "beam_trace.csv", pd.DataFrame(rows))
+    samples = int(by_setting.samples_drawn())
+    summary = {
+        "method": "tfg-beam", "base": name, "setting": setting.name, "regime": spec.regime,
+        "classifier": spec.classifier, "network": spec.network, "knobs": search.as_dict(result.best),
+        "scale": setting.scale, "softplus_beta": setting.softplus_beta, "search_fid": result.value,
+        "searched_knobs": {k.name: {"maps": OFFSHELF_BEAM_KNOBS[k.name], "ladder": k.ladder()} for k in knobs},
+        "dropped_knobs": dropped, "top_k": search.top_k, "rounds": search.rounds,
+        "samples_per_candidate": search.samples_per_candidate, "finalists": search.finalists,
+        "full_samples": search.full_samples,
+        "candidates_per_round": [len(r.candidates) for r in result.rounds],
+        "judge": extractor.name, "judge_files": dict(judging_files),
+        # what the objective drew: a finalist's full evaluation only adds seeds to its screen
+        "samples": samples, "denoiser_evaluations": samples * per_sample,
+    }
+    save_json(out / "summary.json", _finite_json(summary))
+    return summary
+
+
 def _finite_json(value):
     """inf (ReLU's β) as the string "inf", as configs write it: JSON has no infinity."""
     if isinstance(value, float) and math.isinf(value):
@@ -659,4 +829,5 @@ def _save_yaml(path: Path, data) -> None:
 
 
 __all__ = ["TuneSpec", "TuneError", "denoised_steps", "step_logits", "temperature_scores", "nll_optimal_temperature",
-           "calibration_curves", "integral_scores", "choose", "calibrate", "fid_objective", "tuned_base", "run_tune"]
+           "calibration_curves", "integral_scores", "choose", "calibrate", "fid_objective", "setting_fid_objective",
+           "tuned_base", "run_tune", "run_tfg_beam"]

@@ -96,7 +96,7 @@ class NearestMeanJudge(nn.Module):
 
 class ToyMixtureBackend(DDPMSampling, Backend):
     name = "toy-mixture"
-    num_classes = 3
+    num_classes = 3                                  # required core 1/7
     num_train_timesteps = STEPS
     # Algorithm 1's calibration, Figure 4, cost and analytic figures (DDPMSampling), plus its own
     capabilities = DDPMSampling.capabilities | {Capability.REFERENCE_FEATURES, Capability.RESPACING}
@@ -106,31 +106,33 @@ class ToyMixtureBackend(DDPMSampling, Backend):
         return {"std": float(config.get("backend_options", {}).get("std", 0.2))}
 
     @property
-    def image_shape(self):
+    def image_shape(self):                           # 2/7
         return SHAPE
 
-    def files(self, setting):
+    def files(self, setting):                        # 3/7: exact networks, nothing to download or train
         return {}
 
     def unsupported(self, setting):
         return "no label-dropout model" if setting.method == "cfg" else None
 
-    def load(self, files, sampling, setting=None) -> DDPMModels:
+    def load(self, files, sampling, setting=None) -> DDPMModels:   # 4/7
         std = self.options["std"]
         diffusion = GaussianDiffusion.respaced(STEPS, sampling["respacing"], "linear",
                                                sampling.get("variance", "fixed_large"))
         return DDPMModels(ExactDenoiser(self.num_classes, std), diffusion, SHAPE, self.num_classes,
                           CleanClassifier(self.num_classes, std), NoisyClassifier(self.num_classes, std))
 
-    def to_uint8(self, images):
+    # sample (5/7): DDPMSampling's, Algorithm 1
+
+    def to_uint8(self, images):                      # 6/7
         return to_uint8_nhwc(images, "round")
 
-    def feature_extractor(self, files) -> FeatureExtractor:
+    def feature_extractor(self, files) -> FeatureExtractor:   # 7/7: the judge
         judge = NearestMeanJudge(self.num_classes)  # never one of the guides (CleanClassifier, NoisyClassifier)
         return FeatureExtractor(lambda u8: from_uint8_nhwc(u8).flatten(1).numpy(),
                                 lambda u8: judge(from_uint8_nhwc(u8)).detach().numpy(), name="nearest class mean")
 
-    def reference_features(self, files, extractor, evaluation=None):
+    def reference_features(self, files, extractor, evaluation=None):   # capability reference_features
         gen = torch.Generator().manual_seed(0)
         labels = torch.arange(600) % self.num_classes
         x = class_means(self.num_classes)[labels] + self.options["std"] * torch.randn(600, 16, generator=gen,

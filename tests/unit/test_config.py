@@ -161,6 +161,9 @@ def test_yaml_error_names_file_line_and_column(tmp_path):
 def test_paths_resolve_inside_results(default_config, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = copy.deepcopy(default_config)
+    # results_doc (docs/results.md) is a repository page, relative to the folder Snakemake runs in,
+    # not to `results`: it has its own tests (tests/unit/test_docs.py)
+    config.pop("results_doc", None)
     validate_config(config)  # relative `results`, not yet created: fine
     (tmp_path / "results" / "logs").mkdir(parents=True)
     (tmp_path / "results" / "logs" / "digits").write_text("")

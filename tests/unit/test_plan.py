@@ -413,8 +413,10 @@ def test_job_counts_bound_the_searches(config):
     assert counts["total"] == sum(counts[k] for k in ("sample", "evaluate", "calibrate", "search_sample",
                                                        "search_evaluate", "search_round", "search_result",
                                                        "search_grid", "train_model", "fetch_checkpoint",
-                                                       "reference_features", "figure", "sample_grid", "report",
-                                                       "all"))
+                                                       "reference_features", "figure", "sample_grid",
+                                                       "publish_results", "report", "all"))
+    assert counts["publish_results"] == 1  # config.yaml's results_doc: `all` refreshes docs/results.md
+    assert counts["pareto_report"] == counts["pareto"] == 0  # a target of its own (build_plan(config).pareto)
 
 
 def test_searched_rows_report_the_chosen_scale_its_trace_and_an_edge(config):

@@ -14,7 +14,7 @@ import torch
 import offshelf
 from offshelf import guidance as guidance_module
 from offshelf.guidance import ClassifierGuidance, Guidance
-from offshelf.samplers import ddpm, dit, edm
+from offshelf.samplers import ddpm, dit, edm, particles
 
 SRC = Path(offshelf.__file__).parent
 P = inspect.Parameter
@@ -24,6 +24,8 @@ SAMPLERS = {
     ddpm.ddpm_sample: ("model", "rng", "diffusion"),
     edm.edm_sample: ("net", "latents", "num_steps"),
     dit.dit_sample: ("model", "rng", "diffusion"),
+    particles.best_of_n_sample: ("model", "rng", "diffusion"),
+    particles.smc_sample: ("model", "rng", "diffusion"),
 }
 SHARED_KEYWORDS = {"guidance": None, "callback": None, "progress": False}
 NVLABS_EDM_KNOBS = {"num_steps": 18, "sigma_min": 0.002, "sigma_max": 80, "rho": 7, "S_churn": 0, "S_min": 0,

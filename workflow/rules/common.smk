@@ -184,7 +184,8 @@ def search_result_inputs(wc):
 
 def search_result_files():
     """Every search's result: the report lists them all outright, so the searches advance side by side."""
-    return expand(f"{EXP}/search/{{search}}/result.json", search=sorted(SEARCHES))
+    # the tables' only: the pareto target's are its own report's inputs (pareto.smk), not `all`'s
+    return expand(f"{EXP}/search/{{search}}/result.json", search=sorted(PLAN.searches))
 
 
 # Calibration figures (calibration.smk, report.smk)

@@ -2,6 +2,7 @@ from offshelf import backends, stages
 from offshelf.atomic import save_csv
 from offshelf.calibration import integral_calibration_error
 from offshelf.jobs import job_log
+from offshelf.levers import job_compile_seconds
 from offshelf.settings import Setting, probe_setting
 
 with job_log(snakemake.log[0], snakemake.threads, snakemake.resources.get("gpu", 0)):
@@ -14,5 +15,5 @@ with job_log(snakemake.log[0], snakemake.threads, snakemake.resources.get("gpu",
     table = stages.calibration_profile(backend, models, probe, p.calibration, p.sampling["batch_size"], guided=guided)
     name = probe.name if guided else snakemake.wildcards.probe
     print(f"{name}: integral calibration error {integral_calibration_error(table):.4f}"
-          + (" (guided trajectories)" if guided else ""))
+          + (" (guided trajectories)" if guided else "") + f"; compile {job_compile_seconds(models):.1f} s")
     save_csv(snakemake.output[0], table)

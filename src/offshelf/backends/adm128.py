@@ -16,6 +16,7 @@ from offshelf.backends.ddpm import DDPMModels, DDPMSampling
 from offshelf.backends.imagenet import ImageNetBackend
 from offshelf.diffusion import GaussianDiffusion
 from offshelf.images import to_uint8_nhwc
+from offshelf.levers import denoiser_fp16, levers_of
 from offshelf.settings import Setting
 
 #: role -> the guided-diffusion preset of the official file (``imagenet.adm_flags`` may replace
@@ -55,7 +56,7 @@ class ADM128Backend(DDPMSampling, ImageNetBackend):
 
     def files(self, setting: Setting) -> dict[str, Pretrained]:
         names = super().files(setting)
-        if setting.method == "guided" and setting.classifier in ("finetuned", "combined"):
+        if setting.uses_classifier and setting.classifier in ("finetuned", "combined"):
             names["finetuned"] = Pretrained(ADM_PRESETS["finetuned"])
         return names
 
@@ -66,15 +67,18 @@ class ADM128Backend(DDPMSampling, ImageNetBackend):
 
     def load(self, files: Mapping[str, str], sampling: Mapping[str, Any], setting: Setting | None = None) -> DDPMModels:
         device, arch = self.device, self.architectures
-        denoiser = load_adm_network(files["denoiser"], arch["denoiser"], device, self.imagenet.get("fp16", True))
+        levers, clock = levers_of(sampling)
+        fp16 = denoiser_fp16(levers, self.imagenet.get("fp16", True), device)
+        denoiser = load_adm_network(files["denoiser"], arch["denoiser"], device, fp16)
         # guided-diffusion's ImageNet-128 command runs the noise-aware classifier in fp32
         # (classifier_use_fp16 is false there), whatever the UNet does
         finetuned = load_adm_network(files["finetuned"], arch["finetuned"], device, fp16=False) \
             if "finetuned" in files else None
         diffusion = GaussianDiffusion.respaced(1000, sampling["respacing"], "linear",
                                                sampling.get("variance", "learned_range"))
-        return DDPMModels(denoiser, diffusion, self.image_shape, self.num_classes, self.load_offshelf(files, setting),
-                          finetuned, None, str(device))
+        return DDPMModels(levers.denoiser(denoiser, clock), diffusion, self.image_shape, self.num_classes,
+                          levers.classifier(self.load_offshelf(files, setting), clock),
+                          levers.classifier(finetuned, clock), None, str(device))
 
     def to_uint8(self, images: torch.Tensor) -> np.ndarray:
         return to_uint8_nhwc(images, "adm")

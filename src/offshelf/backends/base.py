@@ -135,7 +135,7 @@ class Backend(ABC):
         """The files of :meth:`files` whose networks guide ``setting`` (checked against the judge:
         :func:`offshelf.judge.check_judge_is_not_a_guide`): the ``offshelf`` and/or ``finetuned``
         role its ``classifier`` names; none for an unguided or CFG setting."""
-        if setting.method != "guided":
+        if not setting.uses_classifier:
             return {}
         roles = {"offshelf": ("offshelf",), "finetuned": ("finetuned",), "combined": ("offshelf", "finetuned")}
         files = self.files(setting)

@@ -29,6 +29,8 @@ class Capability(StrEnum):
     RESPACING = "respacing"                      # a discrete schedule sampling.respacing respaces
     PAPER_COMPARABLE = "paper_comparable"        # numbers comparable with the paper's (a flag)
     STOCHASTIC = "stochastic_sampling"           # EDM's churn: settings with S_churn > 0 (a flag)
+    PARTICLES = "particle_sampling"              # Best-of-N and SMC settings (offshelf.samplers.particles; a flag)
+    THROUGH_DENOISER = "through_denoiser"        # guided settings with through_denoiser (a flag)
     GPU = "gpu"                                  # its networks run on a GPU: each job loading them asks for one (a flag)
     CHOSEN_CLASSES = "chosen_classes"            # sample(labels=...): a class per seed, chosen by the caller (a flag)
 
@@ -46,6 +48,8 @@ MEMBERS: dict[Capability, tuple[str, ...]] = {
     Capability.RESPACING: ("num_train_timesteps",),
     Capability.PAPER_COMPARABLE: (),
     Capability.STOCHASTIC: (),
+    Capability.PARTICLES: (),
+    Capability.THROUGH_DENOISER: (),
     Capability.GPU: (),
     Capability.CHOSEN_CLASSES: (),  # a parameter of the required ``sample``, not a member
 }
@@ -86,6 +90,52 @@ def implemented(cls: type) -> frozenset[Capability]:
                      if names and all(getattr(cls, n, None) not in (None, ()) for n in names))
 
 
+#: The speed levers of ``sampling:`` (offshelf.levers) each built-in backend supports, declared here
+#: so the config check knows them without loading a network. ``denoiser_fp16`` is the family's own
+#: fp16 conversion (ADM's ``use_fp16``, EDM's ``use_fp16``); DiT's transformer has none. channels_last
+#: converts the 4-D weights of every network (the ADM and EDM UNets, the ResNets, DiT's VAE decoder;
+#: in DiT's transformer only the patch embedding has any). A backend not listed (a plug-in) supports none.
+LEVERS: dict[str, frozenset[str]] = {
+    "digits": frozenset({"denoiser_bf16", "classifier_bf16", "channels_last", "compile", "auto_batch"}),
+    "adm128": frozenset({"denoiser_fp16", "denoiser_bf16", "classifier_bf16", "channels_last", "compile",
+                         "auto_batch"}),
+    "edm64": frozenset({"denoiser_fp16", "denoiser_bf16", "classifier_bf16", "channels_last", "compile",
+                        "auto_batch"}),
+    "dit256": frozenset({"denoiser_bf16", "classifier_bf16", "channels_last", "compile", "auto_batch"}),
+}
+
+
+def requested_levers(sampling: Any) -> dict[str, str]:
+    """Config key -> lever name for each lever ``sampling`` turns on (fp32 and false are off; a
+    denoiser precision of fp32 is always available: it turns a family's own fp16 off)."""
+    sampling = sampling or {}
+    precision = sampling.get("precision") or {}
+    asked = {}
+    if precision.get("denoiser") not in (None, "fp32"):
+        asked["sampling.precision.denoiser"] = f"denoiser_{precision['denoiser']}"
+    if precision.get("classifier") not in (None, "fp32"):
+        asked["sampling.precision.classifier"] = f"classifier_{precision['classifier']}"
+    if sampling.get("channels_last"):
+        asked["sampling.channels_last"] = "channels_last"
+    if sampling.get("compile"):
+        asked["sampling.compile"] = "compile"
+    if sampling.get("batch_size") == "auto":
+        asked["sampling.batch_size"] = "auto_batch"
+    return asked
+
+
+def unsupported_lever(backend: Any, sampling: Any) -> str | None:
+    """One line naming the first ``sampling`` key asking for a lever ``backend`` does not declare
+    (:data:`LEVERS`), or None."""
+    supported = LEVERS.get(_name(backend), frozenset())
+    for key, lever in requested_levers(sampling).items():
+        if lever not in supported:
+            value = key.removeprefix("sampling.")
+            return (f"config key {key!r}: backend {_name(backend)!r} does not support the speed lever {lever!r} "
+                    f"(it supports: {', '.join(sorted(supported)) or 'none'}); remove {value!r} or change it")
+    return None
+
+
 def unavailable(backend: Any, setting: Any, chosen_classes: bool = False) -> str | None:
     """Why ``backend`` cannot run ``setting`` (the report prints it), or None: first what its
     declared capabilities rule out, then the family's own :meth:`~offshelf.backends.base.Backend.unsupported`.
@@ -95,6 +145,12 @@ def unavailable(backend: Any, setting: Any, chosen_classes: bool = False) -> str
     if getattr(setting, "S_churn", 0) and Capability.STOCHASTIC not in backend.capabilities:
         return (f"S_churn > 0 is EDM's stochastic sampling; backend {_name(backend)!r} does not declare "
                 f"capability {Capability.STOCHASTIC.value!r}")
+    if getattr(setting, "method", None) in ("best_of_n", "smc") and Capability.PARTICLES not in backend.capabilities:
+        return (f"{setting.method} samples candidates or particles (offshelf.samplers.particles); backend "
+                f"{_name(backend)!r} does not declare capability {Capability.PARTICLES.value!r}")
+    if getattr(setting, "through_denoiser", False) and Capability.THROUGH_DENOISER not in backend.capabilities:
+        return (f"through_denoiser backpropagates through the denoiser; backend {_name(backend)!r} does not declare "
+                f"capability {Capability.THROUGH_DENOISER.value!r}")
     if chosen_classes and Capability.CHOSEN_CLASSES not in backend.capabilities:
         return (f"backend {_name(backend)!r} draws each seed's class itself: it does not declare capability "
                 f"{Capability.CHOSEN_CLASSES.value!r} (a sample() that takes labels=)")

@@ -15,6 +15,7 @@ from offshelf.calibration import CalibrationRecorder
 from offshelf.diffusion import GaussianDiffusion
 from offshelf.guidance import Guidance
 from offshelf.samplers.ddpm import ddpm_sample
+from offshelf.samplers.particles import best_of_n_sample, smc_sample
 from offshelf.seeding import StackedRandomGenerator, draw_labels
 from offshelf.settings import Setting
 
@@ -48,11 +49,20 @@ def sample_batch(setting: Setting, models: DDPMModels, seeds: list[int], callbac
     guidance = build_guidance(setting, models) if guidance is None else guidance
     y = labels if (setting.regime == "cond" or setting.method == "cfg") else None
     cfg_scale = setting.cfg_scale if setting.method == "cfg" else None
+    common = dict(guidance=None, callback=callback, progress=progress, shape=models.image_shape, y=y)
+    if setting.method == "best_of_n":  # the classifier scores; candidates are unguided (samplers.particles)
+        common["guidance"] = Guidance(guidance, label=labels)
+        return best_of_n_sample(models.denoiser, rng, models.diffusion, **common,
+                                num_candidates=setting.num_candidates), labels
+    if setting.method == "smc":  # the potential λ·log p̃(y | x̂0), λ = the setting's scale
+        common["guidance"] = Guidance(guidance, scale=setting.scale, label=labels)
+        return smc_sample(models.denoiser, rng, models.diffusion, **common, num_particles=setting.num_particles,
+                          resample_every=setting.resample_every), labels
     if guidance is not None:
-        guidance = Guidance(guidance, scale=setting.scale, sine_factor=setting.sine_factor, label=labels)
-    x = ddpm_sample(models.denoiser, rng, models.diffusion, guidance=guidance, callback=callback, progress=progress,
-                    shape=models.image_shape, y=y, recurrent_steps=setting.recurrent_steps, cfg_scale=cfg_scale,
-                    null_label=models.null_label)
+        common["guidance"] = Guidance(guidance, scale=setting.scale, sine_factor=setting.sine_factor, label=labels,
+                                      through_denoiser=setting.through_denoiser)
+    x = ddpm_sample(models.denoiser, rng, models.diffusion, **common, recurrent_steps=setting.recurrent_steps,
+                    cfg_scale=cfg_scale, null_label=models.null_label)
     return x, labels
 
 
@@ -61,20 +71,21 @@ class DDPMSampling:
 
     #: what the mixin brings; a backend using it adds these to its own ``capabilities``
     capabilities = frozenset({Capability.CALIBRATION, Capability.GRADIENTS, Capability.COST,
-                              Capability.ANALYTIC_FIGURES, Capability.CHOSEN_CLASSES})
+                              Capability.ANALYTIC_FIGURES, Capability.CHOSEN_CLASSES, Capability.PARTICLES,
+                              Capability.THROUGH_DENOISER})
     analytic_figures = ("figure3", "figure5")
     #: :func:`sample_batch` draws sample i's label with ``draw_labels`` from seed i
     seed_labels = "draw_labels"
 
     def work_per_sample(self, setting: Setting, sampling) -> dict[str, int]:
-        """Algorithm 1: per step one denoiser call (two with CFG) and, guided, one classifier
-        gradient; r recurrent passes at every step but the last."""
+        """Algorithm 1 and the particle samplers, counted by :func:`offshelf.compute.ddpm_work`:
+        ``denoiser`` evaluations, ``classifier`` (forward) evaluations and every count of
+        :class:`offshelf.compute.Work`."""
+        from offshelf.compute import ddpm_work, legacy_work
         from offshelf.diffusion import space_timesteps
 
         steps = len(space_timesteps(self.num_train_timesteps, sampling["respacing"]))
-        passes = steps + (setting.recurrent_steps - 1) * (steps - 1) if setting.method == "guided" else steps
-        return {"denoiser": passes * (2 if setting.method == "cfg" else 1),
-                "classifier": passes if setting.method == "guided" else 0}
+        return legacy_work(ddpm_work(setting, steps))
 
     def sample(self, models: DDPMModels, setting: Setting, seeds: list[int], progress: bool = False,
                labels: torch.Tensor | None = None):

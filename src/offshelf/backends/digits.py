@@ -21,6 +21,7 @@ from offshelf.backends.capabilities import Capability
 from offshelf.backends.ddpm import DDPMModels, DDPMSampling
 from offshelf.diffusion import GaussianDiffusion
 from offshelf.images import from_uint8_nhwc, to_uint8_nhwc
+from offshelf.levers import levers_of
 from offshelf.settings import Setting
 
 GUIDING_ROLES = ("denoiser", "offshelf", "finetuned")
@@ -72,7 +73,7 @@ class DigitsBackend(DDPMSampling, Backend):
             raise ValueError(f"setting {setting.name}: network {network!r} is not a digits classifier family; "
                              f"known: {known} (or leave it out for the default ResNet)")
         role, has_relu = digits.CLASSIFIER_FAMILIES[network]
-        if (not has_relu and setting.method == "guided" and setting.classifier != "finetuned"
+        if (not has_relu and setting.uses_classifier and setting.classifier != "finetuned"
                 and not math.isinf(setting.softplus_beta)):
             raise ValueError(f"setting {setting.name}: softplus_beta = {setting.softplus_beta:g}, but network "
                              f"{network!r} ({role}) has no ReLU (GELU activations), so Softplus surgery does not "
@@ -105,8 +106,9 @@ class DigitsBackend(DDPMSampling, Backend):
         finetuned, _, _ = digits.load_checkpoint(files["finetuned"], "finetuned")
         diffusion = GaussianDiffusion.respaced(cfg.num_train_timesteps, sampling["respacing"], cfg.schedule,
                                                sampling.get("variance", "fixed_large"))
-        return DDPMModels(denoiser, diffusion, digits.IMAGE_SHAPE, digits.NUM_CLASSES, offshelf, finetuned,
-                          digits.NULL_LABEL)
+        levers, clock = levers_of(sampling)
+        return DDPMModels(levers.denoiser(denoiser, clock), diffusion, digits.IMAGE_SHAPE, digits.NUM_CLASSES,
+                          levers.classifier(offshelf, clock), levers.classifier(finetuned, clock), digits.NULL_LABEL)
 
     def to_uint8(self, images: torch.Tensor) -> np.ndarray:
         return to_uint8_nhwc(images, "round")

@@ -14,6 +14,7 @@ from offshelf.backends.guides import guidance_for
 from offshelf.backends.imagenet import ImageNetBackend
 from offshelf.diffusion import GaussianDiffusion
 from offshelf.images import to_uint8_nhwc
+from offshelf.levers import levers_of
 from offshelf.guidance import Guidance
 from offshelf.samplers.dit import dit_diffusion, dit_sample
 from offshelf.seeding import StackedRandomGenerator, draw_labels
@@ -55,9 +56,11 @@ class DiT256Backend(ImageNetBackend):
         from offshelf.backbones.dit import DiTDenoiser, load_dit, load_vae
 
         device = self.device
+        levers, clock = levers_of(sampling)
         model = DiTDenoiser(load_dit(files["denoiser"], device=device))
         vae = load_vae(self.imagenet.get("vae", "stabilityai/sd-vae-ft-ema"), device=device)
-        return DiTModels(model, vae, dit_diffusion(sampling["respacing"]), self.load_offshelf(files, setting), device,
+        return DiTModels(levers.denoiser(model, clock), levers.decoder(vae), dit_diffusion(sampling["respacing"]),
+                         levers.classifier(self.load_offshelf(files, setting), clock), device,
                          self.imagenet.get("dit_schedule", "adm"))
 
     def sample(self, models: DiTModels, setting: Setting, seeds: list[int], progress: bool = False,

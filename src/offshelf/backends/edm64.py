@@ -14,6 +14,7 @@ from offshelf.backends.capabilities import Capability
 from offshelf.backends.guides import guidance_for
 from offshelf.backends.imagenet import ImageNetBackend
 from offshelf.images import to_uint8_nhwc
+from offshelf.levers import denoiser_fp16, levers_of
 from offshelf.guidance import Guidance
 from offshelf.samplers.edm import edm_sample
 from offshelf.seeding import StackedRandomGenerator
@@ -47,7 +48,10 @@ class EDM64Backend(ImageNetBackend):
     def load(self, files: Mapping[str, str], sampling: Mapping[str, Any], setting: Setting | None = None) -> EDMModels:
         from offshelf.backbones.edm import load_edm_pickle
 
-        return EDMModels(load_edm_pickle(files["denoiser"], device=self.device), self.load_offshelf(files, setting),
+        levers, clock = levers_of(sampling)
+        net = load_edm_pickle(files["denoiser"], device=self.device)
+        net.use_fp16 = denoiser_fp16(levers, net.use_fp16, self.device)  # EDMPrecond's own fp16 (CUDA only)
+        return EDMModels(levers.denoiser(net, clock), levers.classifier(self.load_offshelf(files, setting), clock),
                          self.device)
 
     def sample(self, models: EDMModels, setting: Setting, seeds: list[int], progress: bool = False,

@@ -99,7 +99,7 @@ class ImageNetBackend(Backend):
                 self.imagenet.get("classifier", "resnet101"))
 
     def guides_off_the_shelf(self, setting: Setting | None) -> bool:
-        return setting is not None and setting.method == "guided" and setting.classifier in ("offshelf", "combined")
+        return setting is not None and setting.uses_classifier and setting.classifier in ("offshelf", "combined")
 
     def files(self, setting: Setting) -> dict[str, Pretrained]:
         """The denoiser and, when guided, the classifier's file: a torchvision classifier's
@@ -116,7 +116,7 @@ class ImageNetBackend(Backend):
         return names
 
     def unsupported(self, setting: Setting) -> str | None:
-        if setting.method == "guided" and setting.classifier != "offshelf":
+        if setting.uses_classifier and setting.classifier != "offshelf":
             return "this backbone guides with the off-the-shelf classifier only"
         self.check_network(setting)
         return None

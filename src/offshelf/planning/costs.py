@@ -47,12 +47,12 @@ def check_shards(config: dict) -> None:
         raise _too_many(config, {"sample": shards, "total": shards}, limit)
 
 
-# Per-experiment jobs: a handful each, whatever the size of the config.
-EXPERIMENT_COUNTS = ("train_model", "fetch_checkpoint", "reference_features", "figure", "sample_grid", "report",
-                     "all")
+# Per-experiment jobs: a handful each, whatever the size of the config (the pareto target's two apart).
+EXPERIMENT_COUNTS = ("train_model", "fetch_checkpoint", "reference_features", "figure", "sample_grid",
+                     "publish_results", "report", "all", "pareto_report", "pareto")
 
 
-def count_jobs(config: dict, plan, backend) -> dict[str, int]:
+def count_jobs(config: dict, plan, backend, target: str = "all") -> dict[str, int]:
     """Every job a fresh run of ``plan`` (offshelf.planning.plan.Plan, built from ``config``; this
     module is below it) runs, by kind, counted without building a single job; the guidance-scale
     searches at their most (offshelf.search.max_evaluations / max_rounds: every extension and
@@ -65,8 +65,10 @@ def count_jobs(config: dict, plan, backend) -> dict[str, int]:
     the low-fidelity ones are drawn and judged inside the rounds), ``search_result``, and
     ``search_grid`` (the finalists' sample grids). Per experiment (rule names): ``train_model``,
     ``fetch_checkpoint``, ``reference_features``, ``figure`` (one job per calibration figure and
-    Figure 4, one for all analytic figures), ``sample_grid`` (the fixed settings' grids), ``report``
-    and ``all``. Also ``settings`` / ``shards`` (shards of a setting sampled in full), ``searches``,
+    Figure 4, one for all analytic figures), ``sample_grid`` (the fixed settings' grids),
+    ``publish_results`` (with ``results_doc``), ``report`` and ``all``; for ``target="pareto"`` (the
+    plan of the config's ``pareto`` table, offshelf.planning.plan.pareto_config) ``pareto_report``
+    and ``pareto`` instead. Also ``settings`` / ``shards`` (shards of a setting sampled in full), ``searches``,
     and ``first_dag``: the jobs Snakemake's first "Job stats" lists before any search round has run
     (the rest are added as the rounds finish). Refuses above ``max_jobs``
     (:class:`TooManyJobsError`); settings are bounded by the size of the config itself
@@ -91,13 +93,18 @@ def count_jobs(config: dict, plan, backend) -> dict[str, int]:
         counts["search_grid"] += full if grids else 0
     figures = report_figures(config, backend)
     analytic = set(getattr(backend, "analytic_figures", ())) & set(figures)
-    counts.update(
-        train_model=len(plan.trained_roles(config, backend)),
-        fetch_checkpoint=len(plan.fetched_files(config, backend)),
-        reference_features=int(Capability.REFERENCE_FEATURES in backend.capabilities),
-        figure=len(set(figures) - analytic) + bool(analytic),
-        sample_grid=len(plan.settings) if grids else 0,
-        report=1, all=1)
+    counts.update({k: 0 for k in EXPERIMENT_COUNTS})
+    if target == "pareto":  # its own report; its networks and figures are the tables' (`all`'s)
+        counts.update(pareto_report=1, pareto=1)
+    else:
+        counts.update(
+            train_model=len(plan.trained_roles(config, backend)),
+            fetch_checkpoint=len(plan.fetched_files(config, backend)),
+            reference_features=int(Capability.REFERENCE_FEATURES in backend.capabilities),
+            figure=len(set(figures) - analytic) + bool(analytic),
+            sample_grid=len(plan.settings) if grids else 0,
+            publish_results=int("results_doc" in config),
+            report=1, all=1)
     counts["total"] = sum(counts.values())
     late = counts["search_sample"] + counts["search_evaluate"] + counts["search_grid"]
     counts.update(first_dag=counts["total"] - late - (counts["search_round"] - len(plan.searches)),
@@ -116,14 +123,20 @@ def describe_job_counts(config: dict, plan) -> str:
     experiment = ", ".join(f"{c[k]} {k}" for k in EXPERIMENT_COUNTS if c[k])
     bound = (f"at most (a search that stops early runs fewer); Snakemake's first 'Job stats' lists "
              f"{c['first_dag']} of them, before the search rounds add theirs" if c["searches"] else "exactly")
+    pareto = ""
+    if plan.pareto is not None:  # a named target: `all` does not run it
+        p = plan.pareto.job_counts
+        pareto = (f"; target `pareto` (not in `all`): at most {p['total']} jobs more ({p['sample']} sample, "
+                  f"{p['evaluate']} evaluate" + (f", {p['searches']} searches" if p["searches"] else "") +
+                  ", fewer where it shares settings with the tables)")
     return (f"offshelf: {c['total']} jobs planned ({c['sample']} sample: {c['settings']} settings x up to "
             f"{c['shards']} shards; {c['evaluate']} evaluate; {c['calibrate']} calibrate{search}; per experiment: "
-            f"{experiment}), {bound}; max_jobs = {config.get('max_jobs', DEFAULT_MAX_JOBS)}")
+            f"{experiment}), {bound}{pareto}; max_jobs = {config.get('max_jobs', DEFAULT_MAX_JOBS)}")
 
 
 def cost_plan(config: dict, plan, costs: EvaluationCosts | None = None) -> list[dict[str, Any]]:
     """What sampling a config costs (``plan``: its offshelf.planning.plan.Plan), per table and in total (settings shared by tables counted once
-    in the total): samples, denoiser and classifier network evaluations, and, given ``costs``
+    in the total; the ``pareto`` target, not part of ``all``, on its own line, outside the total): samples, denoiser and classifier network evaluations, and, given ``costs``
     (seconds per image for one denoiser evaluation and one classifier gradient, at the batch they
     were measured at), the hours (:func:`gpu_hours`). Evaluation is not counted. A searched row
     counts its search at its most (every extension and refinement taken; offshelf.search)."""
@@ -132,8 +145,8 @@ def cost_plan(config: dict, plan, costs: EvaluationCosts | None = None) -> list[
     backend = config_backend(config)
     require(backend, Capability.COST, "a cost plan")  # declared, not found out by calling
     most: dict[str, dict[str, int]] = {}  # table -> setting (or search) -> most samples it reads
-    settings = dict(plan.settings)
-    for row in plan.rows:
+    settings = {**plan.settings, **(plan.pareto.settings if plan.pareto else {})}
+    for row in plan.rows + (plan.pareto.rows if plan.pareto else ()):
         if row.unavailable:
             continue
         table = most.setdefault(row.table, {})
@@ -144,7 +157,9 @@ def cost_plan(config: dict, plan, costs: EvaluationCosts | None = None) -> list[
             table[row.search.name] = low * row.search.spec.low_fidelity + full * row.search.spec.full_fidelity
             settings[row.search.name] = row.search.setting  # every scale costs the same per sample
     total: dict[str, int] = {}
-    for table in most.values():
+    for label, table in most.items():
+        if label == "pareto":  # a target of its own (`snakemake pareto`): its own line, outside the total of `all`
+            continue
         for name, n in table.items():
             total[name] = max(total.get(name, 0), n)
 
@@ -155,11 +170,15 @@ def cost_plan(config: dict, plan, costs: EvaluationCosts | None = None) -> list[
             out["samples"] += n
             out["denoiser"] += n * work["denoiser"]
             out["classifier"] += n * work["classifier"]
+            if "classifier_backward" in work:  # the backends counting forwards and backwards apart
+                out["classifier_backward"] = out.get("classifier_backward", 0) + n * work["classifier_backward"]
         if costs is not None:
             out["hours"] = gpu_hours(out["denoiser"], out["classifier"], costs)
         return out
 
-    return [line(table, samples) for table, samples in most.items()] + [line("total", total)]
+    tables = [line(table, samples) for table, samples in most.items() if table != "pareto"]
+    pareto = [line("pareto (own target, not in total)", most["pareto"])] if "pareto" in most else []
+    return tables + pareto + [line("total", total)]
 
 
 # ------------------------------------------------------------------ seconds per network evaluation

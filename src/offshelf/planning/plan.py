@@ -38,31 +38,51 @@ class Plan:
     calibrates_guided: bool
     job_counts: Mapping[str, int]
     all_samples: int
+    #: the quality-per-compute target (the config's ``pareto`` table; ``snakemake pareto``), planned
+    #: apart so that ``all`` does not wait on it: its own rows, settings, evaluations and searches
+    pareto: "Plan | None" = None
 
     @classmethod
     def from_config(cls, config: dict) -> "Plan":
         return build_plan(config)
 
+    @property
+    def all_searches(self) -> dict[str, SearchPlan]:
+        """The tables' searches and the pareto target's."""
+        return {**self.searches, **(self.pareto.searches if self.pareto else {})}
+
     def setting(self, name: str, rounds: Iterable[Mapping[str, Any]] = ()) -> Setting:
-        """A fixed setting, or one a search round proposed (``rounds``: their records, read lazily)."""
+        """A fixed setting, or one a search round proposed (``rounds``: their records, read lazily);
+        the tables' or the pareto target's."""
+        rounds = list(rounds)
+        if self.pareto is not None and name not in self.settings and (
+                name in self.pareto.settings or proposed(rounds, self.pareto.searches, "settings", name)):
+            return self.pareto.setting(name, rounds)
         return lookup_setting(self.settings, self.searches, rounds, name)
 
     def evaluation(self, name: str, rounds: Iterable[Mapping[str, Any]] = ()) -> tuple[str, int]:
-        """(setting name, number of samples) of a metrics file stem: one the tables need, or one a
-        search round proposed (as its record names it)."""
+        """(setting name, number of samples) of a metrics file stem: one the tables (or the pareto
+        target) need, or one a search round proposed (as its record names it)."""
+        rounds = list(rounds)
         if name in self.evaluations:
             return self.evaluations[name]
         found = proposed(rounds, self.searches, "evaluates", name)
+        if found is None and self.pareto is not None:
+            return self.pareto.evaluation(name, rounds)
         if found is None:
             raise ValueError(f"evaluation {name!r} is neither a table row's nor one a search proposed")
         return found[1]["setting"], int(found[1]["num_samples"])
 
     def sampled_counts(self, setting: str, rounds: Iterable[Mapping[str, Any]] = ()) -> list[int]:
-        """The sample counts the evaluations of ``setting`` read: the tables', or, for a scale a search
-        proposed, its search's full fidelity (a finalist is sampled in full)."""
+        """The sample counts the evaluations of ``setting`` read: the tables' (and the pareto
+        target's), or, for a scale a search proposed, its search's full fidelity (a finalist is
+        sampled in full)."""
+        rounds = list(rounds)
         counts = [n for name, n in self.evaluations.values() if name == setting]
         if not counts and (found := proposed(rounds, self.searches, "settings", setting)):
             counts = [self.searches[found[0]["search"]].spec.full_fidelity]
+        if self.pareto is not None:
+            counts += self.pareto.sampled_counts(setting, rounds)
         return counts
 
     def sources(self, config: dict, backend) -> set:
@@ -106,8 +126,21 @@ def _count_build() -> None:
 def build_plan(config: dict) -> Plan:
     """The plan of a (validated) config. Raises :class:`~offshelf.planning.costs.TooManyJobsError`
     above ``max_jobs`` (a runaway shard count before any row is built) and ValueError naming the
-    key of an invalid row."""
+    key of an invalid row. The config's ``pareto`` table is planned as :attr:`Plan.pareto`."""
     _count_build()
+    plan = _build(config)
+    if "pareto" in config:
+        plan = replace(plan, pareto=_build(pareto_config(config), target="pareto"))
+    return plan
+
+
+def pareto_config(config: dict) -> dict:
+    """The config of the pareto target alone: its one table, no figures, no other target."""
+    rest = {k: v for k, v in config.items() if k not in ("pareto", "figures", "tables")}
+    return {**rest, "tables": {"pareto": config["pareto"]}}
+
+
+def _build(config: dict, target: str = "all") -> Plan:
     check_shards(config)
     all_samples = config["sampling"]["num_samples"]
     backend = config_backend(config)
@@ -135,4 +168,4 @@ def build_plan(config: dict) -> Plan:
     plan = Plan(rows=rows, settings=settings, evaluations=evaluations, searches=searches, probes=probes,
                 guided_probes=guided, calibrates_guided=calibrates_guided(config), job_counts={},
                 all_samples=all_samples)
-    return replace(plan, job_counts=count_jobs(config, plan, backend))
+    return replace(plan, job_counts=count_jobs(config, plan, backend, target))

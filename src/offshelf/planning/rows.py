@@ -11,7 +11,7 @@ from offshelf.backends.capabilities import unavailable
 from offshelf.planning.params import config_backend
 from offshelf.planning.probes import calibrates_guided, guided_probe
 from offshelf.planning.searches import SearchPlan, search_plan
-from offshelf.settings import Setting
+from offshelf.settings import SCALED_METHODS, Setting
 
 SETTING_KEYS = {f for f in Setting.__dataclass_fields__}
 
@@ -67,8 +67,8 @@ def row_setting(config: dict, row: dict, regime: str) -> Setting:
 
 
 def sweep(config: dict, setting: Setting) -> tuple[list[Setting], str | None]:
-    """The scale grid of a guided setting (per regime), the CFG grid of a CFG setting."""
-    if setting.method == "guided":
+    """The scale grid of a guided (or SMC) setting (per regime), the CFG grid of a CFG setting."""
+    if setting.method in SCALED_METHODS:
         grid = config["scales"][setting.regime]
         return [replace(setting, scale=float(s)) for s in grid], "scale"
     if setting.method == "cfg":
@@ -91,7 +91,7 @@ def _candidates(config: dict, row: dict, setting: Setting, num_samples: int, whe
     """(candidates, sweep key, search plan, its finished record) of one row in one regime."""
     # a row (or its base: a tuned setting from `offshelf tune`) may pin its scale
     pinned = "scale" in row or "scale" in config.get("bases", {}).get(row.get("base"), {})
-    if pinned and setting.method == "guided":
+    if pinned and setting.method in SCALED_METHODS:
         return [setting], None, None, None
     if (plan := search_plan(config, setting, num_samples, where)):
         found = search_results.get(plan.name)

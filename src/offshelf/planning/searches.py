@@ -14,7 +14,7 @@ from offshelf.search import (
     Evaluation, SearchSpec, evaluation_from_dict, evaluation_to_dict, format_trace, is_last_round, next_evaluations,
     result,
 )
-from offshelf.settings import Setting
+from offshelf.settings import SCALED_METHODS, Setting
 
 
 @dataclass(frozen=True)
@@ -64,10 +64,10 @@ def family_name(setting: Setting) -> str:
 
 
 def search_plan(config: dict, setting: Setting, num_samples: int, where: str) -> SearchPlan | None:
-    """The search that picks ``setting``'s scale (a guided row of a config with a ``search``
-    section), or None. ``num_samples``: the row's reported count, the search's full fidelity."""
+    """The search that picks ``setting``'s scale (a guided or SMC row of a config with a ``search``
+    section: the guidance scale, SMC's potential scale λ), or None. ``num_samples``: the row's reported count, the search's full fidelity."""
     search = config.get("search")
-    if search is None or setting.method != "guided":
+    if search is None or setting.method not in SCALED_METHODS:
         return None
     initial = search["initial"].get(setting.regime)
     if initial is None:

@@ -14,7 +14,12 @@ Contract (``tests/unit/test_samplers_contract.py`` checks it with :func:`inspect
   ``ddpm.ddpm_sample``    ``model``    ``rng`` (StackedRandomGenerator)   ``diffusion`` (respaced)
   ``edm.edm_sample``      ``net``      ``latents`` (N(0, I), per sample)  ``num_steps`` (EDM Eq. 5)
   ``dit.dit_sample``      ``model``    ``rng`` (StackedRandomGenerator)   ``diffusion`` (respaced)
+  ``particles.*``         ``model``    ``rng`` (StackedRandomGenerator)   ``diffusion`` (respaced)
   ======================  ===========  =================================  ===========================
+
+  ``particles.best_of_n_sample`` and ``particles.smc_sample`` spend N trajectories per image on
+  Algorithm 1's step instead of a gradient per step: the ``guidance`` classifier scores candidates
+  (Best-of-N) or weights particles (SMC, potential scale λ = ``guidance.scale``).
 
 * then, keyword-only, in this order and with these defaults, in every sampler:
 
