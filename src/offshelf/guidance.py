@@ -13,7 +13,8 @@ The pieces a sampler combines:
   :func:`dit_guidance_weight` (Algorithm 3).
 * :class:`Guidance` -- the one value carrying every sampler's guidance knobs;
   :func:`cfg_combine` -- the one classifier-free combination ``ε_u + w·(ε_c − ε_u)``.
-* :func:`check_finite` -- samplers stop at the first NaN or inf instead of writing black images.
+* :class:`FiniteGuard` -- samplers stop at the first NaN or inf instead of writing black images,
+  read back once per batch rather than once per step; :func:`check_finite` -- the one-off check.
 """
 
 from __future__ import annotations
@@ -282,9 +283,67 @@ class NonFiniteError(FloatingPointError):
     adds it, the setting). Raised instead of letting the value become a black image."""
 
 
+def _non_finite_message(name: str, step: int, bad: int, numel: int, shape: tuple[int, ...]) -> str:
+    return f"step {step}: {name} has {bad} non-finite value(s) of {numel} (shape {shape})"
+
+
 def check_finite(name: str, tensor: torch.Tensor | None, step: int) -> None:
-    """Raise :class:`NonFiniteError` naming ``name`` and ``step`` if ``tensor`` holds NaN or inf."""
+    """Raise :class:`NonFiniteError` naming ``name`` and ``step`` if ``tensor`` holds NaN or inf.
+
+    Reads the answer back to the host at once (a device sync on a GPU): for one-off checks. A
+    sampling loop records its tensors in a :class:`FiniteGuard` instead and reads them once."""
     if tensor is not None and not bool(torch.isfinite(tensor).all()):
         bad = int((~torch.isfinite(tensor)).sum())
-        raise NonFiniteError(f"step {step}: {name} has {bad} non-finite value(s) of {tensor.numel()} "
-                             f"(shape {tuple(tensor.shape)})")
+        raise NonFiniteError(_non_finite_message(name, step, bad, tensor.numel(), tuple(tensor.shape)))
+
+
+class FiniteGuard:
+    """The non-finite guard of a sampling loop, without a host sync per step.
+
+    :meth:`watch` counts a tensor's finite values on its own device and writes the count into a
+    preallocated slot (no value comes back to the host, so a GPU's queue never waits and the step
+    stays capturable); only the name, step, shape and size of each slot are kept on the host.
+    :meth:`check` reads every slot written since the last check in one transfer and raises the
+    :class:`NonFiniteError` of the *first* watched tensor holding NaN or inf, in the order they
+    were watched: the same step, tensor and message as :func:`check_finite` called at each watch.
+
+    The samplers check once per batch, before returning the images (nothing non-finite is ever
+    returned, so never written), and before each callback (which may read the values). Once per
+    batch rather than every k steps: the images are read back at the end of the batch anyway, so the
+    check costs no extra sync; a NaN only wastes the rest of that batch's steps, and only when it
+    already fails.
+    """
+
+    def __init__(self, capacity: int = 64):
+        self._capacity = max(1, int(capacity))
+        self._finite_counts: torch.Tensor | None = None  # int64 on the watched tensors' device
+        self._watched: list[tuple[str, int, tuple[int, ...], int]] = []  # name, step, shape, numel per slot
+
+    def watch(self, name: str, tensor: torch.Tensor | None, step: int) -> None:
+        """Record ``tensor``'s count of finite values for :meth:`check` (None: nothing to watch)."""
+        if tensor is None:
+            return
+        slot = len(self._watched)
+        counts = self._finite_counts
+        if counts is None or counts.device != tensor.device:
+            if counts is not None and slot:
+                self.check()  # slots live on one device; a tensor on another (rare) flushes them first
+                slot = 0
+            counts = self._finite_counts = torch.empty(self._capacity, dtype=torch.int64, device=tensor.device)
+        elif slot == counts.numel():  # grow on the device: a copy, not a read
+            grown = torch.empty(2 * slot, dtype=torch.int64, device=tensor.device)
+            grown[:slot] = counts
+            counts = self._finite_counts = grown
+        counts[slot] = torch.isfinite(tensor.detach()).sum()
+        self._watched.append((name, step, tuple(tensor.shape), tensor.numel()))
+
+    def check(self) -> None:
+        """Raise :class:`NonFiniteError` for the first watched tensor that held NaN or inf (one host
+        read for all slots since the last check), then start over with no slots."""
+        watched, self._watched = self._watched, []
+        if not watched:
+            return
+        finite_counts = self._finite_counts[:len(watched)].tolist()
+        for (name, step, shape, numel), finite in zip(watched, finite_counts):
+            if finite != numel:
+                raise NonFiniteError(_non_finite_message(name, step, numel - finite, numel, shape))
