@@ -159,9 +159,10 @@ def test_the_counter_sees_each_kind_of_host_read():
 # --- the guard: same stop, same message, one read ---------------------------------------------------
 
 def test_guard_names_the_first_bad_step_and_tensor_like_the_per_step_check():
-    good, bad = torch.ones(2, 3), torch.tensor([[1.0, float("nan"), float("inf")], [0.0, 1.0, 2.0]])
-    watched = [("denoiser output", good, 5), ("guidance gradient", good, 5), ("guided mean", bad, 4),
-               ("denoiser output", bad, 3)]
+    good = torch.ones(2, 3)
+    nan, inf, minus_inf = (torch.tensor([[1.0, value, 2.0], [0.0, 1.0, 2.0]]) for value in (float("nan"), float("inf"), -float("inf")))
+    watched = [("denoiser output", good, 5), ("guidance gradient", -good, 5), ("guided mean", inf, 4),
+               ("denoiser output", nan, 3), ("classifier logits", minus_inf, 3)]
     guard = FiniteGuard(capacity=1)  # grows on the device past its first slot
     for name, tensor, step in watched:
         guard.watch(name, tensor, step)
@@ -170,8 +171,12 @@ def test_guard_names_the_first_bad_step_and_tensor_like_the_per_step_check():
     with pytest.raises(NonFiniteError) as per_step:
         for name, tensor, step in watched:
             check_finite(name, tensor, step)
-    assert str(stopped.value) == str(per_step.value) == \
-        "step 4: guided mean has 2 non-finite value(s) of 6 (shape (2, 3))"
+    assert str(per_step.value).startswith("step 4: guided mean has 1 non-finite")
+    assert str(stopped.value) == "step 4: guided mean has non-finite value(s) (NaN or inf; shape (2, 3))"
+    for name, tensor, step in watched[3:]:  # NaN and -inf trip it as well as inf
+        guard.watch(name, tensor, step)
+        with pytest.raises(NonFiniteError, match=f"^step {step}: {name} has non-finite"):
+            guard.check()
 
 
 def test_guard_reads_the_host_once_per_check_and_passes_finite_tensors():
@@ -184,7 +189,7 @@ def test_guard_reads_the_host_once_per_check_and_passes_finite_tensors():
     assert sum(reads.values()) == 1
     guard.check()  # nothing watched since: nothing read, nothing raised
     guard.watch("denoiser output", torch.tensor([float("inf")]), 7)
-    with pytest.raises(NonFiniteError, match=r"^step 7: denoiser output has 1 non-finite"):
+    with pytest.raises(NonFiniteError, match=r"^step 7: denoiser output has non-finite"):
         guard.check()
 
 
