@@ -187,6 +187,39 @@ def summary(wall: dict, cpu: dict, batch: int, steps: int, rounds: int, checkout
     )
 
 
+def components(checkout: Path, batch: int, repeats: int = 12) -> dict:
+    """Where the two loops can differ, each timed alone (process time, interleaved, ``repeats`` times):
+    one forward of each network (and whether their outputs are bitwise equal), offshelf's per-sample
+    noise against one ``randn_like``, and the guard's ``sum(t·0)`` against the per-step check it
+    replaced, ``bool(isfinite(t).all())``, on a denoiser output."""
+    script_util = import_guided_diffusion(checkout)
+    golden = torch.load(FIXTURE, map_location="cpu", weights_only=True)
+    ours = create_unet(**golden["flags"]).eval().requires_grad_(False)
+    ours.load_state_dict(golden["state_dict"], strict=True)
+    theirs = script_util.create_model(**golden["flags"]).eval().requires_grad_(False)
+    theirs.load_state_dict(golden["state_dict"], strict=True)
+    size = golden["flags"]["image_size"]
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
+    t, y = torch.full((batch,), 500), torch.arange(batch)
+    rng = StackedRandomGenerator(range(batch))
+    with torch.no_grad():
+        output = ours(x, t, y)
+        parts = {"offshelf_forward": lambda: ours(x, t, y), "guided_diffusion_forward": lambda: theirs(x, t, y),
+                 "per_sample_noise": lambda: rng.randn_like(x), "one_randn_like": lambda: torch.randn_like(x),
+                 "guard_sum_times_zero": lambda: (output * 0).sum(),
+                 "isfinite_all_read": lambda: bool(torch.isfinite(output).all())}
+        times = {name: [] for name in parts}
+        for _ in range(repeats):
+            for name, fn in parts.items():
+                start = time.process_time()
+                fn()
+                times[name].append(time.process_time() - start)
+        equal = torch.equal(output, theirs(x, t, y))
+    return dict(batch=batch, repeats=repeats, threads=torch.get_num_threads(), load_average_end=os.getloadavg(),
+                networks_bitwise_equal=equal, min_ms={n: 1e3 * min(v) for n, v in times.items()},
+                median_ms={n: 1e3 * sorted(v)[len(v) // 2] for n, v in times.items()})
+
+
 def markdown(result: dict) -> str:
     wall, cpu = result["min_wall_s"], result["min_cpu_s"]
     lines = [f"tiny ADM fixture, batch {result['batch']}, {result['steps']} steps, minimum of {result['rounds']} "
@@ -211,6 +244,8 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--check-atol", type=float, default=1e-6)
+    parser.add_argument("--components", action="store_true",
+                        help="instead of the loops: time each place they can differ alone (see components())")
     parser.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
     args = parser.parse_args(argv)
     if args.guided_diffusion is None:
@@ -219,6 +254,10 @@ def main(argv=None):
         parser.error("--batch, --steps and --rounds must be >= 1")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.components:
+        result = components(args.guided_diffusion, args.batch)
+        print(json.dumps(result, indent=2))
+        return
 
     def after_round(result):
         print(f"round {result['rounds']}: offshelf / guided-diffusion unguided {result['ratio_unguided']:.3f}, "
