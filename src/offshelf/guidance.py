@@ -13,7 +13,8 @@ The pieces a sampler combines:
   :func:`dit_guidance_weight` (Algorithm 3).
 * :class:`Guidance` -- the one value carrying every sampler's guidance knobs;
   :func:`cfg_combine` -- the one classifier-free combination ``ε_u + w·(ε_c − ε_u)``.
-* :func:`check_finite` -- samplers stop at the first NaN or inf instead of writing black images.
+* :class:`FiniteGuard` -- samplers stop at the first NaN or inf instead of writing black images,
+  read back once per batch rather than once per step; :func:`check_finite` -- the one-off check.
 """
 
 from __future__ import annotations
@@ -283,8 +284,65 @@ class NonFiniteError(FloatingPointError):
 
 
 def check_finite(name: str, tensor: torch.Tensor | None, step: int) -> None:
-    """Raise :class:`NonFiniteError` naming ``name`` and ``step`` if ``tensor`` holds NaN or inf."""
+    """Raise :class:`NonFiniteError` naming ``name`` and ``step`` if ``tensor`` holds NaN or inf.
+
+    Reads the answer back to the host at once (a device sync on a GPU): for one-off checks. A
+    sampling loop records its tensors in a :class:`FiniteGuard` instead and reads them once."""
     if tensor is not None and not bool(torch.isfinite(tensor).all()):
         bad = int((~torch.isfinite(tensor)).sum())
         raise NonFiniteError(f"step {step}: {name} has {bad} non-finite value(s) of {tensor.numel()} "
                              f"(shape {tuple(tensor.shape)})")
+
+
+class FiniteGuard:
+    """The non-finite guard of a sampling loop, without a host sync per step.
+
+    :meth:`watch` reduces a tensor to one number on its own device, ``sum(t · 0)``: exactly 0 when
+    every value is finite (x · 0 = ±0), NaN as soon as one is NaN or ±inf (inf · 0 = NaN), and
+    writes it into a preallocated slot. No value comes back to the host, so a GPU's queue never
+    waits and the step stays capturable; only the name, step and shape of each slot are kept on
+    the host. (Two elementwise passes: ``isfinite`` is four on a CPU, and several times slower.)
+    :meth:`check` reads every slot written since the last check in one transfer and raises the
+    :class:`NonFiniteError` of the *first* watched tensor holding NaN or inf, in the order they
+    were watched: the step and tensor :func:`check_finite` called at each watch would have named.
+
+    The samplers check once per batch, before returning the images (nothing non-finite is ever
+    returned, so never written), and before each callback (which may read the values). Once per
+    batch rather than every k steps: the images are read back at the end of the batch anyway, so the
+    check costs no extra sync; a NaN only wastes the rest of that batch's steps, and only when it
+    already fails.
+    """
+
+    def __init__(self, capacity: int = 64):
+        self._capacity = max(1, int(capacity))
+        self._sums: torch.Tensor | None = None  # float64 sum(t·0) per slot, on the watched tensors' device
+        self._watched: list[tuple[str, int, tuple[int, ...]]] = []  # name, step, shape per slot
+
+    def watch(self, name: str, tensor: torch.Tensor | None, step: int) -> None:
+        """Record whether ``tensor`` is all finite, for :meth:`check` (None: nothing to watch)."""
+        if tensor is None:
+            return
+        slot = len(self._watched)
+        sums = self._sums
+        if sums is None or sums.device != tensor.device:
+            if sums is not None and slot:
+                self.check()  # slots live on one device; a tensor on another (rare) flushes them first
+                slot = 0
+            sums = self._sums = torch.empty(self._capacity, dtype=torch.float64, device=tensor.device)
+        elif slot == sums.numel():  # grow on the device: a copy, not a read
+            grown = torch.empty(2 * slot, dtype=torch.float64, device=tensor.device)
+            grown[:slot] = sums
+            sums = self._sums = grown
+        sums[slot] = (tensor.detach() * 0).sum()
+        self._watched.append((name, step, tuple(tensor.shape)))
+
+    def check(self) -> None:
+        """Raise :class:`NonFiniteError` for the first watched tensor that held NaN or inf (one host
+        read for all slots since the last check), then start over with no slots."""
+        watched, self._watched = self._watched, []
+        if not watched:
+            return
+        sums = self._sums[:len(watched)].tolist()
+        for (name, step, shape), total in zip(watched, sums):
+            if total != 0:  # NaN: the sum of zeros is zero
+                raise NonFiniteError(f"step {step}: {name} has non-finite value(s) (NaN or inf; shape {shape})")

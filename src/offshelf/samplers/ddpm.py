@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 
 from offshelf.diffusion import GaussianDiffusion
-from offshelf.guidance import Guidance, adm_guidance_weight, calibrated_gradient, cfg_combine, check_finite
+from offshelf.guidance import FiniteGuard, Guidance, adm_guidance_weight, calibrated_gradient, cfg_combine
 from offshelf.seeding import StackedRandomGenerator
 
 StepCallback = Callable[..., None]
@@ -56,8 +56,10 @@ def ddpm_sample(model, rng: StackedRandomGenerator, diffusion: GaussianDiffusion
     guiding toward ``guidance.label`` (default ``y``); its ``schedule`` must be ``'adm'`` or None.
     ``cfg_scale`` (with the model's ``null_label``): classifier-free guidance. ``recurrent_steps``:
     r passes per step. ``callback(step=k, x_t=, pred_xstart=, grad=, logits=)`` sees every step,
-    for calibration and gradient figures. A NaN or inf in the network output, the logits or the
-    gradient raises :class:`~offshelf.guidance.NonFiniteError` naming the step.
+    for calibration and gradient figures. A NaN or inf in the network output, the logits, the
+    gradient or the guided mean raises :class:`~offshelf.guidance.NonFiniteError` naming the first
+    such step and tensor: recorded on the device (:class:`~offshelf.guidance.FiniteGuard`) and read
+    once per batch, before returning, and before each callback.
     """
     if recurrent_steps < 1:
         raise ValueError(f"recurrent_steps must be >= 1, got {recurrent_steps}")
@@ -75,37 +77,46 @@ def ddpm_sample(model, rng: StackedRandomGenerator, diffusion: GaussianDiffusion
         from tqdm.auto import tqdm
         steps = tqdm(steps, desc="ddpm", leave=False)
 
+    guard = FiniteGuard(capacity=4 * recurrent_steps * diffusion.num_steps)
     x_next = rng.randn(shape)
     for k in steps:
         x_cur = x_next
         for r in range(recurrent_steps):
             x_next, info, sigma_max = ddpm_step(model, diffusion, x_cur, k, rng, y=y, guidance=guidance,
                                                 sigma_max=sigma_max, cfg_scale=cfg_scale, null_label=null_label,
-                                                clip_denoised=clip_denoised)
+                                                clip_denoised=clip_denoised, guard=guard)
             if r + 1 == recurrent_steps or k == 0:
                 break
             # Time travel (Universal Guidance): re-noise x_{k-1} back to x_k and take the step again.
             x_cur = diffusion.renoise(x_next, k, rng.randn_like(x_next))
         if callback is not None:
+            guard.check()  # a callback may read the values: it never sees a NaN
             callback(step=k, x_t=x_cur, **info)
+    guard.check()
     return x_next
 
 
 def ddpm_step(model, diffusion: GaussianDiffusion, x_cur: torch.Tensor, k: int, rng: StackedRandomGenerator, *,
               y: torch.Tensor | None = None, guidance: Guidance | None = None, sigma_max: float = 0.0,
               cfg_scale: float | None = None, null_label: int | None = None,
-              clip_denoised: bool = True) -> tuple[torch.Tensor, dict, float]:
+              clip_denoised: bool = True, guard: FiniteGuard | None = None,
+              ) -> tuple[torch.Tensor, dict, float | torch.Tensor]:
     """One step x_k → x_{k−1} of Algorithm 1. Returns ``(x_{k−1}, info, Σ_max)``; ``info`` holds
     ``pred_xstart``, ``grad`` and ``logits`` for callbacks. ``sigma_max`` is Σ_max so far (the
-    running max with ``sigma_max_mode`` 'official' or None, else held fixed)."""
+    running max with ``sigma_max_mode`` 'official' or None, else held fixed); the running max is
+    kept as a 0-dim float64 tensor on x's device, since reading Σ[0,0,0,0] would sync the host.
+    ``guard``: the loop's :class:`~offshelf.guidance.FiniteGuard`, which records the step's tensors
+    for the caller to check; without one the step checks its own before returning."""
     t = diffusion.model_timesteps(k, x_cur.shape[0], x_cur.device)
     g = guidance.at(k) if guidance is not None else None
     target = (guidance.label if guidance.label is not None else y) if guidance is not None else None
     grad = logits = None
+    own_guard = guard is None
+    guard = FiniteGuard() if own_guard else guard
 
     def posterior(x_in):  # (ε, v) = model(x_k, τ_k, y); x̂0 clamped; μ, Σ of q(x_{k−1} | x̂0, x_k)
         output = model_output(model, diffusion, x_in, k, y, cfg_scale, null_label)
-        check_finite("denoiser output", output, k)
+        guard.watch("denoiser output", output, k)
         return diffusion.p_mean_variance(output, x_in, k, clip_denoised)
 
     if g is not None and guidance.through_denoiser:
@@ -128,17 +139,22 @@ def ddpm_step(model, diffusion: GaussianDiffusion, x_cur: torch.Tensor, k: int, 
 
     mean = out.mean
     if grad is not None:
-        check_finite("classifier logits", logits, k)
-        check_finite("guidance gradient", grad, k)
-        # Eq. 5: μ' = μ + (Σ_k + max(γ·sin(πk/T)·Σ_max, 0)) ⊙ s·g, Σ_max a running max of Σ[0,0,0,0].
+        guard.watch("classifier logits", logits, k)
+        guard.watch("guidance gradient", grad, k)
+        # Eq. 5: μ' = μ + (Σ_k + max(γ·sin(πk/T)·Σ_max, 0)) ⊙ s·g, Σ_max a running max of Σ[0,0,0,0],
+        # taken in float64 on the device: the same number as Python's max of the float32 value.
         if guidance.sigma_max_mode in (None, "official"):
-            sigma_max = max(sigma_max, float(out.variance[0, 0, 0, 0]))
+            variance_now = out.variance[0, 0, 0, 0].double()
+            sigma_max = (torch.maximum(sigma_max, variance_now) if torch.is_tensor(sigma_max)
+                         else variance_now.clamp_min(sigma_max))
         weight = adm_guidance_weight(out.variance, k, diffusion.num_steps, sigma_max, guidance.sine_factor)
         mean = mean + weight * (guidance.scale * grad)
-        check_finite("guided mean", mean, k)
+        guard.watch("guided mean", mean, k)
     # x_{k−1} = μ' + 1[k>0]·sqrt(Σ_k)·z
     noise = rng.randn_like(x_cur)
     x_prev = mean + (k > 0) * torch.exp(0.5 * out.log_variance) * noise
+    if own_guard:
+        guard.check()
     return x_prev.detach(), dict(pred_xstart=out.pred_xstart, grad=grad, logits=logits), sigma_max
 
 

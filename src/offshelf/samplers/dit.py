@@ -41,7 +41,7 @@ import torch
 
 from offshelf.backbones.dit import LATENT_SCALE
 from offshelf.diffusion import GaussianDiffusion
-from offshelf.guidance import (CFGOutput, Guidance, calibrated_gradient, cfg_combine, check_finite,
+from offshelf.guidance import (CFGOutput, FiniteGuard, Guidance, calibrated_gradient, cfg_combine,
                                dit_guidance_weight)
 from offshelf.seeding import StackedRandomGenerator
 
@@ -112,27 +112,31 @@ def decoder_gradient(guidance, vae, x0: torch.Tensor, target: torch.Tensor, t: t
 def dit_step(model, vae, diffusion: GaussianDiffusion, z: torch.Tensor, k: int, y: torch.Tensor,
              noise: torch.Tensor, *, guidance: Guidance | None = None, cfg_scale: float = 1.5,
              cfg_channels: int = 3, sigma_max: float | None = None,
-             latent_scale: float = LATENT_SCALE) -> tuple[torch.Tensor, dict]:
+             latent_scale: float = LATENT_SCALE, guard: FiniteGuard | None = None) -> tuple[torch.Tensor, dict]:
     """One reverse step z_k → z_{k−1} (module docstring). ``sigma_max``: Σ_max (default β of the
     first step). Returns ``(z_prev, info)`` with ``info``: pred_xstart (ẑ0 from ε_cfg),
-    guided_xstart (from ε̃), grad (ĝ), logits, weight."""
+    guided_xstart (from ε̃), grad (ĝ), logits, weight. ``guard``: the loop's
+    :class:`~offshelf.guidance.FiniteGuard`, which records the step's tensors for the caller to
+    check; without one the step checks its own before returning."""
     t = diffusion.model_timesteps(k, z.shape[0], z.device)
     null_label = getattr(model, "null_label", None)
     if null_label is None:
         raise ValueError("model needs a null_label attribute (the unconditional class); wrap DiT in DiTDenoiser")
+    own_guard = guard is None
+    guard = FiniteGuard() if own_guard else guard
     with torch.no_grad():
         if cfg_scale == 1.0 and guidance is None:
             cfg = CFGOutput(model(z, t, y), None, None)
         else:
             cfg = cfg_denoise(model, z, t, y, null_label, cfg_scale, cfg_channels)
-        check_finite("denoiser output", cfg.output, k)
+        guard.watch("denoiser output", cfg.output, k)
         out = diffusion.p_mean_variance(cfg.output, z, k, clip_denoised=False)
     info = dict(pred_xstart=out.pred_xstart, guided_xstart=out.pred_xstart, grad=None, logits=None, weight=None)
     if guidance is not None:
         target = y if guidance.label is None else guidance.label
         grad, logits = decoder_gradient(guidance.at(k), vae, out.pred_xstart, target, t, latent_scale)
-        check_finite("classifier logits", logits, k)
-        check_finite("guidance gradient", grad, k)
+        guard.watch("classifier logits", logits, k)
+        guard.watch("guidance gradient", grad, k)
         grad = grad[:, :cfg_channels]
         grad = grad * _per_sample_norm(cfg.delta) / _per_sample_norm(grad).clamp_min(1e-12)
         sigma_max = float(diffusion.betas[-1]) if sigma_max is None else sigma_max
@@ -143,6 +147,8 @@ def dit_step(model, vae, diffusion: GaussianDiffusion, z: torch.Tensor, k: int, 
         out = diffusion.p_mean_variance(guided, z, k, clip_denoised=False)
         info.update(guided_xstart=out.pred_xstart, grad=grad, logits=logits, weight=weight)
     z_prev = out.mean + (k > 0) * torch.exp(0.5 * out.log_variance) * noise
+    if own_guard:
+        guard.check()
     return z_prev.detach(), info
 
 
@@ -173,6 +179,7 @@ def dit_sample(model, rng: StackedRandomGenerator, diffusion: GaussianDiffusion,
     if guidance is not None and guidance.label is not None:
         guidance = replace(guidance, label=torch.as_tensor(guidance.label, device=z.device).long())
     sigma_max = float(diffusion.betas[-1])
+    guard = FiniteGuard(capacity=3 * diffusion.num_steps)
     steps = range(diffusion.num_steps - 1, -1, -1)
     if progress:
         from offshelf.extras import needs
@@ -182,10 +189,12 @@ def dit_sample(model, rng: StackedRandomGenerator, diffusion: GaussianDiffusion,
     for k in steps:
         z_prev, info = dit_step(model, vae, diffusion, z, k, y, rng.randn_like(z), guidance=guidance,
                                 cfg_scale=cfg_scale, cfg_channels=cfg_channels, sigma_max=sigma_max,
-                                latent_scale=latent_scale)
+                                latent_scale=latent_scale, guard=guard)
         if callback is not None:
+            guard.check()  # a callback may read the values: it never sees a NaN
             callback(step=k, x_t=z, **info)
         z = z_prev
+    guard.check()
     with torch.no_grad():
         images = decode(vae, z, latent_scale)
     return (images, z) if return_latents else images

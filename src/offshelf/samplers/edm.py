@@ -26,7 +26,7 @@ from typing import Callable
 
 import torch
 
-from offshelf.guidance import Guidance, SwitchedGuidance, check_finite, edm_step_size
+from offshelf.guidance import FiniteGuard, Guidance, SwitchedGuidance, edm_step_size
 from offshelf.seeding import StackedRandomGenerator
 
 StepCallback = Callable[..., None]
@@ -78,7 +78,11 @@ def edm_sample(net, latents: torch.Tensor, num_steps: int = 18, *, guidance: Gui
     Σ_max modes, a DiT schedule and ``through_denoiser`` are refused. ``S_churn > 0`` adds EDM's
     stochastic churn, drawn from ``rng``; when ``rng`` is given its noise is drawn every step as
     the official script does, even if multiplied by zero. ``callback(step=i, sigma=, x_t=,
-    pred_xstart=, grad=, logits=, guidance_input=, displacement=)`` sees every step.
+    pred_xstart=, grad=, logits=, guidance_input=, displacement=)`` sees every step. A NaN or inf
+    in the logits, the guidance displacement or a denoiser output raises
+    :class:`~offshelf.guidance.NonFiniteError` naming the first such step and tensor (recorded on
+    the device by a :class:`~offshelf.guidance.FiniteGuard`, read before returning and before each
+    callback).
     """
     if guidance is not None:
         guidance.require("edm_sample", sigma_max_mode=(None,), schedule=(None,), through_denoiser=(False,))
@@ -100,6 +104,10 @@ def edm_sample(net, latents: torch.Tensor, num_steps: int = 18, *, guidance: Gui
         target = guidance.label if guidance.label is not None else class_labels.argmax(dim=1)
 
     t_steps = time_steps(net, num_steps, sigma_min, sigma_max, rho, device=latents.device)
+    # The grid on the host once, for the churn window's comparisons: a comparison of a tensor
+    # element in the loop would read it back (a host sync) at every step.
+    t_host = t_steps.tolist()
+    guard = FiniteGuard(capacity=4 * num_steps)
     x_next = latents.to(torch.float64) * t_steps[0]
     steps = list(enumerate(zip(t_steps[:-1], t_steps[1:])))
     if progress:
@@ -114,10 +122,10 @@ def edm_sample(net, latents: torch.Tensor, num_steps: int = 18, *, guidance: Gui
         if guidance is not None:
             w_i = edm_step_size(i, num_steps, guidance.scale, guidance.sine_factor)
             g, u, g_raw, logits = guidance_displacement(guidance.classifier, x_cur, target, w_i)
-            check_finite("classifier logits", logits, i)
-            check_finite("guidance gradient", g, i)
+            guard.watch("classifier logits", logits, i)
+            guard.watch("guidance gradient", g, i)
 
-        gamma = min(S_churn / num_steps, math.sqrt(2) - 1) if S_min <= t_cur <= S_max else 0
+        gamma = min(S_churn / num_steps, math.sqrt(2) - 1) if S_min <= t_host[i] <= S_max else 0
         t_hat = net.round_sigma(t_cur + gamma * t_cur)
         x_hat = x_cur
         if rng is not None:
@@ -127,16 +135,18 @@ def edm_sample(net, latents: torch.Tensor, num_steps: int = 18, *, guidance: Gui
 
         with torch.no_grad():
             denoised = net(x_hat, t_hat, class_labels).to(torch.float64)
-            check_finite("denoiser output", denoised, i)
+            guard.watch("denoiser output", denoised, i)
             d_cur = (x_hat - denoised) / t_hat
             x_next = x_hat + (t_next - t_hat) * d_cur
             if i < num_steps - 1:
                 denoised_next = net(x_next, t_next, class_labels).to(torch.float64)
-                check_finite("denoiser output (Heun correction)", denoised_next, i)
+                guard.watch("denoiser output (Heun correction)", denoised_next, i)
                 d_prime = (x_next - denoised_next) / t_next
                 x_next = x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)
 
         if callback is not None:
-            callback(step=i, sigma=float(t_cur), x_t=x_cur, pred_xstart=denoised, grad=g_raw, logits=logits,
+            guard.check()  # a callback may read the values: it never sees a NaN
+            callback(step=i, sigma=t_host[i], x_t=x_cur, pred_xstart=denoised, grad=g_raw, logits=logits,
                      guidance_input=u, displacement=g)
+    guard.check()
     return x_next
