@@ -102,6 +102,12 @@ class GaussianDiffusion:
         self.posterior_log_variance_clipped = np.log(np.append(self.posterior_variance[1], self.posterior_variance[1:]))
         self.posterior_mean_coef1 = betas * np.sqrt(acp) / (1.0 - ac)
         self.posterior_mean_coef2 = (1.0 - acp) * np.sqrt(alphas) / (1.0 - ac)
+        self.log_betas = np.log(betas)
+        self.fixed_large_variance = np.append(self.posterior_variance[1], betas[1:])
+        self.fixed_large_log_variance = np.log(self.fixed_large_variance)
+        # float32 copies of the schedule arrays, one per (array, device), made on first use: a step
+        # then reads its coefficients by indexing instead of building ~8 new tensors (same values)
+        self._tensors: dict[tuple[int, str], tuple[np.ndarray, torch.Tensor]] = {}
 
     @classmethod
     def respaced(cls, num_train_steps: int = 1000, spacing: str | int = "250", schedule: str = "linear",
@@ -117,7 +123,13 @@ class GaussianDiffusion:
         return cls(np.array(betas), kept, variance_type)
 
     def _at(self, arr: np.ndarray, k: int, like: torch.Tensor) -> torch.Tensor:
-        return torch.tensor(arr[k], dtype=torch.float64).float().to(like.device)
+        """``arr[k]`` as a float32 0-dim tensor on ``like``'s device (rounded from float64, as ADM's
+        ``_extract_into_tensor``). ``arr`` is one of this schedule's own arrays."""
+        key = (id(arr), str(like.device))
+        cached = self._tensors.get(key)
+        if cached is None or cached[0] is not arr:  # the array is kept in the entry: its id stays its own
+            cached = self._tensors[key] = (arr, torch.tensor(arr, dtype=torch.float64).float().to(like.device))
+        return cached[1][k]
 
     def model_timesteps(self, k: int, batch: int, device) -> torch.Tensor:
         return torch.full((batch,), self.timestep_map[k], dtype=torch.long, device=device)
@@ -149,7 +161,7 @@ class GaussianDiffusion:
                 raise ValueError(f"learned_range variance needs {2 * c} output channels, got {model_output.shape[1]}")
             eps, v = model_output[:, :c], model_output[:, c:]
             min_log = self._at(self.posterior_log_variance_clipped, k, x_t)
-            max_log = self._at(np.log(self.betas), k, x_t)
+            max_log = self._at(self.log_betas, k, x_t)
             frac = (v + 1) / 2
             log_variance = frac * max_log + (1 - frac) * min_log
             variance = torch.exp(log_variance)
@@ -158,8 +170,7 @@ class GaussianDiffusion:
                 raise ValueError(f"{self.variance_type} variance needs {c} output channels, got {model_output.shape[1]}")
             eps = model_output
             if self.variance_type == "fixed_large":
-                var = np.append(self.posterior_variance[1], self.betas[1:])
-                log_var = np.log(var)
+                var, log_var = self.fixed_large_variance, self.fixed_large_log_variance
             else:
                 var, log_var = self.posterior_variance, self.posterior_log_variance_clipped
             variance = self._at(var, k, x_t).expand_as(x_t)
