@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from digits_family import load_digits_family  # beside this script
 
 from offshelf import statistics
-from offshelf.backends.digits import DigitsBackend
 from offshelf.metrics import extract_features, feature_statistics, frechet_distance
 from offshelf.settings import Setting
 from offshelf.stages import sample_shard
@@ -67,15 +67,9 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    backend = DigitsBackend()
-    family = Setting(regime=args.regime, network=args.network)
-    guiding = {role: f"{args.models}/{source.role}.pt" for role, source in backend.files(family).items()}
-    judging = {"evaluator": f"{args.models}/evaluator.pt"}
-    sampling = {"respacing": args.respacing, "variance": "fixed_large"}
-    models = backend.load(guiding, sampling, family)
-    extractor = backend.feature_extractor(judging)
-    reference = backend.reference_features(judging, extractor, {"reference_split": "train"})
-    ref = feature_statistics(reference["features"])
+    digits = load_digits_family(args.models, args.regime, args.network, args.respacing)
+    backend, guiding, judging, sampling = digits.backend, digits.guiding, digits.judging, digits.sampling
+    models, extractor, reference, ref = digits.models, digits.extractor, digits.reference, digits.reference_statistics
 
     def fid_of(setting: Setting, first_seed: int = 0) -> tuple[float, np.ndarray, float]:
         seeds = list(range(first_seed, first_seed + args.samples))
