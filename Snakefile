@@ -84,3 +84,12 @@ rule all:
         # config.yaml's docs/results.md: the report's tables on the results page (publish.smk)
         config.get("results_doc", []),
     default_target: True
+
+
+if PLAN.pareto is not None:
+
+    # quality per unit of compute (workflow/rules/pareto.smk): a named target, not in `all`
+    rule pareto:
+        input:
+            f"{EXP}/pareto/README.md",
+        localrule: True

@@ -4,12 +4,6 @@
 
 if PLAN.pareto is not None:
 
-    rule pareto:
-        input:
-            f"{EXP}/pareto/README.md",
-        localrule: True
-
-
     rule pareto_report:
         input:
             metrics=expand(f"{EXP}/metrics/{{e}}.json", e=sorted(PLAN.pareto.evaluations)),
