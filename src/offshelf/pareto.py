@@ -25,7 +25,7 @@ from offshelf.atomic import save_csv, save_text
 from offshelf.compute import WORK_KEYS
 from offshelf.planning.rows import evaluation_name, table_rows
 from offshelf.settings import Setting
-from offshelf.tables import add_paired_differences, cell, table_frame
+from offshelf.tables import CORRECTED_LEGEND, add_paired_differences, add_reported_estimates, cell, table_frame
 
 TABLE = "pareto"
 LEGEND = ("Per sample: `denoiser` evaluations (CFG's two halves count two), classifier `fwd`/`bwd` passes "
@@ -65,8 +65,12 @@ def pareto_frame(plan_config: dict, metric_files: Sequence[str], feature_files: 
         by_name.update({s.name: s for s in row.candidates})
     frame = pd.concat(parts, ignore_index=True)
     n_eval = rows[0].num_samples or all_samples
-    frame = add_paired_differences(frame, lambda setting: _replicates(
-        features.get(evaluation_name(plan_config, setting, n_eval))))
+    def replicates(setting: str) -> dict | None:
+        return _replicates(features.get(evaluation_name(plan_config, setting, n_eval)))
+
+    # what each cell prints, inside its own interval (the bias-corrected FID where the plain one is
+    # not); the front and the figure use the same numbers as the table
+    frame = add_reported_estimates(add_paired_differences(frame, replicates), replicates)
     for key in WORK_KEYS:
         frame[key] = math.nan
     frame["front"] = False
@@ -81,7 +85,7 @@ def pareto_frame(plan_config: dict, metric_files: Sequence[str], feature_files: 
     for regime in dict.fromkeys(frame["regime"]):
         done = frame[(frame["regime"] == regime) & (frame["status"] == "ok")]
         if not done.empty:
-            frame.loc[done.index, "front"] = on_front(done["denoiser"].tolist(), done["fid"].tolist())
+            frame.loc[done.index, "front"] = on_front(done["denoiser"].tolist(), done["fid_shown"].tolist())
     return frame
 
 
@@ -117,7 +121,7 @@ def pareto_markdown(frame: pd.DataFrame, title: str) -> str:
             "seconds", "front"]
     lines = [f"**{title}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for regime in dict.fromkeys(frame["regime"]):
-        part = frame[frame["regime"] == regime].sort_values(["denoiser", "fid"], na_position="last")
+        part = frame[frame["regime"] == regime].sort_values(["denoiser", "fid_shown"], na_position="last")
         for _, line in part.iterrows():
             label = line["row"] + (" (baseline)" if bool(line.get("baseline")) else "")
             if line["status"] != "ok":
@@ -127,7 +131,8 @@ def pareto_markdown(frame: pd.DataFrame, title: str) -> str:
             cells += [_fmt(line[k]) for k in WORK_KEYS]
             cells += [_fmt(line["seconds_per_sample"]), "yes" if line["front"] else ""]
             lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines + ["", LEGEND]) + "\n"
+    legend = [LEGEND] + ([CORRECTED_LEGEND] if any("†" in line for line in lines) else [])
+    return "\n".join(lines + [""] + legend) + "\n"
 
 
 def pareto_figure(frame: pd.DataFrame, path: str | Path) -> None:
@@ -146,15 +151,14 @@ def pareto_figure(frame: pd.DataFrame, path: str | Path) -> None:
     for ax, regime in zip(axes[0], regimes):
         done = frame[(frame["regime"] == regime) & (frame["status"] == "ok")].sort_values("denoiser")
         for _, line in done.iterrows():
-            lo, hi = line.get("fid_lo", math.nan), line.get("fid_hi", math.nan)
-            err = [[line["fid"] - lo], [hi - line["fid"]]] if not (math.isnan(lo) or math.isnan(hi)) else None
-            ax.errorbar(line["denoiser"], line["fid"], yerr=err, fmt="o", capsize=3,
+            fid, lo, hi = line["fid_shown"], line.get("fid_lo", math.nan), line.get("fid_hi", math.nan)
+            err = [[fid - lo], [hi - fid]] if not (math.isnan(lo) or math.isnan(hi)) else None
+            ax.errorbar(line["denoiser"], fid, yerr=err, fmt="o", capsize=3,
                         color="C3" if line["front"] else "C0", mfc="C3" if line["front"] else "white")
-            ax.annotate(line["row"], (line["denoiser"], line["fid"]), textcoords="offset points", xytext=(5, 4),
-                        fontsize=7)
+            ax.annotate(line["row"], (line["denoiser"], fid), textcoords="offset points", xytext=(5, 4), fontsize=7)
         front = done[done["front"]]
         if not front.empty:
-            ax.step(front["denoiser"], front["fid"], where="post", color="C3", lw=1, label="Pareto front")
+            ax.step(front["denoiser"], front["fid_shown"], where="post", color="C3", lw=1, label="Pareto front")
             ax.legend(loc="upper right", fontsize=8)
         ax.set_xscale("log")
         ax.set_xlabel("denoiser evaluations per sample (log scale)")
