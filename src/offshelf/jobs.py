@@ -11,6 +11,7 @@ import time
 import traceback
 from pathlib import Path
 
+from offshelf import warm
 from offshelf.devices import claim_gpu
 
 
@@ -23,6 +24,7 @@ class job_log:
         self.log_path, self.threads, self.gpus = log_path, max(1, int(threads)), int(gpus or 0)
 
     def __enter__(self):
+        self._startup_cpu, self._work_started_cpu = warm.startup_cpu_seconds(), warm.cpu_seconds()
         pin_cpu_threads(self.threads)
         self._stack = contextlib.ExitStack()
         self._log = None
@@ -45,8 +47,14 @@ class job_log:
         if failed and self._log is not None:
             traceback.print_exception(exc_type, exc, tb, file=self._log)
             self._log.flush()
+        if self._log is not None:  # what benchmarks/job_startup.py sums: the share start-up takes
+            print(f"{JOB_CPU_PREFIX} start-up {self._startup_cpu:.3f} s, work "
+                  f"{warm.cpu_seconds() - self._work_started_cpu:.3f} s ({warm.start_kind()})", file=self._log, flush=True)
         self._stack.close()
         return False
+
+
+JOB_CPU_PREFIX = "[offshelf] job CPU:"
 
 
 # The variables torch's (and numpy's BLAS) thread pools read when they start.

@@ -1,3 +1,7 @@
+from offshelf.warm import hand_off
+
+hand_off()  # from here on this script runs in a warm fork that has torch imported, or here, cold (offshelf.warm)
+
 from offshelf.diffusion import GaussianDiffusion
 from offshelf.jobs import job_log
 from offshelf.figures import gaussian_mixture_directions, guidance_schedules

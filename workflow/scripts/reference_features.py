@@ -1,3 +1,7 @@
+from offshelf.warm import hand_off
+
+hand_off()  # from here on this script runs in a warm fork that has torch imported, or here, cold (offshelf.warm)
+
 from offshelf import backends, stages
 from offshelf.atomic import save_npz
 from offshelf.jobs import job_log

@@ -1,3 +1,8 @@
+from offshelf.warm import hand_off
+
+if snakemake.params.evaluations:  # round 0 draws nothing and imports no torch: it runs here
+    hand_off()  # from here on this script runs in a warm fork that has torch imported, or here, cold (offshelf.warm)
+
 import json
 from pathlib import Path
 

@@ -1,3 +1,7 @@
+from offshelf.warm import hand_off
+
+hand_off()  # from here on this script runs in a warm fork that has torch imported, or here, cold (offshelf.warm)
+
 from offshelf.config import load_text2image_diffusers_config
 from offshelf.integrations.clip_schedules import run_config
 from offshelf.jobs import job_log
