@@ -380,6 +380,9 @@ def check_schema(config: dict[str, Any], schema_path: str | Path | None = None) 
     check_calibration(config)
     check_bootstrap(config)
     check_row_labels(config)
+    if "pareto_in_all" in config and "pareto" not in config:
+        raise ConfigError(f"config key 'pareto_in_all' = {config['pareto_in_all']}: the config has no 'pareto' "
+                          f"table to run (give one, or remove the key)")
 
 
 def check_row_labels(config: dict[str, Any]) -> None:

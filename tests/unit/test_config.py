@@ -40,6 +40,8 @@ def test_shipped_configs_are_valid(default_config):
     (lambda c: c["search"]["initial"].update(cond=[0, 1]), r"'search\.initial\.cond\.0' = 0"),
     (lambda c: c["tables"]["table6"]["rows"][0].update(S_churn=-1), r"tables\.table6\.rows\.0\.S_churn' = -1"),
     (lambda c: c["tables"]["table6"]["rows"][0].update(s_churn=40), r"\['s_churn'\].*S_churn"),
+    (lambda c: c.update(pareto_in_all="yes"), r"^config key 'pareto_in_all' = 'yes'"),
+    (lambda c: c.pop("pareto"), r"^config key 'pareto_in_all' = True: the config has no 'pareto' table to run"),
 ])
 def test_bad_config_names_the_key(default_config, mutate, expected):
     config = copy.deepcopy(default_config)
