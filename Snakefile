@@ -3,6 +3,7 @@
 #   snakemake --cores all --configfile config/ci.yaml              # tiny, for tests
 #   snakemake --cores all tune                                     # offshelf tune: the config's `tune` section
 #   snakemake --cores all pareto                                   # FID against compute: the config's `pareto` table
+#                                                                  # (in `all` where the config says pareto_in_all: true)
 #   snakemake --cores all text2image_diffusers                     # Figure 7 on a diffusers pipeline (docs/diffusers.md)
 #   snakemake --profile profiles/slurm-gpu --configfile config/imagenet128_ddpm.yaml   # Tables 1-7
 #   (config/imagenet64_edm.yaml: Table 8; config/imagenet256_dit.yaml: Table 9)
@@ -16,7 +17,8 @@ from offshelf.config import ConfigError, merge, read_config, validated_plan, wor
 from offshelf.devices import gpus_per_job
 from offshelf.planning.costs import describe_job_counts
 from offshelf.planning.plan import pareto_config
-from offshelf.planning.params import cache_dir, canonical, num_shards, pretrained_path, sampling_params, shard_seeds
+from offshelf.planning.params import (cache_dir, canonical, num_shards, pareto_in_all, pretrained_path, sampling_params,
+                                      shard_seeds)
 from offshelf.planning.searches import read_rounds
 from offshelf.settings import Setting, probe_setting
 
@@ -83,12 +85,15 @@ rule all:
         f"{EXP}/report/README.md",
         # config.yaml's docs/results.md: the report's tables on the results page (publish.smk)
         config.get("results_doc", []),
+        # quality per unit of compute, where the config puts it in `all` (config.yaml; not ci.yaml)
+        [f"{EXP}/pareto/README.md"] if pareto_in_all(config) else [],
     default_target: True
 
 
 if PLAN.pareto is not None:
 
-    # quality per unit of compute (workflow/rules/pareto.smk): a named target, not in `all`
+    # quality per unit of compute (workflow/rules/pareto.smk): a named target, and in `all` where
+    # the config's pareto_in_all says so
     rule pareto:
         input:
             f"{EXP}/pareto/README.md",

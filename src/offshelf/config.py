@@ -380,6 +380,9 @@ def check_schema(config: dict[str, Any], schema_path: str | Path | None = None) 
     check_calibration(config)
     check_bootstrap(config)
     check_row_labels(config)
+    if "pareto_in_all" in config and "pareto" not in config:
+        raise ConfigError(f"config key 'pareto_in_all' = {config['pareto_in_all']}: the config has no 'pareto' "
+                          f"table to run (give one, or remove the key)")
 
 
 def check_row_labels(config: dict[str, Any]) -> None:
@@ -563,11 +566,13 @@ def read_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any
     A file is complete, or names its base explicitly: ``base: config.yaml`` (a path relative to
     the file's own folder) reads that file first (itself read the same way, so bases chain) and
     lays this file's keys over it, mappings merged key by key, lists and values replaced. Nothing
-    else is merged in: a file without ``base`` is the whole config."""
+    else is merged in: a file without ``base`` is the whole config. A relative ``results_doc`` is
+    read from the folder of the file that names it (:func:`anchor_results_doc`)."""
     path = Path(path)
     config = read_yaml(path)
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    anchor_results_doc(config, path)
     if BASE_KEY not in config:
         return config
     base = config.pop(BASE_KEY)
@@ -580,6 +585,16 @@ def read_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any
     if not base_path.is_file():
         raise ConfigError(f"{path}: config key 'base' = {base!r}: no such file {base_path}")
     return merge(read_config(base_path, (*_seen, path.resolve())), config)
+
+
+def anchor_results_doc(config: dict[str, Any], path: Path) -> None:
+    """A relative ``results_doc`` names a page beside the config file that says so (config.yaml's
+    docs/results.md is the repository's page), not one in whatever folder a command runs in: made
+    relative to the file's own folder here, so that the workflow, ``offshelf plan`` and
+    ``check-config`` mean the same page from any working directory."""
+    page = config.get("results_doc")
+    if isinstance(page, str) and page and not Path(page).is_absolute():  # anything else: the schema's to refuse
+        config["results_doc"] = os.path.normpath(path.parent / page)
 
 
 def workflow_config_file(configfiles) -> Path:

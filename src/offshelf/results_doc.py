@@ -38,7 +38,8 @@ def check_results_doc(path: str | Path, key: str = "results_doc") -> None:
     """Refuse, before any job runs, a results page the workflow could not update."""
     where = f"config key {key!r} = {str(path)!r}"
     if not Path(path).is_file():
-        raise ResultsDocError(f"{where}: no such file (relative to the folder Snakemake runs in); expected a "
+        raise ResultsDocError(f"{where}: no such file (a config file's relative results_doc is read "
+                              f"from that file's folder); expected a "
                               f"Markdown page holding the marker lines {BEGIN!r} and {END!r}")
     marker_span(Path(path).read_text(), where)
 

@@ -223,12 +223,8 @@ def check_seed_labels(backend: HasShardFormat, path, seeds, labels) -> None:
     from offshelf.seeding import draw_labels  # torch: paid only by a backend that declares its labels
 
     expected = draw_labels([int(s) for s in seeds], backend.num_classes).numpy()
-    wrong = np.flatnonzero(np.asarray(labels) != expected)
-    if len(wrong):
-        i = int(wrong[0])
-        raise ValueError(f"{path}: {len(wrong)} of {len(labels)} labels are not the ones their seeds draw "
-                         f"(offshelf.seeding.draw_labels): seed {int(seeds[i])} has label {int(labels[i])}, its seed "
-                         f"draws {int(expected[i])} (labels reordered or from another shard?){RECOVER}")
+    _refuse_other_labels(path, labels, expected, "the ones their seeds draw (offshelf.seeding.draw_labels)",
+                         lambda i, got, want: f"seed {int(seeds[i])} has label {got}, its seed draws {want}")
 
 
 def check_chosen_labels(path, classes: np.ndarray, labels: np.ndarray) -> None:
@@ -238,12 +234,20 @@ def check_chosen_labels(path, classes: np.ndarray, labels: np.ndarray) -> None:
         raise ValueError(f"{path}: 'classes' is {classes.dtype} of shape {classes.shape}, expected the 1-D "
                          f"integer classes offshelf sample --classes chose{RECOVER}")
     expected = classes[np.arange(len(labels)) % len(classes)]
+    _refuse_other_labels(path, labels, expected,
+                         f"the classes the shard records ({classes.tolist()}, cycled over its samples)",
+                         lambda i, got, want: f"sample {i} has label {got}, expected {want}")
+
+
+def _refuse_other_labels(path, labels, expected, source: str, first_mismatch) -> None:
+    """One line naming the file, how many labels differ from ``expected`` (which ``source`` names)
+    and the first that does, as ``first_mismatch(index, label, expected label)`` words it."""
     wrong = np.flatnonzero(np.asarray(labels) != expected)
     if len(wrong):
         i = int(wrong[0])
-        raise ValueError(f"{path}: {len(wrong)} of {len(labels)} labels are not the classes the shard records "
-                         f"({classes.tolist()}, cycled over its samples): sample {i} has label {int(labels[i])}, "
-                         f"expected {int(expected[i])} (labels reordered or from another shard?){RECOVER}")
+        raise ValueError(f"{path}: {len(wrong)} of {len(labels)} labels are not {source}: "
+                         f"{first_mismatch(i, int(labels[i]), int(expected[i]))} "
+                         f"(labels reordered or from another shard?){RECOVER}")
 
 
 def seed_list(spec: Sequence[int]) -> list[int]:

@@ -5,7 +5,7 @@ call these, so a shard written by either is the same file."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -38,23 +38,35 @@ def load_models(backend: Backend, files: Mapping[str, str], sampling: Mapping[st
     return backend.load(verified_files(files, sources, checkpoints), sampling, setting)
 
 
-def resolve_batch_size(backend: Backend, models, setting: Setting, batch_size: int | str, count: int) -> int:
+def resolve_batch_size(backend: Backend, models, setting: Setting, batch_size: int | str, count: int,
+                       probed: dict | None = None) -> int:
     """``sampling.batch_size`` for a job of ``count`` samples: an int as it is; ``auto`` the largest
     batch that fits in free device memory (a short probe of this setting's sampling,
-    :func:`offshelf.levers.auto_batch_size`; on a CPU :data:`offshelf.levers.CPU_AUTO_BATCH`)."""
+    :func:`offshelf.levers.auto_batch_size`; on a CPU :data:`offshelf.levers.CPU_AUTO_BATCH`).
+
+    ``probed``: the sizes one job has found so far, for a job that samples one setting at several
+    scales on the same ``models`` (a search round): the probe's memory depends on the models, the
+    setting's sampler and ``count``, never on the guidance scale, so it runs once per job."""
     if batch_size != "auto":
         return int(batch_size)
+    key = (replace(setting, scale=Setting.scale), count)
+    if probed is not None and key in probed:
+        return probed[key]
     from offshelf.levers import auto_batch_size, probe_sampler
 
-    probe = probe_sampler(lambda probed, seeds: backend.sample(probed, setting, seeds), models)
-    return auto_batch_size(getattr(models, "device", "cpu"), probe, count)
+    probe = probe_sampler(lambda stopped, seeds: backend.sample(stopped, setting, seeds), models)
+    size = auto_batch_size(getattr(models, "device", "cpu"), probe, count)
+    if probed is not None:
+        probed[key] = size
+    return size
 
 
 def sample_shard(backend: Backend, models, setting: Setting, seeds: Sequence[int], batch_size: int | str,
                  progress: bool = False, labels: Sequence[int] | None = None,
-                 facts: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+                 facts: dict[str, Any] | None = None,
+                 probed: dict | None = None) -> tuple[np.ndarray, np.ndarray, float]:
     """uint8 NHWC images, labels and the wall seconds of one shard (``seeds``, in batches of
-    ``batch_size``: an int or ``auto``, :func:`resolve_batch_size`).
+    ``batch_size``: an int or ``auto``, :func:`resolve_batch_size`, which reuses ``probed``).
     ``labels``: the class of each seed's sample (``offshelf sample --classes``); default, and
     always in the workflow: the class each seed draws itself (the backend's ``sample``).
     ``facts``, when given, receives the batch size used and the networks' compile seconds (the shard records both).
@@ -66,7 +78,7 @@ def sample_shard(backend: Backend, models, setting: Setting, seeds: Sequence[int
     if reason:
         raise UnsupportedError(f"backend {backend.name!r} cannot run setting {setting.name}: {reason}")
     seeds = [int(s) for s in seeds]
-    batch_size = resolve_batch_size(backend, models, setting, batch_size, len(seeds))
+    batch_size = resolve_batch_size(backend, models, setting, batch_size, len(seeds), probed)
     chosen = None if labels is None else torch.as_tensor([int(c) for c in labels])
     start = time.perf_counter()
     images, labels = [], []
@@ -182,6 +194,22 @@ def evaluate_samples(judge: Judge, images: np.ndarray, labels: np.ndarray, secon
     result["judge"] = extractor.name
     result.update(judge.provenance)
     return result
+
+
+def evaluate_round(backend: Backend, models, judge: Judge, evaluations: Mapping[str, Mapping[str, Any]],
+                   batch_size: int | str, evaluation: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """A search round's job: each evaluation (name -> its setting's dict and its seeds) sampled and
+    judged; the metrics per name. Its settings are one setting at several scales, so ``auto``
+    probes the batch size once for the round (:func:`resolve_batch_size`)."""
+    probed: dict = {}
+    metrics = {}
+    for name, e in evaluations.items():
+        seeds = seed_list(e["seeds"])
+        images, labels, seconds = sample_shard(backend, models, Setting.from_dict(e["setting"]), seeds, batch_size,
+                                               probed=probed)
+        metrics[name] = evaluate_samples(judge, images, labels, seconds, evaluation, seeds, where=name)
+        print(f"{name}: FID {metrics[name]['fid']:.4g} on {metrics[name]['n']} samples (drawn in {seconds:.1f} s)")
+    return metrics
 
 
 def calibration_profile(backend: Backend, models, probe: Setting, calibration: Mapping[str, Any], batch_size: int | str,

@@ -570,8 +570,11 @@ def sampler(backend, models, batch_size: int, progress: bool = False) -> Callabl
     """``sample(setting, seeds)``: uint8 images through ``stages.sample_shard``, the workflow's own sampling path."""
     from offshelf import stages
 
+    probed: dict = {}  # the scale search samples one setting at many scales: `auto` probes once
+
     def sample(setting: Setting, seeds: list[int]) -> np.ndarray:
-        images_u8, _, _ = stages.sample_shard(backend, models, setting, seeds, batch_size, progress=progress)
+        images_u8, _, _ = stages.sample_shard(backend, models, setting, seeds, batch_size, progress=progress,
+                                              probed=probed)
         return images_u8
 
     return sample

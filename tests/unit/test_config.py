@@ -40,6 +40,8 @@ def test_shipped_configs_are_valid(default_config):
     (lambda c: c["search"]["initial"].update(cond=[0, 1]), r"'search\.initial\.cond\.0' = 0"),
     (lambda c: c["tables"]["table6"]["rows"][0].update(S_churn=-1), r"tables\.table6\.rows\.0\.S_churn' = -1"),
     (lambda c: c["tables"]["table6"]["rows"][0].update(s_churn=40), r"\['s_churn'\].*S_churn"),
+    (lambda c: c.update(pareto_in_all="yes"), r"^config key 'pareto_in_all' = 'yes'"),
+    (lambda c: c.pop("pareto"), r"^config key 'pareto_in_all' = True: the config has no 'pareto' table to run"),
 ])
 def test_bad_config_names_the_key(default_config, mutate, expected):
     config = copy.deepcopy(default_config)
@@ -161,8 +163,8 @@ def test_yaml_error_names_file_line_and_column(tmp_path):
 def test_paths_resolve_inside_results(default_config, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = copy.deepcopy(default_config)
-    # results_doc (docs/results.md) is a repository page, relative to the folder Snakemake runs in,
-    # not to `results`: it has its own tests (tests/unit/test_docs.py)
+    # results_doc (docs/results.md) is a repository page, beside config.yaml, not under `results`:
+    # it has its own tests (tests/unit/test_docs.py, test_check_config_gives_the_same_answer_from_any_folder)
     config.pop("results_doc", None)
     validate_config(config)  # relative `results`, not yet created: fine
     (tmp_path / "results" / "logs").mkdir(parents=True)
@@ -294,6 +296,37 @@ def test_check_config_checks_each_file_on_its_own(tmp_path, capsys):
     assert f"{ci}: valid" in captured.out and str(partial) not in captured.out
     assert captured.err.startswith("offshelf: ") and captured.err.count("\n") == 1
     assert main(["check-config", str(ci), str(REPO / "config.yaml")]) == 0
+
+
+def test_check_config_gives_the_same_answer_from_any_folder(tmp_path, monkeypatch, capsys):
+    """A relative results_doc is read from the folder of the config file that names it, not from
+    the working directory: from an empty folder, check-config accepts config.yaml (its page is the
+    repository's docs/results.md; it was refused, as no docs/ was there), an overlay naming it as
+    its base keeps that page, and a file naming its own page is checked against the page beside it."""
+    from offshelf.cli import main
+    from offshelf.config import read_config
+
+    monkeypatch.chdir(tmp_path)
+    repository_page = str(REPO / "docs" / "results.md")
+    assert main(["check-config", str(REPO / "config.yaml")]) == 0
+    assert read_config(REPO / "config.yaml")["results_doc"] == repository_page
+    (tmp_path / "elsewhere").mkdir()
+    overlay = tmp_path / "elsewhere" / "overlay.yaml"
+    overlay.write_text(yaml.safe_dump({"base": str(REPO / "config.yaml"), "results": str(tmp_path / "results")}))
+    assert read_config(overlay)["results_doc"] == repository_page
+    assert main(["check-config", str(overlay)]) == 0
+
+    own = tmp_path / "elsewhere" / "own.yaml"
+    own.write_text(yaml.safe_dump({"base": "overlay.yaml", "results_doc": "page.md"}))
+    page = tmp_path / "elsewhere" / "page.md"
+    page.write_text("# a page without the markers\n")
+    capsys.readouterr()
+    assert main(["check-config", str(own)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"offshelf: config key 'results_doc' = '{page}': expected one line") and "(found 0 and 0)" in err
+    page.write_text((REPO / "docs" / "results.md").read_text())
+    assert main(["check-config", str(own)]) == 0
+    assert capsys.readouterr().out == f"offshelf: {own}: valid (built-in backbone 'digits')\n"
 
 
 def test_the_workflow_reads_one_config_file(tmp_path, monkeypatch):

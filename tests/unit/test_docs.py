@@ -213,7 +213,7 @@ def test_the_config_check_names_the_key(tmp_path, monkeypatch):
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     assert config["results_doc"] == "docs/results.md"
     check_results_doc(REPO / config["results_doc"])  # the shipped page holds its markers
-    monkeypatch.chdir(tmp_path)  # relative to the folder Snakemake runs in: here, no docs/
+    monkeypatch.chdir(tmp_path)  # a mapping read from no file: its page is read from here, with no docs/
     config["results"] = str(tmp_path / "results")
     with pytest.raises(ConfigError, match=r"^config key 'results_doc' = 'docs/results.md': no such file"):
         validate_config(config)

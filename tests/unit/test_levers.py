@@ -313,6 +313,36 @@ def test_auto_batch_on_a_cpu_is_documented_constant_capped_by_the_shard():
     assert auto_batch_size("cpu", probe=lambda b: None, limit=5) == 5
 
 
+def test_a_search_round_probes_auto_once_for_all_its_scales(tmp_path, digits_files, digits_models, monkeypatch):
+    """A search round's job (stages.evaluate_round, all the job does between loading and writing)
+    samples one setting at several scales: `batch_size: auto` probes the device once for the
+    job, not once per evaluation. What the probe depends on is probed anew: another sampler (here
+    recurrent steps) or another shard size; the scale alone is not."""
+    import offshelf.levers as levers
+    from offshelf.atomic import save_npz
+
+    backend, models = digits_models
+    probes = []  # the shard size of each probe of the device (on a CPU, its documented constant)
+    probe_device = levers.auto_batch_size
+    monkeypatch.setattr(levers, "auto_batch_size",
+                        lambda device, probe, limit: probes.append(limit) or probe_device(device, probe, limit))
+    reference = tmp_path / "reference.npz"
+    save_npz(reference, **stages.reference_features(backend, digits_files, {"reference_split": "test"}))
+    judge = stages.load_judge(backend, stages.judge_files(backend, digits_files), reference)
+    evaluations = {f"scale{s:g}": {"setting": replace(DIGITS_SETTING, scale=s).to_dict(), "seeds": [0, 12]}
+                   for s in (1.0, 2.0, 4.0)}
+    metrics = stages.evaluate_round(backend, models, judge, evaluations, "auto", {"nhood_size": 3, "bootstrap": 0})
+    assert sorted(metrics) == sorted(evaluations) and all(m["n"] == 12 for m in metrics.values())
+    assert probes == [12]
+
+    probes.clear()
+    probed = {}
+    sizes = [stages.resolve_batch_size(backend, models, setting, "auto", count, probed)
+             for setting, count in ((DIGITS_SETTING, 12), (replace(DIGITS_SETTING, scale=8.0), 12),
+                                    (replace(DIGITS_SETTING, recurrent_steps=2), 12), (DIGITS_SETTING, 40))]
+    assert probes == [12, 12, 40] and sizes[1] == sizes[0]
+
+
 def test_probe_stops_the_real_sampler_after_a_whole_step(digits_models):
     """The memory probe runs the setting's own sampler and stops it at the denoiser's third call:
     Algorithm 1 has made two whole steps (denoiser, classifier gradient) by then."""

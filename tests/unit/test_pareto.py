@@ -51,7 +51,7 @@ def test_the_pareto_plan_is_apart_from_all(config):
     assert rows[("SMC k=4, m=5", "cond")].search is not None
     assert rows[("Best-of-8", "cond")].search is None
     assert rows[("calibrated guidance", "cond")].baseline
-    # `all` (the tables) never waits on a pareto-only setting or search...
+    # the tables (their report) never wait on a pareto-only setting or search...
     only_pareto = set(plan.pareto.evaluations) - set(plan.evaluations)
     assert "cond_offshelf-x0_sp3_tj1_tm0.5_bon8" in only_pareto
     assert not any("smc" in name for name in plan.searches)
@@ -103,6 +103,7 @@ def test_pareto_table_counts_work_and_marks_the_front(tmp_path):
 def test_offshelf_plan_counts_the_pareto_target_apart_from_the_total(config):
     from offshelf.planning.costs import cost_plan
 
+    config = dict(config, pareto_in_all=False)  # a named target (ci.yaml, the ImageNet configs)
     lines = {r["table"]: r for r in cost_plan(config, build_plan(config))}
     without = {k: v for k, v in config.items() if k != "pareto"}
     assert lines["total"] == {r["table"]: r for r in cost_plan(without, build_plan(without))}["total"]
@@ -116,3 +117,18 @@ def test_offshelf_plan_counts_the_pareto_target_apart_from_the_total(config):
     smc_samples = sum(low * s.low_fidelity + full * s.full_fidelity for s in smc for low, full in [max_evaluations(s)])
     assert len(smc) == 2 and smc_samples > 0
     assert pareto["classifier"] - pareto["classifier_backward"] == 1000 * (2 + 4 + 8) + 20 * smc_samples
+
+
+def test_offshelf_plan_counts_the_pareto_target_in_the_total_where_it_is_in_all(config):
+    """config.yaml (pareto_in_all): the pareto line is the same work, and the total is that of the
+    tables and the pareto table together, a setting both sample counted once."""
+    from offshelf.planning.costs import cost_plan
+
+    assert config["pareto_in_all"] is True
+    lines = {r["table"]: r for r in cost_plan(config, build_plan(config))}
+    apart = {r["table"]: r for r in cost_plan(dict(config, pareto_in_all=False), build_plan(config))}
+    assert lines["pareto (in all)"] == dict(apart["pareto (own target, not in total)"], table="pareto (in all)")
+    one_table = {k: v for k, v in config.items() if k not in ("pareto", "pareto_in_all")}
+    one_table["tables"] = {**config["tables"], "pareto_as_a_table": config["pareto"]}
+    together = {r["table"]: r for r in cost_plan(one_table, build_plan(one_table))}["total"]
+    assert lines["total"] == together and lines["total"]["denoiser"] > apart["total"]["denoiser"]

@@ -397,6 +397,7 @@ def test_job_counts_bound_the_searches(config):
     from offshelf.planning.plan import build_plan
     from offshelf.search import max_evaluations, max_rounds
 
+    config = dict(config, pareto_in_all=False)  # the tables' searches alone (the pareto target's: below)
     counts = build_plan(config).job_counts
     searches = build_plan(config).searches
     assert counts["searches"] == len(searches) == 38
@@ -417,6 +418,55 @@ def test_job_counts_bound_the_searches(config):
                                                        "publish_results", "report", "all"))
     assert counts["publish_results"] == 1  # config.yaml's results_doc: `all` refreshes docs/results.md
     assert counts["pareto_report"] == counts["pareto"] == 0  # a target of its own (build_plan(config).pareto)
+
+
+def test_all_counts_the_pareto_target_where_the_config_puts_it_there(config):
+    """config.yaml's `all` runs the pareto target (pareto_in_all): its count is the tables' jobs and
+    the target's, each job the two share (same setting, evaluation or search) once, as if the
+    pareto table were one more table, but without sample grids for its fixed settings (only the
+    tables' report shows grids), plus its report; `snakemake pareto`, the named target, is not run."""
+    assert config["pareto_in_all"] is True
+    both = build_plan(config).job_counts
+    tables = build_plan(dict(config, pareto_in_all=False)).job_counts
+    one_table = dict(config, tables={**config["tables"], "pareto_as_a_table": config["pareto"]})
+    one_table.pop("pareto")
+    one_table.pop("pareto_in_all")
+    merged = build_plan(one_table)
+    assert both["pareto_report"] == 1 and both["pareto"] == 0 and both["sample_grid"] == tables["sample_grid"]
+    for kind in ("sample", "evaluate", "calibrate", "search_round", "search_sample", "search_evaluate", "search_grid",
+                 "search_result", "searches", "train_model", "fetch_checkpoint", "reference_features", "figure"):
+        assert both[kind] == merged.job_counts[kind], kind
+    grids_of_pareto_settings = merged.job_counts["sample_grid"] - tables["sample_grid"]
+    assert grids_of_pareto_settings == len(set(merged.settings) - set(build_plan(config).settings)) > 0
+    assert both["total"] == merged.job_counts["total"] - grids_of_pareto_settings + 1
+    # shared jobs counted once: fewer than the tables' count plus the named target's "at most N more"
+    pareto = build_plan(config).pareto.job_counts
+    assert tables["total"] < both["total"] < tables["total"] + pareto["total"]
+
+
+def test_job_count_of_all_with_the_pareto_target_by_hand():
+    """The small config below (Table 7, cond), with a pareto table of four rows in `all`: two rows
+    the table already runs (unguided; calibrated guidance, its search), Best-of-2 (a fixed setting)
+    and 2 recurrent steps (a search of its own): each new job counted by hand from the rules."""
+    from offshelf.planning.costs import describe_job_counts
+
+    config = yaml.safe_load((REPO / "config" / "ci.yaml").read_text())
+    config.update(regimes=["cond"], tables={"table7": config["tables"]["table7"]}, figures={}, pareto_in_all=True)
+    labels = ("unguided", "calibrated guidance", "Best-of-2", "calibrated, 2 recurrent steps")
+    config["pareto"] = dict(config["pareto"], rows=[r for r in config["pareto"]["rows"] if r["label"] in labels])
+    validate_config(config)
+    plan = build_plan(config)
+    shards = 64 // 32
+    assert len(plan.all_searches) == 3  # the table's two and the recurrent one: calibrated guidance's is shared
+    tables = 32  # test_job_count_of_a_small_config_by_hand
+    best_of_2 = shards + 1  # its samples and its evaluation
+    recurrent = 3 + shards + 1 + 1 + 1  # rounds, the finalist's samples, evaluation and grid, the result
+    assert plan.job_counts["total"] == tables + best_of_2 + recurrent + 1 == 44  # + pareto_report
+    # before any round: Best-of-2's jobs, the recurrent search's round 0 and result, the report
+    assert plan.job_counts["first_dag"] == 20 + best_of_2 + 2 + 1 == 26
+    line = describe_job_counts(config, plan)
+    assert line.startswith("offshelf: 44 jobs planned (") and "1 pareto_report" in line
+    assert "target `pareto` in `all`" in line and "not in `all`" not in line
 
 
 def test_searched_rows_report_the_chosen_scale_its_trace_and_an_edge(config):

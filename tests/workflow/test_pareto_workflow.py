@@ -22,7 +22,7 @@ def test_pareto_target_reports_every_method_with_its_work_and_front(ci_run, tmp_
     results = tmp_path / "results"
     shutil.copytree(ci_run, results, symlinks=True)  # mtimes kept: the ci run's jobs are done
     config = ("--configfile", str(CI), "--config", f"results={results}", "regimes=[cond]")
-    assert "pareto_report" not in dry_run_jobs(*config)  # not in `all`
+    assert "pareto_report" not in dry_run_jobs(*config)  # not in ci's `all` (pareto_in_all: false)
     snakemake("pareto", "--cores", "2", *config, timeout=900)
 
     out = results / "ci" / "pareto"

@@ -88,8 +88,9 @@ def test_imagenet_workflow_rehearsal(name, tmp_path, standins_dir, base_url):
     config_path = configs.rehearsal_config(name, tmp_path, base_url, standins_dir)
     cfg = yaml.safe_load(config_path.read_text())
     assert not (tmp_path / "cache").exists()
-    # the pareto target (offshelf.pareto; not in `all`) at the rehearsal's size, on ADM-128 where every
-    # method runs; EDM's and DiT's are planned and counted (tests/unit/test_pareto.py) but not run here
+    # the pareto target (offshelf.pareto; not in `all`: pareto_in_all false) at the rehearsal's size, on
+    # ADM-128 where every method runs; EDM's and DiT's are planned and counted (tests/unit/test_pareto.py)
+    # but not run here
     targets = ("all", "pareto") if name in PARETO_REHEARSED else ()
     _run(name, *targets, "--configfile", str(config_path))  # targets first: --configfile takes several
 

@@ -1,5 +1,6 @@
-# Quality per unit of compute (offshelf.pareto; the config's `pareto` table): `snakemake pareto`.
-# A named target, not in `all`: its rows' samples, evaluations and scale searches are ordinary
+# Quality per unit of compute (offshelf.pareto; the config's `pareto` table): `snakemake pareto`,
+# and part of `all` where the config sets pareto_in_all (config.yaml; ci.yaml and the ImageNet
+# configs keep it a named target). Its rows' samples, evaluations and scale searches are ordinary
 # sample / evaluate / search jobs (PLAN.pareto), shared with the tables wherever a setting is the same.
 
 if PLAN.pareto is not None:

@@ -17,8 +17,6 @@ with job_log(snakemake.log[0], snakemake.threads, snakemake.resources.get("gpu",
     metrics = {}
     if p.evaluations:  # round 0 proposes the initial scales: nothing to draw, torch not needed
         from offshelf import backends, stages
-        from offshelf.settings import Setting
-        from offshelf.shards import seed_list
 
         backend = backends.create(p.backend)
         model_files = {role: inputs[role] for role in backend.files(plan.setting)}
@@ -26,13 +24,7 @@ with job_log(snakemake.log[0], snakemake.threads, snakemake.resources.get("gpu",
         judge = stages.load_judge(backend, stages.judge_files(backend, inputs, p.checkpoints), inputs.get("reference"))
         # the search ranks scales by their FID alone: no resampled intervals at this fidelity
         evaluation = dict(p.evaluation, bootstrap=0)
-        for name, e in p.evaluations.items():
-            seeds = seed_list(e["seeds"])
-            images, labels, seconds = stages.sample_shard(backend, models, Setting.from_dict(e["setting"]), seeds,
-                                                          p.sampling["batch_size"])
-            metrics[name] = stages.evaluate_samples(judge, images, labels, seconds, evaluation, seeds, where=name)
-            print(f"{name}: FID {metrics[name]['fid']:.4g} on {metrics[name]['n']} samples "
-                  f"(drawn in {seconds:.1f} s)")
+        metrics = stages.evaluate_round(backend, models, judge, p.evaluations, p.sampling["batch_size"], evaluation)
     record = search_round_record(plan, previous, metrics)
     print(f"{plan.name} round {record['round']}: trace {len(record['trace'])} evaluations; next {record['proposals']}")
     save_json(snakemake.output[0], record)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from offshelf.planning.params import config_backend, num_shards
+from offshelf.planning.params import config_backend, num_shards, pareto_in_all
 from offshelf.planning.probes import report_figures
 from offshelf.search import max_evaluations, max_rounds
 
@@ -47,7 +47,8 @@ def check_shards(config: dict) -> None:
         raise _too_many(config, {"sample": shards, "total": shards}, limit)
 
 
-# Per-experiment jobs: a handful each, whatever the size of the config (the pareto target's two apart).
+# Per-experiment jobs: a handful each, whatever the size of the config (the pareto target's two:
+# its report, and the named target, which `all` does not run even where it runs the report).
 EXPERIMENT_COUNTS = ("train_model", "fetch_checkpoint", "reference_features", "figure", "sample_grid",
                      "publish_results", "report", "all", "pareto_report", "pareto")
 
@@ -66,10 +67,13 @@ def count_jobs(config: dict, plan, backend, target: str = "all") -> dict[str, in
     ``search_grid`` (the finalists' sample grids). Per experiment (rule names): ``train_model``,
     ``fetch_checkpoint``, ``reference_features``, ``figure`` (one job per calibration figure and
     Figure 4, one for all analytic figures), ``sample_grid`` (the fixed settings' grids),
-    ``publish_results`` (with ``results_doc``), ``report`` and ``all``; for ``target="pareto"`` (the
-    plan of the config's ``pareto`` table, offshelf.planning.plan.pareto_config) ``pareto_report``
-    and ``pareto`` instead. Also ``settings`` / ``shards`` (shards of a setting sampled in full), ``searches``,
-    and ``first_dag``: the jobs Snakemake's first "Job stats" lists before any search round has run
+    ``publish_results`` (with ``results_doc``), ``report`` and ``all``. Where ``pareto_in_all``
+    puts the pareto target in ``all``, ``all`` counts its jobs too (``plan.pareto``; a setting,
+    evaluation or search the tables share with it once) and its ``pareto_report``. For
+    ``target="pareto"`` (the plan of the config's ``pareto`` table,
+    offshelf.planning.plan.pareto_config) ``pareto_report`` and ``pareto`` instead. Also
+    ``settings`` / ``shards`` (shards of a setting sampled in full), ``searches``, and
+    ``first_dag``: the jobs Snakemake's first "Job stats" lists before any search round has run
     (the rest are added as the rounds finish). Refuses above ``max_jobs``
     (:class:`TooManyJobsError`); settings are bounded by the size of the config itself
     (rows × regimes × scale grid)."""
@@ -77,14 +81,21 @@ def count_jobs(config: dict, plan, backend, target: str = "all") -> dict[str, in
 
     limit = config.get("max_jobs", DEFAULT_MAX_JOBS)
     check_shards(config)
+    with_pareto = target == "all" and pareto_in_all(config) and plan.pareto is not None
+    parts = (plan, plan.pareto) if with_pareto else (plan,)
+    # jobs are files: what the tables and the pareto target share (same name) is one job
+    evaluations = {name: e for part in parts for name, e in part.evaluations.items()}
+    searches = {name: search for part in parts for name, search in part.searches.items()}
+    probes = {name for part in parts for name in part.probes}
+    guided_probes = {name for part in parts for name in part.guided_probes}
     most: dict[str, int] = {}  # setting -> most samples any evaluation of it reads
-    for setting, n in plan.evaluations.values():
+    for setting, n in evaluations.values():
         most[setting] = max(most.get(setting, 0), n)
     grids = config.get("grids") is not None
-    counts = dict(sample=sum(num_shards(config, n) for n in most.values()), evaluate=len(plan.evaluations),
-                  calibrate=len(plan.probes) + len(plan.guided_probes))
+    counts = dict(sample=sum(num_shards(config, n) for n in most.values()), evaluate=len(evaluations),
+                  calibrate=len(probes) + len(guided_probes))
     counts.update({k: 0 for k in SEARCH_COUNTS + ("search_result", "search_grid")})
-    for search in plan.searches.values():
+    for search in searches.values():
         full = max_evaluations(search.spec)[1]  # the low-fidelity ones are drawn inside the rounds
         counts["search_sample"] += full * num_shards(config, search.spec.full_fidelity)
         counts["search_evaluate"] += full
@@ -98,17 +109,17 @@ def count_jobs(config: dict, plan, backend, target: str = "all") -> dict[str, in
         counts.update(pareto_report=1, pareto=1)
     else:
         counts.update(
-            train_model=len(plan.trained_roles(config, backend)),
-            fetch_checkpoint=len(plan.fetched_files(config, backend)),
+            train_model=len({role for part in parts for role in part.trained_roles(config, backend)}),
+            fetch_checkpoint=len({name for part in parts for name in part.fetched_files(config, backend)}),
             reference_features=int(Capability.REFERENCE_FEATURES in backend.capabilities),
             figure=len(set(figures) - analytic) + bool(analytic),
-            sample_grid=len(plan.settings) if grids else 0,
+            sample_grid=len(plan.settings) if grids else 0,  # the report's rows; the pareto report shows none
             publish_results=int("results_doc" in config),
-            report=1, all=1)
+            report=1, all=1, pareto_report=int(with_pareto))
     counts["total"] = sum(counts.values())
     late = counts["search_sample"] + counts["search_evaluate"] + counts["search_grid"]
-    counts.update(first_dag=counts["total"] - late - (counts["search_round"] - len(plan.searches)),
-                  settings=len(most), shards=num_shards(config), searches=len(plan.searches))
+    counts.update(first_dag=counts["total"] - late - (counts["search_round"] - len(searches)),
+                  settings=len(most), shards=num_shards(config), searches=len(searches))
     if counts["total"] > limit:
         raise _too_many(config, counts, limit)
     return counts
@@ -123,8 +134,8 @@ def describe_job_counts(config: dict, plan) -> str:
     experiment = ", ".join(f"{c[k]} {k}" for k in EXPERIMENT_COUNTS if c[k])
     bound = (f"at most (a search that stops early runs fewer); Snakemake's first 'Job stats' lists "
              f"{c['first_dag']} of them, before the search rounds add theirs" if c["searches"] else "exactly")
-    pareto = ""
-    if plan.pareto is not None:  # a named target: `all` does not run it
+    pareto = "; target `pareto` in `all` (pareto_in_all)" if pareto_in_all(config) else ""
+    if plan.pareto is not None and not pareto_in_all(config):  # a named target: `all` does not run it
         p = plan.pareto.job_counts
         pareto = (f"; target `pareto` (not in `all`): at most {p['total']} jobs more ({p['sample']} sample, "
                   f"{p['evaluate']} evaluate" + (f", {p['searches']} searches" if p["searches"] else "") +
@@ -136,7 +147,8 @@ def describe_job_counts(config: dict, plan) -> str:
 
 def cost_plan(config: dict, plan, costs: EvaluationCosts | None = None) -> list[dict[str, Any]]:
     """What sampling a config costs (``plan``: its offshelf.planning.plan.Plan), per table and in total (settings shared by tables counted once
-    in the total; the ``pareto`` target, not part of ``all``, on its own line, outside the total): samples, denoiser and classifier network evaluations, and, given ``costs``
+    in the total; the ``pareto`` target on its own line, in the total where ``pareto_in_all`` puts it in ``all``,
+    else outside it): samples, denoiser and classifier network evaluations, and, given ``costs``
     (seconds per image for one denoiser evaluation and one classifier gradient, at the batch they
     were measured at), the hours (:func:`gpu_hours`). Evaluation is not counted. A searched row
     counts its search at its most (every extension and refinement taken; offshelf.search)."""
@@ -157,8 +169,9 @@ def cost_plan(config: dict, plan, costs: EvaluationCosts | None = None) -> list[
             table[row.search.name] = low * row.search.spec.low_fidelity + full * row.search.spec.full_fidelity
             settings[row.search.name] = row.search.setting  # every scale costs the same per sample
     total: dict[str, int] = {}
+    in_all = pareto_in_all(config)
     for label, table in most.items():
-        if label == "pareto":  # a target of its own (`snakemake pareto`): its own line, outside the total of `all`
+        if label == "pareto" and not in_all:  # a target of its own (`snakemake pareto`): outside the total of `all`
             continue
         for name, n in table.items():
             total[name] = max(total.get(name, 0), n)
@@ -177,7 +190,8 @@ def cost_plan(config: dict, plan, costs: EvaluationCosts | None = None) -> list[
         return out
 
     tables = [line(table, samples) for table, samples in most.items() if table != "pareto"]
-    pareto = [line("pareto (own target, not in total)", most["pareto"])] if "pareto" in most else []
+    pareto_label = "pareto (in all)" if in_all else "pareto (own target, not in total)"
+    pareto = [line(pareto_label, most["pareto"])] if "pareto" in most else []
     return tables + pareto + [line("total", total)]
 
 

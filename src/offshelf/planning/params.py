@@ -26,6 +26,13 @@ def first_seeds(config: dict, num_samples: int) -> list[int]:
     return [config["sampling"].get("seed_offset", 0), int(num_samples)]
 
 
+def pareto_in_all(config: dict) -> bool:
+    """Whether ``all`` runs the pareto target too (config key ``pareto_in_all``, false when left
+    out): a config whose run stays short enough says so (config.yaml); the tiny test config and the
+    ImageNet ones keep it a named target (``snakemake pareto``)."""
+    return "pareto" in config and bool(config.get("pareto_in_all", False))
+
+
 def num_shards(config: dict, num_samples: int | None = None) -> int:
     """Shards holding the first ``num_samples`` samples (default: all of them)."""
     sampling = config["sampling"]

@@ -39,7 +39,8 @@ class Plan:
     job_counts: Mapping[str, int]
     all_samples: int
     #: the quality-per-compute target (the config's ``pareto`` table; ``snakemake pareto``), planned
-    #: apart so that ``all`` does not wait on it: its own rows, settings, evaluations and searches
+    #: apart so that the tables' report does not wait on it: its own rows, settings, evaluations and
+    #: searches; ``all`` runs it only where ``pareto_in_all`` says so (its ``job_counts`` then count it)
     pareto: "Plan | None" = None
 
     @classmethod
@@ -126,21 +127,20 @@ def _count_build() -> None:
 def build_plan(config: dict) -> Plan:
     """The plan of a (validated) config. Raises :class:`~offshelf.planning.costs.TooManyJobsError`
     above ``max_jobs`` (a runaway shard count before any row is built) and ValueError naming the
-    key of an invalid row. The config's ``pareto`` table is planned as :attr:`Plan.pareto`."""
+    key of an invalid row. The config's ``pareto`` table is planned as :attr:`Plan.pareto`, first:
+    the job count of ``all`` includes it where ``pareto_in_all`` puts it there."""
     _count_build()
-    plan = _build(config)
-    if "pareto" in config:
-        plan = replace(plan, pareto=_build(pareto_config(config), target="pareto"))
-    return plan
+    pareto = _build(pareto_config(config), target="pareto") if "pareto" in config else None
+    return _build(config, pareto=pareto)
 
 
 def pareto_config(config: dict) -> dict:
     """The config of the pareto target alone: its one table, no figures, no other target."""
-    rest = {k: v for k, v in config.items() if k not in ("pareto", "figures", "tables")}
+    rest = {k: v for k, v in config.items() if k not in ("pareto", "pareto_in_all", "figures", "tables")}
     return {**rest, "tables": {"pareto": config["pareto"]}}
 
 
-def _build(config: dict, target: str = "all") -> Plan:
+def _build(config: dict, target: str = "all", pareto: Plan | None = None) -> Plan:
     check_shards(config)
     all_samples = config["sampling"]["num_samples"]
     backend = config_backend(config)
@@ -167,5 +167,5 @@ def _build(config: dict, target: str = "all") -> Plan:
             guided.setdefault(s.name, s)
     plan = Plan(rows=rows, settings=settings, evaluations=evaluations, searches=searches, probes=probes,
                 guided_probes=guided, calibrates_guided=calibrates_guided(config), job_counts={},
-                all_samples=all_samples)
+                all_samples=all_samples, pareto=pareto)
     return replace(plan, job_counts=count_jobs(config, plan, backend, target))
