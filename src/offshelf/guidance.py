@@ -255,7 +255,9 @@ def adm_guidance_weight(variance: torch.Tensor, step: int, num_steps: int, sigma
     running max of the reference variance along this trajectory; ``step`` the spaced index
     t ∈ {T−1..0}.
     """
-    return variance + sine_bump(step, num_steps, sine_factor) * sigma_max
+    bump = sine_bump(step, num_steps, sine_factor)
+    # without a bump the sum is Σ_t itself (Σ_t > 0, Σ_max finite): one pass over the image saved
+    return variance if bump == 0 else variance + bump * sigma_max
 
 
 def edm_step_size(step: int, num_steps: int, scale: float, sine_factor: float) -> float:

@@ -30,8 +30,11 @@ class StackedRandomGenerator:
         the same generator state, so the dtype is part of which numbers a seed gives. float32 is
         NVlabs' initial latents (``rnd.randn([...], device=device)``, cast to float64 afterwards)
         and every float32 trajectory (DDPM, DiT)."""
-        return torch.stack([torch.randn(tuple(shape), generator=g, device=self.device, dtype=dtype)
-                            for g in self.generators])
+        # each row drawn in place: the numbers torch.randn(shape, generator=g) gives, without a stack's copy
+        out = torch.empty((len(self.generators), *shape), device=self.device, dtype=dtype)
+        for row, g in zip(out, self.generators):
+            torch.randn(tuple(shape), generator=g, device=self.device, dtype=dtype, out=row)
+        return out
 
     def randn_like(self, x: torch.Tensor) -> torch.Tensor:
         """Standard normal shaped like ``x``, drawn in ``x.dtype`` (NVlabs' ``randn_like`` passes

@@ -35,16 +35,26 @@ HOST_READS = ("__bool__", "__float__", "__int__", "__index__", "__array__", "ite
 BATCH = 2
 
 
+#: Where a read is charged: the innermost frame in one of these packages (diffusers': its schedulers'
+#: and models' own reads, which a plain diffusers pipeline makes too).
+PACKAGES = ("offshelf", "diffusers")
+
+
 @contextmanager
 def counting_host_reads():
-    """Count each call of :data:`HOST_READS` on any tensor, with the sampler line that made it."""
+    """Count each call of :data:`HOST_READS` on any tensor, with the line that made it: the innermost
+    frame of offshelf (``offshelf/samplers/ddpm.py:154``) or diffusers (``diffusers/...``)."""
     reads: Counter = Counter()
     originals = {name: getattr(torch.Tensor, name) for name in HOST_READS}
 
+    def site_of(frame) -> str | None:
+        parts = frame.filename.replace("\\", "/").split("/")
+        package = next((p for p in reversed(parts[:-1]) if p in PACKAGES), None)  # the innermost folder
+        return package and f"{package}/{parts[-1]}:{frame.lineno}"
+
     def counted(name, original):
         def wrapper(self, *args, **kwargs):
-            site = next((f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno}" for f in reversed(traceback.extract_stack()[:-1])
-                         if "/offshelf/" in f.filename.replace("\\", "/")), "outside offshelf")
+            site = next(filter(None, map(site_of, reversed(traceback.extract_stack()[:-1]))), "outside offshelf")
             reads[f"{name} at {site}"] += 1
             return original(self, *args, **kwargs)
         return wrapper

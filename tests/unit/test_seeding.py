@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
-from offshelf.seeding import draw_labels
+from offshelf.seeding import StackedRandomGenerator, draw_labels
 
 
 def test_a_torch_cpu_generator_keeps_only_the_seeds_low_32_bits():
@@ -37,3 +38,13 @@ def test_labels_are_uniform_and_a_function_of_the_seed_alone():
     assert chi2 < 27.9  # chi-square with 9 degrees of freedom, p = 0.001
     assert labels.dtype == torch.long and int(labels.min()) >= 0 and int(labels.max()) < classes
     assert draw_labels([4321], classes)[0] == labels[4321] == draw_labels([7, 4321, 9], classes)[1]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(), (1,), (2, 3), (17,), (3, 32, 32)])
+def test_each_row_is_its_own_generators_randn(shape, dtype):
+    """Row i is exactly ``torch.randn(shape, generator=seed i)``: sizes on both sides of torch's
+    vectorised normal (16 values), every dtype a sampler draws in."""
+    drawn = StackedRandomGenerator(range(5)).randn(shape, dtype)
+    alone = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s), dtype=dtype) for s in range(5)])
+    assert drawn.dtype == dtype and torch.equal(drawn, alone)

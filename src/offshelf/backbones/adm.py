@@ -90,6 +90,15 @@ class GroupNorm32(nn.GroupNorm):
         return super().forward(x.float()).type(x.dtype)
 
 
+class SiLU(nn.Module):
+    """``x·sigmoid(x)``, in place where autograd records nothing (the sampler's no-grad forwards): one
+    allocation less, the same values. Under autograd out of place, since an in-place SiLU makes
+    autograd clone its input and round its gradient differently."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.silu(x, inplace=not (torch.is_grad_enabled() and x.requires_grad))
+
+
 def normalization(channels: int) -> nn.Module:
     return GroupNorm32(32, channels)
 
@@ -161,7 +170,7 @@ class ResBlock(TimestepBlock):
         self.use_scale_shift_norm = use_scale_shift_norm
         self.use_checkpoint = use_checkpoint
         self.in_layers = nn.Sequential(
-            normalization(channels), nn.SiLU(), nn.Conv2d(channels, self.out_channels, 3, padding=1))
+            normalization(channels), SiLU(), nn.Conv2d(channels, self.out_channels, 3, padding=1))
         self.updown = up or down
         if up:
             self.h_upd, self.x_upd = Upsample(channels, False), Upsample(channels, False)
@@ -172,7 +181,7 @@ class ResBlock(TimestepBlock):
         self.emb_layers = nn.Sequential(
             nn.SiLU(), nn.Linear(emb_channels, 2 * self.out_channels if use_scale_shift_norm else self.out_channels))
         self.out_layers = nn.Sequential(
-            normalization(self.out_channels), nn.SiLU(), nn.Dropout(p=dropout),
+            normalization(self.out_channels), SiLU(), nn.Dropout(p=dropout),
             zero_module(nn.Conv2d(self.out_channels, self.out_channels, 3, padding=1)))
         if self.out_channels == channels:
             self.skip_connection = nn.Identity()
@@ -195,11 +204,13 @@ class ResBlock(TimestepBlock):
         emb_out = self.emb_layers(emb).type(h.dtype)[..., None, None]
         if self.use_scale_shift_norm:
             scale, shift = emb_out.chunk(2, dim=1)
-            h = self.out_layers[0](h) * (1 + scale) + shift
+            h = self.out_layers[0](h) * (1 + scale)
+            h += shift
             h = self.out_layers[1:](h)
         else:
             h = self.out_layers(h + emb_out)
-        return self.skip_connection(x) + h
+        h += self.skip_connection(x)
+        return h
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -268,7 +279,8 @@ class AttentionBlock(nn.Module):
         b, c, *spatial = x.shape
         x = x.reshape(b, c, -1)
         h = self.proj_out(self.attention(self.qkv(self.norm(x))))
-        return (x + h).reshape(b, c, *spatial)
+        h += x
+        return h.reshape(b, c, *spatial)
 
 
 class AttentionPool2d(nn.Module):
@@ -325,7 +337,7 @@ class _Encoder(nn.Module):
         self.model_channels = model_channels
         self.dtype = torch.float32
         emb_dim = model_channels * 4
-        self.time_embed = nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.time_embed = nn.Sequential(nn.Linear(model_channels, emb_dim), SiLU(), nn.Linear(emb_dim, emb_dim))
         self._block_args = dict(emb_channels=emb_dim, dropout=dropout, use_checkpoint=use_checkpoint,
                                 use_scale_shift_norm=use_scale_shift_norm)
         self._attn_args = dict(use_checkpoint=use_checkpoint, num_head_channels=num_head_channels,
@@ -410,7 +422,7 @@ class UNetModel(_Encoder):
                     ds //= 2
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
         input_ch = int(channel_mult[0] * model_channels)
-        self.out = nn.Sequential(normalization(ch), nn.SiLU(),
+        self.out = nn.Sequential(normalization(ch), SiLU(),
                                  zero_module(nn.Conv2d(input_ch, out_channels, 3, padding=1)))
 
     def _fp16_parts(self) -> list[nn.Module]:
@@ -451,17 +463,17 @@ class EncoderUNetModel(_Encoder):
         # Features of every input block plus the middle block, for the "spatial" heads.
         feature_size = sum(self.skip_channels) + ch
         if pool == "adaptive":
-            self.out = nn.Sequential(normalization(ch), nn.SiLU(), nn.AdaptiveAvgPool2d((1, 1)),
+            self.out = nn.Sequential(normalization(ch), SiLU(), nn.AdaptiveAvgPool2d((1, 1)),
                                      zero_module(nn.Conv2d(ch, out_channels, 1)), nn.Flatten())
         elif pool == "attention":
             if num_head_channels == -1:
                 raise ValueError("attention pooling needs num_head_channels != -1")
-            self.out = nn.Sequential(normalization(ch), nn.SiLU(),
+            self.out = nn.Sequential(normalization(ch), SiLU(),
                                      AttentionPool2d(image_size // ds, ch, num_head_channels, out_channels))
         elif pool == "spatial":
             self.out = nn.Sequential(nn.Linear(feature_size, 2048), nn.ReLU(), nn.Linear(2048, out_channels))
         elif pool == "spatial_v2":
-            self.out = nn.Sequential(nn.Linear(feature_size, 2048), normalization(2048), nn.SiLU(),
+            self.out = nn.Sequential(nn.Linear(feature_size, 2048), normalization(2048), SiLU(),
                                      nn.Linear(2048, out_channels))
         else:
             raise ValueError(f"unknown classifier pool {pool!r}; expected adaptive, attention, spatial or spatial_v2")

@@ -55,7 +55,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from offshelf.guidance import ClassifierGuidance, adm_guidance_weight, check_finite, sine_bump
+from offshelf.guidance import ClassifierGuidance, FiniteGuard, adm_guidance_weight, sine_bump
 
 Schedule = Literal["adm", "score"]
 Variance = Literal["fixed_small", "fixed_large", "learned_range"]
@@ -205,6 +205,9 @@ class SchedulerGuidance:
     vae: nn.Module | None = None
     latent_scale: float | None = None
     kind: str = field(init=False)
+    # the scheduler's noise levels and ᾱ, read once per set_timesteps (a host read each) instead of every step
+    _levels: tuple | None = field(default=None, init=False, repr=False)
+    _abar: tuple | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
         if self.schedule not in ("adm", "score"):
@@ -246,7 +249,9 @@ class SchedulerGuidance:
         """κ_i: how far x̂0 moves per unit of gradient at step ``i`` (module docstring)."""
         n = len(a) - 1
         k = n - 1 - i  # Algorithm 1's spaced index: T−1 at the first step, 0 at the last
-        abar = (a ** 2 / (a ** 2 + b ** 2)).tolist()
+        if self._abar is None or self._abar[0] is not a or self._abar[1] is not b:
+            self._abar = (a, b, (a ** 2 / (a ** 2 + b ** 2)).tolist())
+        abar = self._abar[2]
         if self.schedule == "score":
             if abar[i] <= 0:
                 return 0.0
@@ -279,6 +284,15 @@ class SchedulerGuidance:
         c1 = b_i * math.sqrt(abar[i + 1]) / (1 - abar[i])
         return self.scale * weight / c1
 
+    def levels(self) -> tuple[torch.Tensor, torch.Tensor, list[float], list[float]]:
+        """``(a, b)`` of :func:`noise_levels` and the same as lists of floats, read from the scheduler
+        once per ``set_timesteps`` (which replaces ``scheduler.timesteps``)."""
+        timesteps = getattr(self.scheduler, "timesteps", None)
+        if self._levels is None or self._levels[0] is not timesteps:
+            a, b = noise_levels(self.scheduler)
+            self._levels = (timesteps, a, b, a.tolist(), b.tolist())
+        return self._levels[1:]
+
     def gradient(self, x0: torch.Tensor, x: torch.Tensor, c: float, target: torch.Tensor, t: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.vae is not None:
@@ -287,10 +301,17 @@ class SchedulerGuidance:
             return decoder_gradient(self.guidance, self.vae, x0, target, t, self.latent_scale)
         return self.guidance.gradient(self.guidance.select_input(x / c, x0), target, t)
 
-    def correct(self, prediction: torch.Tensor, sample: torch.Tensor, timestep, target) -> tuple[torch.Tensor, dict]:
+    def correct(self, prediction: torch.Tensor, sample: torch.Tensor, timestep, target, *, step: int | None = None,
+                guard: FiniteGuard | None = None) -> tuple[torch.Tensor, dict]:
         """The guided prediction for model input ``sample`` at ``timestep``, toward labels ``target``.
         Channels beyond the sample's (a learned variance) pass through unchanged. Returns
-        ``(prediction, info)``; ``info`` holds pred_xstart, grad, logits, weight."""
+        ``(prediction, info)``; ``info`` holds pred_xstart, grad, logits, weight.
+
+        ``step``: the index of ``timestep`` in ``scheduler.timesteps`` where the caller knows it
+        (else it is looked up, a host read of the timestep). A NaN or inf in the denoiser output,
+        the logits, the gradient or the guided prediction raises
+        :class:`~offshelf.guidance.NonFiniteError` naming the step and tensor: at once, or, given the
+        sampling loop's ``guard`` (:class:`~offshelf.guidance.FiniteGuard`), when the loop checks it."""
         channels = sample.shape[1]
         if prediction.shape[0] != sample.shape[0] or prediction.shape[2:] != sample.shape[2:] \
                 or prediction.shape[1] < channels:
@@ -300,26 +321,30 @@ class SchedulerGuidance:
         target = torch.as_tensor(target, device=sample.device).long().reshape(-1)
         if target.shape != sample.shape[:1]:
             raise ValueError(f"target labels must be [batch]={sample.shape[0]}, got shape {tuple(target.shape)}")
-        i = step_index(self.scheduler, timestep)
-        a_all, b_all = noise_levels(self.scheduler)
-        a, b = float(a_all[i]), float(b_all[i])
+        i = step_index(self.scheduler, timestep) if step is None else step
+        a_all, b_all, a_list, b_list = self.levels()
+        a, b = a_list[i], b_list[i]
+        own_guard = guard is None
+        guard = FiniteGuard() if own_guard else guard
         c = math.hypot(a, b)
         t = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(sample.shape[0])
         pred, extra = prediction[:, :channels].float(), prediction[:, channels:]
         x = sample.float()
-        check_finite("denoiser output", pred, i)
+        guard.watch("denoiser output", pred, i)
         x0, eps = to_x0_eps(pred, x, a, b, self.kind)
         if self.clip_denoised:
             x0 = x0.clamp(-1, 1)
             eps = (x - a * x0) / b
         grad, logits = self.gradient(x0, x, c, target, t)
-        check_finite("classifier logits", logits, i)
-        check_finite("guidance gradient", grad, i)
+        guard.watch("classifier logits", logits, i)
+        guard.watch("guidance gradient", grad, i)
         weight = self.x0_weight(i, a_all, b_all, extra if extra.shape[1] else None, channels, prediction.shape[1])
         guided_x0 = x0 + weight * grad
         guided_eps = eps - (a / b) * weight * grad
         out = from_x0_eps(guided_x0, guided_eps, a, b, self.kind)
-        check_finite("guided prediction", out, i)
+        guard.watch("guided prediction", out, i)
+        if own_guard:
+            guard.check()
         out = torch.cat([out.to(prediction.dtype), extra], dim=1)
         return out, dict(pred_xstart=x0, grad=grad, logits=logits, weight=weight)
 
@@ -507,16 +532,21 @@ class ClassifierGuidedPipeline(_DiffusionPipeline):
             x = latents.to(device=device, dtype=torch.float32)
         x = x * getattr(scheduler, "init_noise_sigma", 1.0)
         denoise = self._latent_denoiser(model, y) if self.latent else self._pixel_denoiser(model, y)
+        # recorded on the device and read once, before decoding and before each callback (which may read values)
+        guard = FiniteGuard(capacity=4 * len(scheduler.timesteps))
         for i, t in enumerate(self.progress_bar(scheduler.timesteps)):
             x_in = scale_model_input(scheduler, x, t)
             prediction = denoise(x_in, t)
-            prediction, info = self.guidance.correct(prediction, x_in, t, y)
+            prediction, info = self.guidance.correct(prediction, x_in, t, y, step=i, guard=guard)
             if callback is not None:
+                guard.check()
                 callback(step=i, timestep=t, sample=x, **info)
             x = scheduler.step(_scheduler_input(scheduler, prediction, channels), t, x,
                                **_step_kwargs(scheduler, generator)).prev_sample
             if callback_on_step_end is not None:
+                guard.check()
                 x = (callback_on_step_end(self, i, t, {"latents": x}) or {}).get("latents", x)
+        guard.check()
         if self.latent:
             from offshelf.samplers.dit import decode
 

@@ -152,7 +152,10 @@ def ddpm_step(model, diffusion: GaussianDiffusion, x_cur: torch.Tensor, k: int, 
         guard.watch("guided mean", mean, k)
     # x_{k−1} = μ' + 1[k>0]·sqrt(Σ_k)·z
     noise = rng.randn_like(x_cur)
-    x_prev = mean + (k > 0) * torch.exp(0.5 * out.log_variance) * noise
+    noise_scale = torch.exp(0.5 * out.log_variance)
+    if k == 0:  # multiplied out rather than skipped: a non-finite Σ still reaches x_0, as 0·inf = NaN
+        noise_scale = 0 * noise_scale
+    x_prev = mean + noise_scale * noise
     if own_guard:
         guard.check()
     return x_prev.detach(), dict(pred_xstart=out.pred_xstart, grad=grad, logits=logits), sigma_max
