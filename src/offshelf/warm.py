@@ -5,7 +5,7 @@ Why: on the tiny configs a job does about 0.5 s of work and spends 1.5-2 s of CP
 (benchmarks/RESULTS.md, "Job start-up share"). Snakemake starts a fresh interpreter per job, so a
 run of 186 jobs paid that import 125 times.
 
-How: the first job that needs it starts a *warm server* (``python -m offshelf.warm serve SOCKET``):
+How: the first job that needs it starts a *warm server* (:func:`serve`, in a process of its own):
 one process per interpreter, offshelf source and import-relevant environment, which imports the
 preloaded modules, checks it is still single-threaded (a fork of a process whose OpenMP pool or
 CUDA context has started is not safe) and then waits on a Unix socket. A job's script calls
@@ -57,6 +57,8 @@ START_TIMEOUT = 60.0  # a server's imports on a loaded 2-core machine take ~5 s;
 KEY_PREFIXES = ("PYTHON", "LD_", "TORCH", "PYTORCH", "CUDA", "NVIDIA", "OMP_", "MKL_", "KMP_", "OPENBLAS",
                 "OFFSHELF", "CONDA_PREFIX", "VIRTUAL_ENV")
 ENABLE_VARIABLE = "OFFSHELF_WARM"
+# How a job starts a server: an internal process, not a command line (offshelf has one: offshelf.cli)
+SERVE = "import sys; from pathlib import Path; from offshelf import warm; sys.exit(warm.serve(Path(sys.argv[1])))"
 _IN_FORK = "_OFFSHELF_WARM_FORK"  # set in a fork: its script's own hand_off() call returns at once
 _HEADER = struct.Struct("!I")
 _started_cpu: float | None = None  # the job process's CPU seconds before the hand-off (a fork's start-up)
@@ -157,7 +159,7 @@ def _connect_or_start() -> socket.socket:
             pass
         path.unlink(missing_ok=True)  # a dead server's socket
         log = open(path.with_suffix(".log"), "ab")
-        server = subprocess.Popen([sys.executable, "-m", "offshelf.warm", "serve", str(path)], stdin=subprocess.DEVNULL,
+        server = subprocess.Popen([sys.executable, "-c", SERVE, str(path)], stdin=subprocess.DEVNULL,
                                   stdout=log, stderr=log, start_new_session=True, cwd="/", close_fds=True)
         log.close()
         deadline = time.monotonic() + START_TIMEOUT
@@ -382,14 +384,3 @@ def _run_job(request: dict, fds: list[int]) -> int:
         except OSError:
             pass
     return code
-
-
-if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "serve":
-        # through the package's module, not this __main__ copy: a fork's job imports offshelf.warm
-        # and must find the state _run_job set there
-        from offshelf import warm
-
-        sys.exit(warm.serve(Path(sys.argv[2])))
-    print("usage: python -m offshelf.warm serve SOCKET", file=sys.stderr)
-    sys.exit(2)

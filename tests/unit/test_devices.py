@@ -195,5 +195,7 @@ def test_a_workflow_job_waits_for_its_gpu_in_its_log(tmp_path):
                 if proc is not None and proc.poll() is None:
                     proc.kill()
     text = log.read_text()
-    assert "CUDA_VISIBLE_DEVICES=0 argv=" in text and text.rstrip().endswith("job ran with CUDA_VISIBLE_DEVICES=0")
+    # the job's own last line, before the CPU summary job_log closes every log with
+    job_lines = [line for line in text.splitlines() if not line.startswith("[offshelf] job CPU:")]
+    assert "CUDA_VISIBLE_DEVICES=0 argv=" in text and job_lines[-1] == "job ran with CUDA_VISIBLE_DEVICES=0"
     assert text.index("held by other offshelf jobs") < text.index("came free") < text.index("job ran")

@@ -209,8 +209,9 @@ class ResBlock(TimestepBlock):
             h = self.out_layers[1:](h)
         else:
             h = self.out_layers(h + emb_out)
-        h += self.skip_connection(x)
-        return h
+        # out of place: under channels_last, `h += x` would keep h's layout where `x + h` takes x's,
+        # and the convolutions after it would round differently from the eager loop
+        return self.skip_connection(x) + h
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -279,8 +280,7 @@ class AttentionBlock(nn.Module):
         b, c, *spatial = x.shape
         x = x.reshape(b, c, -1)
         h = self.proj_out(self.attention(self.qkv(self.norm(x))))
-        h += x
-        return h.reshape(b, c, *spatial)
+        return (x + h).reshape(b, c, *spatial)
 
 
 class AttentionPool2d(nn.Module):
