@@ -99,6 +99,15 @@ class SiLU(nn.Module):
         return F.silu(x, inplace=not (torch.is_grad_enabled() and x.requires_grad))
 
 
+def _add_residual(h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``x + h``, into ``h`` (one allocation less) where both share a memory layout: then the sum has
+    that layout either way. Under channels_last the two can differ, and ``h += x`` would keep h's
+    layout where ``x + h`` takes x's: the convolutions after it would round differently."""
+    if h.shape == x.shape and h.stride() == x.stride() and h.dtype == x.dtype:
+        return h.add_(x)
+    return x + h
+
+
 def normalization(channels: int) -> nn.Module:
     return GroupNorm32(32, channels)
 
@@ -209,9 +218,7 @@ class ResBlock(TimestepBlock):
             h = self.out_layers[1:](h)
         else:
             h = self.out_layers(h + emb_out)
-        # out of place: under channels_last, `h += x` would keep h's layout where `x + h` takes x's,
-        # and the convolutions after it would round differently from the eager loop
-        return self.skip_connection(x) + h
+        return _add_residual(h, self.skip_connection(x))
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -280,7 +287,7 @@ class AttentionBlock(nn.Module):
         b, c, *spatial = x.shape
         x = x.reshape(b, c, -1)
         h = self.proj_out(self.attention(self.qkv(self.norm(x))))
-        return (x + h).reshape(b, c, *spatial)
+        return _add_residual(h, x).reshape(b, c, *spatial)
 
 
 class AttentionPool2d(nn.Module):
