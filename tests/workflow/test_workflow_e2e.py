@@ -206,7 +206,7 @@ def test_killed_sampling_job_loses_only_its_shard(ci_run, tmp_path):
     # the ci run's trained networks, copied (a link out of the results folder is refused: it is written there)
     shutil.copytree(ci_run / "ci" / "models", results / "ci" / "models")
     config = yaml.safe_load(CI.read_text())
-    config["sampling"].update(num_samples=2048, shard_size=1024, batch_size=256, respacing="500")
+    config["sampling"].update(num_samples=2048, shard_size=1024, batch_size=256, respacing="100")
     config["search"]["low_fidelity"] = 1024  # whole shards
     cfg = tmp_path / "kill.yaml"
     cfg.write_text(yaml.safe_dump(config))
