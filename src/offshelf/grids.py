@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -152,3 +153,40 @@ def write_sample_grid(shard_format: HasShardFormat, shard_paths: Sequence[str], 
 def _seeds(path: str) -> np.ndarray:
     with np.load(path) as shard:
         return shard["seeds"]
+
+
+def shards_by_setting(paths: Sequence[str | os.PathLike]) -> dict[str, list[str]]:
+    """Shard files ``<...>/<setting>/shard<i>.npz`` grouped by setting (their folder's name), each
+    setting's in shard order. A setting's grid reads its leading shards, 0, 1, ... with none missing."""
+    found: dict[str, dict[int, str]] = {}
+    for path in paths:
+        index = Path(path).name.removeprefix("shard").removesuffix(".npz")
+        if not (index.isdigit() and Path(path).name == f"shard{index}.npz"):
+            raise ValueError(f"{path}: not a shard file (shard<i>.npz)")
+        found.setdefault(Path(path).parent.name, {})[int(index)] = str(path)
+    out = {}
+    for setting, shards in found.items():
+        if sorted(shards) != list(range(len(shards))):
+            raise ValueError(f"setting {setting}: a grid reads its leading shards, got shards {sorted(shards)}")
+        out[setting] = [shards[i] for i in range(len(shards))]
+    return out
+
+
+@dataclass(frozen=True)
+class GridSources:
+    """What a report draws its sample grids from: each setting's leading shards (``shards``:
+    setting -> paths in shard order), the [first seed, count] of shard 0, 1, ... (the same in every
+    setting: ``seeds``), the config's ``grids`` section and the backend's shard format (checked as
+    the evaluation checks the shards)."""
+
+    shard_format: HasShardFormat
+    shards: Mapping[str, Sequence[str]]
+    seeds: Sequence[Sequence[int]]
+    options: Mapping[str, Any] | None
+
+    def write(self, setting: str, out_path: str | os.PathLike) -> dict[str, Any]:
+        """The grid of ``setting`` written to ``out_path`` (:func:`write_sample_grid`); its layout."""
+        paths = self.shards[setting]
+        if len(paths) > len(self.seeds):
+            raise ValueError(f"setting {setting}: {len(paths)} grid shards, seeds given for {len(self.seeds)}")
+        return write_sample_grid(self.shard_format, paths, self.seeds[:len(paths)], self.options, out_path, setting)

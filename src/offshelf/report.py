@@ -21,7 +21,7 @@ import pandas as pd
 
 from offshelf.calibration import integral_calibration_error
 from offshelf.atomic import atomic_write, save_csv, save_text
-from offshelf.grids import read_layout
+from offshelf.grids import GridSources
 from offshelf.planning.rows import evaluation_name, table_rows
 from offshelf.tables import (add_differences, add_paired_differences, add_reported_estimates, html_table, markdown,
                              table_frame)
@@ -57,17 +57,17 @@ def _intro(plan_config: dict, experiment: str, comparable: bool) -> list[str]:
 
 def write_report(plan_config: dict, metric_files: list[str], calibration_files: list[str], figure_files: list[str],
                  out_path: str, experiment: str, model_files: list[str] = (), comparable: bool = False,
-                 feature_files: list[str] = (), search_files: list[str] = (), grid_files: list[str] = (),
+                 feature_files: list[str] = (), search_files: list[str] = (), grids: GridSources | None = None,
                  samples_dir: str | None = None) -> dict[str, pd.DataFrame]:
     """``comparable``: the backend reproduces the paper's own setting, so each table also gets
     measured − paper columns. ``feature_files``: the evaluations' ``<name>.features.npz`` (per-sample
     arrays and bootstrap replicates), from which each row's paired difference against its table's
     baseline row is taken. ``search_files``: the guidance-scale searches' ``result.json``
     (offshelf.planning.searches.search_result_record: the scale each searched row reports; its metrics and
-    features are among ``metric_files`` / ``feature_files``). ``grid_files``: sample grids
-    ``<setting>.png`` (offshelf.grids); with them each table gets a Samples section showing the grid
-    of the setting each row reports, copied to ``samples_dir`` as :func:`sample_file` names it (the
-    HTML report's files)."""
+    features are among ``metric_files`` / ``feature_files``). ``grids``: the shards the sample
+    grids are drawn from (offshelf.grids); with them each table gets a Samples section showing the
+    grid of the setting each row reports, drawn into ``samples_dir`` as :func:`sample_file` names it
+    (the HTML report's files)."""
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     evaluations = {Path(p).stem: json.loads(Path(p).read_text()) for p in metric_files}
@@ -82,9 +82,9 @@ def write_report(plan_config: dict, metric_files: list[str], calibration_files: 
     features = {Path(p).name.removesuffix(".features.npz"): p for p in feature_files}
     cache: dict = {}
     frames = {}
-    grids = {Path(p).stem: p for p in grid_files}
-    if grid_files and samples_dir is None:
-        raise ValueError("write_report: grid_files given without samples_dir (where the report's copies go)")
+    if grids is not None and samples_dir is None:
+        raise ValueError("write_report: grids given without samples_dir (where the report's grids go)")
+    drawn: dict[str, tuple[Path, dict]] = {}  # setting -> (its grid's first file, layout): drawn once, copied
     for table, spec in plan_config["tables"].items():
         mine = [r for r in rows if r.table == table]
         parts = []
@@ -116,8 +116,8 @@ def write_report(plan_config: dict, metric_files: list[str], calibration_files: 
         page = html_table(frame, list(spec.get("columns", ["fid"])), title, plan_config.get("report_note", ""))
         save_text(out.parent / report_table_page(table), page)
         sections += [text, f"CSV: [{table}.csv]({table}.csv)", ""]
-        if grid_files:
-            sections += _samples_section(table, frame, plan_config, grids, Path(samples_dir), out.parent)
+        if grids is not None:
+            sections += _samples_section(table, frame, grids, Path(samples_dir), out.parent, drawn)
     if figure_files:
         # copied beside the report, so that the report folder alone (copied, zipped) shows them
         sections += ["## Figures", ""]
@@ -157,7 +157,7 @@ FIGURE_CAPTIONS = {
 
 
 #: The keys of a search's ``result.json`` naming files the report reads (the chosen scale's).
-SEARCHED_FILE_KEYS = ("metrics_file", "features_file", "grid_files")
+SEARCHED_FILE_KEYS = ("metrics_file", "features_file", "grid_shards")
 
 
 def searched_files(experiment_folder: str | os.PathLike, result_path: str | os.PathLike) -> dict[str, list[str]]:
@@ -172,7 +172,7 @@ def searched_files(experiment_folder: str | os.PathLike, result_path: str | os.P
             "relative to the experiment folder")
     out: dict[str, list[str]] = {}
     for key in SEARCHED_FILE_KEYS:
-        values = record.get(key, [] if key == "grid_files" else None)
+        values = record.get(key, [] if key == "grid_shards" else None)
         for value in ([values] if isinstance(values, str) else values or []):
             where = f"{result_path}: {key} {value!r}"
             if Path(value).is_absolute() or ".." in Path(value).parts:
@@ -207,10 +207,11 @@ def sample_category(config: dict, table: str) -> str:
     return f"{table_heading(table)}: {config['tables'][table]['title']}"
 
 
-def _samples_section(table: str, frame: pd.DataFrame, plan_config: dict, grids: dict[str, str], samples_dir: Path,
-                     report_dir: Path) -> list[str]:
+def _samples_section(table: str, frame: pd.DataFrame, grids: GridSources, samples_dir: Path, report_dir: Path,
+                     drawn: dict[str, tuple[Path, dict]]) -> list[str]:
     """A table's Samples: per row and regime, the grid of the setting whose numbers the row reports
-    (copied into ``samples_dir``), or the reason the row was not run."""
+    (drawn into ``samples_dir`` from its shards; a setting ``drawn`` already is copied), or the
+    reason the row was not run."""
     regimes = list(dict.fromkeys(frame["regime"]))
     layouts = {}
     lines = ["| row | " + " | ".join(regimes) + " |", "|" + "---|" * (len(regimes) + 1)]
@@ -223,13 +224,16 @@ def _samples_section(table: str, frame: pd.DataFrame, plan_config: dict, grids: 
                 cells.append("not run" if r.empty else str(r.iloc[0]["status"]))
                 continue
             setting = r.iloc[0]["setting"]
-            if setting not in grids:
-                raise ValueError(f"{table} / {label} / {regime}: reports setting {setting}, whose grid is not among "
-                                 f"the report's grid inputs ({len(grids)} grids)")
+            if setting not in grids.shards:
+                raise ValueError(f"{table} / {label} / {regime}: reports setting {setting}, whose shards are not among "
+                                 f"the report's grid inputs ({len(grids.shards)} settings)")
             target = samples_dir / sample_file(table, position, regime)
             target.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(target, lambda tmp, src=grids[setting]: shutil.copyfile(src, tmp))
-            layouts[setting] = read_layout(grids[setting])
+            if setting in drawn:
+                atomic_write(target, lambda tmp, src=drawn[setting][0]: shutil.copyfile(src, tmp))
+            else:
+                drawn[setting] = (target, grids.write(setting, target))
+            layouts[setting] = drawn[setting][1]
             cells.append(f"![{label}, {regime}]({os.path.relpath(target, report_dir)})")
         lines.append("| " + " | ".join(cells) + " |")
     if not layouts:

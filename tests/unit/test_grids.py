@@ -2,12 +2,7 @@
 setting's grid, enlarged tiles, white gutters, empty tiles where a class runs short; and the
 report's Samples section built from them."""
 
-import ast
 import copy
-import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -16,8 +11,8 @@ import yaml
 
 from offshelf import backends
 from offshelf.config import ConfigError, validate_config
-from offshelf.grids import (BACKGROUND, GUTTER, GridConfigError, class_grid, grid_options, read_layout,
-                            upscale_factor, write_sample_grid)
+from offshelf.grids import (BACKGROUND, GUTTER, GridConfigError, GridSources, class_grid, grid_options, read_layout,
+                            shards_by_setting, upscale_factor, write_sample_grid)
 from offshelf.seeding import draw_labels
 from offshelf.shards import ShardFormat, save_shard
 from workflow_utils import REPO
@@ -75,36 +70,27 @@ def test_grid_lines_are_classes_and_tiles_are_their_first_seeds(tmp_path):
     assert read_layout(out) == layout
 
 
-# What the sample_grid job runs, in a fresh interpreter: the script's own imports, then the grid.
-GRID_JOB = """
-import json, sys
-{script_imports}
-from offshelf.shards import ShardFormat
-import offshelf.grids, offshelf.jobs, offshelf.shards
-paths, ranges, shard_format, out = json.loads(sys.argv[1])
-layout = offshelf.grids.write_sample_grid(ShardFormat.from_param(shard_format), paths, ranges, {{"per_class": 2}}, out, "a")
-print(json.dumps({{"classes": layout["classes"], "torch": "torch" in sys.modules}}))
-"""
-
-
-def test_the_grid_job_does_not_import_torch(tmp_path):
-    """A grid job reads shards and writes a PNG: importing torch would cost it seconds, 44 times a run.
-    Its shard checks get the backend's ShardFormat as a plain param instead of the backend."""
-    paths, ranges = fake_shards(tmp_path, 0)
-    shard_format = ShardFormat.of(DIGITS).param()
-    assert json.loads(json.dumps(shard_format)) == {"name": "digits", "image_shape": [1, 8, 8], "num_classes": 10}
-    assert ShardFormat.from_param(shard_format) == ShardFormat.of(DIGITS) == ShardFormat("digits", (1, 8, 8), 10)
-    script = ast.parse((REPO / "workflow" / "scripts" / "sample_grid.py").read_text())
-    imports = [ast.unparse(node) for node in script.body if isinstance(node, (ast.Import, ast.ImportFrom))]
-    assert any("write_sample_grid" in line for line in imports)
-    assert not any("backends" in line for line in imports), imports  # creating the backend imports torch
-    code = GRID_JOB.format(script_imports="\n".join(imports))
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
-    out = subprocess.run([sys.executable, "-c", code, json.dumps([paths, ranges, shard_format, str(tmp_path / "a.png")])],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert json.loads(out.stdout.splitlines()[-1]) == {"classes": list(range(10)), "torch": False}
-    assert read_layout(tmp_path / "a.png")["classes"] == list(range(10))
+def test_the_report_draws_each_settings_grid_from_its_leading_shards(tmp_path):
+    """No grid job: the report draws each grid from the shard files it is given, grouped by their
+    setting's folder in shard order, with the seeds each shard must hold; the same PNG, byte for
+    byte, as drawing it from those shards directly. A gap in the leading shards is refused."""
+    paths, ranges = fake_shards(tmp_path / "samples" / "s_one", 0)
+    other, _ = fake_shards(tmp_path / "samples" / "s_two", 100, seeds=range(32))
+    grouped = shards_by_setting([paths[1], other[0], paths[0]])
+    assert grouped == {"s_one": paths, "s_two": other}
+    sources = GridSources(ShardFormat.of(DIGITS), grouped, ranges, {"per_class": 2})
+    layout = sources.write("s_one", tmp_path / "drawn.png")
+    direct = write_sample_grid(DIGITS, paths, ranges, {"per_class": 2}, tmp_path / "direct.png", "s_one")
+    assert layout == direct and layout["shards"] == 2
+    assert (tmp_path / "drawn.png").read_bytes() == (tmp_path / "direct.png").read_bytes()
+    assert sources.write("s_two", tmp_path / "two.png")["shards"] == 1  # the seeds of shard 0 only
+    with pytest.raises(ValueError, match=r"setting s_one: a grid reads its leading shards, got shards \[1\]"):
+        shards_by_setting([paths[1]])
+    with pytest.raises(ValueError, match="not a shard file"):
+        shards_by_setting([tmp_path / "s_one" / "grid.png"])
+    wrong = GridSources(ShardFormat.of(DIGITS), grouped, [[1000, 32], [1032, 32]], {"per_class": 2})
+    with pytest.raises(ValueError, match="seed"):  # the shards must hold the plan's seeds, as the evaluation checks
+        wrong.write("s_one", tmp_path / "wrong.png")
 
 
 def test_shards_of_another_backend_stop_the_grid(tmp_path):
@@ -186,11 +172,11 @@ def test_schema_checks_the_grids_section(grids, match):
 def test_report_samples_show_each_rows_reported_grid_or_its_reason(tmp_path):
     from offshelf.report import _samples_section
 
-    paths, ranges = fake_shards(tmp_path, 0)
-    grids = {}
-    for name in ("s_one", "s_two"):
-        grids[name] = str(tmp_path / f"{name}.png")
-        write_sample_grid(DIGITS, paths[:1], ranges[:1], {"per_class": 2}, grids[name], name)
+    shards = {}
+    for name, offset in (("s_one", 0), ("s_two", 100)):
+        paths, ranges = fake_shards(tmp_path / "samples" / name, offset)
+        shards[name] = paths[:1]
+    grids = GridSources(ShardFormat.of(DIGITS), shards, ranges[:1], {"per_class": 2})
     frame = pd.DataFrame([
         {"row": "first", "regime": "cond", "status": "ok", "setting": "s_one"},
         {"row": "first", "regime": "uncond", "status": "ok", "setting": "s_two"},
@@ -198,15 +184,19 @@ def test_report_samples_show_each_rows_reported_grid_or_its_reason(tmp_path):
         {"row": "second", "regime": "uncond", "status": "ok", "setting": "s_one"},
     ])
     report_dir = tmp_path / "report"
-    text = "\n".join(_samples_section("table7", frame, {}, grids, report_dir / "samples", report_dir))
+    text = "\n".join(_samples_section("table7", frame, grids, report_dir / "samples", report_dir, {}))
     assert "| first | ![first, cond](samples/table7/01-cond.png) | ![first, uncond](samples/table7/01-uncond.png) |" \
         in text
     assert "| second | not run (no CFG model) | ![second, uncond](samples/table7/02-uncond.png) |" in text
     assert "one line per class (0, 1, 2, 3, 4, 5, 6, 7, 8, 9), the first 2 seeds of each class" in text
-    assert (report_dir / "samples" / "table7" / "01-uncond.png").read_bytes() == open(grids["s_two"], "rb").read()
-    assert not (report_dir / "samples" / "table7" / "02-cond.png").exists()
-    with pytest.raises(ValueError, match=r"table7 / first / cond: reports setting s_one, whose grid"):
-        _samples_section("table7", frame, {}, {"s_two": grids["s_two"]}, report_dir / "samples", report_dir)
+    write_sample_grid(DIGITS, shards["s_two"], ranges[:1], {"per_class": 2}, tmp_path / "s_two.png", "s_two")
+    samples = report_dir / "samples" / "table7"
+    assert (samples / "01-uncond.png").read_bytes() == (tmp_path / "s_two.png").read_bytes()
+    assert (samples / "02-uncond.png").read_bytes() == (samples / "01-cond.png").read_bytes()  # s_one, drawn once
+    assert not (samples / "02-cond.png").exists()
+    with pytest.raises(ValueError, match=r"table7 / first / cond: reports setting s_one, whose shards"):
+        _samples_section("table7", frame, GridSources(ShardFormat.of(DIGITS), {"s_two": shards["s_two"]}, ranges[:1],
+                                                      {"per_class": 2}), report_dir / "samples", report_dir, {})
 
 
 def test_a_grid_reads_only_the_leading_shards_it_needs():
@@ -216,6 +206,7 @@ def test_a_grid_reads_only_the_leading_shards_it_needs():
     from offshelf.planning.searches import search_round_record
 
     ci = load_config(REPO / "config" / "ci.yaml")
+    ci["sampling"]["shard_size"] = 32  # two shards per setting
     plan = build_plan(ci)
 
     def shards(config, name, rounds=()):

@@ -371,9 +371,9 @@ def test_a_proposed_scale_resolves_to_its_setting(config, tmp_path):
     folder = tmp_path / "search"
     (folder / plan.name).mkdir(parents=True)
     old = {k: v for k, v in round0.items() if k not in ("settings", "evaluates")}
-    (folder / plan.name / "round0.json").write_text(json.dumps(old))
+    (folder / plan.name / "round1.json").write_text(json.dumps(dict(old, round=1)))
     with pytest.raises(ValueError, match="made by an older offshelf.*delete"):
-        list(read_rounds(folder, [plan.name]))
+        list(read_rounds(folder, {plan.name: plan}))
     # a round of a search the plan does not hold proposes nothing
     with pytest.raises(ValueError, match="neither"):
         lookup_setting(settings, {}, [record], plan.at(5.48).name)
@@ -406,16 +406,17 @@ def test_job_counts_bound_the_searches(config):
     # sample job (one shard of 500) and an evaluate job
     assert [max_evaluations(p.spec) for p in searches.values()] == [(5, 1)] * 38
     assert counts["search_evaluate"] == 38 * 1 and counts["search_sample"] == 38 * 1
-    assert counts["search_round"] == sum(max_rounds(p.spec) for p in searches.values()) == 38 * 4
+    # 4 rounds of proposals, the first the plan's own (initial_round: no job)
+    assert counts["search_round"] == sum(max_rounds(p.spec) - 1 for p in searches.values()) == 38 * 3
     # the fixed settings (unguided, CFG) apart: one evaluation each, every shard
     assert counts["evaluate"] == len(build_plan(config).settings) and counts["sample"] == counts["settings"] * counts["shards"]
-    # and every other job a run makes: per search its result and finalist's grid, per experiment a handful
-    assert counts["search_result"] == counts["search_grid"] == 38
+    # and every other job a run makes: per search its result, per experiment a handful (the report
+    # draws the sample grids: no job of their own)
+    assert counts["search_result"] == 38 and "sample_grid" not in counts and "search_grid" not in counts
     assert counts["total"] == sum(counts[k] for k in ("sample", "evaluate", "calibrate", "search_sample",
                                                        "search_evaluate", "search_round", "search_result",
-                                                       "search_grid", "train_model", "fetch_checkpoint",
-                                                       "reference_features", "figure", "sample_grid",
-                                                       "publish_results", "report", "all"))
+                                                       "train_model", "fetch_checkpoint", "reference_features",
+                                                       "figure", "publish_results", "report", "all"))
     assert counts["publish_results"] == 1  # config.yaml's results_doc: `all` refreshes docs/results.md
     assert counts["pareto_report"] == counts["pareto"] == 0  # a target of its own (build_plan(config).pareto)
 
@@ -423,8 +424,7 @@ def test_job_counts_bound_the_searches(config):
 def test_all_counts_the_pareto_target_where_the_config_puts_it_there(config):
     """config.yaml's `all` runs the pareto target (pareto_in_all): its count is the tables' jobs and
     the target's, each job the two share (same setting, evaluation or search) once, as if the
-    pareto table were one more table, but without sample grids for its fixed settings (only the
-    tables' report shows grids), plus its report; `snakemake pareto`, the named target, is not run."""
+    pareto table were one more table, plus its report; `snakemake pareto`, the named target, is not run."""
     assert config["pareto_in_all"] is True
     both = build_plan(config).job_counts
     tables = build_plan(dict(config, pareto_in_all=False)).job_counts
@@ -432,13 +432,12 @@ def test_all_counts_the_pareto_target_where_the_config_puts_it_there(config):
     one_table.pop("pareto")
     one_table.pop("pareto_in_all")
     merged = build_plan(one_table)
-    assert both["pareto_report"] == 1 and both["pareto"] == 0 and both["sample_grid"] == tables["sample_grid"]
-    for kind in ("sample", "evaluate", "calibrate", "search_round", "search_sample", "search_evaluate", "search_grid",
+    assert both["pareto_report"] == 1 and both["pareto"] == 0
+    for kind in ("sample", "evaluate", "calibrate", "search_round", "search_sample", "search_evaluate",
                  "search_result", "searches", "train_model", "fetch_checkpoint", "reference_features", "figure"):
         assert both[kind] == merged.job_counts[kind], kind
-    grids_of_pareto_settings = merged.job_counts["sample_grid"] - tables["sample_grid"]
-    assert grids_of_pareto_settings == len(set(merged.settings) - set(build_plan(config).settings)) > 0
-    assert both["total"] == merged.job_counts["total"] - grids_of_pareto_settings + 1
+    assert len(set(merged.settings) - set(build_plan(config).settings)) > 0  # the target adds settings of its own
+    assert both["total"] == merged.job_counts["total"] + 1
     # shared jobs counted once: fewer than the tables' count plus the named target's "at most N more"
     pareto = build_plan(config).pareto.job_counts
     assert tables["total"] < both["total"] < tables["total"] + pareto["total"]
@@ -456,16 +455,16 @@ def test_job_count_of_all_with_the_pareto_target_by_hand():
     config["pareto"] = dict(config["pareto"], rows=[r for r in config["pareto"]["rows"] if r["label"] in labels])
     validate_config(config)
     plan = build_plan(config)
-    shards = 64 // 32
+    shards = 64 // 64  # sampling.num_samples / shard_size
     assert len(plan.all_searches) == 3  # the table's two and the recurrent one: calibrated guidance's is shared
-    tables = 32  # test_job_count_of_a_small_config_by_hand
+    tables = 22  # test_job_count_of_a_small_config_by_hand
     best_of_2 = shards + 1  # its samples and its evaluation
-    recurrent = 3 + shards + 1 + 1 + 1  # rounds, the finalist's samples, evaluation and grid, the result
-    assert plan.job_counts["total"] == tables + best_of_2 + recurrent + 1 == 44  # + pareto_report
-    # before any round: Best-of-2's jobs, the recurrent search's round 0 and result, the report
-    assert plan.job_counts["first_dag"] == 20 + best_of_2 + 2 + 1 == 26
+    recurrent = 2 + shards + 1 + 1  # rounds 1 and 2, the finalist's samples and evaluation, the result
+    assert plan.job_counts["total"] == tables + best_of_2 + recurrent + 1 == 30  # + pareto_report
+    # before any round: Best-of-2's jobs, the recurrent search's round 1 and result, the report
+    assert plan.job_counts["first_dag"] == 16 + best_of_2 + 2 + 1 == 21
     line = describe_job_counts(config, plan)
-    assert line.startswith("offshelf: 44 jobs planned (") and "1 pareto_report" in line
+    assert line.startswith("offshelf: 30 jobs planned (") and "1 pareto_report" in line
     assert "target `pareto` in `all`" in line and "not in `all`" not in line
 
 
@@ -511,28 +510,30 @@ def test_the_plan_is_built_once_per_validation(config, tmp_path, monkeypatch):
 
 def test_read_rounds_parses_a_round_file_again_only_when_it_changed(config, tmp_path, monkeypatch):
     """The workflow's input functions ask for the rounds once per job they expand: an unchanged file
-    (same mtime_ns, size, inode) is not parsed again; a rewritten one is, and a deleted one is gone."""
+    (same mtime_ns, size, inode) is not parsed again; a rewritten one is, and a deleted one is gone.
+    Round 0 is the plan's own (initial_round), read from no file."""
     import offshelf.planning.searches as searches
     from offshelf.atomic import save_json
 
     plan = next(iter(build_plan(config).searches.values()))
     folder = tmp_path / "search"
     round0 = searches.search_round_record(plan, None, {})
-    round1 = dict(round0, round=1)
-    save_json(folder / plan.name / "round0.json", round0)
+    round1, round2 = dict(round0, round=1), dict(round0, round=2)
     save_json(folder / plan.name / "round1.json", round1)
+    save_json(folder / plan.name / "round2.json", round2)
     parsed = []
     real_loads = json.loads
     monkeypatch.setattr(searches, "json", type("CountingJson", (), {
         "loads": staticmethod(lambda text: parsed.append(text) or real_loads(text))}))
-    first = list(searches.read_rounds(folder, [plan.name]))
-    assert [r["round"] for r in first] == [0, 1] and len(parsed) == 2
-    assert list(searches.read_rounds(folder, [plan.name])) == first and len(parsed) == 2  # nothing parsed again
-    save_json(folder / plan.name / "round1.json", dict(round1, final=not round1["final"]))  # a rerun round
-    again = list(searches.read_rounds(folder, [plan.name]))
-    assert again[1]["final"] == (not round1["final"]) and len(parsed) == 3  # only the changed file
-    (folder / plan.name / "round1.json").unlink()
-    assert [r["round"] for r in searches.read_rounds(folder, [plan.name])] == [0]
+    first = list(searches.read_rounds(folder, {plan.name: plan}))
+    assert [r["round"] for r in first] == [0, 1, 2] and len(parsed) == 2
+    assert first[0] == round0 and not (folder / plan.name / "round0.json").exists()
+    assert list(searches.read_rounds(folder, {plan.name: plan})) == first and len(parsed) == 2  # nothing parsed again
+    save_json(folder / plan.name / "round2.json", dict(round2, final=not round2["final"]))  # a rerun round
+    again = list(searches.read_rounds(folder, {plan.name: plan}))
+    assert again[2]["final"] == (not round2["final"]) and len(parsed) == 3  # only the changed file
+    (folder / plan.name / "round2.json").unlink()
+    assert [r["round"] for r in searches.read_rounds(folder, {plan.name: plan})] == [0, 1]
 
 
 def test_job_count_of_a_small_config_by_hand():
@@ -546,25 +547,25 @@ def test_job_count_of_a_small_config_by_hand():
     validate_config(config)
     plan = build_plan(config)
     counts = plan.job_counts
-    shards = 64 // 32  # sampling.num_samples / shard_size
+    shards = 64 // 64  # sampling.num_samples / shard_size
     # fixed settings: the unguided baseline and CFG at its one scale; the two guided rows (fine-tuned
     # CG, off-the-shelf) each get a search
     assert len(plan.settings) == 2 and len(plan.searches) == 2
     by_hand = {
         "sample": 2 * shards, "evaluate": 2, "calibrate": 0,  # Table 7 shows no calibration error
-        # each search: round 0 (the initial scale), round 1 (one step past the edge), the final round
-        # (the finalist); the one finalist sampled in full, evaluated, its grid drawn; one result
-        "search_round": 2 * 3, "search_sample": 2 * shards, "search_evaluate": 2, "search_grid": 2,
-        "search_result": 2,
+        # each search: round 1 (draws the initial scale the plan's round 0 proposes; proposes one step
+        # past the edge), the final round (proposes the finalist); the one finalist sampled in full
+        # and evaluated; one result
+        "search_round": 2 * 2, "search_sample": 2 * shards, "search_evaluate": 2, "search_result": 2,
         # every setting loads denoiser, off-the-shelf and fine-tuned networks; the evaluator judges
         "train_model": 4, "fetch_checkpoint": 0, "reference_features": 1,
         "figure": 1,  # Figures 3 and 5, the DDPM family's analytic figures, in one job
-        "sample_grid": 2, "report": 1, "all": 1,
+        "report": 1, "all": 1,  # the report draws the sample grids: no job of their own
     }
     assert {k: counts[k] for k in by_hand} == by_hand
-    assert counts["total"] == sum(by_hand.values()) == 32
-    # before any round has run, Snakemake knows each search's round 0 and result, not the later
-    # rounds nor the finalists' sample, evaluate and grid jobs they propose
-    assert counts["first_dag"] == 32 - 2 * 2 - 2 * shards - 2 - 2 == 20
+    assert counts["total"] == sum(by_hand.values()) == 22
+    # before any round has run, Snakemake knows each search's round 1 and result, not the later
+    # rounds nor the finalists' sample and evaluate jobs they propose
+    assert counts["first_dag"] == 22 - 2 * 1 - 2 * shards - 2 == 16
     line = describe_job_counts(config, plan)
-    assert line.startswith("offshelf: 32 jobs planned (") and "at most" in line and "lists 20 of them" in line
+    assert line.startswith("offshelf: 22 jobs planned (") and "at most" in line and "lists 16 of them" in line

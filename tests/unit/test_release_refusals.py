@@ -84,7 +84,7 @@ def test_a_search_result_names_files_inside_its_experiment_folder(tmp_path):
         (exp / "metrics" / name).write_text("{}")
     result = exp / "search" / "s" / "result.json"
     result.write_text(json.dumps({"metrics_file": "metrics/a.json", "features_file": "metrics/a.features.npz",
-                                  "grid_files": []}))
+                                  "grid_shards": []}))
     assert searched_files(exp, result) == {"metrics_file": [str(exp / "metrics" / "a.json")],
                                            "features_file": [str(exp / "metrics" / "a.features.npz")]}
     for stale in (str(tmp_path / "source" / "ci" / "metrics" / "a.json"), "../../source/ci/metrics/a.json"):

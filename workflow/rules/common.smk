@@ -5,7 +5,7 @@ from offshelf.backends.base import Trained
 from offshelf.backends.capabilities import Capability
 from offshelf.planning.params import calibration_params, first_seeds
 from offshelf.planning.probes import figure_guided_probes
-from offshelf.planning.searches import check_round, finalists
+from offshelf.planning.searches import check_round, finalists, initial_round
 
 
 def source_path(source):
@@ -51,7 +51,7 @@ def shard_seed_range(shard):
 def search_rounds():
     """The search rounds made so far (checkpoint outputs), read lazily: a searched setting's
     parameters are in the record of the round that proposed it, never parsed from its name."""
-    return read_rounds(f"{EXP}/search", sorted(SEARCHES))
+    return read_rounds(f"{EXP}/search", {name: SEARCHES[name] for name in sorted(SEARCHES)})
 
 
 def setting_of(name):
@@ -90,22 +90,32 @@ def judge_inputs():
     return inputs
 
 
-def report_grids():
-    """Sample grids (grids.smk) of the tables' fixed settings (every candidate a row may report).
-    A search's finalists' grids are inputs of its result instead, so the report needs no input
-    function waiting on a checkpoint (with one, Snakemake's dry run found nothing to do after an
-    edit that starts a new search)."""
+def report_grid_shards():
+    """The shards of the tables' fixed settings' sample grids (every candidate a row may report;
+    the report draws the grids, offshelf.grids). A search's finalists' grid shards are inputs of its
+    result instead, so the report needs no input function waiting on a checkpoint (with one,
+    Snakemake's dry run found nothing to do after an edit that starts a new search)."""
     if config.get("grids") is None:
         return []
-    return [f"{EXP}/grids/{name}.png" for name in sorted(SETTINGS)]
+    return [path for name in sorted(SETTINGS) for path in grid_shard_files(name)]
 
 
-def grid_shards_of(setting):
+def grid_shard_files(setting):
     """The leading shards a setting's grid reads (offshelf.grids.grid_shards): a table row's
     setting, or a search's finalist (sampled at its search's full fidelity)."""
     from offshelf.grids import grid_shards
 
-    return grid_shards(config, PLAN.sampled_counts(setting, search_rounds()), setting)
+    shards = grid_shards(config, PLAN.sampled_counts(setting, search_rounds()), setting)
+    return [f"{EXP}/samples/{setting}/shard{i}.npz" for i in shards]
+
+
+def grid_seed_ranges():
+    """[first seed, count] of shard 0, 1, ... up to the most shards a grid reads (the same in every
+    setting): the seeds the report checks a grid's shards hold."""
+    from offshelf.grids import DEFAULTS
+
+    wanted = (config.get("grids") or {}).get("shards", DEFAULTS["shards"])
+    return [shard_seed_range(i) for i in range(min(wanted, num_shards(config)))]
 
 
 # Figure 4's sample: the paper's uncond, off-the-shelf x̂0 guidance (offshelf.planning.probes)
@@ -122,7 +132,11 @@ def denoiser_per_sample(setting):
 
 def round_proposals(search, k):
     """(round k - 1's file, its record); raises IncompleteCheckpointException (which Snakemake
-    turns into a dependency) while that round is not made."""
+    turns into a dependency) while that round is not made. Round 0 is no job and no file (None):
+    its record is a pure function of the search's plan (initial_round), so round 1 is known as
+    soon as the plan is."""
+    if k == 1:
+        return None, initial_round(SEARCHES[search])
     previous = checkpoints.search_round.get(search=search, round=k - 1).output[0]
     with open(previous) as f:
         return previous, check_round(json.load(f), previous)
@@ -131,25 +145,19 @@ def round_proposals(search, k):
 def search_round_inputs(wc):
     """Round k reads round k - 1 and what it needs to sample and judge the evaluations round k - 1
     proposed (round k draws them itself: the networks of the searched setting, the judge's files)."""
-    k = int(wc.round)
-    if k == 0:
-        return {}
-    previous, _ = round_proposals(wc.search, k)
+    previous, _ = round_proposals(wc.search, int(wc.round))
     models = setting_files(SEARCHES[wc.search].setting)  # every scale of a search takes the same files
     judge = judge_inputs()
     clash = sorted(role for role in set(models) & set(judge) if models[role] != judge[role])
     if clash:
         raise ValueError(f"search {wc.search}: roles {clash} name different files for sampling and judging")
-    return dict(models, **judge, previous=previous)
+    return dict(models, **judge, **({"previous": previous} if previous else {}))
 
 
 def search_round_evaluations(wc):
     """{evaluation: {setting, seeds}} of what round k - 1 proposed (a job param): each is the
     setting's first N samples, the seeds its shards hold, drawn in the round's own process."""
-    k = int(wc.round)
-    if k == 0:
-        return {}
-    record = round_proposals(wc.search, k)[1]
+    record = round_proposals(wc.search, int(wc.round))[1]
     out = {}
     for e in record["evaluations"]:
         proposal = record["evaluates"][e]
@@ -160,8 +168,9 @@ def search_round_evaluations(wc):
 
 def final_round(search):
     """(path, record) of a search's final round; raises IncompleteCheckpointException (which
-    Snakemake turns into a dependency) at its first round not made yet."""
-    k = 0
+    Snakemake turns into a dependency) at its first round not made yet. Round 0 is never final
+    (initial_round), so the final round is a job's file."""
+    k = 1
     while True:
         path = checkpoints.search_round.get(search=search, round=k).output[0]
         with open(path) as f:
@@ -177,8 +186,8 @@ def search_result_inputs(wc):
     found = finalists(SEARCHES[wc.search], record)  # evaluation -> setting name
     inputs = {"final": path, "metrics": expand(f"{EXP}/metrics/{{e}}.json", e=list(found)),
               "features": expand(f"{EXP}/metrics/{{e}}.features.npz", e=list(found))}
-    if config.get("grids") is not None:  # the finalists' grids: the report shows the chosen one's
-        inputs["grids"] = [f"{EXP}/grids/{setting}.png" for setting in found.values()]
+    if config.get("grids") is not None:  # the finalists' grid shards: the report draws the chosen one's grid
+        inputs["grid_shards"] = [path for setting in found.values() for path in grid_shard_files(setting)]
     return inputs
 
 

@@ -1,6 +1,18 @@
-# Tables beside the paper's numbers, figures, one Markdown report.
+# Tables beside the paper's numbers, figures, sample grids, one Markdown report.
+from offshelf.grids import GridConfigError, grid_options
 from offshelf.planning.probes import report_figures
-from offshelf.report import table_heading
+from offshelf.report import SAMPLE_PATTERN, sample_category, sample_labels, table_heading
+from offshelf.shards import ShardFormat
+
+# Sample grids: one per row, one line per class, the same seeds in every row's grid (offshelf.grids),
+# drawn by the report job from each setting's leading shards: no job of their own (a grid is tens
+# of milliseconds of work, a job's start-up more). None without a `grids:` section.
+GRIDS = config.get("grids")
+if GRIDS is not None:
+    try:
+        grid_options(GRIDS, BACKEND.num_classes)  # a class the backend lacks stops here, naming the key
+    except GridConfigError as err:
+        sys.exit(f"offshelf: {err}")
 
 # The HTML report's landing page (snakemake --report): what the workflow is, and where to look.
 report: "../report/workflow.rst"
@@ -79,8 +91,8 @@ rule report:
         + expand(f"{EXP}/calibration/guided/{{setting}}.csv", setting=sorted(GUIDED_PROBES)),
         figures=expand(f"{EXP}/figures/{{figure}}.png", figure=FIGURES),
         models=[f"{EXP}/models/{role}.pt" for role in trained_roles()],
-        # grids of the rows' fixed settings; a searched row's are inputs of its search's result
-        grids=report_grids(),
+        # the shards of the rows' fixed settings' grids; a searched row's are inputs of its search's result
+        grid_shards=report_grid_shards(),
     output:
         report=report(f"{EXP}/report/README.md", category="Report", caption="../report/readme.rst"),
         # each table as a page the HTML report shows (it only links Markdown), the paper's numbers beside
@@ -89,7 +101,7 @@ rule report:
                       caption="../report/table.rst"),
         # the figures' copies inside the report folder, so that it shows them wherever it is copied
         figures=expand(f"{EXP}/report/figures/{{figure}}.png", figure=FIGURES),
-        # each row's grid, copied per table so the HTML report files it under its table
+        # each row's grid, per table so the HTML report files it under its table
         **({"samples": report(directory(f"{EXP}/report/samples"), patterns=[SAMPLE_PATTERN], category="Samples",
                               subcategory=lambda wc: sample_category(config, wc.table), labels=lambda wc: sample_labels(config, wc.table, wc.row, wc.regime),
                               caption="../report/samples.rst")} if GRIDS is not None else {}),
@@ -98,6 +110,10 @@ rule report:
                                      "backbone", "imagenet", "backend_options", "report_note") if k in config},
         experiment=config["experiment"],
         comparable=Capability.PAPER_COMPARABLE in BACKEND.capabilities,
+        grids=canonical(GRIDS or {}),
+        grid_seeds=grid_seed_ranges(),
+        # what the shards must hold, as the evaluation checks them
+        shard_format=canonical(ShardFormat.of(BACKEND).param()),
         library=LIBRARY,
     log:
         f"{LOGS}/report.log",

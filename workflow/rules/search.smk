@@ -15,6 +15,8 @@ checkpoint search_round:
         unpack(search_round_inputs),
     output:
         f"{EXP}/search/{{search}}/round{{round}}.json",
+    wildcard_constraints:
+        round="[1-9][0-9]*",  # round 0 is the plan's (initial_round), never a job
     params:
         plan=lambda wc: SEARCHES[wc.search].to_dict(),
         evaluations=search_round_evaluations,

@@ -49,8 +49,8 @@ def check_shards(config: dict) -> None:
 
 # Per-experiment jobs: a handful each, whatever the size of the config (the pareto target's two:
 # its report, and the named target, which `all` does not run even where it runs the report).
-EXPERIMENT_COUNTS = ("train_model", "fetch_checkpoint", "reference_features", "figure", "sample_grid",
-                     "publish_results", "report", "all", "pareto_report", "pareto")
+EXPERIMENT_COUNTS = ("train_model", "fetch_checkpoint", "reference_features", "figure", "publish_results",
+                     "report", "all", "pareto_report", "pareto")
 
 
 def count_jobs(config: dict, plan, backend, target: str = "all") -> dict[str, int]:
@@ -63,11 +63,11 @@ def count_jobs(config: dict, plan, backend, target: str = "all") -> dict[str, in
     Per setting: ``sample`` (each setting's shards, up to the most samples any table evaluates of
     it), ``evaluate`` (metrics files), ``calibrate`` (probes, unguided and guided). Per search:
     ``search_round``, ``search_sample`` and ``search_evaluate`` (the finalists' full evaluations;
-    the low-fidelity ones are drawn and judged inside the rounds), ``search_result``, and
-    ``search_grid`` (the finalists' sample grids). Per experiment (rule names): ``train_model``,
-    ``fetch_checkpoint``, ``reference_features``, ``figure`` (one job per calibration figure and
-    Figure 4, one for all analytic figures), ``sample_grid`` (the fixed settings' grids),
-    ``publish_results`` (with ``results_doc``), ``report`` and ``all``. Where ``pareto_in_all``
+    the low-fidelity ones are drawn and judged inside the rounds; round 0 is no job) and
+    ``search_result``. Per experiment (rule names): ``train_model``, ``fetch_checkpoint``,
+    ``reference_features``, ``figure`` (one job per calibration figure and Figure 4, one for all
+    analytic figures), ``publish_results`` (with ``results_doc``), ``report`` (which also draws the
+    sample grids) and ``all``. Where ``pareto_in_all``
     puts the pareto target in ``all``, ``all`` counts its jobs too (``plan.pareto``; a setting,
     evaluation or search the tables share with it once) and its ``pareto_report``. For
     ``target="pareto"`` (the plan of the config's ``pareto`` table,
@@ -91,17 +91,15 @@ def count_jobs(config: dict, plan, backend, target: str = "all") -> dict[str, in
     most: dict[str, int] = {}  # setting -> most samples any evaluation of it reads
     for setting, n in evaluations.values():
         most[setting] = max(most.get(setting, 0), n)
-    grids = config.get("grids") is not None
     counts = dict(sample=sum(num_shards(config, n) for n in most.values()), evaluate=len(evaluations),
                   calibrate=len(probes) + len(guided_probes))
-    counts.update({k: 0 for k in SEARCH_COUNTS + ("search_result", "search_grid")})
+    counts.update({k: 0 for k in SEARCH_COUNTS + ("search_result",)})
     for search in searches.values():
         full = max_evaluations(search.spec)[1]  # the low-fidelity ones are drawn inside the rounds
         counts["search_sample"] += full * num_shards(config, search.spec.full_fidelity)
         counts["search_evaluate"] += full
-        counts["search_round"] += max_rounds(search.spec)
+        counts["search_round"] += max_rounds(search.spec) - 1  # round 0 is the plan's (initial_round), no job
         counts["search_result"] += 1
-        counts["search_grid"] += full if grids else 0
     figures = report_figures(config, backend)
     analytic = set(getattr(backend, "analytic_figures", ())) & set(figures)
     counts.update({k: 0 for k in EXPERIMENT_COUNTS})
@@ -113,11 +111,10 @@ def count_jobs(config: dict, plan, backend, target: str = "all") -> dict[str, in
             fetch_checkpoint=len({name for part in parts for name in part.fetched_files(config, backend)}),
             reference_features=int(Capability.REFERENCE_FEATURES in backend.capabilities),
             figure=len(set(figures) - analytic) + bool(analytic),
-            sample_grid=len(plan.settings) if grids else 0,  # the report's rows; the pareto report shows none
             publish_results=int("results_doc" in config),
             report=1, all=1, pareto_report=int(with_pareto))
     counts["total"] = sum(counts.values())
-    late = counts["search_sample"] + counts["search_evaluate"] + counts["search_grid"]
+    late = counts["search_sample"] + counts["search_evaluate"]
     counts.update(first_dag=counts["total"] - late - (counts["search_round"] - len(searches)),
                   settings=len(most), shards=num_shards(config), searches=len(searches))
     if counts["total"] > limit:
@@ -129,7 +126,7 @@ def describe_job_counts(config: dict, plan) -> str:
     """The job count of ``plan``, in one line: printed by `offshelf plan` and at the start of a run."""
     c = plan.job_counts
     search = (f"; {c['searches']} guidance-scale searches: {c['search_round']} round, {c['search_sample']} sample, "
-              f"{c['search_evaluate']} evaluate, {c['search_grid']} sample_grid, {c['search_result']} result"
+              f"{c['search_evaluate']} evaluate, {c['search_result']} result"
               if c["searches"] else "")
     experiment = ", ".join(f"{c[k]} {k}" for k in EXPERIMENT_COUNTS if c[k])
     bound = (f"at most (a search that stops early runs fewer); Snakemake's first 'Job stats' lists "

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -175,12 +176,23 @@ def read_round(path: Path) -> dict[str, Any] | None:
     return cached[1]
 
 
-def read_rounds(folder: str | Path, searches: Iterable[str]) -> Iterator[dict[str, Any]]:
-    """The round records of ``searches`` made so far under ``folder`` (``<search>/round<k>.json``,
-    k = 0, 1... up to the first missing one), lazily: a caller that finds what it wants early reads
-    no further. A record is shared between calls (:func:`read_round`): read it, never change it."""
-    for search in searches:
-        k = 0
+@lru_cache(maxsize=None)
+def initial_round(plan: SearchPlan) -> dict[str, Any]:
+    """Round 0 of a search: the initial scales it proposes, a pure function of its plan. It is never
+    a job or a file: round 1 starts from it, and :func:`read_rounds` yields it first. Shared between
+    calls: read it, never change it. Never final (``is_last_round``): it proposes at least one
+    initial scale (``SearchSpec``), and only the finalists' round or an empty one ends a search."""
+    return search_round_record(plan, None, {})
+
+
+def read_rounds(folder: str | Path, searches: Mapping[str, SearchPlan]) -> Iterator[dict[str, Any]]:
+    """The round records of ``searches`` (name -> plan) made so far: each search's round 0
+    (:func:`initial_round`), then its files under ``folder`` (``<search>/round<k>.json``, k = 1,
+    2... up to the first missing one), lazily: a caller that finds what it wants early reads no
+    further. A record is shared between calls (:func:`read_round`): read it, never change it."""
+    for search, plan in searches.items():
+        yield initial_round(plan)
+        k = 1
         while (record := read_round(Path(folder) / search / f"round{k}.json")) is not None:
             yield record
             k += 1
