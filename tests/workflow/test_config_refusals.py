@@ -167,8 +167,10 @@ def test_yaml_syntax_error_names_the_file_and_line(tmp_path):
     # config.yaml, read by the Snakefile itself (a user's first run): offshelf's loader reads it
     # first, so Snakemake stops with file:line. (Snakemake reads config.yaml from its working
     # directory: a broken copy in tmp_path, next to nothing else.)
-    (tmp_path / "config.yaml").write_text(CI.read_text().replace("shard_size: 32", "shard_size: [32"))
-    line_no = CI.read_text().splitlines().index("  shard_size: 32") + 1
+    lines = CI.read_text().splitlines()
+    line_no = next(i for i, line in enumerate(lines) if line.startswith("  shard_size: ")) + 1
+    lines[line_no - 1] = lines[line_no - 1].replace("shard_size: ", "shard_size: [")
+    (tmp_path / "config.yaml").write_text("\n".join(lines) + "\n")
     proc = snakemake("-s", str(REPO / "Snakefile"), "-n", cwd=tmp_path, check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out

@@ -6,20 +6,19 @@ from workflow_utils import REPO, dry_run_jobs
 
 
 # Jobs per config: fetches (networks + reference batch + Inception), 50k samples in 1k shards
-# (ablations read the first 10), one evaluation per (setting, sample count), one sample grid per setting.
+# (ablations read the first 10), one evaluation per (setting, sample count); the report draws the sample grids.
 # imagenet128_ddpm: Table 5 at gamma = 0.3 shares its tau2=0.5 row with Table 6's gamma=0.3 row instead
 # of Table 6's gamma=0 row, and its tau2=1.0 row no longer equals Table 4's beta=3 row: one more
 # 10k-sample setting (10 shards, 1 evaluation) than at gamma = 0 (370 -> 380, 22 -> 23).
 EXPECTED_JOBS = {
     "imagenet128_ddpm": {"fetch_checkpoint": 6, "figure_analytic": 1, "calibrate": 8, "reference_features": 1,
-                         "sample": 380, "evaluate": 23, "figure_calibration": 2, "sample_grid": 22, "report": 1,
-                         "all": 1},
-    "imagenet64_edm": {"fetch_checkpoint": 4, "sample": 400, "evaluate": 8, "sample_grid": 8, "report": 1, "all": 1},
+                         "sample": 380, "evaluate": 23, "figure_calibration": 2, "report": 1, "all": 1},
+    "imagenet64_edm": {"fetch_checkpoint": 4, "sample": 400, "evaluate": 8, "report": 1, "all": 1},
     # imagenet256_dit: Table 9's two 50k rows (100 shards) plus table9_sweep's scale x gamma grid, 4 x 5
     # settings of 10 shards each, one of which, (1.0, 0.3), is Table 9's guided row: 100 + 19 x 10 = 290
     # sample jobs; 2 + 20 evaluations
     "imagenet256_dit": {"fetch_checkpoint": 4, "reference_features": 1, "sample": 290, "evaluate": 22,
-                        "sample_grid": 21, "report": 1, "all": 1},
+                        "report": 1, "all": 1},
 }
 
 
@@ -35,7 +34,7 @@ def test_dry_run_lists_the_full_graph_without_any_file(name, tmp_path, monkeypat
 def test_dry_run_lists_every_stage(tmp_path):
     jobs = dry_run_jobs("--config", f"results={tmp_path}")
     for rule in ("train_model", "calibrate", "sample", "reference_features", "evaluate", "search_round",
-                 "search_result", "figure_calibration", "figure_analytic", "figure_gradients", "sample_grid", "report",
+                 "search_result", "figure_calibration", "figure_analytic", "figure_gradients", "report",
                  "all"):
         assert jobs.get(rule, 0) >= 1, f"stage {rule} missing from the dry run: {jobs}"
     assert jobs["train_model"] == 4

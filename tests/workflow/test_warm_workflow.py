@@ -35,8 +35,10 @@ def test_the_ci_runs_torch_jobs_ran_warm(ci_run):
                   if name.startswith(("ci/sample/", "ci/evaluate/", "ci/calibrate/", "ci/train_model/"))}
     assert len(torch_jobs) >= 40, sorted(kinds)
     assert set(torch_jobs.values()) == {"warm"}, {n: k for n, k in torch_jobs.items() if k != "warm"}
-    # a search's round 0 and its result import no torch: they run cold, in their own small process
-    light = {name: kind for name, kind in kinds.items() if re.search(r"^ci/search/[^/]+/(round0|result)\.log$", name)}
+    rounds = {name: kind for name, kind in kinds.items() if re.search(r"^ci/search/[^/]+/round\d+\.log$", name)}
+    assert rounds and set(rounds.values()) == {"warm"}, rounds  # each draws and judges its evaluations
+    # a search's result imports no torch: it runs cold, in its own small process
+    light = {name: kind for name, kind in kinds.items() if re.search(r"^ci/search/[^/]+/result\.log$", name)}
     assert light and set(light.values()) == {"cold"}, light
 
 

@@ -42,7 +42,6 @@ def test_the_printed_job_count_is_the_number_of_jobs_the_run_ran(ci_run):
     counts = validated_plan(read_config(CI)).job_counts
     by_rule = {"sample": counts["sample"] + counts["search_sample"], "evaluate": counts["evaluate"] + counts["search_evaluate"],
                "search_round": counts["search_round"], "search_result": counts["search_result"],
-               "sample_grid": counts["sample_grid"] + counts["search_grid"],
                "calibrate": ran["calibrate"], "calibrate_guided": counts["calibrate"] - ran["calibrate"],
                "figure_calibration": ran["figure_calibration"], "figure_gradients": ran["figure_gradients"],
                "figure_analytic": counts["figure"] - ran["figure_calibration"] - ran["figure_gradients"],
