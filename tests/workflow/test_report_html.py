@@ -27,11 +27,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from offshelf.grids import read_layout
+from offshelf import backends
+from offshelf.grids import read_layout, write_sample_grid
 from workflow_utils import REPO, snakemake
 
 pytestmark = pytest.mark.slow
 CI = REPO / "config" / "ci.yaml"
+DIGITS = backends.create({"name": "digits", "options": {}})
 WINDOW = (1400, 1000)
 
 
@@ -82,7 +84,7 @@ def reported_rows(exp):
     return rows
 
 
-def test_every_reported_row_has_its_grid_embedded(html_report):
+def test_every_reported_row_has_its_grid_embedded(html_report, tmp_path):
     exp, html = html_report
     text = html.read_text()
     results, categories = script_json(text, "results", "results"), script_json(text, "categories", "categories")
@@ -96,7 +98,11 @@ def test_every_reported_row_has_its_grid_embedded(html_report):
         entry = samples[path]
         assert entry["labels"] == {"row": label, "regime": regime}
         embedded = decode_data_uri(entry["data_uri"])
-        assert embedded == (exp / "grids" / f"{setting}.png").read_bytes(), f"{table} / {label} / {regime}"
+        # the grid of the row's setting, drawn from its first shard (the report draws it: no grid job)
+        redrawn = tmp_path / f"{table}-{position}-{regime}.png"
+        write_sample_grid(DIGITS, [str(exp / "samples" / setting / "shard0.npz")], [[0, 64]], config["grids"], redrawn,
+                          setting)
+        assert embedded == redrawn.read_bytes(), f"{table} / {label} / {regime}"
         subcategory = f"Table {table.removeprefix('table')}: {config['tables'][table]['title']}"
         assert path in categories["Samples"][subcategory]
     markdown = (exp / "report" / "README.md").read_text()
@@ -108,7 +114,10 @@ def test_grids_of_two_settings_show_the_same_seeds_per_line(html_report):
     """On the real shards: every setting's grid holds the same seeds on each line, and each seed's
     label in its shard is the line's class."""
     exp, _ = html_report
-    layouts = {p.stem: read_layout(p) for p in sorted((exp / "grids").glob("*.png"))}
+    layouts = {}
+    for path in sorted((exp / "report" / "samples").rglob("*.png")):
+        layout = read_layout(path)
+        layouts[layout["setting"]] = layout
     assert len(layouts) > 2
     first = next(iter(layouts.values()))
     assert all(layout["seeds"] == first["seeds"] and layout["missing"] == 0 for layout in layouts.values())

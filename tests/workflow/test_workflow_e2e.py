@@ -160,15 +160,16 @@ def test_search_rounds_rank_scales_by_the_fid_an_evaluate_job_gives(ci_run, tmp_
 
 
 def test_shards_use_the_adm_evaluator_layout(ci_run):
+    sampling = yaml.safe_load(CI.read_text())["sampling"]
     shards = sorted((ci_run / "ci" / "samples" / "cond_unguided").glob("shard*.npz"))
-    assert len(shards) == 2
+    assert len(shards) == -(-sampling["num_samples"] // sampling["shard_size"])
     seeds = []
     for path in shards:
         with np.load(path) as shard:
             assert shard["arr_0"].dtype == np.uint8 and shard["arr_0"].shape[1:] == (8, 8, 1)
-            assert shard["arr_1"].shape == (32,)
+            assert shard["arr_1"].shape == (min(sampling["shard_size"], sampling["num_samples"] - len(seeds)),)
             seeds += shard["seeds"].tolist()
-    assert seeds == list(range(64))
+    assert seeds == list(range(sampling["num_samples"]))
 
 
 def test_nothing_to_do_after_a_complete_run(ci_run):
@@ -184,7 +185,7 @@ def test_editing_one_parameter_reruns_exactly_its_jobs(ci_run, tmp_path):
     edited.write_text(yaml.safe_dump(config, sort_keys=False))
     jobs = dry_run_jobs("--configfile", str(edited), "--config", f"results={ci_run}")
     regimes = len(config["regimes"])
-    # grids of the new chosen scale appear once the search has run (a checkpoint)
+    # the new finalist's sample and evaluate jobs appear once the search has run (a checkpoint)
     assert jobs == {"search_round": regimes, "search_result": regimes, "report": 1, "all": 1}
 
     # A training hyperparameter of the off-the-shelf classifier reruns everything it feeds.
@@ -291,9 +292,10 @@ def test_offshelf_sample_writes_the_workflows_shard(ci_run, tmp_path):
     from pathlib import Path
 
     name = "cond_offshelf-x0_sp3_tj1_tm0.5_g0.3_s2_r1"
+    shard_size = yaml.safe_load(CI.read_text())["sampling"]["shard_size"]  # the seeds of the workflow's shard 0
     out = tmp_path / "shard.npz"
     proc = subprocess.run([str(Path(sys.executable).with_name("offshelf")), "sample", "--config", str(CI),
-                           "--results", str(ci_run), "--seeds", "0:32", "--out", str(out), "--setting",
+                           "--results", str(ci_run), "--seeds", f"0:{shard_size}", "--out", str(out), "--setting",
                            "regime=cond,softplus_beta=3,marginal_temperature=0.5,sine_factor=0.3,scale=2"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
