@@ -72,11 +72,14 @@ def report_tables(report_text: str) -> str:
     return text + "\n"
 
 
-def publish(report_path: str | Path, doc_path: str | Path) -> Path:
+def publish(report_path: str | Path, doc_path: str | Path, pareto_path: str | Path | None = None) -> Path:
     """Replace the generated part of ``doc_path`` by :func:`report_tables` of the report at
-    ``report_path``; every line outside the markers is kept byte for byte."""
+    ``report_path``, followed by those of the pareto target's report (``pareto_path``, where the
+    run made it: ``pareto_in_all``); every line outside the markers is kept byte for byte."""
     doc = Path(doc_path)
     text = doc.read_text()
     start, end = marker_span(text, str(doc))
     tables = report_tables(Path(report_path).read_text())
+    if pareto_path is not None:
+        tables += "\n" + report_tables(Path(pareto_path).read_text())
     return save_text(doc, text[:start] + f"\n{tables}\n" + text[end:])

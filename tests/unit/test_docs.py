@@ -193,6 +193,38 @@ def test_publish_rewrites_only_between_the_markers(tmp_path):
     assert page.read_text() == text
 
 
+PARETO = """# offshelf: quality per unit of compute (digits)
+
+Made by `snakemake pareto`. 500 samples per method.
+
+**FID against compute (500 samples per method)**
+
+| regime | method | FID | denoiser | front |
+|---|---|---|---|---|
+| cond | calibrated guidance (baseline) | 0.361 [0, 0.44] | 25 | yes |
+
+CSV: [pareto.csv](pareto.csv)
+
+![FID against denoiser evaluations per sample](pareto.png)
+"""
+
+
+def test_publish_adds_the_pareto_reports_tables_after_the_reports(tmp_path):
+    """Where `all` makes the pareto target (pareto_in_all), the page shows its table too, after the
+    report's, and without what only its folder holds (the figure, the CSV link)."""
+    report, pareto, page = tmp_path / "README.md", tmp_path / "pareto.md", tmp_path / "results.md"
+    report.write_text(REPORT)
+    pareto.write_text(PARETO)
+    page.write_text(f"# Results\n\n{BEGIN}\n{END}\n")
+    publish(report, page, pareto)
+    text = page.read_text()
+    tables, rest = text.index("**Table 2: ReLU vs Softplus"), text.index("### offshelf: quality per unit of compute")
+    assert tables < rest < text.index("| cond | calibrated guidance (baseline) | 0.361 [0, 0.44] | 25 | yes |") < text.index(END)
+    assert "pareto.png" not in text and "pareto.csv" not in text
+    publish(report, page)  # without it, the report's tables alone
+    assert "quality per unit of compute" not in page.read_text()
+
+
 @pytest.mark.parametrize("content, found", [("# Results\n", "(found 0 and 0)"),
                                             (f"{BEGIN}\n{END}\n{BEGIN}\n{END}\n", "(found 2 and 2)"),
                                             (f"{END}\n{BEGIN}\n", "(found 1 and 1)")])

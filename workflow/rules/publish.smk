@@ -1,5 +1,5 @@
 # The results page (config key `results_doc`, config.yaml: docs/results.md): the report's tables
-# copied between the page's two marker lines, so `make run` refreshes the numbers it shows.
+# (and the pareto report's, where `all` makes it) copied between the page's two marker lines, so `make run` refreshes the numbers it shows.
 #
 # The page is hand-written around those markers, so it is not a fresh output: update() keeps
 # Snakemake from deleting it before the job (and restores it if the job fails), and the job
@@ -12,6 +12,8 @@ if "results_doc" in config:
     rule publish_results:
         input:
             report=f"{EXP}/report/README.md",
+            # the pareto target's tables too, where `all` makes them (pareto_in_all)
+            **({"pareto": f"{EXP}/pareto/README.md"} if pareto_in_all(config) and PLAN.pareto is not None else {}),
         output:
             page=update(config["results_doc"]),
         params:
