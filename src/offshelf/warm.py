@@ -120,6 +120,7 @@ def hand_off() -> None:
         return
     reason = disabled_reason()
     if reason is not None:
+        print(f"[offshelf] warm start off ({reason}); running cold", file=sys.stderr, flush=True)
         return
     started = cpu_seconds()
     try:

@@ -153,6 +153,8 @@ def test_jobs_run_cold_where_warm_start_is_off(tmp_root, tmp_path, env):
     assert result.returncode == 0, result.stderr
     assert fields(result.stdout)["kind"] == "cold"
     assert not list(tmp_root.glob("offshelf-warm-*/*.sock"))  # no server was started
+    reason = "OFFSHELF_WARM=0" if env.get(warm.ENABLE_VARIABLE) == "0" else "a SLURM job"
+    assert f"[offshelf] warm start off ({reason}" in result.stderr and "running cold" in result.stderr
 
 
 def test_a_hand_off_that_cannot_happen_runs_the_job_cold_and_says_why(tmp_root, tmp_path):
