@@ -269,7 +269,7 @@ def test_documented_recovery_after_a_killed_snakemake(tmp_path):
 def test_the_plan_states_its_job_count(tmp_path):
     proc = snakemake("-n", "--configfile", str(CI), "--config", f"results={tmp_path / 'results'}")
     config = yaml.safe_load(CI.read_text())
-    m = re.search(r"^offshelf: (\d+) jobs planned \((\d+) sample: (\d+) settings x up to (\d+) shards", proc.stderr,
+    m = re.search(r"^offshelf: (\d+) jobs planned \((\d+) sample: (\d+) settings x up to (\d+) shards?;", proc.stderr,
                   re.M)
     assert m, proc.stderr
     assert int(m.group(4)) == config["sampling"]["num_samples"] // config["sampling"]["shard_size"]

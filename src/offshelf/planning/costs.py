@@ -138,7 +138,7 @@ def describe_job_counts(config: dict, plan) -> str:
                   f"{p['evaluate']} evaluate" + (f", {p['searches']} searches" if p["searches"] else "") +
                   ", fewer where it shares settings with the tables)")
     return (f"offshelf: {c['total']} jobs planned ({c['sample']} sample: {c['settings']} settings x up to "
-            f"{c['shards']} shards; {c['evaluate']} evaluate; {c['calibrate']} calibrate{search}; per experiment: "
+            f"{c['shards']} shard{'' if c['shards'] == 1 else 's'}; {c['evaluate']} evaluate; {c['calibrate']} calibrate{search}; per experiment: "
             f"{experiment}), {bound}{pareto}; max_jobs = {config.get('max_jobs', DEFAULT_MAX_JOBS)}")
 
 
