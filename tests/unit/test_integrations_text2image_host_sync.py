@@ -230,3 +230,21 @@ def test_a_miscounted_step_is_caught_at_the_end(pipelines):
 
     with pytest.raises(RuntimeError, match=r"^step 2: the denoiser's timestep is step 3 of EulerDiscreteScheduler"):
         call(guided, "sd", steps=4, callback_on_step_end=lose_a_step)
+
+
+def test_outside_a_pipeline_call_the_step_is_looked_up_and_checked_at_once(pipelines):
+    """The guided UNet called by a loop of its own (no pipeline call to count steps or to read the
+    guard at its end): the step is its timestep's index, and a NaN raises in that very call."""
+    guided = offshelf.guide(pipelines["sd"], reward, scale=SCALES["sd"])
+    guided.scheduler.set_timesteps(3)
+    unet = guided.unet
+    x = torch.randn(2, 4, SIZE // 2, SIZE // 2, generator=torch.Generator().manual_seed(1))
+    text = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(2))
+    unet(x, guided.scheduler.timesteps[1], encoder_hidden_states=text)
+    assert unet.last["step"] == 1
+    handle = unet.model.register_forward_hook(NaNFromCall(1))
+    try:
+        with pytest.raises(NonFiniteError, match="^step 2: denoiser output has non-finite"):
+            unet(x, guided.scheduler.timesteps[2], encoder_hidden_states=text)
+    finally:
+        handle.remove()

@@ -55,7 +55,7 @@ from torch import nn
 
 from offshelf.guidance import FiniteGuard
 from offshelf.integrations.diffusers import (SchedulerGuidance, check_scheduler, denoiser_signature, from_x0_eps,
-                                             noise_levels, prediction_type, step_index, to_x0_eps)
+                                             step_index, to_x0_eps)
 from offshelf.integrations.objectives import Objective, chunked_gradient, objective_from
 
 #: TAESD decoders (AutoencoderTiny) per pipeline family, for ``decoder="tiny"`` (downloaded by
@@ -147,13 +147,13 @@ class PipelineCall:
     loop of its own) a fresh one per denoiser call looks the step up and reads its guard at once."""
 
     guard: FiniteGuard = field(default_factory=FiniteGuard)
-    guard_before_callbacks: bool = False  # the pipeline was given a callback, which may read the latents
+    pipeline_callback: bool = False  # the call has callback_on_step_end / callback, which may read the latents
     steps_done: int = 0
     first: int | None = None
     last: tuple | None = None  # (step, timestep) of the last guided or observed denoiser call
     cfg_batch: int | None = None  # the batch of the doubled [uncond, cond] calls; 0: none
     weights: SchedulerGuidance | None = None
-    _grid: tuple | None = None
+    _grid: tuple | None = field(default=None, repr=False)  # (img_ids, its grid)
 
     def step(self, scheduler, timestep) -> int:
         if self.first is None:
@@ -231,13 +231,13 @@ class GuidedDenoiser(nn.Module):
         self.context = context
         self._cache = {}
         self.last = {}
-        call = self._call = PipelineCall(guard_before_callbacks=pipeline_callback)
         if self.settings.scale != 0:
             self.objective.prepare(context)
+        call = self._call = PipelineCall(pipeline_callback=pipeline_callback)
         step = scheduler.step
 
         def counted_step(*args, **kwargs):
-            if call.guard_before_callbacks:
+            if call.pipeline_callback:
                 call.guard.check()
             call.steps_done += 1
             return step(*args, **kwargs)
@@ -294,7 +294,7 @@ class GuidedDenoiser(nn.Module):
                                 bound.arguments) if active else None
             # with the rescale on, the guided prediction itself (see _combine_cfg), else Δ to add
             self._cache = {i: None if delta is None else (combined + delta if rescaled else delta)}
-        if self._call is None:
+        if self._call is None:  # no pipeline call to read the guard at its end: read it now
             call.guard.check()
         correction = self._cache[i]
         if correction is None:
