@@ -31,20 +31,31 @@ pred' (up to rounding), the correction applied after the pipeline's CFG and resc
 Schedulers that call the model twice per step or repeat timesteps (Heun, KDPM2, PNDM, any with
 ``order > 1``) are refused by name, by ``guide`` and again at call time if swapped in later: a
 correction computed once per step index cannot be applied to two calls at two noise levels.
+
+No host read per step (a GPU's queue never drains mid-loop; :class:`PipelineCall`): the step
+index is the first denoiser call's (looked up once: img2img starts mid-schedule) plus the number
+of ``scheduler.step`` calls since, which every pipeline makes once per step (denoiser calls are
+not counted: Flux's true CFG and SD3's skip-layer guidance call the model twice in a step); the
+last call's timestep is checked against its index once, at the end. NaN or inf in the denoiser
+output, the guidance gradient or the guided prediction is recorded in a
+:class:`~offshelf.guidance.FiniteGuard`, read before any callback (the pipeline's
+``callback_on_step_end`` / ``callback``, ``observe``, offshelf's ``callback``) and at the end of
+the call: the run stops with one line naming the first bad step and tensor, and no callback and
+no caller sees a non-finite value.
 """
 
 from __future__ import annotations
 
 import copy
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from offshelf.guidance import check_finite
+from offshelf.guidance import FiniteGuard
 from offshelf.integrations.diffusers import (SchedulerGuidance, check_scheduler, denoiser_signature, from_x0_eps,
-                                             noise_levels, prediction_type, step_index, to_x0_eps)
+                                             step_index, to_x0_eps)
 from offshelf.integrations.objectives import Objective, chunked_gradient, objective_from
 
 #: TAESD decoders (AutoencoderTiny) per pipeline family, for ``decoder="tiny"`` (downloaded by
@@ -98,11 +109,18 @@ def find_step(scheduler, timestep) -> int:
         return step_index(scheduler, torch.as_tensor(timestep).detach().double() * 1000)
 
 
-def unpack_flux_latents(z: torch.Tensor, img_ids: torch.Tensor) -> torch.Tensor:
-    """Flux's packed latents (B, (H/2)·(W/2), 4C) as (B, C, H, W); the grid from ``img_ids``
-    (row, column in channels 1 and 2), as diffusers' FluxPipeline unpacks them before decoding."""
+def flux_grid(img_ids: torch.Tensor) -> tuple[int, int]:
+    """The (rows, columns) of Flux's 2×2 latent patches from ``img_ids`` (row, column in channels
+    1 and 2): a host read."""
     ids = img_ids.reshape(-1, img_ids.shape[-1])
-    h2, w2 = int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1
+    return int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1
+
+
+def unpack_flux_latents(z: torch.Tensor, img_ids: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
+    """Flux's packed latents (B, (H/2)·(W/2), 4C) as (B, C, H, W) on the grid of ``img_ids``
+    (:func:`flux_grid`, unless ``grid`` is given), as diffusers' FluxPipeline unpacks them before
+    decoding."""
+    h2, w2 = grid or flux_grid(img_ids)
     b, seq, c4 = z.shape
     if seq != h2 * w2 or c4 % 4:
         raise ValueError(f"packed latents {tuple(z.shape)} do not fit a {h2}×{w2} grid of 2×2 patches")
@@ -118,6 +136,59 @@ def decode_latents(decoder: nn.Module, z: torch.Tensor) -> torch.Tensor:
     dtype = next(decoder.parameters()).dtype
     image = decoder.decode(latent.to(dtype)).sample
     return image.to(torch.promote_types(image.dtype, torch.float32)).clamp(-1, 1)
+
+
+@dataclass
+class PipelineCall:
+    """What the guided denoiser knows of one pipeline call, kept without reading the device per
+    step. Step i of a denoiser call is ``first`` (the first call's timestep, looked up once)
+    plus the number of ``scheduler.step`` calls so far; ``guard`` records the non-finite checks,
+    read before every callback and at the end. Outside a pipeline call (the denoiser called by a
+    loop of its own) a fresh one per denoiser call looks the step up and reads its guard at once."""
+
+    guard: FiniteGuard = field(default_factory=FiniteGuard)
+    pipeline_callback: bool = False  # the call has callback_on_step_end / callback, which may read the latents
+    steps_done: int = 0
+    first: int | None = None
+    last: tuple | None = None  # (step, timestep) of the last guided or observed denoiser call
+    cfg_batch: int | None = None  # the batch of the doubled [uncond, cond] calls; 0: none
+    weights: SchedulerGuidance | None = None
+    _grid: tuple | None = field(default=None, repr=False)  # (img_ids, its grid)
+
+    def step(self, scheduler, timestep) -> int:
+        if self.first is None:
+            self.first = find_step(scheduler, timestep)
+        i = self.first + self.steps_done
+        if i >= len(scheduler.timesteps):
+            raise ValueError(f"denoiser call after the last of {type(scheduler).__name__}'s {len(scheduler.timesteps)} "
+                             "steps: the pipeline calls scheduler.step more than once per step")
+        self.last = (i, timestep)
+        return i
+
+    def check_steps(self, scheduler) -> None:
+        """The one host read of the step count: the last call's timestep is that of its index."""
+        if self.last is not None:
+            i, timestep = self.last
+            found = find_step(scheduler, timestep)
+            if found != i:
+                raise RuntimeError(f"step {i}: the denoiser's timestep is step {found} of {type(scheduler).__name__}: "
+                                   "the pipeline does not call scheduler.step once per step")
+
+    def is_cfg_batch(self, pipe, sample: torch.Tensor) -> bool:
+        """Whether ``sample`` is the pipeline's doubled CFG batch: its halves compared once per call
+        (a host read), then by batch size (SD3's skip-layer call has the undoubled batch)."""
+        if not getattr(pipe, "do_classifier_free_guidance", False) or len(sample) % 2:
+            return False
+        if self.cfg_batch is None:
+            half = len(sample) // 2
+            self.cfg_batch = len(sample) if torch.equal(sample[:half], sample[half:]) else 0
+        return len(sample) == self.cfg_batch
+
+    def flux_grid(self, img_ids: torch.Tensor) -> tuple[int, int]:
+        # the pipeline passes the same img_ids at every step: read once
+        if self._grid is None or self._grid[0] is not img_ids:
+            self._grid = (img_ids, flux_grid(img_ids))
+        return self._grid[1]
 
 
 class GuidedDenoiser(nn.Module):
@@ -140,6 +211,8 @@ class GuidedDenoiser(nn.Module):
         self.__dict__["pipeline"] = None
         self.context: dict = {}
         self._cache: dict = {}
+        self._call: PipelineCall | None = None
+        self._own_step = None
         self.last: dict = {}
 
     def __getattr__(self, name):
@@ -148,16 +221,42 @@ class GuidedDenoiser(nn.Module):
         except AttributeError:
             return getattr(super().__getattr__("model"), name)
 
-    def begin(self, context: dict) -> None:
+    def begin(self, context: dict, pipeline_callback: bool = False) -> None:
         """A pipeline call starts: its prompts (for CLIP); the per-step cache is cleared. The
         scheduler is checked again: one swapped in after ``guide`` (``guided.scheduler = ...``)
-        is refused as ``guide`` refuses it."""
-        check_scheduler(self.pipeline.scheduler)
+        is refused as ``guide`` refuses it. Until :meth:`end` the scheduler's ``step`` counts the
+        steps and, with a ``pipeline_callback``, reads the guard first (the callback comes after it)."""
+        scheduler = self.pipeline.scheduler
+        check_scheduler(scheduler)
         self.context = context
         self._cache = {}
         self.last = {}
         if self.settings.scale != 0:
             self.objective.prepare(context)
+        call = self._call = PipelineCall(pipeline_callback=pipeline_callback)
+        step = scheduler.step
+
+        def counted_step(*args, **kwargs):
+            if call.pipeline_callback:
+                call.guard.check()
+            call.steps_done += 1
+            return step(*args, **kwargs)
+
+        self._own_step = scheduler.__dict__.get("step")  # the user's own patch, if any, comes back at end()
+        scheduler.step = counted_step
+
+    def end(self, completed: bool) -> None:
+        """The pipeline call is over: the scheduler's ``step`` is its own again; after a completed
+        call the guard and the step count are read (once) and raise for the first bad step."""
+        scheduler = self.pipeline.scheduler
+        if self._own_step is None:
+            del scheduler.step
+        else:
+            scheduler.step = self._own_step
+        call, self._call = self._call, None
+        if completed:
+            call.guard.check()
+            call.check_steps(scheduler)
 
     def forward(self, *args, **kwargs):
         out = self.model(*args, **kwargs)
@@ -168,7 +267,8 @@ class GuidedDenoiser(nn.Module):
         scheduler = pipe.scheduler
         bound = self._signature.bind(*args, **kwargs)
         sample, timestep = bound.arguments[self._sample_name], bound.arguments.get("timestep")
-        i = find_step(scheduler, timestep)
+        call = self._call or PipelineCall()
+        i = call.step(scheduler, timestep)
         active = self.settings.active(i, len(scheduler.timesteps))
         if (i in self._cache and self._cache[i] is None) or (not active and observe is None):
             return out  # not guided, and this step was observed already (Flux's second true-CFG call)
@@ -177,8 +277,7 @@ class GuidedDenoiser(nn.Module):
             raise ValueError(f"{type(self.model).__name__} output {tuple(prediction.shape)} does not fit its input "
                              f"{tuple(sample.shape)}: learned-variance denoisers are not supported here")
         half = len(sample) // 2
-        cfg = (bool(getattr(pipe, "do_classifier_free_guidance", False)) and len(sample) % 2 == 0
-               and torch.equal(sample[:half], sample[half:]))
+        cfg = call.is_cfg_batch(pipe, sample)
         rescaled = cfg and self._rescale(pipe) > 0
         if i not in self._cache:
             if cfg:
@@ -186,14 +285,17 @@ class GuidedDenoiser(nn.Module):
                 x = sample[half:]
             else:
                 combined, x = prediction.float(), sample
-            x0, eps, a, b, a_all, b_all, kind = self._read(combined, x.float(), i, scheduler)
+            x0, eps, a, b, a_all, b_all, kind = self._read(combined, x.float(), i, scheduler, call)
             if observe is not None:
+                call.guard.check()  # the observer may read x̂0
                 with torch.no_grad():
-                    observe(step=i, pred_xstart=x0, decode=self._decoding(bound.arguments, self.pipeline.vae))
-            delta = self._delta(combined, x0, eps, a, b, a_all, b_all, kind, i, scheduler,
+                    observe(step=i, pred_xstart=x0, decode=self._decoding(bound.arguments, self.pipeline.vae, call))
+            delta = self._delta(combined, x0, eps, a, b, a_all, b_all, kind, i, call,
                                 bound.arguments) if active else None
             # with the rescale on, the guided prediction itself (see _combine_cfg), else Δ to add
             self._cache = {i: None if delta is None else (combined + delta if rescaled else delta)}
+        if self._call is None:  # no pipeline call to read the guard at its end: read it now
+            call.guard.check()
         correction = self._cache[i]
         if correction is None:
             return out
@@ -229,43 +331,47 @@ class GuidedDenoiser(nn.Module):
             combined = rescale_noise_cfg(combined, cond, guidance_rescale=rescale)
         return combined
 
-    def _read(self, prediction: torch.Tensor, x: torch.Tensor, i: int, scheduler):
+    def _read(self, prediction: torch.Tensor, x: torch.Tensor, i: int, scheduler, call: PipelineCall):
         """``(x̂0, ε, a, b, a_all, b_all, kind)`` of the step's prediction for the model input ``x``."""
-        kind = prediction_type(scheduler)
-        a_all, b_all = noise_levels(scheduler)
-        a, b = float(a_all[i]), float(b_all[i])
-        check_finite("denoiser output", prediction, i)
+        if call.weights is None or call.weights.scheduler is not scheduler:
+            s = self.settings
+            call.weights = SchedulerGuidance(scheduler, None, s.scale, s.sine_factor, s.schedule, s.variance,
+                                             s.sigma_max)
+        kind = call.weights.kind
+        a_all, b_all, a_list, b_list = call.weights.levels()  # read from the scheduler once per set_timesteps
+        a, b = a_list[i], b_list[i]
+        call.guard.watch("denoiser output", prediction, i)
         x0, eps = to_x0_eps(prediction, x, a, b, kind)
         return x0, eps, a, b, a_all, b_all, kind
 
-    def _decoding(self, arguments: dict, decoder: nn.Module):
+    def _decoding(self, arguments: dict, decoder: nn.Module, call: PipelineCall):
         """Latents (packed for Flux) → images in [−1, 1] through ``decoder``."""
         img_ids = arguments.get("img_ids")
 
         def decode(u):
-            packed = u.ndim == 3
-            if packed and img_ids is None:
-                raise ValueError(f"{type(self.model).__name__}: packed (B, tokens, C) latents without img_ids "
-                                 "to unpack")
-            return decode_latents(decoder, unpack_flux_latents(u, img_ids) if packed else u)
+            if u.ndim == 3:  # packed
+                if img_ids is None:
+                    raise ValueError(f"{type(self.model).__name__}: packed (B, tokens, C) latents without img_ids "
+                                     "to unpack")
+                u = unpack_flux_latents(u, img_ids, call.flux_grid(img_ids))
+            return decode_latents(decoder, u)
         return decode
 
     def _delta(self, prediction: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor, a: float, b: float,
-               a_all: torch.Tensor, b_all: torch.Tensor, kind: str, i: int, scheduler, arguments: dict
+               a_all: torch.Tensor, b_all: torch.Tensor, kind: str, i: int, call: PipelineCall, arguments: dict
                ) -> torch.Tensor:
-        s = self.settings
-        weights = SchedulerGuidance(scheduler, None, s.scale, s.sine_factor, s.schedule, s.variance, s.sigma_max)
-        decode = self._decoding(arguments, self.decoder)
+        decode = self._decoding(arguments, self.decoder, call)
         with self._checkpointing():
             grad, value = chunked_gradient(self.objective, x0, decode, dict(self.context, step=i),
-                                           s.decoder_chunk)
-        check_finite("guidance gradient", grad, i)
-        weight = weights.x0_weight(i, a_all, b_all, None, 1, 1)
+                                           self.settings.decoder_chunk)
+        call.guard.watch("guidance gradient", grad, i)
+        weight = call.weights.x0_weight(i, a_all, b_all, None, 1, 1)
         guided = from_x0_eps(x0 + weight * grad, eps - (a / b) * weight * grad, a, b, kind)
-        check_finite("guided prediction", guided, i)
+        call.guard.watch("guided prediction", guided, i)
         self.last = dict(step=i, value=value, grad=grad, weight=weight, pred_xstart=x0)
         callback = self.context.get("callback")
         if callback is not None:
+            call.guard.check()  # the callback may read the gradient and x̂0
             callback(**self.last)
         return guided - prediction
 
@@ -285,18 +391,24 @@ class GuidedDenoiser(nn.Module):
         return _Toggle()
 
 
-def _prompts(signature: inspect.Signature, args, kwargs) -> list[str] | None:
-    """One text per image of a pipeline call (``prompt`` × ``num_images_per_prompt``), or None
-    when the call gives embeddings only."""
+def _arguments(signature: inspect.Signature, args, kwargs) -> dict:
+    """A pipeline call's arguments by name (those it takes through ``**kwargs`` too, as SD's
+    legacy ``callback``); {} when they do not bind (the pipeline's own call then says why)."""
     try:
         bound = signature.bind(None, *args, **kwargs)
     except TypeError:
-        return None
-    prompt = bound.arguments.get("prompt")
+        return {}
+    return {**bound.arguments, **bound.kwargs}
+
+
+def _prompts(arguments: dict) -> list[str] | None:
+    """One text per image of a pipeline call (``prompt`` × ``num_images_per_prompt``), or None
+    when the call gives embeddings only."""
+    prompt = arguments.get("prompt")
     if prompt is None:
         return None
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-    n = bound.arguments.get("num_images_per_prompt") or 1
+    n = arguments.get("num_images_per_prompt") or 1
     return [p for p in prompts for _ in range(n)]
 
 
@@ -304,15 +416,25 @@ _GUIDED_CLASSES: dict[type, type] = {}
 
 
 def _guided_class(cls: type) -> type:
-    """``cls`` with a ``__call__`` that tells the guided denoiser the call's prompts first."""
+    """``cls`` with a ``__call__`` that tells the guided denoiser the call's prompts and whether it
+    has a callback first, and lets it read its guard when the call is over."""
     if cls not in _GUIDED_CLASSES:
         signature = inspect.signature(cls.__call__)
 
         def __call__(self, *args, **kwargs):
             denoiser = self.offshelf_denoiser
-            denoiser.begin({"prompts": _prompts(signature, args, kwargs), "callback": self.offshelf_callback,
-                            "observe": self.offshelf_observe})
-            return cls.__call__(self, *args, **kwargs)
+            arguments = _arguments(signature, args, kwargs)
+            denoiser.begin({"prompts": _prompts(arguments), "callback": self.offshelf_callback,
+                            "observe": self.offshelf_observe},
+                           pipeline_callback=any(arguments.get(name) is not None
+                                                 for name in ("callback_on_step_end", "callback")))
+            try:
+                result = cls.__call__(self, *args, **kwargs)
+            except BaseException:
+                denoiser.end(completed=False)
+                raise
+            denoiser.end(completed=True)
+            return result
 
         __call__.__signature__ = signature
         __call__.__doc__ = cls.__call__.__doc__
@@ -397,5 +519,5 @@ def guide_text2image(pipe, objective, *, scale: float = 1.0, target=None, softpl
     return guided
 
 
-__all__ = ["GuidedDenoiser", "TINY_DECODERS", "Text2ImageGuidance", "decode_latents", "find_step",
-           "guide_text2image", "unpack_flux_latents"]
+__all__ = ["GuidedDenoiser", "PipelineCall", "TINY_DECODERS", "Text2ImageGuidance", "decode_latents", "find_step",
+           "flux_grid", "guide_text2image", "unpack_flux_latents"]
