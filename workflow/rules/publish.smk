@@ -1,5 +1,6 @@
 # The results page (config key `results_doc`, config.yaml: docs/results.md): the report's tables
-# (and the pareto report's, where `all` makes it) copied between the page's two marker lines, so `make run` refreshes the numbers it shows.
+# (and the pareto report's, where `all` makes it) copied between the page's two marker lines, so
+# `make run` refreshes the numbers it shows.
 #
 # The page is hand-written around those markers, so it is not a fresh output: update() keeps
 # Snakemake from deleting it before the job (and restores it if the job fails), and the job

@@ -137,9 +137,10 @@ def describe_job_counts(config: dict, plan) -> str:
         pareto = (f"; target `pareto` (not in `all`): at most {p['total']} jobs more ({p['sample']} sample, "
                   f"{p['evaluate']} evaluate" + (f", {p['searches']} searches" if p["searches"] else "") +
                   ", fewer where it shares settings with the tables)")
-    return (f"offshelf: {c['total']} jobs planned ({c['sample']} sample: {c['settings']} settings x up to "
-            f"{c['shards']} shard{'' if c['shards'] == 1 else 's'}; {c['evaluate']} evaluate; {c['calibrate']} calibrate{search}; per experiment: "
-            f"{experiment}), {bound}{pareto}; max_jobs = {config.get('max_jobs', DEFAULT_MAX_JOBS)}")
+    shards = f"{c['shards']} shard{'' if c['shards'] == 1 else 's'}"
+    return (f"offshelf: {c['total']} jobs planned ({c['sample']} sample: {c['settings']} settings x up to {shards}; "
+            f"{c['evaluate']} evaluate; {c['calibrate']} calibrate{search}; per experiment: {experiment}), "
+            f"{bound}{pareto}; max_jobs = {config.get('max_jobs', DEFAULT_MAX_JOBS)}")
 
 
 def cost_plan(config: dict, plan, costs: EvaluationCosts | None = None) -> list[dict[str, Any]]:
