@@ -59,12 +59,18 @@ def grid_shards(config: Mapping[str, Any], sampled: Sequence[int], setting: str)
     """The leading shards a setting's grid reads: ``grids.shards``, at most the shards the setting
     samples (``sampled``: the sample counts its evaluations read, Plan.sampled_counts; the most of
     them): never its whole 50,000-sample run."""
-    from offshelf.planning.params import num_shards
-
     if not sampled:
         raise ValueError(f"no table row samples setting {setting!r}: it has no grid")
+    return list(range(grid_shard_count(config, max(sampled))))
+
+
+def grid_shard_count(config: Mapping[str, Any], num_samples: int | None = None) -> int:
+    """How many leading shards a grid of a setting sampling ``num_samples`` (default: the config's
+    ``sampling.num_samples``) reads: ``grids.shards``, at most the shards it has."""
+    from offshelf.planning.params import num_shards
+
     wanted = (config.get("grids") or {}).get("shards", DEFAULTS["shards"])
-    return list(range(min(wanted, num_shards(config, max(sampled)))))
+    return min(wanted, num_shards(config, num_samples))
 
 
 def grid_seeds(labels: Sequence[int], seeds: Sequence[int], classes: Sequence[int],

@@ -75,7 +75,12 @@ def shards_of_evaluation(name):
     """(shard files, their [first seed, count]) an evaluation reads, in seed order."""
     setting, n = evaluation_of(name)
     shards = range(num_shards(config, n))
-    return [f"{EXP}/samples/{setting}/shard{i}.npz" for i in shards], [shard_seed_range(i) for i in shards]
+    return shard_files(setting, shards), [shard_seed_range(i) for i in shards]
+
+
+def shard_files(setting, shards):
+    """The sample job's files (sampling.smk) of ``shards`` of ``setting``."""
+    return [f"{EXP}/samples/{setting}/shard{i}.npz" for i in shards]
 
 
 def evaluation_inputs(wc):
@@ -105,17 +110,15 @@ def grid_shard_files(setting):
     setting, or a search's finalist (sampled at its search's full fidelity)."""
     from offshelf.grids import grid_shards
 
-    shards = grid_shards(config, PLAN.sampled_counts(setting, search_rounds()), setting)
-    return [f"{EXP}/samples/{setting}/shard{i}.npz" for i in shards]
+    return shard_files(setting, grid_shards(config, PLAN.sampled_counts(setting, search_rounds()), setting))
 
 
 def grid_seed_ranges():
     """[first seed, count] of shard 0, 1, ... up to the most shards a grid reads (the same in every
     setting): the seeds the report checks a grid's shards hold."""
-    from offshelf.grids import DEFAULTS
+    from offshelf.grids import grid_shard_count
 
-    wanted = (config.get("grids") or {}).get("shards", DEFAULTS["shards"])
-    return [shard_seed_range(i) for i in range(min(wanted, num_shards(config)))]
+    return [shard_seed_range(i) for i in range(grid_shard_count(config))]
 
 
 # Figure 4's sample: the paper's uncond, off-the-shelf x̂0 guidance (offshelf.planning.probes)
