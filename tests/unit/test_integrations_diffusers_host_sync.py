@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -19,6 +18,7 @@ import offshelf  # noqa: E402
 from offshelf.guidance import NonFiniteError  # noqa: E402
 from test_integrations_diffusers import tiny_classifier, tiny_unet  # noqa: E402
 from test_samplers_host_sync import counting_host_reads, reads_per_step  # noqa: E402
+from nan_injection import nan_from_call  # noqa: E402
 
 SCHEDULERS = ("DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "DPMSolverMultistepScheduler")
 
@@ -59,54 +59,22 @@ def test_the_charge_tells_offshelf_from_diffusers():
     assert any(" at diffusers/" in site for site in per_step)
 
 
-class NaNAfter(nn.Module):
-    """A diffusers model whose output turns NaN from its ``calls``-th call on."""
-
-    def __init__(self, unet, calls):
-        super().__init__()
-        self.unet, self.calls, self.seen = unet, calls, 0
-
-    def forward(self, *args, **kwargs):
-        self.seen += 1
-        out = self.unet(*args, **kwargs)
-        if self.seen >= self.calls:
-            out.sample = out.sample * float("nan")
-        return out
-
-    def __getattr__(self, name):  # config, dtype, device
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self.unet, name)
-
-
-class NaNLogitsAfter(nn.Module):
-    def __init__(self, classifier, calls):
-        super().__init__()
-        self.classifier, self.calls, self.seen = classifier, calls, 0
-
-    def forward(self, x):
-        self.seen += 1
-        logits = self.classifier(x)
-        return logits * float("nan") if self.seen >= self.calls else logits
-
-
 @pytest.mark.parametrize("bad", ["denoiser output", "classifier logits"])
 @pytest.mark.parametrize("with_callback", [False, True])
 def test_a_nan_midway_stops_the_run_at_its_step_and_tensor(bad, with_callback):
     """The 3rd call's NaN (step 2 of 5) is reported at step 2, naming the tensor; a callback never
     sees it (it saw steps 0 and 1), and no image is returned."""
-    if bad == "denoiser output":
-        guided = guided_pipeline("DDIMScheduler", unet=NaNAfter(tiny_unet(), calls=3))
-    else:
-        guided = guided_pipeline("DDIMScheduler", classifier=NaNLogitsAfter(tiny_classifier(), calls=3))
+    role, module = ("unet", tiny_unet()) if bad == "denoiser output" else ("classifier", tiny_classifier())
     seen = []
 
     def callback(step, sample, **info):
         seen.append(step)
         assert torch.isfinite(sample).all() and torch.isfinite(info["grad"]).all()
 
-    with pytest.raises(NonFiniteError, match=f"^step 2: {bad} has non-finite"):
-        guided([1, 3], num_inference_steps=5, output_type="pt", generator=torch.Generator().manual_seed(0),
-               callback=callback if with_callback else None)
+    # the hook goes in before guide(), which copies the classifier (its ReLUs become Softplus) with it
+    with nan_from_call(module, calls=3):
+        guided = guided_pipeline("DDIMScheduler", **{role: module})
+        with pytest.raises(NonFiniteError, match=f"^step 2: {bad} has non-finite"):
+            guided([1, 3], num_inference_steps=5, output_type="pt", generator=torch.Generator().manual_seed(0),
+                   callback=callback if with_callback else None)
     assert seen == ([0, 1] if with_callback else [])

@@ -29,6 +29,7 @@ from offshelf.guidance import NonFiniteError  # noqa: E402
 from offshelf.integrations.text2image_pipelines import find_step  # noqa: E402
 from offshelf.integrations.tiny_pipelines import build  # noqa: E402
 from test_samplers_host_sync import counting_host_reads  # noqa: E402
+from nan_injection import nan_from_call  # noqa: E402
 
 SIZE = 16
 SCALES = {"sd": 30.0, "sdxl": 30.0, "sd3": 0.1, "flux": 0.05}  # reward rising with the scale: test_integrations_text2image
@@ -122,19 +123,6 @@ def test_the_counter_sees_the_reads_that_happen(pipelines):
     assert sum(n for site, n in reads.items() if site.startswith("equal at offshelf/")) == 1
 
 
-class NaNFromCall:
-    """A forward hook: the model's output is NaN from its ``calls``-th call on."""
-
-    def __init__(self, calls):
-        self.calls, self.seen = calls, 0
-
-    def __call__(self, module, args, out):
-        self.seen += 1
-        if self.seen >= self.calls:
-            return (out[0] * float("nan"),) + tuple(out[1:])  # the pipelines call with return_dict=False
-        return out
-
-
 @pytest.mark.parametrize("family", list(SCALES))
 @pytest.mark.parametrize("callback", [None, "callback_on_step_end", "offshelf callback"])
 def test_a_nan_midway_stops_the_run_at_its_step_and_tensor(pipelines, family, callback):
@@ -156,13 +144,9 @@ def test_a_nan_midway_stops_the_run_at_its_step_and_tensor(pipelines, family, ca
     guided = offshelf.guide(pipe, reward, scale=SCALES[family],
                             callback=on_guided_step if callback == "offshelf callback" else None)
     model = guided.unet.model if family in ("sd", "sdxl") else guided.transformer.model
-    handle = model.register_forward_hook(NaNFromCall(3))
-    try:
-        with pytest.raises(NonFiniteError, match="^step 2: denoiser output has non-finite"):
-            call(guided, family, steps=5,
-                 **({"callback_on_step_end": on_step_end} if callback == "callback_on_step_end" else {}))
-    finally:
-        handle.remove()
+    with nan_from_call(model, calls=3), pytest.raises(NonFiniteError, match="^step 2: denoiser output has non-finite"):
+        call(guided, family, steps=5,
+             **({"callback_on_step_end": on_step_end} if callback == "callback_on_step_end" else {}))
     assert seen == ([] if callback is None else [0, 1])
     assert "step" not in vars(guided.scheduler)
     assert torch.isfinite(call(guided, family)).all()  # the next call starts afresh
@@ -242,9 +226,6 @@ def test_outside_a_pipeline_call_the_step_is_looked_up_and_checked_at_once(pipel
     text = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(2))
     unet(x, guided.scheduler.timesteps[1], encoder_hidden_states=text)
     assert unet.last["step"] == 1
-    handle = unet.model.register_forward_hook(NaNFromCall(1))
-    try:
+    with nan_from_call(unet.model, calls=1):
         with pytest.raises(NonFiniteError, match="^step 2: denoiser output has non-finite"):
             unet(x, guided.scheduler.timesteps[2], encoder_hidden_states=text)
-    finally:
-        handle.remove()

@@ -29,6 +29,7 @@ from offshelf.guidance import (ClassifierGuidance, FiniteGuard, Guidance, NonFin
 from offshelf.samplers.ddpm import ddpm_sample
 from offshelf.samplers.edm import edm_sample
 from offshelf.seeding import StackedRandomGenerator
+from nan_injection import nan_from_call
 
 # Every Python-level way a tensor's value reaches the host.
 HOST_READS = ("__bool__", "__float__", "__int__", "__index__", "__array__", "item", "tolist", "numpy", "cpu")
@@ -203,25 +204,6 @@ def test_guard_reads_the_host_once_per_check_and_passes_finite_tensors():
         guard.check()
 
 
-class NaNAfter(nn.Module):
-    """A denoiser that turns NaN from its ``calls``-th call on: a run that diverges midway."""
-
-    def __init__(self, net, calls):
-        super().__init__()
-        self.net, self.calls, self.seen = net, calls, 0
-
-    def forward(self, *args, **kwargs):
-        self.seen += 1
-        out = self.net(*args, **kwargs)
-        return out * float("nan") if self.seen >= self.calls else out
-
-    def __getattr__(self, name):  # EDMPrecond's sigma range and round_sigma
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self.net, name)
-
-
 @pytest.mark.parametrize("sampler", ["ddpm", "edm"])
 def test_a_nan_midway_stops_the_batch_at_its_step_and_no_callback_sees_it(sampler, adm, edm):
     """The NaN of the 3rd network call is reported at that call's step and tensor (DDPM counts
@@ -234,14 +216,16 @@ def test_a_nan_midway_stops_the_batch_at_its_step_and_no_callback_sees_it(sample
         assert torch.isfinite(x_t).all()
 
     if sampler == "ddpm":
-        run = lambda: ddpm_sample(NaNAfter(adm, calls=3), StackedRandomGenerator(range(BATCH)),  # noqa: E731
+        net = adm
+        run = lambda: ddpm_sample(adm, StackedRandomGenerator(range(BATCH)),  # noqa: E731
                                   GaussianDiffusion.respaced(1000, "10"), shape=(3, 16, 16), y=torch.tensor([1, 7]),
                                   callback=callback)
         expected, seen_before = "step 7: denoiser output has", [9, 8]
     else:
-        run = lambda: edm_sample(NaNAfter(edm, calls=3), torch.randn(BATCH, 3, 8, 8), 5,  # noqa: E731
+        net = edm
+        run = lambda: edm_sample(edm, torch.randn(BATCH, 3, 8, 8), 5,  # noqa: E731
                                  y=torch.nn.functional.one_hot(torch.tensor([1, 7]), 10).float(), callback=callback)
         expected, seen_before = "step 1: denoiser output has", [0]
-    with pytest.raises(NonFiniteError, match=f"^{expected} "):
+    with nan_from_call(net, calls=3), pytest.raises(NonFiniteError, match=f"^{expected} "):
         run()
     assert seen == seen_before
